@@ -1,0 +1,45 @@
+# npimage — set-up, demo, tests, benchmarks. Every target creates what it needs.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export AIRFLOW_HOME ?= $(CURDIR)/airflow_home
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+
+.PHONY: venv demo test lint bench browser clean
+
+venv: $(STAMP)
+
+# The venv, pinned by constraints.txt (the full set the project is tested with).
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+# Build the demo catalogue, run the real Airflow DAG on it, print the summary.
+demo: $(STAMP)
+	mkdir -p data
+	$(BIN)/npimage demo --airflow
+
+# Headless Chromium for the report's browser test (Debian packages; needs root).
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	else echo "chromium/chromedriver missing and not root: the browser test will be skipped"; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+test: $(STAMP) browser lint
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/compare.py --n 10000 --m 100000
+	$(BIN)/python bench/compare.py --n 10000 --m 100000 --no-fv
+
+clean:
+	rm -rf data airflow_home .pytest_cache

@@ -1,0 +1,122 @@
+"""npimage_dedup: deduplicate one client's product images, triggered per client.
+
+extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
+catalogue shards) -> merge (image matches + product roll-up) -> publish -> report
+
+Every task is a thin call into the `npimage` library (plugins/npimage); XCom carries the
+run context, file paths and counts, never data. Files are keyed by client and run id, so
+a retried task rewrites its own files and a rerun of the same run gives the same tables.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import Param, dag, get_current_context, task
+from npimage.config import DEFAULT_FV_MODEL, Settings
+
+DEFAULTS = Settings()
+
+
+def _context(params: dict) -> dict:
+    """The run context (a small dict) from the DAG params and this DAG run's id."""
+    from npimage.pipeline import settings_context
+
+    run_id = get_current_context()["run_id"]
+    settings = Settings().with_overrides(
+        fv=bool(params["fv"]), fv_model=params["fv_model"] or None, top_k=int(params["top_k"]),
+        threshold=float(params["threshold"]), weights_file=params["weights"] or None)
+    ctx = settings_context(params["client_id"], params["source"], run_id, settings,
+                           mode=params["mode"], backend=params["backend"] or None)
+    return ctx.to_dict()
+
+
+def _ctx(data: dict):
+    from npimage.runs import RunContext
+
+    return RunContext.from_dict(data)
+
+
+@dag(
+    dag_id="npimage_dedup",
+    schedule=None,
+    catchup=False,
+    max_active_tasks=4,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20)},
+    tags=["npimage"],
+    doc_md=__doc__,
+    params={
+        "client_id": Param("demo", type="string", minLength=1, description="client to process"),
+        "source": Param("", type="string",
+                        description="folder of images, manifest CSV or postgresql:// backend"),
+        "mode": Param("full", enum=["full", "incremental"]),
+        "fv": Param(DEFAULTS.fv, type="boolean", description="use feature vectors (slower)"),
+        "fv_model": Param(DEFAULT_FV_MODEL, type="string",
+                          description="TF Hub handle/URL, SavedModel folder or efficientnet-lite0"),
+        "top_k": Param(DEFAULTS.top_k, type="integer", minimum=1, maximum=1000),
+        "threshold": Param(DEFAULTS.threshold, type="number", exclusiveMinimum=0, maximum=1),
+        "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
+        "backend": Param("", type="string", description="postgresql:// URL to load matches into"),
+    },
+)
+def npimage_dedup():
+    @task
+    def extract() -> dict:
+        from npimage import pipeline
+
+        ctx = _context(get_current_context()["params"])
+        pipeline.extract(_ctx(ctx))
+        return ctx
+
+    @task
+    def plan(ctx: dict) -> list[str]:
+        from npimage import pipeline
+
+        return pipeline.plan(_ctx(ctx))
+
+    @task(max_active_tis_per_dag=2)
+    def signatures(ctx: dict, batch: str) -> dict:
+        from npimage import pipeline
+
+        return pipeline.signatures(_ctx(ctx), batch)
+
+    @task(trigger_rule="none_failed")
+    def consolidate(ctx: dict, batch_counts: list[dict] | None) -> list[dict]:
+        from npimage import pipeline
+
+        return pipeline.consolidate(_ctx(ctx))
+
+    @task(max_active_tis_per_dag=2)
+    def compare(ctx: dict, shard: dict) -> str:
+        from npimage import pipeline
+
+        return pipeline.compare_shard(_ctx(ctx), shard)
+
+    @task
+    def merge(ctx: dict, shard_files: list[str]) -> dict:
+        from npimage import pipeline
+
+        return pipeline.merge(_ctx(ctx))
+
+    @task
+    def publish(ctx: dict, merged: dict) -> dict:
+        from npimage import pipeline
+
+        return pipeline.publish(_ctx(ctx))
+
+    @task
+    def report(ctx: dict, published: dict) -> str:
+        from npimage import pipeline
+
+        return pipeline.report(_ctx(ctx))
+
+    ctx = extract()
+    batches = plan(ctx)
+    batch_counts = signatures.partial(ctx=ctx).expand(batch=batches)
+    shards = consolidate(ctx, batch_counts)
+    shard_files = compare.partial(ctx=ctx).expand(shard=shards)
+    merged = merge(ctx, shard_files)
+    report(ctx, publish(ctx, merged))
+
+
+npimage_dedup()

@@ -1,0 +1,48 @@
+"""NextPage PostgreSQL backend: read a client's catalogue, write the matches back.
+
+The backend database holds NextPage's tables (np_client, np_product, np_reference,
+np_image) and the tables npimage writes (npimage_run, npimage_image_match,
+npimage_product_match, npimage_band). Every function takes `db`: a DSN string (a libpq
+URI or key=value string; the function opens and closes its own connection) or an open
+psycopg2 connection (used as is, left open; each function commits its own transaction,
+so pass a connection with no transaction of yours in progress). In Airflow, both come
+from `PostgresHook("nextpage_backend")`: `.get_uri()` or `.get_conn()`.
+
+Typical flow of one client's run:
+    apply_schema(db)                                  # once, idempotent
+    record_run_start(db, client, run_id, {"mode": "incremental"})
+    ext = extract_catalog(db, client, run_dir / "catalog.parquet",
+                          previous_catalog=baseline, incremental=True)
+    ... signatures, compare, product roll-up ...
+    load_matches(db, client, run_id, image_matches, product_matches,
+                 {"watermark": ext.watermark, **ext.counts(), "model": ..., "thresholds": ...})
+"""
+
+from npimage.backend.connection import Db, connection
+from npimage.backend.extract import BackendExtract, extract_catalog
+from npimage.backend.load import load_matches
+from npimage.backend.runs import (
+    get_run,
+    last_successful_run,
+    last_watermark,
+    record_run_end,
+    record_run_start,
+)
+from npimage.backend.schema import apply_schema, create_source_schema, list_clients, seed_source
+
+__all__ = [
+    "BackendExtract",
+    "Db",
+    "apply_schema",
+    "connection",
+    "create_source_schema",
+    "extract_catalog",
+    "get_run",
+    "last_successful_run",
+    "last_watermark",
+    "list_clients",
+    "load_matches",
+    "record_run_end",
+    "record_run_start",
+    "seed_source",
+]

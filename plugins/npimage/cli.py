@@ -1,0 +1,200 @@
+"""`npimage` command line: run the pipeline without a scheduler, build the demo, render reports.
+
+    npimage run --client C --source PATH [--data-dir D] [--no-fv] [--top-k 10]
+                [--threshold 0.82] [--mode full|incremental] [--backend postgresql://...]
+    npimage demo [--airflow] [--products N] [--no-fv]
+    npimage report --client C [--data-dir D]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from npimage.config import BANDS, Settings
+from npimage.runs import MODES, new_run_id
+
+log = logging.getLogger("npimage")
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", help="where runs, the warehouse and reports go (default: data/)")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    _common(p)
+    p.add_argument("--no-fv", action="store_true", help="hashes only: faster, less recall")
+    p.add_argument("--fv-model", help="TF Hub handle/URL, SavedModel folder or efficientnet-lite0")
+    p.add_argument("--top-k", type=int, help="nearest images kept per image (default 10)")
+    p.add_argument("--threshold", type=float, help="lowest score kept (default 0.82)")
+    p.add_argument("--weights", help="JSON weights file (npimage fit-weights writes one)")
+    p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="npimage", description=__doc__.split("\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="deduplicate one client's images")
+    run.add_argument("--client", required=True, help="client id (partitions every table)")
+    run.add_argument("--source", required=True,
+                     help="folder of images, manifest CSV, or postgresql:// NextPage backend")
+    run.add_argument("--mode", choices=MODES, default="full",
+                     help="incremental: only new or changed images are recomputed")
+    run.add_argument("--backend", help="postgresql:// URL to load the match tables into")
+    run.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    _run_args(run)
+
+    demo = sub.add_parser("demo", help="build the demo catalogue and deduplicate it")
+    demo.add_argument("--airflow", action="store_true",
+                      help="run the real Airflow DAG (airflow dags test) instead of in-process")
+    demo.add_argument("--products", type=int, default=160)
+    demo.add_argument("--client", default="demo")
+    _run_args(demo)
+
+    rep = sub.add_parser("report", help="render the HTML review report from the warehouse")
+    rep.add_argument("--client", required=True)
+    _common(rep)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings().with_overrides(
+        data_dir=args.data_dir, fv=False if getattr(args, "no_fv", False) else None,
+        fv_model=getattr(args, "fv_model", None), top_k=getattr(args, "top_k", None),
+        threshold=getattr(args, "threshold", None), weights_file=getattr(args, "weights", None))
+
+
+def print_summary(info: dict[str, Any]) -> None:
+    """Human-readable end of a run: counts per band and where the results are."""
+    print(f"\nclient {info['client_id']}  run {info['run_id']}")
+    print(f"  images            {info['images']}")
+    print(f"  rejects           {info['rejects']}")
+    if "signatures_computed" in info:
+        print(f"  signatures        {info['signatures_computed']} computed, "
+              f"{info.get('signatures_reused', 0)} reused")
+    for label, key in (("image pairs", "image_pairs_by_band"),
+                       ("product pairs", "product_pairs_by_band")):
+        counts = info[key]
+        text = "  ".join(f"{name} {counts.get(name, 0)}" for name, _ in BANDS)
+        print(f"  {label:<17} {sum(counts.values())}  ({text})")
+    print(f"  warehouse         {info['warehouse']}")
+    print(f"  run files         {info['run_dir']}")
+    if info.get("report"):
+        print(f"  report            {info['report']}")
+    if info.get("report_error"):
+        print(f"  report FAILED     {info['report_error']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from npimage.pipeline import settings_context  # lazy: keeps `--help` fast
+    from npimage.runner import run_pipeline
+
+    settings = _settings(args)
+    ctx = settings_context(args.client, args.source, new_run_id(), settings, mode=args.mode,
+                           backend=args.backend)
+    info = run_pipeline(ctx, workers=args.workers, report=not args.no_report)
+    print_summary(info)
+    return 0
+
+
+def _airflow_env(project: Path, data_dir: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("AIRFLOW_HOME", str(project / "airflow_home"))
+    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(project / "dags")
+    env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(project / "plugins")
+    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    env["NPIMAGE_DATA_DIR"] = str(data_dir.resolve())
+    return env
+
+
+def run_dag(conf: dict[str, Any], data_dir: Path) -> None:
+    """Run the npimage_dedup DAG for real with `airflow dags test` (SQLite metadata)."""
+    project = Path(__file__).resolve().parents[2]
+    env = _airflow_env(project, data_dir)
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([airflow, "dags", "test", "npimage_dedup", "--conf", json.dumps(conf)],
+                   env=env, check=True)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from npimage.demo import build_demo_catalogue
+    from npimage.evaluate import planted_found
+
+    settings = _settings(args)
+    data_dir = settings.data_dir
+    demo = build_demo_catalogue(data_dir / "demo_catalogue", n_products=args.products)
+    print(f"demo catalogue: {demo.n_images} images, {demo.n_planted} planted duplicates "
+          f"-> {demo.manifest}")
+    if args.airflow:
+        conf = {"client_id": args.client, "source": str(demo.manifest.resolve()),
+                "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
+                "threshold": settings.threshold}
+        run_dag(conf, data_dir)
+        info = _published_summary(settings, args.client)
+    else:
+        from npimage.pipeline import settings_context
+        from npimage.runner import run_pipeline
+
+        ctx = settings_context(args.client, str(demo.manifest), new_run_id(), settings)
+        info = run_pipeline(ctx, workers=args.workers)
+    print_summary(info)
+    print("\nplanted duplicates (pair original <-> copy found in both directions):")
+    print(f"  {'kind':<12}{'planted':>8}{'found':>8}{'in band':>9}")
+    total = [0, 0, 0]
+    for r in planted_found(settings.warehouse_path, args.client, demo.truth):
+        print(f"  {r.kind:<12}{r.total:>8}{r.found:>8}{r.in_band:>9}")
+        total = [total[0] + r.total, total[1] + r.found, total[2] + r.in_band]
+    print(f"  {'all':<12}{total[0]:>8}{total[1]:>8}{total[2]:>9}")
+    return 0
+
+
+def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
+    """The summary.json of the client's last published run (written by publish)."""
+    from npimage.runs import safe_name
+
+    client_dir = settings.data_dir / "clients" / safe_name(client_id)
+    run_id = json.loads((client_dir / "current.json").read_text())["run_id"]
+    info = json.loads((client_dir / "runs" / safe_name(run_id) / "summary.json").read_text())
+    report = settings.data_dir / "reports" / safe_name(client_id) / "index.html"
+    if report.exists():
+        info["report"] = str(report.resolve())
+    return info
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from npimage.report import render_report
+    from npimage.runs import safe_name
+
+    settings = _settings(args)
+    out = settings.data_dir / "reports" / safe_name(args.client)
+    path = render_report(settings.warehouse_path, args.client, out)
+    print(f"report: {Path(path).resolve()}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    try:
+        return COMMANDS[args.command](args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"npimage: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

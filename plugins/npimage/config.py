@@ -1,0 +1,67 @@
+"""Run settings: one frozen dataclass, filled from defaults, environment and arguments.
+
+Every knob has a sane default so that `npimage run --client C --source PATH` needs
+nothing else. Environment variables (prefix `NPIMAGE_`) override defaults; explicit
+arguments (CLI flags, DAG params) override both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+#: Lower bounds of the score bands, best first (the POC's meaning of each band).
+BANDS: tuple[tuple[str, float], ...] = (
+    ("same", 0.99),  # same image: copy, recompression, resize
+    ("retouched", 0.95),  # same image, slightly retouched
+    ("very_similar", 0.90),  # very similar product
+    ("similar", 0.82),  # fairly similar
+)
+
+DEFAULT_FV_MODEL = "efficientnet-lite0"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"NPIMAGE_{name}", default)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything a run needs to know besides its client and source."""
+
+    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "data")))
+    fv: bool = field(default_factory=lambda: _env("FV", "1") not in ("0", "false", "no"))
+    fv_model: str = field(default_factory=lambda: _env("FV_MODEL", DEFAULT_FV_MODEL))
+    weights_file: str | None = field(default_factory=lambda: os.environ.get("NPIMAGE_WEIGHTS"))
+    top_k: int = field(default_factory=lambda: int(_env("TOP_K", "10")))
+    threshold: float = field(default_factory=lambda: float(_env("THRESHOLD", "0.82")))
+    batch_size: int = field(default_factory=lambda: int(_env("BATCH_SIZE", "256")))
+    max_batches: int = 1024  # Airflow's map-entry limit: batches grow past it
+    shard_size: int = field(default_factory=lambda: int(_env("SHARD_SIZE", "200000")))
+    block_size: int = field(default_factory=lambda: int(_env("BLOCK_SIZE", "2048")))
+    max_pixels: int = field(default_factory=lambda: int(_env("MAX_PIXELS", str(250_000_000))))
+    read_timeout: float = field(default_factory=lambda: float(_env("READ_TIMEOUT", "30")))
+
+    @property
+    def warehouse_path(self) -> Path:
+        return self.data_dir / "warehouse.duckdb"
+
+    @property
+    def model_cache(self) -> Path:
+        return self.data_dir / "models"
+
+    def with_overrides(self, **kwargs: object) -> Settings:
+        """A copy with the non-None keyword arguments applied."""
+        clean = {k: v for k, v in kwargs.items() if v is not None}
+        if "data_dir" in clean:
+            clean["data_dir"] = Path(str(clean["data_dir"]))
+        return replace(self, **clean)
+
+
+def band_of(score: float) -> str | None:
+    """Name of the band a score falls in, or None below the lowest band."""
+    for name, lower in BANDS:
+        if score >= lower:
+            return name
+    return None

@@ -1,0 +1,163 @@
+"""Extract: turn a source (folder of images or manifest CSV) into the catalog Parquet.
+
+The catalog is a snapshot of the client's images at the time of the run: ids, product,
+reference and where the bytes are. Rows that cannot be catalogued (missing fields,
+duplicate ids, files that are not images) become `rejects` rows with the reason.
+The PostgreSQL source of NextPage lives in `npimage.backend`.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pyarrow as pa
+
+from npimage.parquet_io import write_table
+from npimage.schemas import CATALOG, REJECTS
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
+)
+MANIFEST_REQUIRED = ("image_id", "product_id", "uri")
+
+#: NextPage naming "<GTIN>_PIECE_<nn>", optionally prefixed by the image id ("266846 0764…").
+NEXTPAGE_NAME = re.compile(
+    r"^(?:(?P<prefix>\d+)[ _-]+)?(?P<gtin>\d{8,14})[ _]PIECE[ _](?P<piece>\d+)$", re.IGNORECASE
+)
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What extract wrote: the catalog and its rejects, with counts."""
+
+    catalog: Path
+    rejects: Path
+    n_images: int
+    n_rejects: int
+
+
+def parse_nextpage_name(stem: str) -> tuple[str, str | None]:
+    """(product_id, reference) of a file stem: the GTIN for NextPage names, else the stem."""
+    m = NEXTPAGE_NAME.match(stem.strip())
+    if m:
+        return m["gtin"], m["gtin"]
+    return stem, None
+
+
+def _stat(path: Path) -> tuple[int | None, datetime | None]:
+    try:
+        st = path.stat()
+    except OSError:
+        return None, None
+    return st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)
+
+
+def _walk(root: Path) -> Iterator[Path]:
+    """Every regular non-hidden file under root, in a stable order."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield Path(dirpath) / name
+
+
+class _Collector:
+    """Accumulates catalog rows and rejects, enforcing unique image ids."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.rows: dict[str, list] = {n: [] for n in CATALOG.names}
+        self.rejects: dict[str, list] = {n: [] for n in REJECTS.names}
+        self.seen: set[str] = set()
+
+    def reject(self, image_id: str | None, uri: str | None, reason: str) -> None:
+        for key, value in zip(
+            REJECTS.names, (self.client_id, image_id, uri, "extract", reason), strict=True
+        ):
+            self.rejects[key].append(value)
+
+    def add(self, image_id: str, product_id: str, reference: str | None, uri: str,
+            size: int | None, modified: datetime | None) -> None:
+        if image_id in self.seen:
+            self.reject(image_id, uri, "duplicate image_id: the first occurrence is kept")
+            return
+        self.seen.add(image_id)
+        values = (self.client_id, image_id, product_id, reference, uri, size, modified)
+        for key, value in zip(CATALOG.names, values, strict=True):
+            self.rows[key].append(value)
+
+    def write(self, catalog: Path, rejects: Path) -> ExtractResult:
+        cat = pa.table(self.rows, schema=CATALOG)
+        rej = pa.table(self.rejects, schema=REJECTS)
+        write_table(cat, catalog)
+        write_table(rej, rejects)
+        return ExtractResult(catalog, rejects, cat.num_rows, rej.num_rows)
+
+
+def _from_directory(root: Path, out: _Collector) -> None:
+    for path in _walk(root):
+        rel = path.relative_to(root)
+        uri = str(path.resolve())
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            ext = path.suffix or "none"
+            out.reject(rel.as_posix(), uri, f"not an image file extension ({ext})")
+            continue
+        image_id = rel.with_suffix("").as_posix()
+        product_id, reference = parse_nextpage_name(path.stem)
+        out.add(image_id, product_id, reference, uri, *_stat(path))
+
+
+def _resolve_uri(uri: str, base: Path) -> str:
+    if "://" in uri:
+        return uri
+    path = Path(uri)
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _from_manifest(manifest: Path, out: _Collector) -> None:
+    with manifest.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in MANIFEST_REQUIRED if c not in header]
+        if missing:
+            raise ValueError(
+                f"manifest {manifest}: missing column(s) {missing}; "
+                f"the header must contain {', '.join(MANIFEST_REQUIRED)} (and optionally reference)"
+            )
+        reader.fieldnames = header
+        for lineno, row in enumerate(reader, start=2):
+            image_id = (row.get("image_id") or "").strip()
+            product_id = (row.get("product_id") or "").strip()
+            raw_uri = (row.get("uri") or "").strip()
+            empty = [c for c, v in (("image_id", image_id), ("product_id", product_id),
+                                    ("uri", raw_uri)) if not v]
+            if empty:
+                out.reject(image_id or f"<line {lineno}>", raw_uri or None,
+                           f"manifest line {lineno}: empty {', '.join(empty)}")
+                continue
+            uri = _resolve_uri(raw_uri, manifest.parent)
+            size, modified = _stat(Path(uri)) if "://" not in uri else (None, None)
+            reference = (row.get("reference") or "").strip() or None
+            out.add(image_id, product_id, reference, uri, size, modified)
+
+
+def extract_catalog(client_id: str, source: str | Path, catalog: Path,
+                    rejects: Path) -> ExtractResult:
+    """Catalogue a folder of images or a manifest CSV into `catalog` and `rejects` Parquet."""
+    src = Path(source)
+    out = _Collector(client_id)
+    if src.is_dir():
+        _from_directory(src, out)
+    elif src.is_file() and src.suffix.lower() == ".csv":
+        _from_manifest(src, out)
+    elif not src.exists():
+        raise FileNotFoundError(f"source not found: {src}")
+    else:
+        raise ValueError(f"source must be a folder of images or a manifest .csv, got {src}")
+    return out.write(catalog, rejects)

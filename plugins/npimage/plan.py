@@ -1,0 +1,81 @@
+"""Plan: which catalogue images need signatures this run, cut into batches.
+
+Full mode recomputes every image. Incremental mode compares the catalogue with the last
+published run: an image whose size and modification time are unchanged (and whose stored
+signature has the FV this run needs) is skipped without reading it; the signature stage
+then reads the others and still reuses a stored signature when size + sha256 show the
+bytes are unchanged. Images that left the catalogue simply are not carried over.
+Batches are sized so that there are never more than `max_batches` of them (Airflow's
+limit on mapped task instances).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from npimage.parquet_io import read_parts, read_table, write_table
+from npimage.schemas import CATALOG, SIGNATURES
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Batches to compute (Parquet files of catalog rows) and what was skipped."""
+
+    batches: list[str]
+    n_todo: int
+    n_skipped: int
+
+
+def model_matches(stored: str | None, wanted: str) -> bool:
+    """True when a stored fv_model identity was made by the model setting `wanted`."""
+    return bool(stored) and (stored == wanted or stored.startswith(wanted + "@"))
+
+
+def unchanged_mask(catalog: pa.Table, prior_catalog: pa.Table, prior_sigs: pa.Table,
+                   fv: bool, fv_model: str) -> list[bool]:
+    """Per catalog row: may its stored signature be kept without reading the file?"""
+    prior = {
+        r["image_id"]: (r["uri"], r["size_bytes"], r["modified_at"])
+        for r in prior_catalog.select(["image_id", "uri", "size_bytes", "modified_at"]).to_pylist()
+    }
+    models = dict(zip(prior_sigs["image_id"].to_pylist(), prior_sigs["fv_model"].to_pylist(),
+                      strict=True))  # fv_model is set exactly when the row has a vector
+    keep = []
+    for row in catalog.select(["image_id", "uri", "size_bytes", "modified_at"]).to_pylist():
+        key = (row["uri"], row["size_bytes"], row["modified_at"])
+        same = (row["image_id"] in models and prior.get(row["image_id"]) == key
+                and row["size_bytes"] is not None and row["modified_at"] is not None)
+        if same and fv:
+            same = model_matches(models[row["image_id"]], fv_model)
+        keep.append(same)
+    return keep
+
+
+def batch_size_for(n: int, batch_size: int, max_batches: int) -> int:
+    """The configured batch size, grown so that n images make at most max_batches batches."""
+    return max(batch_size, math.ceil(n / max_batches)) if n else batch_size
+
+
+def plan_batches(catalog_path: Path, baseline: Path | None, out_dir: Path, *, incremental: bool,
+                 fv: bool, fv_model: str, batch_size: int, max_batches: int = 1024) -> Plan:
+    """Write the batches of images needing signatures into out_dir and list them."""
+    catalog = read_table(catalog_path, CATALOG)
+    if incremental and baseline is not None:
+        keep = unchanged_mask(catalog, read_table(baseline / "catalog.parquet", CATALOG),
+                              read_parts(baseline / "signatures", SIGNATURES,
+                                         columns=["image_id", "fv_model"]), fv, fv_model)
+        todo = catalog.filter(pa.array([not k for k in keep], pa.bool_()))
+    else:
+        todo = catalog
+    size = batch_size_for(todo.num_rows, batch_size, max_batches)
+    for stale in out_dir.glob("batch-*.parquet"):  # a retried plan starts clean
+        stale.unlink()
+    batches = []
+    for i, start in enumerate(range(0, todo.num_rows, size)):
+        path = write_table(todo.slice(start, size), out_dir / f"batch-{i:05d}.parquet")
+        batches.append(str(path))
+    return Plan(batches, todo.num_rows, catalog.num_rows - todo.num_rows)

@@ -1,0 +1,328 @@
+"""Write the report's HTML pages from Jinja2 templates (files in `templates/`).
+
+Layout of a report, relative to its root (`index.html` is page 1 of the image index):
+    index.html, list/images-<band>-NNNN.html   image index, all or one band, 200 per page
+    list/products-<band>-NNNN.html             product index
+    list/rejects-NNNN.html                     images that could not be read
+    i/<xx>/<hash>.html                         one small page per image
+    p/<xx>/<hash>.html                         one small page per product
+    search/manifest.js, search/<hash>.js       search index shards (see search.py)
+    assets/                                    style sheet, search script, placeholders
+    thumbs/<xx>/<hash>.jpg                     thumbnails (see thumbs.py)
+Page file names are hashes of ids, so any id (quotes, <, &, spaces, non-ASCII) is safe;
+every id shown is escaped by Jinja2's autoescaping.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import duckdb
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+import npimage
+from npimage.config import BANDS
+from npimage.report import search
+from npimage.report.data import (
+    PRODUCT_DIR,
+    ImageMatch,
+    ImageRow,
+    ProductRow,
+    ReportData,
+    chunks,
+    image_matches_for,
+    page_path,
+    product_matches_for,
+)
+
+HERE = Path(__file__).parent
+PER_PAGE = 200
+#: Images (or products) per DuckDB query when writing their pages.
+PAGE_SET = 2000
+MISSING = "assets/missing.svg"
+
+#: The band in words, as a reviewer reads it.
+BAND_WORDS = {
+    "same": "Same image",
+    "retouched": "Same image, retouched",
+    "very_similar": "Very similar product",
+    "similar": "Fairly similar",
+    None: "No match",
+}
+#: Band filters of the index pages: (slug, label); "none" is "no match at all".
+FILTERS = (
+    ("all", "All"),
+    ("same", "Same image"),
+    ("retouched", "Retouched"),
+    ("very_similar", "Very similar"),
+    ("similar", "Fairly similar"),
+    ("none", "No match"),
+)
+COMPONENTS = (
+    ("dah", "Average hash"),
+    ("ddh", "Difference hash"),
+    ("dph", "Perceptual hash"),
+    ("dfv", "Visual features"),
+)
+
+Progress = Callable[[str, int, int], None]
+
+
+def list_href(kind: str, number: int, band: str = "all") -> str:
+    """Root-relative path of page `number` of an index (`kind` images/products/rejects)."""
+    if kind == "images" and band == "all" and number == 1:
+        return "index.html"
+    if kind == "rejects":
+        return f"list/rejects-{number:04d}.html"
+    return f"list/{kind}-{band}-{number:04d}.html"
+
+
+def _root_of(rel: str) -> str:
+    """The `../` prefix leading from page `rel` back to the report root."""
+    return "../" * rel.count("/")
+
+
+def _filesize(value: int | None) -> str:
+    if value is None:
+        return "—"
+    if value < 1024:
+        return f"{value} bytes"
+    kib = value / 1024
+    shown = f"{kib:.1f} KB" if kib < 1024 else f"{kib / 1024:.1f} MB"
+    return f"{shown} ({value:,} bytes)".replace(",", "\u202f")
+
+
+def _when(value: datetime | None) -> str:
+    if value is None:
+        return "—"
+    if value.tzinfo is not None:
+        value = value.astimezone(UTC)
+    return value.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _components(m: ImageMatch) -> list[tuple[str, float | None]]:
+    return [(label, getattr(m, name)) for name, label in COMPONENTS]
+
+
+def _level(value: float) -> str:
+    """Colour class of a component bar: at the 'same image' level, in a band, below."""
+    if value >= BANDS[1][1]:
+        return "hi"
+    return "mid" if value >= BANDS[-1][1] else "lo"
+
+
+def make_env() -> Environment:
+    """The Jinja2 environment: autoescaping on for every template, strict about typos."""
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True, default_for_string=True),
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters["filesize"] = _filesize
+    env.filters["when"] = _when
+    env.globals.update(
+        band_words=BAND_WORDS,
+        components=_components,
+        level=_level,
+        product_page=lambda pid: page_path(PRODUCT_DIR, pid),
+        missing_thumb=MISSING,
+        lowest_band=f"{BANDS[-1][1]:.2f} ({BAND_WORDS[BANDS[-1][0]].lower()})",
+        products_home=list_href("products", 1),
+        rejects_home=list_href("rejects", 1),
+        version=npimage.__version__,
+    )
+    return env
+
+
+@dataclass
+class Pager:
+    """One page of a paginated list, with what the pager and band chips need."""
+
+    number: int
+    count: int
+    total: int
+    first_item: int
+    last_item: int
+    prev: str | None
+    next: str | None
+    window: list[tuple[int, str | None]]
+    chips: list[dict[str, Any]] = field(default_factory=list)
+    band_label: str = ""
+    order: str = ""
+
+
+def _window(number: int, count: int, href: Callable[[int], str]) -> list[tuple[int, str | None]]:
+    """Page links around the current page, with first and last; None marks a gap."""
+    wanted = sorted({1, count, *range(max(1, number - 2), min(count, number + 2) + 1)})
+    out: list[tuple[int, str | None]] = []
+    for prev, num in zip([0, *wanted], wanted, strict=False):
+        if num - prev > 1:
+            out.append((0, None))
+        out.append((num, href(num)))
+    return out
+
+
+def _band_of(row: ImageRow | ProductRow) -> str:
+    return row.best_band or "none"
+
+
+@dataclass
+class Writer:
+    """Renders and writes the pages of one report into `root` (a staging folder)."""
+
+    root: Path
+    data: ReportData
+    per_page: int = PER_PAGE
+    progress: Progress | None = None
+    env: Environment = field(default_factory=make_env)
+    pages: int = 0
+    _dirs: set[Path] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        d = self.data
+        self.env.globals.update(
+            client_id=d.client_id,
+            run_label=", ".join(d.run_ids[:3]) + (" …" if len(d.run_ids) > 3 else ""),
+            generated_at=_when(datetime.now(UTC)),
+            images=d.image_by_id,
+            products=d.product_by_id,
+            counts={
+                "images": len(d.images),
+                "products": len(d.products),
+                "rejects": len(d.rejects),
+                "matched": sum(1 for i in d.images if i.n_matches),
+                "products_matched": sum(1 for p in d.products if p.n_matches),
+            },
+        )
+
+    def write(self, rel: str, template: str, **context: Any) -> None:
+        """Render `template` into the page at root-relative path `rel`."""
+        path = self.root / rel
+        if path.parent not in self._dirs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._dirs.add(path.parent)
+        html = self.env.get_template(template).render(root=_root_of(rel), **context)
+        path.write_text(html, encoding="utf-8")
+        self.pages += 1
+
+    def _tick(self, stage: str, done: int, total: int) -> None:
+        if self.progress:
+            self.progress(stage, done, total)
+
+    def assets(self) -> None:
+        """Copy the style sheet, the search script and the placeholder pictures."""
+        target = self.root / "assets"
+        target.mkdir(parents=True, exist_ok=True)
+        for src in (HERE / "static").iterdir():
+            shutil.copyfile(src, target / src.name)
+
+    def image_pages(self, con: duckdb.DuckDBPyConnection) -> None:
+        """One page per image with its nearest images; one query per page set."""
+        images = self.data.images
+        for start in range(0, len(images), PAGE_SET):
+            part = images[start : start + PAGE_SET]
+            found = image_matches_for(
+                con, self.data.client_id, part[0].image_id, part[-1].image_id
+            )
+            for n, img in enumerate(part, start=start):
+                self.write(
+                    img.page,
+                    "image.html.j2",
+                    tab="images",
+                    img=img,
+                    matches=found.get(img.image_id, []),
+                    prev=images[n - 1] if n else None,
+                    next=images[n + 1] if n + 1 < len(images) else None,
+                )
+            self._tick("image pages", start + len(part), len(images))
+
+    def product_pages(self, con: duckdb.DuckDBPyConnection) -> None:
+        """One page per product with its images and matching products."""
+        products = self.data.products
+        for start in range(0, len(products), PAGE_SET):
+            part = products[start : start + PAGE_SET]
+            found = product_matches_for(
+                con, self.data.client_id, part[0].product_id, part[-1].product_id
+            )
+            for n, prod in enumerate(part, start=start):
+                self.write(
+                    prod.page,
+                    "product.html.j2",
+                    tab="products",
+                    prod=prod,
+                    matches=found.get(prod.product_id, []),
+                    prev=products[n - 1] if n else None,
+                    next=products[n + 1] if n + 1 < len(products) else None,
+                )
+            self._tick("product pages", start + len(part), len(products))
+
+    def index_pages(self) -> None:
+        """Image and product indexes, all and per band, and the rejects list."""
+        for kind, rows, template in (
+            ("images", self.data.images, "images.html.j2"),
+            ("products", self.data.products, "products.html.j2"),
+        ):
+            by_band = self._by_band(rows)
+            for band, label in FILTERS:
+                chips = [
+                    {"band": b, "label": lab, "count": len(by_band[b]),
+                     "href": list_href(kind, 1, b), "on": b == band}
+                    for b, lab in FILTERS
+                ]
+                order = (
+                    "Sorted by id." if band == "all" else "Best score first, then by id."
+                )
+                extra = {"chips": chips, "band_label": "" if band == "all" else label,
+                         "order": order}
+                self._paginate(kind, by_band[band], template, kind, band, extra)
+        self._paginate("rejects", self.data.rejects, "rejects.html.j2", "rejects", "all", {})
+
+    @staticmethod
+    def _by_band(rows: Sequence[ImageRow | ProductRow]) -> dict[str, list]:
+        """Rows of each band filter: all in id order; one band by best score, then id."""
+        out: dict[str, list] = {band: [] for band, _ in FILTERS}
+        out["all"] = list(rows)
+        for row in rows:
+            out[_band_of(row)].append(row)
+        for band, items in out.items():
+            if band not in ("all", "none"):
+                items.sort(key=lambda r: -(r.best_score or 0.0))  # stable: id order kept
+        return out
+
+    def _paginate(
+        self, kind: str, rows: Sequence, template: str, tab: str, band: str,
+        extra: dict[str, Any],
+    ) -> None:
+        """Write `rows` as pages of `per_page`; an empty list still gets its page 1."""
+        count = max(1, math.ceil(len(rows) / self.per_page))
+        href = lambda num: list_href(kind, num, band)  # noqa: E731
+        pieces = list(chunks(rows, self.per_page)) or [rows]
+        for number, items in enumerate(pieces, start=1):
+            first = (number - 1) * self.per_page
+            pager = Pager(
+                number=number, count=count, total=len(rows), first_item=first + 1,
+                last_item=first + len(items),
+                prev=href(number - 1) if number > 1 else None,
+                next=href(number + 1) if number < count else None,
+                window=_window(number, count, href), **extra,
+            )
+            self.write(href(number), template, tab=tab, page=pager, items=items)
+
+    def search_index(self) -> int:
+        """Write the search shards and their manifest; returns the number of shards."""
+        folder = self.root / search.SEARCH_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        all_shards = search.shards(search.entries(self.data.images, self.data.products))
+        for shard in all_shards:
+            (folder / shard.file).write_text(search.shard_script(shard), encoding="ascii")
+        (folder / "manifest.js").write_text(search.manifest_script(all_shards), encoding="ascii")
+        return len(all_shards)

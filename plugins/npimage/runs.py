@@ -1,0 +1,114 @@
+"""Where a run keeps its files, and the small context every stage receives.
+
+A run is identified by (client_id, run_id). Everything it writes lives under
+`<data_dir>/clients/<client>/runs/<run_id>/`, so a retried task rewrites the same paths
+and two runs never share a file. `current.json` beside the runs names the last published
+run: the baseline of the next incremental run, changed only when a publish succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from npimage.config import Settings
+
+MODES = ("full", "incremental")
+
+
+def safe_name(value: str) -> str:
+    """A file-system-safe, collision-free folder name for an arbitrary identifier."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._")[:40] or "x"
+    if slug == value:
+        return slug
+    return f"{slug}-{hashlib.sha256(value.encode()).hexdigest()[:10]}"
+
+
+def new_run_id() -> str:
+    """A sortable run id for runs started outside Airflow."""
+    return "cli__" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What identifies a run and how it is configured; small enough for XCom."""
+
+    client_id: str
+    run_id: str
+    source: str
+    mode: str
+    data_dir: str
+    fv: bool
+    fv_model: str
+    top_k: int
+    threshold: float
+    weights_file: str | None = None
+    backend: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not self.client_id or not self.client_id.strip():
+            raise ValueError("client_id must not be empty")
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RunContext:
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def settings(self) -> Settings:
+        return Settings().with_overrides(
+            data_dir=self.data_dir, fv=self.fv, fv_model=self.fv_model,
+            top_k=self.top_k, threshold=self.threshold, weights_file=self.weights_file,
+        )
+
+    @property
+    def client_dir(self) -> Path:
+        return Path(self.data_dir) / "clients" / safe_name(self.client_id)
+
+    @property
+    def run_dir(self) -> Path:
+        return self.client_dir / "runs" / safe_name(self.run_id)
+
+    def path(self, name: str) -> Path:
+        """Path of a run file (parents created)."""
+        p = self.run_dir / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def current_pointer(self) -> Path:
+        return self.client_dir / "current.json"
+
+    def baseline_dir(self) -> Path | None:
+        """Run folder of the last published run of this client, if any (and not this run)."""
+        if not self.current_pointer.is_file():
+            return None
+        ref = json.loads(self.current_pointer.read_text())
+        run_dir = self.client_dir / "runs" / safe_name(ref["run_id"])
+        if ref["run_id"] == self.run_id or not run_dir.is_dir():
+            return None
+        return run_dir
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a text file so that readers see the old content or the new, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

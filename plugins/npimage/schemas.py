@@ -1,0 +1,88 @@
+"""Arrow schemas of the data contracts (see docs/DESIGN.md, "Contracts").
+
+Names are stable: SQL in `sql/` and other tools depend on them. Identifiers are strings;
+the three perceptual hashes are 64-bit patterns stored as signed int64 (the bits of the
+unsigned hash reinterpreted, so `x.view(np.uint64)` gives back the hash).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+CATALOG = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("image_id", pa.string()),
+        ("product_id", pa.string()),
+        ("reference", pa.string()),
+        ("uri", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("modified_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+SIGNATURES = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("image_id", pa.string()),
+        ("sha256", pa.string()),
+        ("size_bytes", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("ahash", pa.int64()),
+        ("dhash", pa.int64()),
+        ("phash", pa.int64()),
+        ("fv", pa.list_(pa.float16())),
+        ("fv_model", pa.string()),
+        ("computed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+REJECTS = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("image_id", pa.string()),
+        ("uri", pa.string()),
+        ("stage", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+IMAGE_MATCHES = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("image_id", pa.string()),
+        ("match_image_id", pa.string()),
+        ("rank", pa.int32()),
+        ("score", pa.float32()),
+        ("band", pa.string()),
+        ("dah", pa.float32()),
+        ("ddh", pa.float32()),
+        ("dph", pa.float32()),
+        ("dfv", pa.float32()),
+        ("same_bytes", pa.bool_()),
+        ("run_id", pa.string()),
+    ]
+)
+
+PRODUCT_MATCHES = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("product_id", pa.string()),
+        ("match_product_id", pa.string()),
+        ("score", pa.float32()),
+        ("band", pa.string()),
+        ("n_image_pairs", pa.int32()),
+        ("best_image_id", pa.string()),
+        ("best_match_image_id", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)
+
+ALL = {
+    "catalog": CATALOG,
+    "signatures": SIGNATURES,
+    "rejects": REJECTS,
+    "image_matches": IMAGE_MATCHES,
+    "product_matches": PRODUCT_MATCHES,
+}

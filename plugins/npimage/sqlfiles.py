@@ -1,0 +1,52 @@
+"""SQL kept in `sql/<dialect>/<name>.sql`, loaded by name.
+
+The `sql/` folder sits beside `plugins/` in the project; NPIMAGE_SQL_DIR overrides it for
+deployments that lay files out differently.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from functools import cache
+from pathlib import Path
+
+_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "sql"
+
+
+def sql_dir() -> Path:
+    """Folder holding the dialect sub-folders (duckdb/, postgres/)."""
+    return Path(os.environ.get("NPIMAGE_SQL_DIR", _DEFAULT_DIR))
+
+
+@cache
+def load_sql(dialect: str, name: str) -> str:
+    """Text of sql/<dialect>/<name>.sql; a clear error names the file when it is missing."""
+    path = sql_dir() / dialect / f"{name}.sql"
+    if not path.is_file():
+        raise FileNotFoundError(f"SQL file not found: {path}")
+    return path.read_text(encoding="utf-8")
+
+
+_PARAM = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def split_statements(script: str) -> list[str]:
+    """Statements of a script: split at semicolons that end a line, comments dropped."""
+    lines = [ln for ln in script.splitlines() if not ln.lstrip().startswith("--")]
+    parts = re.split(r";\s*$", "\n".join(lines), flags=re.MULTILINE)
+    return [p.strip() for p in parts if p.strip()]
+
+
+def run_script(con, script: str, params: dict):
+    """Execute each statement of a script with the named parameters it uses.
+
+    DuckDB binds parameters one statement at a time and refuses unused ones, so each
+    statement receives exactly the `$names` it mentions. Returns the relation of the last
+    statement (for a query), so callers can take it as Arrow.
+    """
+    result = None
+    for statement in split_statements(script):
+        used = {name: params[name] for name in _PARAM.findall(statement)}
+        result = con.sql(statement, params=used or None)
+    return result

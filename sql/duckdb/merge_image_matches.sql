@@ -1,0 +1,67 @@
+-- Merge the compare shards of a run into the client's image_matches.
+-- Relations registered by npimage.merge:
+--   new_pairs(image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes)
+--       top-k of each query image of this run, one row per (query, match), from all shards;
+--   prior_matches(image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes)
+--       image_matches of the last published run (empty in full mode);
+--   queries(image_id)   images compared this run (their old rows are replaced);
+--   present(image_id)   images with a signature in this run (rows of others are dropped).
+-- Parameters: $client_id, $run_id, $top_k, $same, $retouched, $very_similar, $similar.
+-- Result: both directions of each pair; per image its top-k plus any image that has it in
+-- its own top-k (so a pair never shows in one direction only); rank 1 = best.
+WITH fresh AS (
+    SELECT image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes FROM new_pairs
+    UNION ALL
+    SELECT match_image_id, image_id, score, dah, ddh, dph, dfv, same_bytes FROM new_pairs
+),
+kept AS (
+    SELECT p.image_id, p.match_image_id, p.score, p.dah, p.ddh, p.dph, p.dfv, p.same_bytes
+    FROM prior_matches AS p
+    WHERE p.image_id NOT IN (SELECT image_id FROM queries)
+      AND p.match_image_id NOT IN (SELECT image_id FROM queries)
+      AND p.image_id IN (SELECT image_id FROM present)
+      AND p.match_image_id IN (SELECT image_id FROM present)
+),
+pairs AS (
+    SELECT * FROM fresh
+    UNION ALL
+    SELECT * FROM kept
+),
+unique_pairs AS (
+    SELECT * FROM pairs
+    QUALIFY row_number() OVER (PARTITION BY image_id, match_image_id ORDER BY score DESC) = 1
+),
+best AS (
+    SELECT * FROM unique_pairs
+    QUALIFY row_number() OVER (PARTITION BY image_id ORDER BY score DESC, match_image_id) <= $top_k
+),
+closed AS (
+    SELECT * FROM (
+        SELECT * FROM best
+        UNION ALL
+        SELECT match_image_id, image_id, score, dah, ddh, dph, dfv, same_bytes FROM best
+    )
+    QUALIFY row_number() OVER (PARTITION BY image_id, match_image_id ORDER BY score DESC) = 1
+)
+SELECT
+    $client_id AS client_id,
+    image_id,
+    match_image_id,
+    CAST(row_number() OVER (PARTITION BY image_id ORDER BY score DESC, match_image_id) AS INTEGER)
+        AS rank,
+    CAST(score AS FLOAT) AS score,
+    CASE
+        WHEN score >= $same THEN 'same'
+        WHEN score >= $retouched THEN 'retouched'
+        WHEN score >= $very_similar THEN 'very_similar'
+        ELSE 'similar'
+    END AS band,
+    CAST(dah AS FLOAT) AS dah,
+    CAST(ddh AS FLOAT) AS ddh,
+    CAST(dph AS FLOAT) AS dph,
+    CAST(dfv AS FLOAT) AS dfv,
+    same_bytes,
+    $run_id AS run_id
+FROM closed
+WHERE score >= $similar
+ORDER BY image_id, rank

@@ -1,0 +1,324 @@
+"""Feature vectors: the torch-free checkpoint reader, the EfficientNet-Lite0 conversion
+(proved by its ImageNet head on real photos), the hub loading path and batched embedding.
+
+The model is converted once per test session into a temporary model cache.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import itertools
+import os
+import pickle
+import struct
+import sys
+import types
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from npimage.fv import efficientnet_lite, load_extractor
+from npimage.fv.models import cpu_share, ensure_default, fit_square, load
+from npimage.fv.torchfile import LEGACY_MAGIC, CheckpointError, load_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
+ICONIC = REPO.parent / "shared/datasets/grocery-store/dataset/iconic-images-and-descriptions"
+SKIMAGE_DATA = Path(__import__("skimage").__file__).parent / "data"
+
+
+# --- a tiny fake `torch` so that tests can write real checkpoint files without PyTorch ---
+
+
+class _Storage:
+    """A storage to pickle: its key and float32 data."""
+
+    def __init__(self, key: str, data: np.ndarray) -> None:
+        self.key, self.data = key, data.astype("<f4")
+
+
+class _Tensor:
+    """A tensor to pickle: storage, offset, shape and strides (in elements)."""
+
+    def __init__(self, storage: _Storage, offset: int, shape: tuple, stride: tuple) -> None:
+        self.args = (storage, offset, shape, stride)
+
+    def __reduce__(self):
+        fake_utils = sys.modules["torch._utils"]
+        return fake_utils._rebuild_tensor_v2, (*self.args, False, collections.OrderedDict())
+
+
+@pytest.fixture
+def fake_torch(monkeypatch):
+    """Modules `torch` and `torch._utils` with the names a checkpoint pickle refers to."""
+    torch = types.ModuleType("torch")
+    utils = types.ModuleType("torch._utils")
+    float_storage = type("FloatStorage", (), {"__module__": "torch"})
+    torch.FloatStorage = float_storage
+
+    def _rebuild_tensor_v2(*args):
+        raise AssertionError("never called while writing")
+
+    _rebuild_tensor_v2.__module__ = "torch._utils"
+    _rebuild_tensor_v2.__qualname__ = "_rebuild_tensor_v2"
+    utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils)
+    return float_storage
+
+
+class _Pickler(pickle.Pickler):
+    def __init__(self, fh, storage_type, view: bool = False) -> None:
+        super().__init__(fh, protocol=2)
+        self.storage_type, self.view, self.seen = storage_type, view, {}
+
+    def persistent_id(self, obj):
+        if isinstance(obj, _Storage):
+            self.seen[obj.key] = obj
+            meta = (obj.key, 0, obj.data.size) if self.view else None
+            return ("storage", self.storage_type, obj.key, "cpu", obj.data.size, meta)
+        return None
+
+
+def _sample() -> tuple[dict, dict[str, np.ndarray]]:
+    """A state dict sharing one storage between tensors, with an offset and a transpose."""
+    base = np.arange(24, dtype=np.float32)
+    shared = _Storage("0", base)
+    state = collections.OrderedDict(
+        conv=_Tensor(shared, 0, (2, 3, 2), (6, 2, 1)),
+        tail=_Tensor(shared, 12, (3, 4), (4, 1)),
+        transposed=_Tensor(shared, 0, (4, 3), (1, 4)),  # columns of a (3, 4) matrix
+        scalar=_Tensor(_Storage("1", np.array([7.0])), 0, (), ()),
+    )
+    expected = {
+        "conv": base[:12].reshape(2, 3, 2),
+        "tail": base[12:].reshape(3, 4),
+        "transposed": base[:12].reshape(3, 4).T,
+        "scalar": np.array(7.0, np.float32),
+    }
+    return state, expected
+
+
+def _write_legacy(path: Path, storage_type, view: bool = False) -> dict[str, np.ndarray]:
+    state, expected = _sample()
+    with path.open("wb") as fh:
+        for header in (LEGACY_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(header, fh, protocol=2)
+        pickler = _Pickler(fh, storage_type, view)
+        pickler.dump(state)
+        pickle.dump(sorted(pickler.seen), fh, protocol=2)
+        for key in sorted(pickler.seen):
+            data = pickler.seen[key].data
+            fh.write(struct.pack("<q", data.size) + data.tobytes())
+    return expected
+
+
+def _write_zip(path: Path, storage_type) -> dict[str, np.ndarray]:
+    state, expected = _sample()
+    buf = io.BytesIO()
+    pickler = _Pickler(buf, storage_type)
+    pickler.dump(state)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", buf.getvalue())
+        for key, storage in pickler.seen.items():
+            zf.writestr(f"archive/data/{key}", storage.data.tobytes())
+    return expected
+
+
+@pytest.mark.parametrize("layout", ["legacy", "legacy-view", "zip"])
+def test_checkpoint_reader_rebuilds_offsets_strides_and_shapes(tmp_path, fake_torch, layout):
+    path = tmp_path / "sample.pth"
+    if layout == "zip":
+        expected = _write_zip(path, fake_torch)
+    else:
+        expected = _write_legacy(path, fake_torch, view=layout == "legacy-view")
+    got = load_state_dict(path)
+    assert list(got) == list(expected)
+    for name, want in expected.items():
+        assert got[name].shape == want.shape, name
+        np.testing.assert_array_equal(got[name], want)
+        assert got[name].flags.c_contiguous
+
+
+def test_checkpoint_reader_refuses_code_and_garbage(tmp_path):
+    evil = tmp_path / "evil.pth"
+    with evil.open("wb") as fh:
+        for header in (LEGACY_MAGIC, 1001, {}):
+            pickle.dump(header, fh, protocol=2)
+        pickle.dump(os.system, fh, protocol=2)  # a pickle that would import os.system
+    with pytest.raises(CheckpointError, match=r"os\.system|posix\.system"):
+        load_state_dict(evil)
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError):
+        load_state_dict(garbage)
+
+
+def test_shipped_weights_read_without_torch():
+    sd = load_state_dict(efficientnet_lite.weights_file())
+    assert "torch" not in sys.modules  # read by our own unpickler
+    assert len(sd) == 296
+    assert sd["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert sd["_fc.weight"].shape == (1000, 1280) and sd["_fc.weight"].dtype == np.float32
+    assert sd["_bn1.running_var"].min() > 0
+    n_params = sum(v.size for k, v in sd.items() if not k.endswith("num_batches_tracked"))
+    assert n_params == 4_694_024  # EfficientNet-Lite0 with its 1000-class head
+    efficientnet_lite.check_keys(sd)
+
+
+def test_block_table_matches_lite0():
+    blocks = efficientnet_lite.blocks()
+    assert len(blocks) == 16
+    assert [b.stride for b in blocks].count(2) == 4  # 224 -> 7 with the stride-2 stem
+    assert all(a.cout == b.cin for a, b in itertools.pairwise(blocks))
+    assert (blocks[0].cin, blocks[-1].cout) == (32, 320)
+
+
+def test_wrong_weights_are_refused():
+    sd = load_state_dict(efficientnet_lite.weights_file())
+    sd["_blocks.3._depthwise_conv.weight"] = np.zeros((144, 1, 3, 3), np.float32)
+    with pytest.raises(ValueError, match=r"_blocks\.3\._depthwise_conv"):
+        efficientnet_lite.check_keys(sd)
+
+
+# --- the converted model -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def model_cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def lite0(model_cache):
+    """The default extractor, converted once into the session's model cache."""
+    return load_extractor("efficientnet-lite0", model_cache)
+
+
+def _top1(extractor, images: list[Image.Image]) -> list[int]:
+    return [int(i) for i in extractor.logits(images).argmax(axis=1)]
+
+
+def test_conversion_classifies_shipped_photos(lite0):
+    """ImageNet head of the converted model on photos that scikit-image ships."""
+    cat = Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
+    coffee = Image.open(SKIMAGE_DATA / "coffee.png").convert("RGB")
+    cat_top1, coffee_top1 = _top1(lite0, [cat, coffee])
+    assert cat_top1 in (281, 282, 285)  # tabby, tiger cat, Egyptian cat
+    assert coffee_top1 == 967  # espresso
+
+
+@pytest.mark.datasets
+def test_conversion_classifies_grocery_photos(lite0):
+    """Granny Smith 948, lemon 951, banana 954: the grocery-store iconic photos."""
+    if not ICONIC.is_dir():
+        pytest.skip(f"grocery-store dataset absent: {ICONIC} (../shared/datasets)")
+    names = {"Apple/Granny-Smith": 948, "Lemon": 951, "Banana": 954}
+    images = [
+        Image.open(next((ICONIC / "Fruit" / n).glob("*_Iconic.jpg"))).convert("RGB")
+        for n in names
+    ]
+    assert _top1(lite0, images) == list(names.values())
+
+
+def test_saved_model_loads_with_hub_and_tf(lite0, model_cache):
+    import tensorflow as tf
+    import tensorflow_hub as hub
+
+    folder = ensure_default(model_cache)
+    assert lite0.model_id.startswith("efficientnet-lite0@")
+    assert lite0.model_id.endswith("-pad224") and lite0.dim == 1280
+    batch = tf.random.uniform([2, 224, 224, 3], dtype=tf.float32)
+    for obj in (hub.load(str(folder)), tf.saved_model.load(str(folder))):
+        assert obj(batch).shape == (2, 1280)
+        assert obj.logits(batch).shape == (2, 1000)
+
+
+def test_conversion_is_done_once_and_atomically(lite0, model_cache):
+    folder = ensure_default(model_cache)
+    stamp = (folder / "saved_model.pb").stat().st_mtime_ns
+    assert ensure_default(model_cache) == folder
+    assert (folder / "saved_model.pb").stat().st_mtime_ns == stamp
+    assert [p.name for p in model_cache.iterdir()] == [folder.name]  # no temporary left
+
+
+def test_embed_gives_unit_rows_independent_of_batching(lite0):
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (64 + 9 * i, 80, 3), np.uint8))
+              for i in range(5)]
+    images.append(Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB"))
+    together = lite0.embed(images)
+    assert together.shape == (6, 1280) and together.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, rtol=1e-5)
+    alone = np.concatenate([lite0.embed([img]) for img in images])
+    np.testing.assert_allclose(together, alone, atol=1e-4)
+    assert lite0.embed([]).shape == (0, 1280)
+
+
+def test_cosine_ranks_an_edited_copy_above_other_pictures(lite0):
+    cat = Image.open(SKIMAGE_DATA / "chelsea.png").convert("RGB")
+    buf = io.BytesIO()
+    cat.resize((300, 200)).save(buf, "JPEG", quality=60)
+    copy = Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    others = [Image.open(SKIMAGE_DATA / n).convert("RGB") for n in ("coffee.png", "rocket.jpg")]
+    v = lite0.embed([cat, copy, *others]).astype(np.float16).astype(np.float32)  # as stored
+    cos = v[0] @ v[1:].T / np.linalg.norm(v, axis=1)[1:] / np.linalg.norm(v[0])
+    assert cos[0] > 0.95
+    assert cos[0] > cos[1:].max() + 0.2
+
+
+def test_fit_square_keeps_the_whole_picture_on_white():
+    wide = Image.new("RGB", (200, 100), (0, 0, 0))
+    padded = fit_square(wide, 50, "pad")
+    assert padded.shape == (50, 50, 3)
+    assert (padded[:10] == 255).all() and (padded[-10:] == 255).all()  # white bands
+    assert (padded[15:35] == 0).all()  # the picture, whole, in the middle
+    assert (fit_square(wide, 50, "squash") == 0).all()
+    assert (fit_square(wide, 50, "crop") == 0).all()
+    with pytest.raises(ValueError, match="unknown fit"):
+        fit_square(wide, 50, "stretch")
+
+
+# --- any other model: a local SavedModel folder through the same hub path -----------------
+
+
+def _save_tiny_model(folder: Path, size: int | None) -> None:
+    """A SavedModel mapping [N, size, size, 3] to 3 channel means and 1 constant."""
+    import tensorflow as tf
+
+    class Tiny(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+        def __call__(self, images):
+            means = tf.reduce_mean(images, axis=[1, 2])
+            return tf.concat([means, tf.ones_like(means[:, :1])], axis=1)
+
+    tf.saved_model.save(Tiny(), str(folder))
+
+
+def test_local_folder_loads_with_declared_input_size(tmp_path, model_cache):
+    folder = tmp_path / "tiny"
+    _save_tiny_model(folder, 64)
+    extractor = load(str(folder), model_cache)
+    assert extractor.input_size == 64 and extractor.dim == 4
+    assert extractor.model_id.startswith(f"{folder}@") and extractor.model_id.endswith("-pad64")
+    red = Image.new("RGB", (64, 64), (255, 0, 0))
+    vec = extractor.embed([red])[0]
+    np.testing.assert_allclose(vec, np.array([1, 0, 0, 1]) / np.sqrt(2), atol=1e-6)
+
+
+def test_local_folder_without_fixed_size_uses_default(tmp_path, model_cache):
+    folder = tmp_path / "free"
+    _save_tiny_model(folder, None)
+    extractor = load(str(folder), model_cache, fit="squash")
+    assert extractor.input_size == 224
+    assert extractor.model_id.endswith("-squash224")
+
+
+def test_cpu_share_follows_the_setting(monkeypatch):
+    monkeypatch.setenv("NPIMAGE_FV_THREADS", "3")
+    assert cpu_share() == 3
+    monkeypatch.delenv("NPIMAGE_FV_THREADS")
+    assert 1 <= cpu_share() <= len(os.sched_getaffinity(0))

@@ -1,0 +1,110 @@
+"""The whole pipeline without a scheduler (npimage run): results, incremental, idempotence."""
+
+from __future__ import annotations
+
+import csv
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+from helpers import check_published_run, table_rows
+
+from npimage.cli import main
+from npimage.config import Settings
+from npimage.pipeline import settings_context
+from npimage.runner import run_pipeline
+
+TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
+
+
+def _ctx(data_dir, source, run_id, mode="full", client="acme"):
+    settings = Settings().with_overrides(data_dir=data_dir, fv=False)
+    return settings_context(client, str(source), run_id, settings, mode=mode)
+
+
+@pytest.fixture(scope="module")
+def first_run(small_demo, tmp_path_factory):
+    data = tmp_path_factory.mktemp("pipeline")
+    info = run_pipeline(_ctx(data, small_demo.manifest, "r1"), workers=1, report=False)
+    return data, info
+
+
+def test_planted_duplicates_found_in_band(first_run, small_demo):
+    data, info = first_run
+    result = check_published_run(data / "warehouse.duckdb", "acme", small_demo.truth)
+    assert result["missed"] == 0, result["missed_rows"]
+    assert info["images"] == small_demo.n_images
+    assert info["signatures_computed"] == small_demo.n_images
+
+
+def test_incremental_rerun_computes_nothing_and_keeps_tables(first_run, small_demo):
+    data, _ = first_run
+    wh = data / "warehouse.duckdb"
+    before = {t: table_rows(wh, t, "acme") for t in TABLES}
+    info = run_pipeline(_ctx(data, small_demo.manifest, "r2", "incremental"), workers=1,
+                        report=False)
+    assert info["signatures_computed"] == 0
+    after = {t: table_rows(wh, t, "acme") for t in TABLES}
+    assert after == before
+
+
+def test_same_run_twice_gives_identical_tables(small_demo, tmp_path):
+    ctx = _ctx(tmp_path, small_demo.manifest, "same-run")
+    run_pipeline(ctx, workers=1, report=False)
+    first = {t: table_rows(tmp_path / "warehouse.duckdb", t, "acme", ()) for t in TABLES}
+    run_pipeline(ctx, workers=1, report=False)
+    second = {t: table_rows(tmp_path / "warehouse.duckdb", t, "acme", ()) for t in TABLES}
+    # computed_at of signatures differs between the two computations; all else is equal
+    drop = {"signatures"}
+    assert {t: v for t, v in first.items() if t not in drop} == \
+        {t: v for t, v in second.items() if t not in drop}
+    assert len(first["signatures"]) == len(second["signatures"])
+
+
+def test_incremental_after_changes(small_demo, tmp_path):
+    """Added, changed and deleted images: only they are recomputed; deletions leave matches."""
+    src = tmp_path / "catalogue"
+    shutil.copytree(small_demo.manifest.parent, src)
+    manifest = src / "manifest.csv"
+    run_pipeline(_ctx(tmp_path / "d", manifest, "a"), workers=1, report=False)
+    rows = list(csv.DictReader(manifest.open()))
+    deleted, changed, source_of_copy = rows[0], rows[1], rows[2]
+    (src / changed["uri"]).write_bytes((src / rows[3]["uri"]).read_bytes())  # new content
+    shutil.copy(src / source_of_copy["uri"], src / "images" / "new-copy.jpg")
+    kept = [r for r in rows if r is not deleted]
+    kept.append({"image_id": "new-copy", "product_id": "NEWPROD", "uri": "images/new-copy.jpg",
+                 "reference": ""})
+    with manifest.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["image_id", "product_id", "uri", "reference"])
+        w.writeheader()
+        w.writerows(kept)
+    info = run_pipeline(_ctx(tmp_path / "d", manifest, "b", "incremental"), workers=1,
+                        report=False)
+    assert info["signatures_computed"] == 2  # the changed image and the new one
+    ids = {r[1] for r in table_rows(tmp_path / "d" / "warehouse.duckdb", "images", "acme")}
+    assert deleted["image_id"] not in ids
+    matches = table_rows(tmp_path / "d" / "warehouse.duckdb", "image_matches", "acme")
+    assert all(deleted["image_id"] not in (m[1], m[2]) for m in matches)
+    assert any(m[1] == "new-copy" and m[2] == source_of_copy["image_id"] and m[7]
+               for m in matches)  # found as an identical file
+    # and the same tables as a full run over the changed catalogue
+    run_pipeline(_ctx(tmp_path / "full", manifest, "c"), workers=1, report=False)
+    assert table_rows(tmp_path / "full" / "warehouse.duckdb", "image_matches", "acme") == matches
+
+
+def test_cli_run_prints_where_results_are(small_demo, tmp_path, capsys):
+    code = main(["run", "--client", "cli", "--source", str(small_demo.manifest), "--data-dir",
+                 str(tmp_path), "--no-fv", "--no-report", "--workers", "1"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert f"warehouse         {(tmp_path / 'warehouse.duckdb').resolve()}" in out
+    assert "image pairs" in out and "rejects" in out
+    runs = list((tmp_path / "clients" / "cli" / "runs").iterdir())
+    assert pq.read_metadata(runs[0] / "image_matches.parquet").num_rows > 0
+
+
+def test_cli_clear_error_on_missing_source(tmp_path, capsys):
+    code = main(["run", "--client", "x", "--source", str(tmp_path / "nope"), "--data-dir",
+                 str(tmp_path), "--no-fv"])
+    assert code == 2
+    assert "source not found" in capsys.readouterr().err
