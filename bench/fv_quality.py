@@ -84,6 +84,15 @@ def retrieval(score: np.ndarray, labels: np.ndarray, k: int = 10) -> tuple[float
     return float(same[:, 0].mean()), float(same.mean())
 
 
+def distribution(score: np.ndarray, labels: np.ndarray) -> str:
+    """A Markdown row: percentiles of the score over same- and different-product pairs."""
+    same = labels[:, None] == labels[None, :]
+    upper = np.triu(np.ones_like(same), k=1)
+    a, b = score[same & upper], score[~same & upper]
+    pa, pb = np.percentile(a, [5, 50, 95]), np.percentile(b, [50, 99])
+    return " | ".join(f"{v:.3f}" for v in (*pa, *pb, b.max()))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a Markdown table."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -104,15 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     weights = load_weights(args.weights)
     print(f"{len(paths)} photos, {len(names)} products; model {model_id}; "
           f"weights {weights.source}; signatures in {elapsed:.1f}s\n")
+    matrices = score_matrices(hashes, fv, weights)
     print("| score | recall@1 | precision@10 |")
     print("|---|---|---|")
-    for name, score in score_matrices(hashes, fv, weights).items():
+    for name, score in matrices.items():
         r1, p10 = retrieval(score, labels)
         print(f"| {name} | {r1:.3f} | {p10:.3f} |")
     for share in (0.5, 0.6, 0.7, 0.8) if args.sweep else ():
         combined = score_matrices(hashes, fv, with_fv_share(weights, share))["combined"]
         r1, p10 = retrieval(combined, labels)
         print(f"| combined, dfv share {share:g} | {r1:.3f} | {p10:.3f} |")
+    print("\n| score | same p5 | same p50 | same p95 | different p50 | different p99 "
+          "| different max |")
+    print("|---|---|---|---|---|---|---|")
+    for name, score in matrices.items():
+        print(f"| {name} | {distribution(score, labels)} |")
     return 0
 
 

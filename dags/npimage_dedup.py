@@ -13,9 +13,11 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task
+
 from npimage.config import DEFAULT_FV_MODEL, Settings
 
 DEFAULTS = Settings()
+NEXTPAGE_CONN_ID = "nextpage_backend"
 
 
 def _context(params: dict) -> dict:
@@ -23,12 +25,19 @@ def _context(params: dict) -> dict:
     from npimage.pipeline import settings_context
 
     run_id = get_current_context()["run_id"]
+    params = {**params, "source": _conn_ref(params["source"]),
+              "backend": _conn_ref(params["backend"])}
     settings = Settings().with_overrides(
         fv=bool(params["fv"]), fv_model=params["fv_model"] or None, top_k=int(params["top_k"]),
         threshold=float(params["threshold"]), weights_file=params["weights"] or None)
     ctx = settings_context(params["client_id"], params["source"], run_id, settings,
                            mode=params["mode"], backend=params["backend"] or None)
     return ctx.to_dict()
+
+
+def _conn_ref(value: str) -> str:
+    """`nextpage` names the Airflow connection nextpage_backend (resolved inside tasks)."""
+    return f"airflow-conn:{NEXTPAGE_CONN_ID}" if value == "nextpage" else value
 
 
 def _ctx(data: dict):
@@ -48,7 +57,8 @@ def _ctx(data: dict):
     params={
         "client_id": Param("demo", type="string", minLength=1, description="client to process"),
         "source": Param("", type="string",
-                        description="folder of images, manifest CSV or postgresql:// backend"),
+                        description="folder of images, manifest CSV, postgresql:// URL, or "
+                        "'nextpage' for the Airflow connection nextpage_backend"),
         "mode": Param("full", enum=["full", "incremental"]),
         "fv": Param(DEFAULTS.fv, type="boolean", description="use feature vectors (slower)"),
         "fv_model": Param(DEFAULT_FV_MODEL, type="string",
@@ -56,7 +66,8 @@ def _ctx(data: dict):
         "top_k": Param(DEFAULTS.top_k, type="integer", minimum=1, maximum=1000),
         "threshold": Param(DEFAULTS.threshold, type="number", exclusiveMinimum=0, maximum=1),
         "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
-        "backend": Param("", type="string", description="postgresql:// URL to load matches into"),
+        "backend": Param("", type="string",
+                         description="load matches into: '' (none), 'nextpage' or a URL"),
     },
 )
 def npimage_dedup():

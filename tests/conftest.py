@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from pg import pg_backend, pg_dsn  # noqa: F401 - PostgreSQL fixtures for every test module
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"

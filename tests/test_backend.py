@@ -18,12 +18,14 @@ from typing import Any
 import numpy as np
 import psycopg2
 import psycopg2.errors
+import psycopg2.extensions
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pg import pg_connect
 
 from npimage.backend import (
+    airflow_dsn,
     apply_schema,
     extract_catalog,
     get_run,
@@ -167,7 +169,14 @@ def wait_for_blocked_loads(dsn: str, wait_event: str, count: int = 1) -> list[in
 
 def test_apply_schema_is_idempotent_and_lists_bands(pg_backend: str) -> None:
     apply_schema(pg_backend)
-    apply_schema(pg_backend)
+    with closing(pg_connect(pg_backend, autocommit=False)) as load, closing(
+            pg_connect(pg_backend)) as other:
+        # a load in progress holds this lock; apply_schema must not wait for it
+        load.cursor().execute("LOCK TABLE npimage_image_match, npimage_product_match,"
+                              " npimage_run IN ROW EXCLUSIVE MODE")
+        other.cursor().execute("SET lock_timeout = '5s'")
+        apply_schema(other)
+        load.rollback()
     bands = sql(pg_backend, "SELECT band, lower_bound, rank FROM npimage_band ORDER BY rank")
     assert [(b, _f32(lo)) for b, lo, _ in bands] == [(b, _f32(lo)) for b, lo in BANDS]
 
@@ -450,8 +459,26 @@ def test_functions_accept_an_open_connection(pg_backend: str, tmp_path: Path) ->
     assert image_rows(pg_backend, "K") == rows_of(tables[0])
 
 
+def test_airflow_connection_gives_a_working_dsn(pg_backend: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("airflow.sdk")
+    p = psycopg2.extensions.parse_dsn(pg_backend)
+    monkeypatch.setenv("AIRFLOW_CONN_NEXTPAGE_BACKEND",
+                       f"postgresql://{p['user']}@{p['host']}:{p.get('port', 5432)}/{p['dbname']}"
+                       "?sslmode=disable&connect_timeout=7&cursor=dictcursor")
+    dsn = airflow_dsn()
+    assert "cursor" not in dsn and "sslmode=disable" in dsn
+    with closing(psycopg2.connect(dsn)) as conn, conn.cursor() as cur:
+        cur.execute("SELECT current_database()")
+        assert cur.fetchone()[0] == p["dbname"]
+    assert list_clients(dsn) == []
+
+
 def test_run_lifecycle_keeps_first_start_and_clears_error(pg_backend: str) -> None:
-    record_run_start(pg_backend, "L", "r", {"mode": "full", "n_images": 3})
+    sql(pg_backend, "DROP TABLE npimage_run, npimage_image_match, npimage_product_match,"
+        " npimage_band")  # a backend npimage never wrote to
+    assert last_watermark(pg_backend, "L") is None
+    record_run_start(pg_backend, "L", "r", {"mode": "full", "n_images": 3})  # creates them
     started = get_run(pg_backend, "L", "r")["started_at"]
     record_run_end(pg_backend, "L", "r", "failed", error="disk full")
     assert get_run(pg_backend, "L", "r")["error"] == "disk full"
@@ -463,3 +490,13 @@ def test_run_lifecycle_keeps_first_start_and_clears_error(pg_backend: str) -> No
     assert last_watermark(pg_backend, "L") is None
     with pytest.raises(ValueError, match="status"):
         record_run_end(pg_backend, "L", "r", "done")
+    # the pipeline's own key names land in their columns
+    record_run_end(pg_backend, "L", "r", "success", {
+        "fv_model": "efficientnet-lite0", "threshold": 0.82, "top_k": 10, "weights": "default",
+        "n_rejects": 2, "started_at": T0, "watermark": "2024-01-02T00:00:00+00:00"})
+    run = get_run(pg_backend, "L", "r")
+    assert (run["model"], run["details"], run["started_at"]) == (
+        "efficientnet-lite0", {"n_rejects": 2}, started)
+    assert run["thresholds"] == {"threshold": 0.82, "top_k": 10, "weights": "default",
+                                 "bands": dict(BANDS)}
+    assert last_watermark(pg_backend, "L") == T0 + timedelta(days=1)

@@ -317,6 +317,11 @@ def test_local_folder_without_fixed_size_uses_default(tmp_path, model_cache):
     assert extractor.model_id.endswith("-squash224")
 
 
+def test_unknown_folder_is_a_clear_error(tmp_path, model_cache):
+    with pytest.raises(FileNotFoundError, match="no such folder"):
+        load(str(tmp_path / "missing"), model_cache)
+
+
 def test_cpu_share_follows_the_setting(monkeypatch):
     monkeypatch.setenv("NPIMAGE_FV_THREADS", "3")
     assert cpu_share() == 3

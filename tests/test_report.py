@@ -228,8 +228,8 @@ def test_image_page_shows_band_in_words_components_and_products(report):
     links = attr_values(page, "href")
     for product in ("4006381333948", "4006381333955", "4006381333931"):
         assert any(h.endswith(page_path(PRODUCT_DIR, product)) for h in links), product
-    widths = [a["style"] for t, a in page.tags if t == "i" and a.get("style")]
-    assert "width:97.0%" in widths  # dah 0.97 of the retouched match, as a bar
+    bars = [a["style"] for t, a in page.tags if t == "dd" and a.get("style")]
+    assert "--v:97.0%" in bars  # dah 0.97 of the retouched match, as a bar
 
 
 def test_feature_component_shows_off_when_fv_was_not_computed(report):
@@ -282,6 +282,8 @@ def test_thumbnails_are_small_and_unreadable_images_get_the_placeholder(report):
         assert any(s.endswith(PLACEHOLDER) for s in attr_values(page, "src")), image_id
     broken = " ".join(parse(out / page_path(IMAGE_DIR, "5012345678900_broken")).text)
     assert "Could not be read" in broken and "looks like HTML" in broken
+    gone = " ".join(parse(out / page_path(IMAGE_DIR, "5012345678900_gone")).text)
+    assert "No thumbnail: file not found" in gone
 
 
 def test_index_is_paginated_and_band_filters_hold_only_their_band(report):

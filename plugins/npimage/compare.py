@@ -1,22 +1,39 @@
 """Compare: N query images against M catalogue images, top-k per query above a threshold.
 
-Candidates first, then scores. The catalogue is walked in blocks of `block_size` rows
-against blocks of queries, so memory is bounded by the block sizes, never by N x M:
-- each block's score matrix comes from XOR + popcount over the packed 64-bit hashes, read
-  through the scorer's lookup tables, and, with FV on, one matrix product of unit vectors
-  (BLAS) through its calibration curve; identical bytes (sha256 + size)
-  score 1.0; an image never matches itself;
-- only the block's top-k per query above the threshold survive, and the survivors of all
-  blocks are reduced to the final top-k;
-- every component (dah, ddh, dph, dfv, same_bytes) is then computed for the survivors only.
-Ties are broken by catalogue row (signatures are sorted by image_id), so the result does
-not depend on how the catalogue is split into blocks or shards.
+Candidates first, then scores, exactly (no approximate index: recall is 100 % by
+construction, and tests/test_scale.py checks it against brute force):
+
+- identical bytes (sha256 + size) are joined by sorting, and score 1.0;
+- hashes: the scorer's lookup tables and the threshold bound the hash distances a
+  qualifying pair can have; the bound includes the most the FV term could add
+  (`hash_bound`). A compiled scan (npimage.candidates) walks every N x M pair, XOR +
+  popcount, about a cycle per pair, and returns the pairs inside that bound;
+- the candidates are scored exactly (`pair_scores`: lookup tables, plus the cosine of the
+  two feature vectors for those pairs only), and only pairs >= threshold are kept.
+
+When a tile of the catalogue yields too many candidates to score one by one (a low
+threshold, a catalogue of look-alike pictures), that tile is scored densely instead:
+XOR + popcount matrices and one BLAS matrix product of unit vectors per block of
+`block_size` rows, the top-k per query read from it, and its survivors re-scored by
+`pair_scores` so that a pair's score never depends on which path found it.
+
+Work is spread over the cores by a thread pool (the scan and NumPy release the GIL);
+memory is bounded by the tile sizes and the top-k kept per query, never by N x M.
+Feature vectors stay float16 in memory (as stored) and are made float32 unit rows per
+block. Ties are broken by catalogue row (signatures are sorted by image_id), so the result
+does not depend on how the catalogue is split into blocks or shards. An image never
+matches itself (same row).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
@@ -27,6 +44,21 @@ from npimage.scoring import Scorer
 
 #: Scores are rounded to this many decimals so that ties are exact across block shapes.
 SCORE_DECIMALS = 6
+#: Margin kept under the threshold by every bound and pre-selection, so that float32
+#: rounding can never drop a pair whose exact score qualifies.
+SLACK = 1e-5
+#: Queries per block of work.
+QUERY_BLOCK = 1024
+#: Largest number of catalogue rows per tile (one task of the thread pool).
+CATALOGUE_TILE = 65536
+#: Highest share of a tile's pairs that are scored one by one (else the tile is scored
+#: densely): a gathered pair costs ~2 us with FV (float16 rows gathered and converted)
+#: against ~30 ns per pair of a dense BLAS block, ~0.1 us without FV against ~10 ns.
+SPARSE_MAX_DENSITY = {True: 0.01, False: 0.1}
+#: Pairs gathered at once when computing cosines of candidate pairs (bounds memory).
+PAIR_CHUNK = 8192
+#: Kept pairs accumulated before they are reduced to the top-k again.
+REDUCE_EVERY = 2_000_000
 
 MATCH_COLUMNS = pa.schema(
     [
@@ -51,7 +83,7 @@ class SignatureArrays:
     sha: np.ndarray  # int64, first 64 bits of sha256
     size: np.ndarray  # int64, size in bytes
     hashes: np.ndarray  # uint64 (n, 3): ahash, dhash, phash
-    fv: np.ndarray | None  # float32 (n, d), unit rows, or None when FV is off
+    fv: np.ndarray | None  # float16 or float32 (n, d), normalised on use; None when FV is off
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -61,18 +93,44 @@ class SignatureArrays:
         return SignatureArrays(self.ids[idx], self.rows[idx], self.sha[idx], self.size[idx],
                                self.hashes[idx], None if self.fv is None else self.fv[idx])
 
+    def slice(self, start: int, stop: int) -> SignatureArrays:
+        """Rows start..stop as views (no copy: catalogue tiles of float16 vectors are large)."""
+        return SignatureArrays(self.ids[start:stop], self.rows[start:stop],
+                               self.sha[start:stop], self.size[start:stop],
+                               self.hashes[start:stop],
+                               None if self.fv is None else self.fv[start:stop])
+
+
+# -- reading signatures ------------------------------------------------------------------
 
 def _fv_matrix(column: pa.ChunkedArray) -> np.ndarray:
-    """(n, d) float32 matrix of a list<float16> column with no nulls, rows re-normalised."""
+    """(n, d) float16 matrix of a list<float16> column with no nulls (as stored: 2 bytes)."""
     arr = column.combine_chunks()
     if arr.null_count:
         raise ValueError(
             f"{arr.null_count} signature(s) lack a feature vector although FV is on; "
             "rerun in full mode or with fv off")
-    values = arr.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-    mat = values.reshape(len(arr), -1) if len(arr) else np.zeros((0, 1), np.float32)
-    norms = np.linalg.norm(mat, axis=1, keepdims=True)
-    return mat / np.where(norms > 0, norms, 1.0)
+    values = arr.flatten().to_numpy(zero_copy_only=False)
+    if values.dtype != np.float16:
+        values = values.astype(np.float32)
+    return values.reshape(len(arr), -1) if len(arr) else np.zeros((0, 1), np.float32)
+
+
+def _sha_prefix(column: pa.ChunkedArray) -> np.ndarray:
+    """First 64 bits of hex sha256 strings as int64, vectorised over the string buffer."""
+    arr = pc.utf8_slice_codeunits(column.combine_chunks(), 0, 16).cast(pa.large_string())
+    n = len(arr)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    offsets = np.frombuffer(arr.buffers()[1], np.int64)[arr.offset:arr.offset + n + 1]
+    if not np.all(np.diff(offsets) == 16):
+        raise ValueError("sha256 values must be 64 hex characters")
+    chars = np.frombuffer(arr.buffers()[2], np.uint8)[offsets[0]:offsets[-1]].reshape(n, 16)
+    digits = np.where(chars <= ord("9"), chars - ord("0"), (chars | 0x20) - ord("a") + 10)
+    if np.any(digits > 15):
+        raise ValueError("sha256 values must be hexadecimal")
+    nibbles = digits.astype(np.uint64) << (np.arange(60, -1, -4, dtype=np.uint64))
+    return np.bitwise_or.reduce(nibbles, axis=1).view(np.int64)
 
 
 def arrays_from_table(table: pa.Table, use_fv: bool, first_row: int = 0) -> SignatureArrays:
@@ -81,11 +139,10 @@ def arrays_from_table(table: pa.Table, use_fv: bool, first_row: int = 0) -> Sign
         models = pc.unique(table["fv_model"].drop_null()).to_pylist()
         if len(models) > 1:
             raise ValueError(f"feature vectors of different models cannot be compared: {models}")
-    sha_hex = table["sha256"].to_pylist()
     return SignatureArrays(
-        ids=np.asarray(table["image_id"].to_pylist(), dtype=object),
+        ids=table["image_id"].to_numpy(zero_copy_only=False).astype(object),
         rows=np.arange(first_row, first_row + table.num_rows, dtype=np.int64),
-        sha=np.array([int(h[:16], 16) for h in sha_hex], dtype=np.uint64).view(np.int64),
+        sha=_sha_prefix(table["sha256"]),
         size=table["size_bytes"].to_numpy().astype(np.int64),
         hashes=np.stack([table[c].to_numpy().astype(np.int64) for c in ("ahash", "dhash", "phash")],
                         axis=1).view(np.uint64) if table.num_rows else np.zeros((0, 3), np.uint64),
@@ -93,30 +150,193 @@ def arrays_from_table(table: pa.Table, use_fv: bool, first_row: int = 0) -> Sign
     )
 
 
+# -- scores ------------------------------------------------------------------------------
+
+def unit_rows(fv: np.ndarray) -> np.ndarray:
+    """float32 copy of feature vectors with rows of unit length (zero rows stay zero).
+
+    Row by row, so a vector gets the same bits whichever block it is normalised in.
+    """
+    x = fv.astype(np.float32)
+    norms = np.sqrt(np.sum(x * x, axis=1, keepdims=True))
+    x /= np.where(norms > 0, norms, np.float32(1.0))
+    return x
+
+
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot products of aligned float32 rows, summed row by row (block-independent bits)."""
+    return np.sum(a * b, axis=1)
+
+
 def score_block(q: SignatureArrays, c: SignatureArrays, scorer: Scorer) -> np.ndarray:
-    """(len(q), len(c)) float32 scores; self pairs get -1 so they never qualify."""
+    """(len(q), len(c)) float32 scores; self pairs get -1 so they never qualify.
+
+    The dense reference: every pair, hashes through the lookup tables and FV by one BLAS
+    matrix product. compare uses it for dense tiles and re-scores their survivors with
+    pair_scores (same values up to float32 rounding of the matrix product).
+    """
     score = np.zeros((len(q), len(c)), dtype=np.float32)
     for j in range(3):
         bits = np.bitwise_count(q.hashes[:, j, None] ^ c.hashes[None, :, j])
         score += scorer.hash_tables[j][bits]
     if scorer.use_fv and q.fv is not None and c.fv is not None:
-        score += scorer.fv_term(q.fv @ c.fv.T)
+        score += scorer.fv_term(unit_rows(q.fv) @ unit_rows(c.fv).T)
     same = (q.sha[:, None] == c.sha[None, :]) & (q.size[:, None] == c.size[None, :])
     score[same] = 1.0
     score[q.rows[:, None] == c.rows[None, :]] = -1.0
     return np.round(score, SCORE_DECIMALS)
 
 
-def _block_survivors(score: np.ndarray, k: int, threshold: float):
-    """(query idx, catalogue idx, score) of the pairs that may be in a query's top-k."""
-    m = score.shape[1]
-    keep = score >= threshold
-    if m > k:
-        kth = np.partition(score, m - k, axis=1)[:, m - k]
-        keep &= score >= kth[:, None]
-    qi, ci = np.nonzero(keep)
-    return qi, ci, score[qi, ci]
+def _unit_lookup(fv: np.ndarray, n_pairs: int) -> Callable[[np.ndarray], np.ndarray]:
+    """A function giving the unit rows fv[idx]: all of fv is converted once when the pairs
+    outnumber its rows enough to pay, else only the rows asked for, chunk by chunk."""
+    if n_pairs >= len(fv) // 4:
+        unit = unit_rows(fv)
+        return lambda idx: unit[idx]
+    return lambda idx: unit_rows(fv[idx])
 
+
+def pair_cosines(qfv: np.ndarray, cfv: np.ndarray, qi: np.ndarray, ci: np.ndarray
+                 ) -> np.ndarray:
+    """float32 cosines of the pairs (qfv[qi], cfv[ci]), gathered PAIR_CHUNK pairs at a time."""
+    qrows, crows = _unit_lookup(qfv, len(qi)), _unit_lookup(cfv, len(ci))
+    out = np.empty(len(qi), np.float32)
+    for s in range(0, len(qi), PAIR_CHUNK):
+        out[s:s + PAIR_CHUNK] = _row_dots(qrows(qi[s:s + PAIR_CHUNK]), crows(ci[s:s + PAIR_CHUNK]))
+    return out
+
+
+def pair_scores(q: SignatureArrays, c: SignatureArrays, qi: np.ndarray, ci: np.ndarray,
+                scorer: Scorer) -> np.ndarray:
+    """float32 scores of the pairs (q[qi], c[ci]), exactly as score_block computes them."""
+    h = np.bitwise_count(q.hashes[qi] ^ c.hashes[ci])
+    score = scorer.hash_tables[0][h[:, 0]] + scorer.hash_tables[1][h[:, 1]]
+    score += scorer.hash_tables[2][h[:, 2]]
+    if scorer.use_fv and q.fv is not None and c.fv is not None and len(qi):
+        score += scorer.fv_term(pair_cosines(q.fv, c.fv, qi, ci))
+    same = (q.sha[qi] == c.sha[ci]) & (q.size[qi] == c.size[ci])
+    score[same] = 1.0
+    score[q.rows[qi] == c.rows[ci]] = -1.0
+    return np.round(score, SCORE_DECIMALS)
+
+
+# -- candidate bound ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class HashBound:
+    """The hash distances a pair can have and still reach the threshold.
+
+    `feasible[da, dd, dp]` is true when the three hash terms, plus the most the FV term
+    can add, reach `threshold - SLACK`. `shifts` and `bound` give the scan a cheap
+    necessary test, `sum(d_c << shifts_c) <= bound`, chosen to let through as few
+    random pairs as possible. `random_rate` is the share of pairs of random hashes that
+    are feasible (the expected candidate density of unrelated pictures).
+    """
+
+    feasible: np.ndarray  # bool (65, 65, 65)
+    shifts: tuple[int, int, int]
+    bound: int
+    random_rate: float
+
+    @property
+    def empty(self) -> bool:
+        return not bool(self.feasible.any())
+
+
+def _max_fv_term(scorer: Scorer) -> float:
+    """Largest value the weighted FV term can take (0 without FV): at a knot or an end."""
+    if not scorer.use_fv:
+        return 0.0
+    xs = [x for x, _ in scorer.curves["dfv"] if 0.0 <= x <= 1.0]
+    return float(np.max(scorer.fv_term(np.array([0.0, 1.0, *xs], np.float32))))
+
+
+def _binomial_pmf() -> np.ndarray:
+    """P(distance = d) between two random 64-bit hashes, d = 0..64."""
+    logs = np.cumsum(np.log(np.arange(1, HASH_BITS + 1)))
+    logf = np.concatenate([[0.0], logs])
+    d = np.arange(HASH_BITS + 1)
+    return np.exp(logf[-1] - logf[d] - logf[HASH_BITS - d] - HASH_BITS * np.log(2.0))
+
+
+@lru_cache(maxsize=32)
+def _hash_bound(tables: bytes, fv_max: float, threshold: float) -> HashBound:
+    t = np.frombuffer(tables, np.float32).reshape(3, HASH_BITS + 1).astype(np.float64)
+    total = t[0][:, None, None] + t[1][None, :, None] + t[2][None, None, :]
+    feasible = total + fv_max >= threshold - SLACK
+    pmf = _binomial_pmf()
+    prob = pmf[:, None, None] * pmf[None, :, None] * pmf[None, None, :]
+    rate = float(prob[feasible].sum())
+    if not feasible.any():
+        return HashBound(feasible, (0, 0, 0), -1, 0.0)
+    d = np.arange(HASH_BITS + 1)
+    best = None
+    for shifts in itertools.product(range(4), repeat=3):
+        lin = ((d << shifts[0])[:, None, None] + (d << shifts[1])[None, :, None]
+               + (d << shifts[2])[None, None, :])
+        bound = int(lin[feasible].max())
+        passed = float(prob[lin <= bound].sum())
+        if best is None or passed < best[0] - 1e-15:
+            best = (passed, shifts, bound)
+    return HashBound(feasible, best[1], best[2], rate)
+
+
+def hash_bound(scorer: Scorer, threshold: float) -> HashBound:
+    """The HashBound of a scorer at a threshold (cached: 64 candidate linear tests tried)."""
+    return _hash_bound(np.ascontiguousarray(scorer.hash_tables, np.float32).tobytes(),
+                       _max_fv_term(scorer), float(threshold))
+
+
+def hash_candidates(q_hashes: np.ndarray, c_hashes: np.ndarray, bound: HashBound,
+                    capacity: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(query idx, catalogue idx) of every pair whose hash distances are feasible.
+
+    Exact (a pair is returned iff bound.feasible[da, dd, dp]); None when there are more
+    than `capacity` (default: all pairs fit). Hashes are (n, 3) uint64 arrays.
+    """
+    from npimage.candidates import GROUP, scan_pairs  # Numba: imported when first needed
+
+    nq, nc = len(q_hashes), len(c_hashes)
+    if capacity is None:
+        capacity = nq * nc
+    if bound.empty or nq == 0 or nc == 0:
+        return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    padded = -(-nq // GROUP) * GROUP
+    q = np.empty((3, padded), np.uint64)
+    q[:, :nq] = q_hashes.T
+    q[:, nq:] = q_hashes[-1:].T
+    c = np.ascontiguousarray(c_hashes.T)
+    return scan_pairs(q, nq, c, bound.shifts, bound.bound,
+                      np.ascontiguousarray(bound.feasible.ravel(), np.uint8), capacity)
+
+
+def same_bytes_pairs(q: SignatureArrays, c: SignatureArrays, k: int | None = None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(query idx, catalogue idx) of pairs with identical bytes (sha256 prefix + size).
+
+    With k, only what a top-k can use: per query its first k + 1 copies by catalogue
+    row, per catalogue image its first k + 1 queries by row (a picture stored 10 000
+    times must not yield 10^8 pairs). Self pairs are included; the caller drops them.
+    """
+    pairs_q, pairs_c = [], []
+    for a, b, swap in ((q, c, False), (c, q, True)):
+        order = np.lexsort((b.rows, b.sha))
+        sha_sorted = b.sha[order]
+        lo = np.searchsorted(sha_sorted, a.sha, side="left")
+        hi = np.searchsorted(sha_sorted, a.sha, side="right")
+        count = hi - lo if k is None else np.minimum(hi - lo, k + 1)
+        ai = np.repeat(np.arange(len(a)), count)
+        start = np.repeat(lo - (np.cumsum(count) - count), count)
+        bi = order[start + np.arange(len(ai))]
+        keep = a.size[ai] == b.size[bi]
+        pairs_q.append(bi[keep] if swap else ai[keep])
+        pairs_c.append(ai[keep] if swap else bi[keep])
+        if k is None:
+            break
+    return np.concatenate(pairs_q), np.concatenate(pairs_c)
+
+
+# -- top-k -------------------------------------------------------------------------------
 
 def top_k_per_query(qi: np.ndarray, crow: np.ndarray, score: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best (score desc, catalogue row asc) entries of each query."""
@@ -126,14 +346,98 @@ def top_k_per_query(qi: np.ndarray, crow: np.ndarray, score: np.ndarray, k: int)
     return order[(np.arange(len(qs)) - start) < k]
 
 
-def components(q: SignatureArrays, c: SignatureArrays) -> dict[str, np.ndarray]:
-    """Every component of the aligned pairs (q[i], c[i])."""
-    sims = 1.0 - np.bitwise_count(q.hashes ^ c.hashes).astype(np.float32) / HASH_BITS
-    out = {"dah": sims[:, 0], "ddh": sims[:, 1], "dph": sims[:, 2]}
-    out["dfv"] = (np.maximum(np.einsum("ij,ij->i", q.fv, c.fv), 0.0).astype(np.float32)
-                  if q.fv is not None and c.fv is not None else None)
-    out["same_bytes"] = (q.sha == c.sha) & (q.size == c.size)
-    return out
+class _Kept:
+    """Pairs >= threshold kept so far: each query's top-k (and each catalogue image's,
+    both ways), reduced again whenever REDUCE_EVERY new pairs have come in."""
+
+    def __init__(self, k: int, both_ways: bool, q_rows: np.ndarray, c_rows: np.ndarray) -> None:
+        self.k, self.both_ways, self.q_rows, self.c_rows = k, both_ways, q_rows, c_rows
+        self.n_cat = max(len(c_rows), 1)
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.pending = 0
+
+    def add(self, qi: np.ndarray, ci: np.ndarray, score: np.ndarray) -> None:
+        if len(qi):
+            self.parts.append((qi.astype(np.int64), ci.astype(np.int64), score))
+            self.pending += len(qi)
+        if self.pending >= REDUCE_EVERY:
+            self.parts = [self.result()]
+            self.pending = 0
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(query idx, catalogue idx, score) of the union of the top-k lists, each pair once."""
+        if not self.parts:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+        qi, ci, sc = (np.concatenate(x) for x in zip(*self.parts, strict=True))
+        _, first = np.unique(qi * self.n_cat + ci, return_index=True)
+        qi, ci, sc = qi[first], ci[first], sc[first]
+        sel = top_k_per_query(qi, self.c_rows[ci], sc, self.k)
+        if self.both_ways:
+            sel = np.union1d(sel, top_k_per_query(ci, self.q_rows[qi], sc, self.k))
+        return qi[sel], ci[sel], sc[sel]
+
+
+# -- tiles -------------------------------------------------------------------------------
+
+def _top_mask(score: np.ndarray, k: int, threshold: float) -> np.ndarray:
+    """Entries of a score matrix that may be in the top-k of their row and >= threshold.
+
+    A superset by SLACK, so that re-scoring them exactly cannot miss a top-k member.
+    """
+    m = score.shape[1]
+    cut = np.full(score.shape[0], threshold, np.float32)
+    if m > k:
+        cut = np.maximum(cut, np.partition(score, m - k, axis=1)[:, m - k])
+    return score >= (cut - SLACK)[:, None]
+
+
+def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
+                 threshold: float, both_ways: bool, block_size: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Survivors of a tile scored as matrices of block_size catalogue rows, re-scored exactly."""
+    qs, cs = [], []
+    for b0 in range(0, len(c), block_size):
+        block = c.slice(b0, b0 + block_size)
+        score = score_block(q, block, scorer)
+        same = (q.sha[:, None] == block.sha[None, :]) & (q.size[:, None] == block.size[None, :])
+        score[same] = -1.0  # identical bytes come from same_bytes_pairs
+        keep = _top_mask(score, k, threshold)
+        if both_ways:
+            keep |= _top_mask(score.T, k, threshold).T
+        qi, ci = np.nonzero(keep)
+        qs.append(qi)
+        cs.append(ci + b0)
+    qi, ci = np.concatenate(qs), np.concatenate(cs)
+    score = pair_scores(q, c, qi, ci, scorer)
+    keep = score >= threshold
+    return qi[keep], ci[keep], score[keep]
+
+
+def _score_tile(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, bound: HashBound,
+                k: int, threshold: float, both_ways: bool, block_size: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query idx, tile idx, score) of a tile's pairs >= threshold (identical bytes aside)."""
+    empty = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    if bound.empty:
+        return empty
+    limit = SPARSE_MAX_DENSITY[scorer.use_fv]
+    found = None
+    if bound.random_rate <= limit:
+        found = hash_candidates(q.hashes, c.hashes, bound,
+                                capacity=int(limit * len(q) * len(c)) + 4096)
+    if found is None:
+        return _score_dense(q, c, scorer, k, threshold, both_ways, block_size)
+    qi, ci = found
+    same = (q.sha[qi] == c.sha[ci]) & (q.size[qi] == c.size[ci])
+    qi, ci = qi[~same], ci[~same]  # identical bytes come from same_bytes_pairs
+    score = pair_scores(q, c, qi, ci, scorer)
+    keep = score >= threshold
+    return qi[keep], ci[keep], score[keep]
+
+
+def compare_threads() -> int:
+    """Threads for compare: the cores this process may use."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer, *,
@@ -141,62 +445,86 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
             progress: Callable[[int], None] | None = None) -> pa.Table:
     """Top-k matches of every query in the catalogue, with their components (MATCH_COLUMNS).
 
-    With `both_ways`, also the top-k queries of every catalogue image (the same score
-    matrix read by columns): an incremental run needs them to update the lists of
-    catalogue images that new images now belong in. Pairs are returned once, oriented
-    (query, catalogue image).
+    With `both_ways`, also the top-k queries of every catalogue image: an incremental run
+    needs them to update the lists of catalogue images that new images now belong in.
+    Pairs are returned once, oriented (query, catalogue image). `block_size` bounds the
+    catalogue rows of a dense score matrix.
     """
-    found_q, found_c, found_s = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)], [
-        np.zeros(0, np.float32)]
-    col_q, col_c, col_s = list(found_q), list(found_c), list(found_s)
-    q_block = max(1, min(block_size, 1024))
-    for qs in range(0, len(queries), q_block):
-        qa = queries.take(np.arange(qs, min(qs + q_block, len(queries))))
-        bq, bc, bs = [], [], []
-        for cs in range(0, len(catalogue), block_size):
-            cidx = np.arange(cs, min(cs + block_size, len(catalogue)))
-            score = score_block(qa, catalogue.take(cidx), scorer)
-            qi, ci, sc = _block_survivors(score, top_k, threshold)
-            bq.append(qi + qs)
-            bc.append(ci + cs)
-            bs.append(sc)
-            if both_ways:
-                ci, qi, sc = _block_survivors(score.T, top_k, threshold)
-                col_q.append(qi + qs)
-                col_c.append(ci + cs)
-                col_s.append(sc)
-            if progress:
-                progress(len(qa) * len(cidx))
-        if bq:  # reduce per query block: memory stays ~ q_block x k x catalogue blocks
-            qi, ci, sc = np.concatenate(bq), np.concatenate(bc), np.concatenate(bs)
-            sel = top_k_per_query(qi, catalogue.rows[ci], sc, top_k)
-            found_q.append(qi[sel])
-            found_c.append(ci[sel])
-            found_s.append(sc[sel])
-    if both_ways:
-        qi, ci, sc = np.concatenate(col_q), np.concatenate(col_c), np.concatenate(col_s)
-        sel = top_k_per_query(ci, queries.rows[qi], sc, top_k)
-        found_q.append(qi[sel])
-        found_c.append(ci[sel])
-        found_s.append(sc[sel])
-    qi, ci, sc = np.concatenate(found_q), np.concatenate(found_c), np.concatenate(found_s)
-    _, first = np.unique(qi * max(len(catalogue), 1) + ci, return_index=True)
-    return _match_table(queries.take(qi[first]), catalogue.take(ci[first]), sc[first])
+    kept = _Kept(top_k, both_ways, queries.rows, catalogue.rows)
+    qi, ci = same_bytes_pairs(queries, catalogue, top_k)
+    not_self = queries.rows[qi] != catalogue.rows[ci]
+    kept.add(qi[not_self], ci[not_self], np.ones(int(not_self.sum()), np.float32))
+
+    bound = hash_bound(scorer, threshold)
+    threads = compare_threads()
+    n, m = len(queries), len(catalogue)
+    tile = max(4096, min(CATALOGUE_TILE, -(-m // threads)))
+    jobs = ((q0, c0) for q0 in range(0, n, QUERY_BLOCK) for c0 in range(0, m, tile))
+    inflight: deque[tuple[int, int, int, Future]] = deque()
+
+    def collect() -> None:
+        q0, c0, pairs, fut = inflight.popleft()
+        qi, ci, sc = fut.result()
+        kept.add(qi + q0, ci + c0, sc)
+        if progress:
+            progress(pairs)
+
+    with ThreadPoolExecutor(threads, thread_name_prefix="npimage-compare") as pool:
+        for q0, c0 in jobs:
+            qa, ca = queries.slice(q0, q0 + QUERY_BLOCK), catalogue.slice(c0, c0 + tile)
+            inflight.append((q0, c0, len(qa) * len(ca), pool.submit(
+                _score_tile, qa, ca, scorer, bound, top_k, threshold, both_ways,
+                max(1, block_size))))
+            if len(inflight) > 2 * threads:
+                collect()
+        while inflight:
+            collect()
+    qi, ci, sc = kept.result()
+    return _match_table(queries, catalogue, qi, ci, sc)
 
 
-def _match_table(q: SignatureArrays, c: SignatureArrays, score: np.ndarray) -> pa.Table:
-    comp = components(q, c)
+# -- output ------------------------------------------------------------------------------
+
+def components(q: SignatureArrays, c: SignatureArrays) -> dict[str, np.ndarray]:
+    """Every component of the aligned pairs (q[i], c[i])."""
+    sims = 1.0 - np.bitwise_count(q.hashes ^ c.hashes).astype(np.float32) / HASH_BITS
+    out = {"dah": sims[:, 0], "ddh": sims[:, 1], "dph": sims[:, 2]}
+    idx = np.arange(len(q))
+    out["dfv"] = (np.maximum(pair_cosines(q.fv, c.fv, idx, idx), 0.0).astype(np.float32)
+                  if q.fv is not None and c.fv is not None else None)
+    out["same_bytes"] = (q.sha == c.sha) & (q.size == c.size)
+    return out
+
+
+def _match_table(queries: SignatureArrays, catalogue: SignatureArrays, qi: np.ndarray,
+                 ci: np.ndarray, score: np.ndarray) -> pa.Table:
+    """MATCH_COLUMNS of the pairs (queries[qi], catalogue[ci]), components in chunks."""
+    order = np.lexsort((catalogue.rows[ci], -score, queries.rows[qi]))
+    qi, ci, score = qi[order], ci[order], score[order]
+    parts: dict[str, list[np.ndarray]] = {n: [] for n in ("dah", "ddh", "dph", "dfv",
+                                                          "same_bytes")}
+    for s in range(0, len(qi), 65536):
+        comp = components(queries.take(qi[s:s + 65536]), catalogue.take(ci[s:s + 65536]))
+        for name in parts:
+            if comp[name] is not None:
+                parts[name].append(comp[name])
+
+    def col(name: str, dtype: type) -> np.ndarray:
+        return np.concatenate(parts[name]) if parts[name] else np.zeros(0, dtype)
+
+    dfv = (pa.array(col("dfv", np.float32), pa.float32())
+           if queries.fv is not None and catalogue.fv is not None
+           else pa.nulls(len(score), pa.float32()))
     return pa.table(
         {
-            "image_id": pa.array(q.ids.tolist(), pa.string()),
-            "match_image_id": pa.array(c.ids.tolist(), pa.string()),
+            "image_id": pa.array(queries.ids[qi].tolist(), pa.string()),
+            "match_image_id": pa.array(catalogue.ids[ci].tolist(), pa.string()),
             "score": pa.array(score.astype(np.float32)),
-            "dah": pa.array(comp["dah"]),
-            "ddh": pa.array(comp["ddh"]),
-            "dph": pa.array(comp["dph"]),
-            "dfv": pa.array(comp["dfv"], pa.float32()) if comp["dfv"] is not None
-            else pa.nulls(len(score), pa.float32()),
-            "same_bytes": pa.array(comp["same_bytes"]),
+            "dah": pa.array(col("dah", np.float32)),
+            "ddh": pa.array(col("ddh", np.float32)),
+            "dph": pa.array(col("dph", np.float32)),
+            "dfv": dfv,
+            "same_bytes": pa.array(col("same_bytes", bool)),
         },
         schema=MATCH_COLUMNS,
     )

@@ -4,27 +4,68 @@ Every later step (hashes, feature vectors, thumbnails) works from the single `De
 image made here, so an image is read and decoded exactly once per run. Normalisation
 makes the same photo stored in another mode, format or orientation give the same pixels:
 EXIF orientation applied, first frame of animations, transparency composited on white
-(product photos are shot on white), 16-bit and float data scaled to 8 bits.
+(product photos are shot on white), 16-bit, 32-bit and float data scaled to 8 bits.
+
+Hostile input is refused with an `ImageError` whose message is the reason stored in
+`rejects`, never with a crash or a hang (docs/RELIABILITY.md lists every case):
+- reads: only regular files (a FIFO, device or directory is refused before any read,
+  so it cannot block), at most `max_bytes`, given up after `timeout` seconds;
+- formats: only the web and catalogue formats in `FORMATS` are even tried, so a file
+  named .jpg that holds EPS, PDF, PSD or HTML never reaches another decoder;
+- size: the pixel count declared in the header is checked before any pixel is decoded
+  (decompression bombs); JPEGs are decoded at a reduced scale (draft mode) and other
+  large pictures are reduced right after decoding, before any mode conversion.
 """
 
 from __future__ import annotations
 
+import codecs
 import io
+import os
+import stat
+import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from pathlib import Path
 
 import fsspec
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageCms
 
 #: Longest side of the working picture: plenty for 8x8/32x32 hashes and 224x224 FV input.
 WORK_SIZE = 512
 
+#: The only formats tried: what catalogues and browsers use. Pillow knows ~40 more (EPS
+#: would run Ghostscript, and so on); a file in any of them is refused as unsupported.
+FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+
+#: Largest file read (bytes). A bigger file is refused before it is read into memory.
+MAX_BYTES = 1 << 30
+
+# npimage checks the declared pixel count against its own, configurable limit in
+# `decode`; Pillow's fixed global limit (89 Mpx) would refuse valid pictures below it.
+Image.MAX_IMAGE_PIXELS = None
+
 _ORIENTATION = 0x0112  # EXIF tag
-_READER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="npimage-read")
+#: EXIF orientation -> the transposition that shows the picture upright.
+_UPRIGHT = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+#: Modes that Image.reduce handles; others are converted before being reduced.
+_REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
+_HIGH_DEPTH = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+#: File signatures of formats we do not decode, named in reject reasons.
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"),
+    (b"%PDF", "PDF"), (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"8BPS", "Photoshop PSD"), (b"\x00\x00\x01\x00", "ICO"), (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"), (b"BM", "BMP"), (b"PK\x03\x04", "ZIP"), (b"\x1f\x8b", "gzip"),
+)
 
 
 class ImageError(Exception):
@@ -33,112 +74,242 @@ class ImageError(Exception):
 
 @dataclass(frozen=True)
 class Decoded:
-    """A decoded picture: original dimensions and the normalised RGB working copy."""
+    """A decoded picture: original dimensions (as displayed) and the RGB working copy."""
 
     width: int
     height: int
     rgb: Image.Image
 
 
-def _read(uri: str) -> bytes:
+# -- reading -----------------------------------------------------------------------------
+
+def _read_local(path: str, max_bytes: int) -> bytes:
+    """Bytes of a local regular file; anything else is refused without blocking.
+
+    O_NONBLOCK makes opening a FIFO return at once (a plain open would wait for a
+    writer forever); fstat then refuses every non-regular file before a read.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageError("is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"not a regular file ({_file_kind(st.st_mode)})")
+        if st.st_size > max_bytes:
+            raise ImageError(f"file too large: {st.st_size} bytes > limit {max_bytes}")
+        return fh.read(max_bytes + 1)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO/named pipe"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((name for test, name in kinds if test(mode)), "special file")
+
+
+def _read(uri: str, max_bytes: int) -> bytes:
     if "://" in uri and not uri.startswith("file://"):
         with fsspec.open(uri, "rb") as fh:
-            return fh.read()
-    return Path(uri.removeprefix("file://")).read_bytes()
+            data = fh.read(max_bytes + 1)
+    else:
+        data = _read_local(uri.removeprefix("file://"), max_bytes)
+    if len(data) > max_bytes:
+        raise ImageError(f"file too large: more than {max_bytes} bytes")
+    return data
 
 
-def read_bytes(uri: str, timeout: float) -> bytes:
-    """Read all bytes behind `uri` (path or fsspec URL), giving up after `timeout` seconds."""
-    future = _READER.submit(_read, uri)
-    try:
-        return future.result(timeout=timeout)
-    except FutureTimeout as exc:
-        future.cancel()
-        raise ImageError(f"read timed out after {timeout:g}s") from exc
-    except FileNotFoundError as exc:
-        raise ImageError("file not found") from exc
-    except IsADirectoryError as exc:
-        raise ImageError("is a directory, not a file") from exc
-    except PermissionError as exc:
-        raise ImageError("permission denied") from exc
-    except OSError as exc:
-        raise ImageError(f"cannot read: {exc.strerror or exc}") from exc
+def _read_error(exc: BaseException) -> ImageError:
+    """The reject reason of an exception raised while reading."""
+    if isinstance(exc, ImageError):
+        return exc
+    if isinstance(exc, FileNotFoundError):
+        return ImageError("file not found")
+    if isinstance(exc, IsADirectoryError):
+        return ImageError("is a directory, not a file")
+    if isinstance(exc, PermissionError):
+        return ImageError("permission denied")
+    if isinstance(exc, OSError):
+        return ImageError(f"cannot read: {exc.strerror or exc}")
+    if isinstance(exc, ImportError):
+        return ImageError(f"cannot read: no file system installed for this URI ({exc})")
+    if isinstance(exc, ValueError):
+        return ImageError(f"cannot read: {exc}")
+    return ImageError(f"cannot read: {type(exc).__name__}: {exc}")
 
+
+def read_bytes(uri: str, timeout: float, max_bytes: int = MAX_BYTES) -> bytes:
+    """Read all bytes behind `uri` (path or fsspec URL), giving up after `timeout` seconds.
+
+    The read runs in a daemon thread: a read that never returns (a hung network mount or
+    server) is abandoned, costs one idle thread, and never keeps the process from exiting.
+    """
+    box: dict[str, object] = {}
+    done = threading.Event()
+
+    def work() -> None:
+        try:
+            box["data"] = _read(uri, max_bytes)
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+        finally:
+            done.set()
+
+    threading.Thread(target=work, name="npimage-read", daemon=True).start()
+    if not done.wait(timeout):
+        raise ImageError(f"read timed out after {timeout:g}s")
+    if "error" in box:
+        raise _read_error(box["error"]) from box["error"]
+    return box["data"]  # type: ignore[return-value]
+
+
+# -- pixels ------------------------------------------------------------------------------
 
 def _to_8bit(img: Image.Image) -> Image.Image:
-    """Scale 16/32-bit integer and float single-channel pictures into 8-bit grey."""
-    arr = np.asarray(img, dtype=np.float64)
-    if img.mode == "F":
-        top = 1.0 if arr.size and np.nanmax(arr) <= 1.0 else 255.0
-    else:
-        top = 65535.0 if arr.size and arr.max() > 255 else 255.0
-    arr = np.clip(np.nan_to_num(arr) / top * 255.0, 0, 255)
+    """Scale 16/32-bit integer and float single-channel pictures into 8-bit grey.
+
+    A file does not state which range its values use: 8-bit data kept in a 16-bit or
+    32-bit container (what Pillow writes) is as common as data using the full range. The
+    scale is the smallest usual range that holds the data: 1 (floats only), 255, 65535,
+    else the maximum.
+    """
+    arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    top = float(arr.max()) if arr.size else 1.0
+    limits = (1.0, 255.0, 65535.0) if img.mode == "F" else (255.0, 65535.0)
+    top = next((lim for lim in limits if top <= lim), top)
+    arr = np.clip(arr / top * 255.0, 0, 255)
     return Image.fromarray(arr.round().astype(np.uint8), mode="L")
+
+
+def _on_white(img: Image.Image) -> Image.Image:
+    """RGB of a picture with transparency, composited on white."""
+    rgba = img.convert("RGBA")
+    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(white, rgba).convert("RGB")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Normalise any Pillow mode into RGB, compositing transparency on white."""
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+    if img.mode in _HIGH_DEPTH:
         img = _to_8bit(img)
-    if img.mode == "P" or img.mode == "PA":
-        img = img.convert("RGBA")
-    if img.mode in ("LA", "La", "RGBA", "RGBa"):
-        rgba = img.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return img.convert("RGB")
+    if img.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa"):
+        has_alpha = img.mode != "P" or "transparency" in img.info
+        return _on_white(img) if has_alpha else img.convert("RGB")
+    if img.mode == "LAB":
+        return ImageCms.applyTransform(img, ImageCms.buildTransform(
+            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"))
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise ImageError(f"unsupported pixel mode {img.mode}") from exc
+
+
+def _orientation(img: Image.Image) -> int:
+    """EXIF orientation (1..8); 1 when absent or unreadable (broken EXIF is not fatal)."""
+    try:
+        value = int(img.getexif().get(_ORIENTATION, 1))
+    except Exception:  # corrupt EXIF: show the picture as stored
+        return 1
+    return value if value in _UPRIGHT else 1
+
+
+def _reduce(img: Image.Image) -> Image.Image:
+    """Shrink a large decoded picture by an integer box factor to about 2 x WORK_SIZE.
+
+    Done before mode conversion so that the conversions work on the small copy.
+    """
+    factor = min(img.size) // (WORK_SIZE * 2)
+    if factor < 2:
+        return img
+    if img.mode not in _REDUCIBLE:
+        img = _to_rgb(img)
+    return img.reduce(factor)
+
+
+def _magic_name(data: bytes) -> str | None:
+    """Format named by the file's first bytes, if they are a known signature."""
+    return next((name for magic, name in _MAGIC if data.startswith(magic)), None)
+
+
+def _sniff(data: bytes) -> str:
+    """A short description of what the bytes look like, for reject reasons."""
+    head = data[:512].lstrip().lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")):
+        return "looks like HTML"
+    if head.startswith((b"<?xml", b"<svg")):
+        return "looks like XML/SVG"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftyphevc"):
+        return "looks like HEIC"
+    name = _magic_name(data)
+    if name:
+        return f"looks like {name}"
+    try:  # incremental: a character cut at byte 512 is not an error
+        text = codecs.getincrementaldecoder("utf-8")().decode(data[:512], final=False)
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" not in text:
+        return "looks like text"
+    return f"starts with bytes {data[:8].hex()}"
+
+
+def _open(data: bytes, max_pixels: int) -> Image.Image:
+    """Open `data` (header only) and refuse it when it declares too many pixels."""
+    try:
+        img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except Image.UnidentifiedImageError as exc:
+        kind = _sniff(data)
+        known = kind.removeprefix("looks like ") in FORMATS
+        reason = (f"corrupt or truncated {kind.removeprefix('looks like ')} ({len(data)} bytes)"
+                  if known else f"not an image or unsupported format ({kind})")
+        raise ImageError(reason) from exc
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise ImageError(f"invalid image size {width}x{height}")
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image too large: {width}x{height} = {width * height} pixels "
+            f"> limit {max_pixels} (possible decompression bomb)")
+    return img
+
+
+def _decode_pixels(img: Image.Image) -> Image.Image:
+    """Decode the first frame at a reduced scale where the format allows it."""
+    img.draft(None, (WORK_SIZE * 2, WORK_SIZE * 2))  # JPEG only; a no-op elsewhere
+    img.load()
+    return _reduce(img)
 
 
 def decode(data: bytes, max_pixels: int) -> Decoded:
     """Decode `data` into a `Decoded`; raise ImageError with a clear reason otherwise.
 
     The header is checked before any pixel is decoded, so a decompression bomb (a small
-    file declaring a huge picture) is refused cheaply. Large JPEGs are decoded at a
-    reduced scale (draft mode), which bounds memory for huge but valid pictures.
+    file declaring a huge picture) is refused cheaply. Memory stays bounded for huge but
+    valid pictures: JPEGs decode at 1/2..1/8 scale (draft mode), other formats decode
+    once at full size (at most `max_pixels`) and are reduced before any conversion.
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
+    width = height = 0
+    img_format = None
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            warnings.simplefilter("ignore")  # EXIF/palette chatter; real faults raise
+            img = _open(data, max_pixels)
+            img_format = img.format
             width, height = img.size
-            if width * height > max_pixels:
-                raise ImageError(
-                    f"image too large: {width}x{height} = {width * height} pixels "
-                    f"> limit {max_pixels} (possible decompression bomb)"
-                )
-            if getattr(img, "n_frames", 1) > 1:
-                img.seek(0)
-            if img.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
-                width, height = height, width  # reported as displayed, after rotation
-            img.draft("RGB", (WORK_SIZE * 2, WORK_SIZE * 2))
-            img = ImageOps.exif_transpose(img)
-            img.load()
+            orientation = _orientation(img)
+            work = _to_rgb(_decode_pixels(img))
     except ImageError:
         raise
-    except Image.UnidentifiedImageError as exc:
-        raise ImageError(f"not an image or unsupported format ({_sniff(data)})") from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageError(f"decompression bomb refused: {exc}") from exc
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageError(f"corrupt or truncated image: {exc}") from exc
-    rgb = _to_rgb(img)
-    rgb.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
-    return Decoded(width=width, height=height, rgb=rgb)
+    except MemoryError as exc:
+        raise ImageError(f"out of memory decoding a {width}x{height} image") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
+            TypeError, ZeroDivisionError) as exc:
+        kind = img_format or _magic_name(data) or "image"
+        raise ImageError(f"corrupt or truncated {kind}: {type(exc).__name__}: {exc}") from exc
+    if orientation in _UPRIGHT:
+        work = work.transpose(_UPRIGHT[orientation])
+        if orientation >= 5:  # quarter turns: report the size as displayed
+            width, height = height, width
+    work.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return Decoded(width=width, height=height, rgb=work)
 
-
-def _sniff(data: bytes) -> str:
-    """A short description of what the bytes look like, for reject reasons."""
-    head = data[:512].lstrip().lower()
-    if head.startswith((b"<!doctype html", b"<html")):
-        return "looks like HTML"
-    if head.startswith((b"<?xml", b"<svg")):
-        return "looks like XML/SVG"
-    if head.startswith(b"%pdf"):
-        return "looks like PDF"
-    try:
-        data[:512].decode("utf-8")
-        return "looks like text"
-    except UnicodeDecodeError:
-        return f"starts with bytes {data[:8].hex()}"

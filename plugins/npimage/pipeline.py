@@ -43,8 +43,21 @@ log = logging.getLogger("npimage")
 MATCH_SETTINGS = ("fv", "fv_model", "top_k", "threshold", "weights_file")
 
 
+#: A source or backend naming an Airflow connection instead of a URL (no secret in XCom).
+AIRFLOW_CONN_PREFIX = "airflow-conn:"
+
+
 def is_backend_url(source: str) -> bool:
-    return source.startswith(("postgresql://", "postgres://"))
+    return source.startswith(("postgresql://", "postgres://", AIRFLOW_CONN_PREFIX))
+
+
+def resolve_db(url: str) -> str:
+    """A libpq DSN for a postgresql:// URL or an `airflow-conn:<conn_id>` reference."""
+    if url.startswith(AIRFLOW_CONN_PREFIX):
+        from npimage.backend import airflow_dsn
+
+        return airflow_dsn(url.removeprefix(AIRFLOW_CONN_PREFIX))
+    return url
 
 
 # -- extract -----------------------------------------------------------------------------
@@ -56,13 +69,15 @@ def extract(ctx: RunContext) -> dict[str, Any]:
         from npimage import backend  # psycopg2 only when needed
 
         baseline = ctx.baseline_dir()
-        backend.extract_catalog(
-            ctx.source, ctx.client_id, ctx.path("catalog.parquet"),
+        ext = backend.extract_catalog(
+            resolve_db(ctx.source), ctx.client_id, ctx.path("catalog.parquet"),
             previous_catalog=baseline / "catalog.parquet" if baseline else None,
             incremental=ctx.mode == "incremental" and baseline is not None)
+        atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
         write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
-        n_images = pq.read_metadata(ctx.path("catalog.parquet")).num_rows
-        return {"images": n_images, "rejects": 0}
+        log.info("extract: %d images from the backend (%d changed, %d deleted)",
+                 ext.n_images, ext.n_changed, ext.n_deleted)
+        return {"images": ext.n_images, "rejects": 0}
     result = extract_catalog(ctx.client_id, ctx.source, ctx.path("catalog.parquet"),
                              ctx.path("extract_rejects.parquet"))
     log.info("extract: %d images, %d rejected", result.n_images, result.n_rejects)
@@ -305,8 +320,13 @@ def publish(ctx: RunContext, started_at: datetime | None = None,
     if backend_url:
         from npimage import backend
 
-        backend.load_matches(backend_url, ctx.client_id, ctx.run_id, files["image_matches"],
-                             files["product_matches"], run)
+        extracted = ctx.path("backend_extract.json")
+        run_info = {k: run[k] for k in ("fv_model", "threshold", "top_k", "weights", "n_images",
+                                        "n_image_matches", "n_product_matches", "mode")}
+        if extracted.exists():  # carries the watermark the next incremental run starts from
+            run_info.update(json.loads(extracted.read_text()))
+        backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
+                             files["image_matches"], files["product_matches"], run_info)
     atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))
     atomic_write_text(ctx.path("summary.json"), json.dumps(info, indent=2, default=str))
     return info

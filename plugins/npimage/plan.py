@@ -47,8 +47,9 @@ def unchanged_mask(catalog: pa.Table, prior_catalog: pa.Table, prior_sigs: pa.Ta
     keep = []
     for row in catalog.select(["image_id", "uri", "size_bytes", "modified_at"]).to_pylist():
         key = (row["uri"], row["size_bytes"], row["modified_at"])
+        # unknown sizes (database sources) compare as equal: then modified_at decides
         same = (row["image_id"] in models and prior.get(row["image_id"]) == key
-                and row["size_bytes"] is not None and row["modified_at"] is not None)
+                and row["modified_at"] is not None)
         if same and fv:
             same = model_matches(models[row["image_id"]], fv_model)
         keep.append(same)

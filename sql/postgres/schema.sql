@@ -1,5 +1,8 @@
--- Tables npimage writes into the backend. Idempotent: safe to run before every load.
--- Every table is partitioned logically by client_id; a load replaces one client's rows.
+-- Tables npimage writes into the backend. Idempotent. Every table is partitioned logically
+-- by client_id; a load replaces one client's rows.
+
+-- Two first runs creating the tables at once would collide in the catalogue: one at a time.
+SELECT pg_advisory_xact_lock(hashtext('npimage_schema'));
 
 -- One row per (client, run): lifecycle, counts and settings of a pipeline run.
 CREATE TABLE IF NOT EXISTS npimage_run (

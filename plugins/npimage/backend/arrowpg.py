@@ -1,13 +1,12 @@
 """Streams between PostgreSQL and Arrow: query results to Parquet, Parquet to COPY.
 
-Neither direction holds more than one batch of rows in memory: reads go through a
-server-side cursor fetched `batch_rows` at a time, writes send one COPY per batch.
+Both directions use COPY in CSV and hold about one batch of rows in memory: reads spool
+the COPY output to a file and parse it block by block, writes send one COPY per batch.
 """
 
 from __future__ import annotations
 
 import io
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -18,23 +17,44 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 _CSV = pacsv.WriteOptions(include_header=False)
+_ROW_BYTES = 128  # rough CSV size of a catalogue row, to turn batch_rows into a block size
 
 
-def query_batches(conn: psycopg2.extensions.connection, sql: str, params: Mapping[str, Any],
-                  schema: pa.Schema, batch_rows: int) -> Iterator[pa.RecordBatch]:
-    """Rows of `sql` as record batches of `schema` (columns by position), streamed.
+def copy_out_batches(cur: psycopg2.extensions.cursor, copy_sql: str,
+                     params: Mapping[str, Any], schema: pa.Schema, spool: Path,
+                     batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Rows of a `COPY (query) TO STDOUT WITH (FORMAT csv)` statement as batches of `schema`.
 
-    Uses a server-side (named) cursor, so it must run inside a transaction (it does on a
-    connection that is not in autocommit mode). Integer columns read into timestamp fields
-    are taken as counts of the field's unit since the epoch.
+    COPY is PostgreSQL's bulk path: the rows stream into the file `spool`, which is then
+    parsed block by block (about `batch_rows` rows each) and deleted. Parameters are bound
+    by psycopg2 as in any query. An unquoted empty field is NULL and a quoted one the empty
+    string, as PostgreSQL writes them; timestamp fields arrive as epoch counts of their unit.
     """
-    with conn.cursor(name=f"npimage_{uuid.uuid4().hex}") as cur:
-        cur.itersize = batch_rows
-        cur.execute(sql, params)
-        while rows := cur.fetchmany(batch_rows):
-            columns = zip(*rows, strict=True)
-            arrays = [pa.array(col, type=f.type) for col, f in zip(columns, schema, strict=True)]
-            yield pa.RecordBatch.from_arrays(arrays, schema=schema)
+    if cur.connection.encoding != "UTF8":
+        raise ValueError(f"client_encoding must be UTF8, not {cur.connection.encoding}")
+    try:
+        with spool.open("wb") as fh:
+            cur.copy_expert(cur.mogrify(copy_sql, params).decode(), fh)
+        if spool.stat().st_size == 0:  # no row; pyarrow refuses an empty CSV
+            return
+        reader = pacsv.open_csv(
+            spool,
+            read_options=pacsv.ReadOptions(column_names=schema.names,
+                                           block_size=max(1 << 16, batch_rows * _ROW_BYTES)),
+            parse_options=pacsv.ParseOptions(newlines_in_values=True),
+            convert_options=pacsv.ConvertOptions(
+                column_types={f.name: _csv_type(f.type) for f in schema}, null_values=[""],
+                strings_can_be_null=True, quoted_strings_can_be_null=False),
+        )
+        for batch in reader:
+            yield batch.cast(schema)
+    finally:
+        spool.unlink(missing_ok=True)
+
+
+def _csv_type(arrow_type: pa.DataType) -> pa.DataType:
+    """Type to parse a CSV column as: timestamps come as integer epoch counts."""
+    return pa.int64() if pa.types.is_timestamp(arrow_type) else arrow_type
 
 
 def write_batches(batches: Iterator[pa.RecordBatch], path: Path, schema: pa.Schema) -> int:
@@ -46,7 +66,7 @@ def write_batches(batches: Iterator[pa.RecordBatch], path: Path, schema: pa.Sche
     n = 0
     with pq.ParquetWriter(path, schema, compression="zstd") as writer:
         for batch in batches:
-            writer.write_table(pa.Table.from_batches([batch]).cast(schema))
+            writer.write_batch(batch.cast(schema))
             n += batch.num_rows
     return n
 

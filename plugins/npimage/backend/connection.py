@@ -24,7 +24,7 @@ def connection(db: Db) -> Iterator[psycopg2.extensions.connection]:
     if not isinstance(db, str):
         yield db
         return
-    conn = psycopg2.connect(db, application_name=APPLICATION_NAME)
+    conn = psycopg2.connect(db, application_name=APPLICATION_NAME, client_encoding="UTF8")
     try:
         yield conn
     finally:

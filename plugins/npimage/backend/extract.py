@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from npimage.backend.arrowpg import query_batches, write_batches
+from npimage.backend.arrowpg import copy_out_batches, write_batches
 from npimage.backend.connection import Db, connection, transaction
 from npimage.backend.runs import last_watermark
 from npimage.schemas import CATALOG
@@ -38,10 +38,10 @@ from npimage.sqlfiles import load_sql
 #: not change are not counted as changed.
 DEFAULT_OVERLAP = timedelta(minutes=5)
 #: DuckDB's memory cap for the incremental merge; it spills to disk past it.
-DUCKDB_MEMORY = "2GB"
+DUCKDB_MEMORY = "1GB"
 _KEYS = pa.schema([("image_id", pa.string()), ("product_id", pa.string()),
                    ("reference", pa.string())])
-_ID_CHUNK = 10_000  # ids per query when fetching rows by id
+_ID_CHUNK = 10_000  # ids per COPY when fetching rows by id
 
 
 @dataclass(frozen=True)
@@ -90,30 +90,35 @@ def extract_catalog(db: Db, client_id: str, out_path: Path,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with connection(db) as conn, _work_dir(out_path) as work:
         start = _incremental_start(conn, client_id, prev, since) if incremental else None
+        lower = None if start is None else start - overlap
         new = work / "catalog.parquet"
-        with transaction(conn) as cur:
-            cur.execute(load_sql("postgres", "extract_snapshot"))
-            cur.execute(load_sql("postgres", "extract_watermark"), {"client_id": client_id})
-            watermark = cur.fetchone()[0]
-            if start is None:
-                n_fetched = _read_rows(conn, client_id, new, batch_rows)
-            else:
-                n_fetched = _read_changes(conn, client_id, prev, start - overlap, work,
-                                          batch_rows)
-        if start is not None:
+        watermark, n_fetched = _read_snapshot(conn, client_id, prev, lower, work, new,
+                                              batch_rows)
+        if lower is not None:
             _merge(client_id, prev, work, new, batch_rows)
-        if prev is None:
-            n_images = n_changed = n_fetched
-            n_deleted = 0
-        else:
-            n_images, n_changed, n_deleted = _diff(client_id, new, prev, work)
+        counts = _diff(client_id, new, prev, work) if prev else (n_fetched, n_fetched, 0)
         os.replace(new, out_path)
     return BackendExtract(
-        catalog=out_path, client_id=client_id,
-        mode="full" if start is None else "incremental", n_images=n_images,
-        n_changed=n_changed, n_deleted=n_deleted, n_fetched=n_fetched,
-        since=None if start is None else start - overlap, watermark=watermark,
+        catalog=out_path, client_id=client_id, mode="full" if lower is None else "incremental",
+        n_images=counts[0], n_changed=counts[1], n_deleted=counts[2], n_fetched=n_fetched,
+        since=lower, watermark=watermark,
     )
+
+
+def _read_snapshot(conn: psycopg2.extensions.connection, client_id: str, prev: Path | None,
+                   lower: datetime | None, work: Path, new: Path,
+                   batch_rows: int) -> tuple[datetime | None, int]:
+    """Everything an extract reads, in one read-only snapshot: (watermark, rows fetched).
+
+    Full (`lower` None): every row into `new`. Incremental: the work files of _merge.
+    """
+    with transaction(conn) as cur:
+        cur.execute(load_sql("postgres", "extract_snapshot"))
+        cur.execute(load_sql("postgres", "extract_watermark"), {"client_id": client_id})
+        watermark = cur.fetchone()[0]
+        if lower is None or prev is None:
+            return watermark, _read_rows(cur, client_id, new, batch_rows)
+        return watermark, _read_changes(cur, client_id, prev, lower, work, batch_rows)
 
 
 @contextmanager
@@ -153,43 +158,35 @@ def _newest_modified(catalog: Path, client_id: str) -> datetime | None:
     return max((top for top in tops if top is not None), default=None)
 
 
-def _catalog_params(client_id: str, since: datetime | None = None,
-                    image_ids: list[str] | None = None) -> dict[str, Any]:
-    return {"client_id": client_id, "since": since, "image_ids": image_ids}
-
-
-def _read_rows(conn: psycopg2.extensions.connection, client_id: str, path: Path,
-               batch_rows: int, since: datetime | None = None) -> int:
-    """Stream the client's rows (those updated after `since` if given) into a Parquet file."""
-    batches = query_batches(conn, load_sql("postgres", "extract_catalog"),
-                            _catalog_params(client_id, since), CATALOG, batch_rows)
+def _read_rows(cur: psycopg2.extensions.cursor, client_id: str, path: Path, batch_rows: int,
+               since: datetime | None = None, image_ids: list[str] | None = None) -> int:
+    """Write the client's rows (only those updated after `since`, or with `image_ids`, when
+    given) into a Parquet file; return their count."""
+    params = {"client_id": client_id, "since": since, "image_ids": image_ids}
+    batches = copy_out_batches(cur, load_sql("postgres", "extract_catalog"), params, CATALOG,
+                               path.with_suffix(".csv"), batch_rows)
     return write_batches(batches, path, CATALOG)
 
 
-def _read_changes(conn: psycopg2.extensions.connection, client_id: str, prev: Path,
+def _read_changes(cur: psycopg2.extensions.cursor, client_id: str, prev: Path,
                   since: datetime, work: Path, batch_rows: int) -> int:
     """Write fresh-*.parquet (rows to take from the database) and keys.parquet (current ids).
 
     Fresh rows are those updated after `since`, plus the current ids that neither they nor
     the previous catalogue hold. Returns the number of fresh rows.
     """
-    n = _read_rows(conn, client_id, work / "fresh-0.parquet", batch_rows, since)
-    keys = query_batches(conn, load_sql("postgres", "extract_keys"), {"client_id": client_id},
-                         _KEYS, batch_rows)
+    n = _read_rows(cur, client_id, work / "fresh-0.parquet", batch_rows, since)
+    keys = copy_out_batches(cur, load_sql("postgres", "extract_keys"), {"client_id": client_id},
+                            _KEYS, work / "keys.csv", batch_rows)
     write_batches(keys, work / "keys.parquet", _KEYS)
     with _duckdb(work, prev_catalog=prev, keys=work / "keys.parquet",
                  fresh=work / "fresh-0.parquet") as duck:
         missing = duck.sql(load_sql("duckdb", "backend_catalog_missing"),
                            params={"client_id": client_id}).to_arrow_reader(_ID_CHUNK)
-        sql = load_sql("postgres", "extract_catalog")
-        batches = (
-            batch
-            for ids in missing
-            for batch in query_batches(conn, sql, _catalog_params(
-                client_id, image_ids=ids.column(0).to_pylist()), CATALOG, batch_rows)
-        )
-        n += write_batches(batches, work / "fresh-1.parquet", CATALOG)
-    return n
+        parts = [_read_rows(cur, client_id, work / f"missing-{i}.parquet", batch_rows,
+                            image_ids=ids.column(0).to_pylist())
+                 for i, ids in enumerate(missing)]
+    return n + sum(parts)
 
 
 @contextmanager
@@ -198,6 +195,7 @@ def _duckdb(work: Path, **tables: Path | list[Path]) -> Iterator[Any]:
     duck = duckdb.connect(config={"memory_limit": DUCKDB_MEMORY,
                                   "temp_directory": str(work / "duckdb.tmp")})
     try:
+        duck.execute(load_sql("duckdb", "backend_session"))
         for name, files in tables.items():
             sources = [str(f) for f in files] if isinstance(files, list) else str(files)
             duck.register(name, ds.dataset(sources))
@@ -208,7 +206,7 @@ def _duckdb(work: Path, **tables: Path | list[Path]) -> Iterator[Any]:
 
 def _merge(client_id: str, prev: Path, work: Path, out: Path, batch_rows: int) -> None:
     """Write the incremental catalogue: current ids, fresh rows first, else previous rows."""
-    fresh = [work / "fresh-0.parquet", work / "fresh-1.parquet"]
+    fresh = [work / "fresh-0.parquet", *sorted(work.glob("missing-*.parquet"))]
     with _duckdb(work, prev_catalog=prev, keys=work / "keys.parquet", fresh=fresh) as duck:
         reader = duck.sql(load_sql("duckdb", "backend_catalog_merge"),
                           params={"client_id": client_id}).to_arrow_reader(batch_rows)

@@ -24,6 +24,7 @@ import pyarrow.compute as pc
 from npimage.backend.arrowpg import copy_parquet
 from npimage.backend.connection import Db, connection, transaction
 from npimage.backend.runs import record_run_end, run_params, upsert_run
+from npimage.backend.schema import apply_schema
 from npimage.schemas import IMAGE_MATCHES, PRODUCT_MATCHES
 from npimage.sqlfiles import load_sql
 
@@ -41,7 +42,8 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
     The Parquet files follow npimage.schemas.IMAGE_MATCHES and PRODUCT_MATCHES and may
     hold only `client_id`'s rows. `run_info` fills the npimage_run row (mode, started_at,
     n_images, n_changed, n_deleted, model, thresholds, watermark; other keys go to its
-    details). Returns the client, run, status and loaded row counts. On failure the
+    details). The npimage_* tables are created first when missing. Returns the client,
+    run, status and loaded row counts. On failure the
     previous matches stay and the error is raised after marking the run 'failed' (when
     `db` is a DSN, or a connection still alive).
     """
@@ -49,24 +51,35 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
         if not path.is_file():
             raise FileNotFoundError(f"matches file not found: {path}")
     try:
-        with connection(db) as conn, transaction(conn) as cur:
-            cur.execute(load_sql("postgres", "load_stage"))
-            n_image = copy_parquet(cur, image_matches, IMAGE_MATCHES,
-                                   load_sql("postgres", "load_copy_image_match"), batch_rows,
-                                   _only_client(client_id, image_matches))
-            n_product = copy_parquet(cur, product_matches, PRODUCT_MATCHES,
-                                     load_sql("postgres", "load_copy_product_match"),
-                                     batch_rows, _only_client(client_id, product_matches))
-            cur.execute(load_sql("postgres", "load_lock"),
-                        {"lock_class": LOCK_CLASS, "client_id": client_id})
-            cur.execute(load_sql("postgres", "load_replace"), {"client_id": client_id})
-            counts = {"n_image_matches": n_image, "n_product_matches": n_product}
-            upsert_run(cur, run_params(client_id, run_id, "success", {**(run_info or {}),
-                                                                        **counts}))
+        with connection(db) as conn:
+            apply_schema(conn)
+            counts = _load(conn, client_id, run_id, image_matches, product_matches, run_info,
+                           batch_rows)
     except Exception as exc:
         _record_failure(db, client_id, run_id, exc)
         raise
     return {"client_id": client_id, "run_id": run_id, "status": "success", **counts}
+
+
+def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
+          image_matches: Path, product_matches: Path, run_info: dict[str, Any] | None,
+          batch_rows: int) -> dict[str, int]:
+    """The load's one transaction: stage, lock, swap, mark the run; the loaded counts."""
+    with transaction(conn) as cur:
+        cur.execute(load_sql("postgres", "load_stage"))
+        n_image = copy_parquet(cur, image_matches, IMAGE_MATCHES,
+                               load_sql("postgres", "load_copy_image_match"), batch_rows,
+                               _only_client(client_id, image_matches))
+        n_product = copy_parquet(cur, product_matches, PRODUCT_MATCHES,
+                                 load_sql("postgres", "load_copy_product_match"),
+                                 batch_rows, _only_client(client_id, product_matches))
+        cur.execute(load_sql("postgres", "load_lock"),
+                    {"lock_class": LOCK_CLASS, "client_id": client_id})
+        cur.execute(load_sql("postgres", "load_replace"), {"client_id": client_id})
+        counts = {"n_image_matches": n_image, "n_product_matches": n_product}
+        upsert_run(cur, run_params(client_id, run_id, "success", {**(run_info or {}),
+                                                                    **counts}))
+    return counts
 
 
 def _only_client(client_id: str, path: Path) -> Callable[[pa.Table], None]:

@@ -12,16 +12,21 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
+import psycopg2.errors
 import psycopg2.extensions
 import psycopg2.extras
 
 from npimage.backend.connection import Db, connection, transaction
+from npimage.backend.schema import apply_schema
+from npimage.config import BANDS
 from npimage.sqlfiles import load_sql
 
 STATUSES = ("running", "success", "failed")
 #: run_info keys stored in their own npimage_run columns; any other key goes to `details`.
 RUN_COLUMNS = ("mode", "started_at", "n_images", "n_changed", "n_deleted",
                "n_image_matches", "n_product_matches", "model", "thresholds", "watermark")
+#: Keys gathered into `thresholds` (with config.BANDS) when run_info has no thresholds.
+THRESHOLD_KEYS = ("threshold", "top_k", "weights")
 _MAX_ERROR = 4000
 _JSON_DUMPS = partial(json.dumps, default=str)  # datetimes and paths as text
 
@@ -31,11 +36,17 @@ def run_params(client_id: str, run_id: str, status: str, run_info: dict[str, Any
     """Parameters of run_upsert.sql from a free-form run_info dict.
 
     Datetimes may be datetime objects or ISO strings; thresholds and the extra keys are
-    stored as JSON.
+    stored as JSON. The pipeline's own names are understood: `fv_model` for model, and
+    threshold, top_k, weights (with the score bands) for thresholds.
     """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     info = dict(run_info or {})
+    if "model" not in info and "fv_model" in info:
+        info["model"] = info.pop("fv_model")
+    if "thresholds" not in info and any(key in info for key in THRESHOLD_KEYS):
+        info["thresholds"] = {key: info.pop(key) for key in THRESHOLD_KEYS if key in info}
+        info["thresholds"]["bands"] = dict(BANDS)
     params: dict[str, Any] = {key: info.pop(key, None) for key in RUN_COLUMNS}
     params["thresholds"] = _json(params["thresholds"])
     params["details"] = _json(info or None)
@@ -55,9 +66,18 @@ def upsert_run(cur: psycopg2.extensions.cursor, params: dict[str, Any]) -> None:
 
 def record_run_start(db: Db, client_id: str, run_id: str,
                      run_info: dict[str, Any] | None = None) -> None:
-    """Mark (client, run) as running; a retried run goes back to running, error cleared."""
-    with connection(db) as conn, transaction(conn) as cur:
-        upsert_run(cur, run_params(client_id, run_id, "running", run_info))
+    """Mark (client, run) as running; a retried run goes back to running, error cleared.
+
+    Creates the npimage_* tables first when they are missing.
+    """
+    with connection(db) as conn:
+        apply_schema(conn)
+        _upsert(conn, run_params(client_id, run_id, "running", run_info))
+
+
+def _upsert(conn: psycopg2.extensions.connection, params: dict[str, Any]) -> None:
+    with transaction(conn) as cur:
+        upsert_run(cur, params)
 
 
 def record_run_end(db: Db, client_id: str, run_id: str, status: str,
@@ -67,8 +87,10 @@ def record_run_end(db: Db, client_id: str, run_id: str, status: str,
     load_matches already does this on success and, given a DSN, on failure; call it for a
     run that fails before its load (e.g. from an Airflow on_failure_callback).
     """
-    with connection(db) as conn, transaction(conn) as cur:
-        upsert_run(cur, run_params(client_id, run_id, status, run_info, error))
+    params = run_params(client_id, run_id, status, run_info, error)
+    with connection(db) as conn:
+        apply_schema(conn)
+        _upsert(conn, params)
 
 
 def _fetch_dict(db: Db, name: str, params: dict[str, Any]) -> dict[str, Any] | None:
@@ -86,8 +108,11 @@ def get_run(db: Db, client_id: str, run_id: str) -> dict[str, Any] | None:
 
 def last_successful_run(db: Db, client_id: str) -> dict[str, Any] | None:
     """run_id, mode, started_at, finished_at, watermark, n_images of the client's last
-    successful run, or None when it has none."""
-    return _fetch_dict(db, "run_last_success", {"client_id": client_id})
+    successful run, or None when it has none (or the backend has no npimage_run yet)."""
+    try:
+        return _fetch_dict(db, "run_last_success", {"client_id": client_id})
+    except psycopg2.errors.UndefinedTable:
+        return None
 
 
 def last_watermark(db: Db, client_id: str) -> datetime | None:

@@ -18,9 +18,15 @@ _SEED = pa.schema([f for f in CATALOG if f.name != "size_bytes"])
 
 def apply_schema(db: Db) -> None:
     """Create npimage_run, npimage_image_match, npimage_product_match and npimage_band if
-    absent, and set npimage_band from config.BANDS. Idempotent; run it before loads."""
+    absent, and set npimage_band from config.BANDS.
+
+    Idempotent, and safe while loads run: once the tables exist it runs no DDL (which
+    would lock the tables that loads write).
+    """
     with connection(db) as conn, transaction(conn) as cur:
-        cur.execute(load_sql("postgres", "schema"))
+        cur.execute(load_sql("postgres", "schema_missing"))
+        if cur.fetchall():
+            cur.execute(load_sql("postgres", "schema"))
         for rank, (band, lower) in enumerate(BANDS, start=1):
             cur.execute(load_sql("postgres", "band_upsert"),
                         {"band": band, "lower_bound": lower, "rank": rank})

@@ -30,7 +30,7 @@ from npimage.fv.torchfile import load_state_dict
 
 NAME = "efficientnet-lite0"
 #: Bump when the conversion changes: the cache folder name includes it.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 INPUT_SIZE = 224
 DIM = 1280
 STEM, HEAD, CLASSES = 32, 1280, 1000
@@ -187,7 +187,7 @@ def _exportable(model):  # -> tf.Module (lazy import)
     return Lite0(model)
 
 
-def convert(target: Path, model_id: str) -> None:
+def convert(target: Path, weights_sha256: str) -> None:
     """Convert the shipped weights into a SavedModel in the (new, empty) folder `target`."""
     import tensorflow as tf
 
@@ -197,5 +197,6 @@ def convert(target: Path, model_id: str) -> None:
         "logits": module.logits.get_concrete_function(),
     }
     tf.saved_model.save(module, str(target), signatures=signatures)
-    meta = {"model_id": model_id, "input_size": INPUT_SIZE, "dim": DIM}
+    meta = {"model": NAME, "weights_sha256": weights_sha256, "input_size": INPUT_SIZE,
+            "dim": DIM, "converter_version": CONVERTER_VERSION}
     (target / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")

@@ -197,15 +197,15 @@ def ensure_default(cache_dir: Path) -> Path:
     place, so concurrent tasks never see a half-written model (a loser of the race
     discards its copy).
     """
-    digest = efficientnet_lite.weights_digest(efficientnet_lite.weights_file())[:12]
-    name = f"{efficientnet_lite.NAME}-{digest}-v{efficientnet_lite.CONVERTER_VERSION}"
+    digest = efficientnet_lite.weights_digest(efficientnet_lite.weights_file())
+    name = f"{efficientnet_lite.NAME}-{digest[:12]}-v{efficientnet_lite.CONVERTER_VERSION}"
     folder = Path(cache_dir) / name
     if (folder / efficientnet_lite.META_FILE).exists():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=folder.parent))
     try:
-        efficientnet_lite.convert(tmp, f"{efficientnet_lite.NAME}@{digest}")
+        efficientnet_lite.convert(tmp, digest)
         try:
             tmp.rename(folder)
         except OSError:
@@ -216,24 +216,35 @@ def ensure_default(cache_dir: Path) -> Path:
     return folder
 
 
+def _resolve(spec: str, cache_dir: Path) -> tuple[str, str | None, int | None]:
+    """(what hub.load opens, short digest of the weights or None, input size or None)."""
+    if spec == DEFAULT_SPEC:
+        folder = ensure_default(cache_dir)
+        meta = json.loads((folder / efficientnet_lite.META_FILE).read_text())
+        return str(folder), meta["weights_sha256"][:12], int(meta["input_size"])
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return str(path), _folder_digest(path), None
+    if "://" not in spec:  # handles are URLs (https://, gs://); anything else is a folder
+        raise FileNotFoundError(
+            f"FV model {spec!r}: no such folder; give {DEFAULT_SPEC!r}, a SavedModel folder "
+            "or a TF Hub handle URL"
+        )
+    # A TF Hub handle or URL: downloads go to the model cache unless TFHUB_CACHE_DIR is set.
+    os.environ.setdefault("TFHUB_CACHE_DIR", str(Path(cache_dir) / "tfhub"))
+    return spec, None, None
+
+
 def _open(spec: str, cache_dir: Path, fit: str) -> HubExtractor:
     """Resolve `spec`, hub.load it and wrap it (no caching)."""
     import tensorflow_hub as hub
 
     configure_threads()
-    if spec == DEFAULT_SPEC:
-        folder = ensure_default(cache_dir)
-        meta = json.loads((folder / efficientnet_lite.META_FILE).read_text())
-        handle, base_id, size = str(folder), meta["model_id"], int(meta["input_size"])
-    elif Path(spec).expanduser().is_dir():
-        folder = Path(spec).expanduser()
-        handle, base_id, size = str(folder), f"{spec}@{_folder_digest(folder)}", None
-    else:
-        handle, base_id, size = spec, spec, None
+    handle, digest, size = _resolve(spec, cache_dir)
     obj = hub.load(handle)
     size = size or _declared_size(obj) or DEFAULT_INPUT_SIZE
-    sep = "-" if "@" in base_id else "@"
-    return HubExtractor(obj, f"{base_id}{sep}{fit}{size}", size, fit)
+    detail = f"{digest}-{fit}{size}" if digest else f"{fit}{size}"
+    return HubExtractor(obj, f"{spec}@{detail}", size, fit)
 
 
 def load(spec: str, cache_dir: Path, fit: str = DEFAULT_FIT) -> HubExtractor:

@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 
 import duckdb
+
 from npimage.sqlfiles import load_sql
 
 #: Where a page lives, relative to the report root; the ids are hashed into the name.
@@ -46,7 +47,9 @@ class ImageRow:
     modified_at: datetime | None
     run_id: str | None
     page: str = ""
+    product_page: str = ""
     thumb: str = ""  # set by the thumbnail step, relative to the report root
+    thumb_error: str | None = None  # why no thumbnail could be made
     best_score: float | None = None
     best_band: str | None = None
     n_matches: int = 0
@@ -140,6 +143,7 @@ def load_report_data(con: duckdb.DuckDBPyConnection, client_id: str) -> ReportDa
     by_id = {img.image_id: img for img in images}
     for img in images:
         img.page = page_path(IMAGE_DIR, img.image_id)
+        img.product_page = page_path(PRODUCT_DIR, img.product_id)
     for image_id, score, band, n in _query(con, "report_best_matches", client=client_id):
         if (img := by_id.get(image_id)) is not None:
             img.best_score, img.best_band, img.n_matches = score, band, n

@@ -30,14 +30,12 @@ import npimage
 from npimage.config import BANDS
 from npimage.report import search
 from npimage.report.data import (
-    PRODUCT_DIR,
     ImageMatch,
     ImageRow,
     ProductRow,
     ReportData,
     chunks,
     image_matches_for,
-    page_path,
     product_matches_for,
 )
 
@@ -111,10 +109,14 @@ def _components(m: ImageMatch) -> list[tuple[str, float | None]]:
 
 
 def _level(value: float) -> str:
-    """Colour class of a component bar: at the 'same image' level, in a band, below."""
-    if value >= BANDS[1][1]:
-        return "hi"
-    return "mid" if value >= BANDS[-1][1] else "lo"
+    """Colour class of a component bar: at the 'same image' level, in a band, below.
+
+    Judged on the value as shown (3 decimals), so a bar never disagrees with its number.
+    """
+    shown = round(value, 3)
+    if shown >= BANDS[1][1]:
+        return "lv-hi"
+    return "lv-mid" if shown >= BANDS[-1][1] else "lv-lo"
 
 
 def make_env() -> Environment:
@@ -133,7 +135,6 @@ def make_env() -> Environment:
         band_words=BAND_WORDS,
         components=_components,
         level=_level,
-        product_page=lambda pid: page_path(PRODUCT_DIR, pid),
         missing_thumb=MISSING,
         lowest_band=f"{BANDS[-1][1]:.2f} ({BAND_WORDS[BANDS[-1][0]].lower()})",
         products_home=list_href("products", 1),

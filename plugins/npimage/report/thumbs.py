@@ -17,10 +17,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
+
 from npimage.config import Settings
 from npimage.decode import ImageError, decode, read_bytes
 from npimage.report.data import ImageRow
-from PIL import Image
 
 THUMB_DIR = "thumbs"
 #: Longest side in pixels: two side by side fit a laptop screen with the details beside.
@@ -62,20 +63,20 @@ def _existing(out_dir: Path) -> set[str]:
     return found
 
 
-def _make_one(img: ImageRow, target: Path, settings: Settings) -> bool:
-    """Write the thumbnail of `img` to `target`; False when the image cannot be read."""
+def _make_one(img: ImageRow, target: Path, settings: Settings) -> str | None:
+    """Write the thumbnail of `img` to `target`; the reason when the image cannot be read."""
     if not img.uri:
-        return False
+        return "no uri"
     try:
         picture = decode(read_bytes(img.uri, settings.read_timeout), settings.max_pixels).rgb
-    except ImageError:
-        return False
+    except ImageError as exc:
+        return str(exc)
     picture.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     picture.save(tmp, "JPEG", quality=JPEG_QUALITY, optimize=True)
     os.replace(tmp, target)
-    return True
+    return None
 
 
 def make_thumbnails(
@@ -106,11 +107,12 @@ def make_thumbnails(
     made = 0
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
         results = pool.map(lambda i: _make_one(i, out_dir / i.thumb, settings), todo)
-        for n, (img, ok) in enumerate(zip(todo, results, strict=True), start=1):
-            if ok:
+        for n, (img, error) in enumerate(zip(todo, results, strict=True), start=1):
+            if error is None:
                 made += 1
             else:
-                img.thumb, unreadable = PLACEHOLDER, unreadable + 1
+                img.thumb, img.thumb_error = PLACEHOLDER, error
+                unreadable += 1
             if progress and (n % 500 == 0 or n == len(todo)):
                 progress("thumbnails", n, len(todo))
     return ThumbStats(made=made, reused=reused, unreadable=unreadable)

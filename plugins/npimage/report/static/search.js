@@ -4,11 +4,11 @@
  * scripts that call NPR.manifest(...) and NPR.shard(...). The manifest lists each shard's
  * key prefix; a query loads only the shards its prefix needs. Keys are compared after
  * NFKC normalisation and lower-casing, exactly as search.py builds them. Results are
- * inserted with textContent, never as HTML.
+ * inserted with textContent, never as HTML. Every page has <base href> at the report
+ * root, so the paths in the index are used as they are.
  */
 (function () {
   "use strict";
-  var root = document.body.getAttribute("data-root") || "";
   var input = document.getElementById("q");
   var box = document.getElementById("results");
   if (!input || !box) { return; }
@@ -28,7 +28,7 @@
 
   function addScript(file) {
     var tag = document.createElement("script");
-    tag.src = root + "search/" + file;
+    tag.src = "search/" + file;  // relative to the page's <base>: the report root
     tag.onerror = function () { failed = true; update(); };
     document.head.appendChild(tag);
   }
@@ -67,7 +67,7 @@
     }
     hits.slice(0, MAX_SHOWN).forEach(function (h) {
       var a = document.createElement("a");
-      a.href = root + h.href;
+      a.href = h.href;
       var kind = document.createElement("span");
       kind.className = "kind";
       kind.textContent = KINDS[h.kind] || h.kind;
