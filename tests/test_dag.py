@@ -78,3 +78,28 @@ def test_incremental_dag_run_computes_nothing_and_keeps_tables(dag_runs):
     con.close()
     assert computed[0][0] == "full" and computed[0][1] == len(before["signatures"])
     assert computed[-1] == ("incremental", 0)
+
+
+def test_nightly_dag_triggers_one_incremental_run_per_active_client(
+        airflow_db, pg_backend, monkeypatch):
+    from contextlib import closing
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from pg import pg_connect
+    from test_backend_pipeline import _url
+
+    with closing(pg_connect(pg_backend)) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO np_client VALUES ('north', 'North', true), "
+                    "('south', 'South', true), ('gone', 'Gone', false)")
+    monkeypatch.setenv("AIRFLOW_CONN_NEXTPAGE_BACKEND", _url(pg_backend))
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    run = bag.dags["npimage_nightly"].test()
+    assert run.state == "success"
+    with create_session() as session:
+        confs = [r.conf for r in session.query(DagRun).filter(
+            DagRun.dag_id == "npimage_dedup", DagRun.run_id.like("nightly__%")).all()]
+    assert sorted(c["client_id"] for c in confs) == ["north", "south"]
+    assert all(c["mode"] == "incremental" and c["source"] == "nextpage" for c in confs)

@@ -10,8 +10,9 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import pytest
-from npimage import demo
 from PIL import Image
+
+from npimage import demo
 
 N_PRODUCTS = 30
 NAME = re.compile(r"^(?P<gtin>\d{13,14})_PIECE_(?P<piece>\d{2})$")

@@ -66,7 +66,8 @@ def test_manifest_source(tmp_path):
 def test_manifest_without_required_columns_is_a_clear_error(tmp_path):
     manifest = tmp_path / "m.csv"
     manifest.write_text("id,path\n1,x.jpg\n")
-    with pytest.raises(ValueError, match=r"missing column\(s\) \['image_id', 'product_id', 'uri'\]"):
+    expected = r"missing column\(s\) \['image_id', 'product_id', 'uri'\]"
+    with pytest.raises(ValueError, match=expected):
         extract_catalog("c", manifest, tmp_path / "c.parquet", tmp_path / "r.parquet")
 
 

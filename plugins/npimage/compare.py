@@ -56,7 +56,7 @@ CATALOGUE_TILE = 65536
 #: against ~30 ns per pair of a dense BLAS block, ~0.1 us without FV against ~10 ns.
 SPARSE_MAX_DENSITY = {True: 0.01, False: 0.1}
 #: Pairs gathered at once when computing cosines of candidate pairs (bounds memory).
-PAIR_CHUNK = 8192
+PAIR_CHUNK = 2048
 #: Kept pairs accumulated before they are reduced to the top-k again.
 REDUCE_EVERY = 2_000_000
 
@@ -189,8 +189,8 @@ def score_block(q: SignatureArrays, c: SignatureArrays, scorer: Scorer) -> np.nd
 
 def _unit_lookup(fv: np.ndarray, n_pairs: int) -> Callable[[np.ndarray], np.ndarray]:
     """A function giving the unit rows fv[idx]: all of fv is converted once when the pairs
-    outnumber its rows enough to pay, else only the rows asked for, chunk by chunk."""
-    if n_pairs >= len(fv) // 4:
+    outnumber its rows (rows reused), else only the rows asked for, chunk by chunk."""
+    if n_pairs >= 2 * len(fv):
         unit = unit_rows(fv)
         return lambda idx: unit[idx]
     return lambda idx: unit_rows(fv[idx])
