@@ -1,9 +1,10 @@
 """The backend DSN from an Airflow connection (default id `nextpage_backend`).
 
-PostgresHook cannot hand this package what it needs when psycopg 3 is installed beside
-SQLAlchemy 2 (as with Airflow 3): get_conn() then returns a psycopg 3 connection and
-get_uri() a `postgresql+psycopg://` URL that libpq refuses, without the extras such as
-sslmode. A libpq DSN built from the connection's fields works with every function here.
+The postgres provider's hook resolves the connection (metadata database, secrets backend
+or AIRFLOW_CONN_* variable); the libpq DSN is then built here from its fields, because
+the hook's own get_conn() and get_uri() do not fit when psycopg 3 is installed beside
+SQLAlchemy 2 (as with Airflow 3): get_conn() returns a psycopg 3 connection and get_uri()
+a `postgresql+psycopg://` URL that libpq refuses, without extras such as sslmode.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ LIBPQ_EXTRAS = frozenset({
 def airflow_dsn(conn_id: str = DEFAULT_CONN_ID) -> str:
     """libpq DSN of Airflow connection `conn_id`: host, port, login, password, schema (the
     database) and the libpq extras (sslmode, options, connect_timeout, ...)."""
-    from airflow.sdk import BaseHook  # only inside Airflow: importing npimage stays light
+    # only inside Airflow: importing npimage stays light
+    from airflow.providers.postgres.hooks.postgres import PostgresHook
 
-    conn = BaseHook.get_connection(conn_id)
+    conn = PostgresHook(postgres_conn_id=conn_id).get_connection(conn_id)
     params = {"host": conn.host, "port": conn.port, "user": conn.login,
               "password": conn.password, "dbname": conn.schema}
     params.update({k: v for k, v in conn.extra_dejson.items() if k in LIBPQ_EXTRAS})
