@@ -4,6 +4,7 @@
                 [--threshold 0.82] [--mode full|incremental] [--backend postgresql://...]
     npimage demo [--airflow] [--products N] [--no-fv]
     npimage report --client C [--data-dir D]
+    npimage evaluate --client C --truth FILE [--data-dir D]
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--products", type=int, default=160)
     demo.add_argument("--client", default="demo")
     _run_args(demo)
+
+    ev = sub.add_parser("evaluate", help="precision/recall of a published run against truth")
+    ev.add_argument("--client", required=True)
+    ev.add_argument("--truth", required=True,
+                    help="CSV: image_id,match_image_id,label (pairs) or image_id,group_id (groups)")
+    ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _common(ev)
 
     rep = sub.add_parser("report", help="render the HTML review report from the warehouse")
     rep.add_argument("--client", required=True)
@@ -182,7 +190,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report}
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from npimage.evaluate import evaluate, format_evaluation, load_truth
+
+    settings = _settings(args)
+    result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))
+    print(json.dumps(result.as_dict(), indent=2) if args.json else format_evaluation(result))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report, "evaluate": cmd_evaluate}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

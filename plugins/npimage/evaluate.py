@@ -1,19 +1,206 @@
-"""Check a published run against ground truth (planted duplicates of the demo, labelled data).
+"""Measure a published run against ground truth: pair metrics per band, retrieval metrics.
 
-`planted_found` answers the demo's question: of the planted duplicates, how many did the
-run find, and how many landed in the band they belong in (or a better one)?
+Ground truth comes as pairs (`image_id,match_image_id,label`, label 1/0, true/false or
+a band name for positives) or as groups (`image_id,group_id`: images of one group are
+duplicates of each other, any other pair is not). Evaluation is kept apart from search:
+it only reads the warehouse of a finished run (tables image_matches, product_matches,
+images), like imagededup's evaluator reads a finished retrieval.
+
+Metrics:
+- per band, cumulative ("this band or better") and overall (every stored pair):
+  precision, recall and F1 of unordered image pairs, then of product pairs (a product pair
+  is positive when any of its image pairs is);
+- retrieval, per image that has at least one true duplicate: recall@1 (the first match is
+  a true duplicate), recall@10 (share of its true duplicates among its first 10 matches)
+  and mAP (mean average precision of the ranked matches).
 """
 
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from npimage.config import BANDS
 from npimage.warehouse import connect_readonly
 
 _BAND_RANK = {name: i for i, (name, _) in enumerate(BANDS)}
+_NEGATIVE_LABELS = {"0", "false", "no", "n", "different", "negative", ""}
+
+Pair = tuple[str, str]
+
+
+def _pair(a: str, b: str) -> Pair:
+    return (a, b) if a < b else (b, a)
+
+
+@dataclass
+class Truth:
+    """Positive pairs, and either explicit negatives (pair file) or a closed universe (groups)."""
+
+    positives: set[Pair]
+    negatives: set[Pair] | None = None  # None: every other pair inside `images` is negative
+    images: set[str] = field(default_factory=set)
+
+    def is_judged(self, pair: Pair) -> bool:
+        """Does the truth say anything about this pair (so that it counts for precision)?"""
+        if self.negatives is None:
+            return pair[0] in self.images and pair[1] in self.images
+        return pair in self.positives or pair in self.negatives
+
+
+def load_truth(path: Path) -> Truth:
+    """Read a pairs or groups truth CSV (see module docstring)."""
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        header = set(reader.fieldnames or [])
+        rows = list(reader)
+    if {"image_id", "group_id"} <= header:
+        groups: dict[str, list[str]] = defaultdict(list)
+        for r in rows:
+            groups[r["group_id"]].append(r["image_id"])
+        positives = {_pair(a, b) for ids in groups.values() for i, a in enumerate(ids)
+                     for b in ids[i + 1:] if a != b}
+        return Truth(positives, None, {r["image_id"] for r in rows})
+    if {"image_id", "match_image_id", "label"} <= header:
+        pos, neg = set(), set()
+        for r in rows:
+            pair = _pair(r["image_id"], r["match_image_id"])
+            (neg if r["label"].strip().lower() in _NEGATIVE_LABELS else pos).add(pair)
+        return Truth(pos, neg - pos, {i for p in pos | neg for i in p})
+    raise ValueError(f"{path}: header must be image_id,group_id or "
+                     f"image_id,match_image_id,label (got {sorted(header)})")
+
+
+@dataclass(frozen=True)
+class PRF:
+    """Precision, recall and F1 of one set of predicted pairs."""
+
+    name: str
+    predicted: int
+    true_positives: int
+    positives: int
+
+    @property
+    def precision(self) -> float:
+        return self.true_positives / self.predicted if self.predicted else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.true_positives / self.positives if self.positives else 1.0
+
+    @property
+    def f1(self) -> float:
+        p, r = self.precision, self.recall
+        return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def _prf_by_band(pred: dict[Pair, str], truth: Truth) -> list[PRF]:
+    judged = {p: b for p, b in pred.items() if truth.is_judged(p)}
+    out = []
+    for name, _ in BANDS:
+        chosen = {p for p, b in judged.items() if _BAND_RANK[b] <= _BAND_RANK[name]}
+        out.append(PRF(f"{name} or better", len(chosen), len(chosen & truth.positives),
+                       len(truth.positives)))
+    out.append(PRF("all stored", len(judged), len(set(judged) & truth.positives),
+                   len(truth.positives)))
+    return out
+
+
+def _retrieval(ranked: dict[str, list[str]], truth: Truth) -> dict[str, float]:
+    partners: dict[str, set[str]] = defaultdict(set)
+    for a, b in truth.positives:
+        partners[a].add(b)
+        partners[b].add(a)
+    hits1, recall10, aps = [], [], []
+    for image, relevant in partners.items():
+        ranking = ranked.get(image, [])
+        hits1.append(bool(ranking) and ranking[0] in relevant)
+        recall10.append(len(set(ranking[:10]) & relevant) / len(relevant))
+        found, precisions = 0, []
+        for i, match in enumerate(ranking, start=1):
+            if match in relevant:
+                found += 1
+                precisions.append(found / i)
+        aps.append(sum(precisions) / len(relevant))
+    n = len(partners)
+    return {"queries": n, "recall@1": sum(hits1) / n if n else 0.0,
+            "recall@10": sum(recall10) / n if n else 0.0, "mAP": sum(aps) / n if n else 0.0}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    images: list[PRF]
+    products: list[PRF]
+    retrieval: dict[str, float]
+
+    def as_dict(self) -> dict:
+        def rows(items: list[PRF]) -> list[dict]:
+            return [{"name": m.name, "predicted": m.predicted, "true_positives": m.true_positives,
+                     "positives": m.positives, "precision": m.precision, "recall": m.recall,
+                     "f1": m.f1} for m in items]
+        return {"image_pairs": rows(self.images), "product_pairs": rows(self.products),
+                "retrieval": self.retrieval}
+
+
+def evaluate(warehouse: Path, client_id: str, truth: Truth) -> Evaluation:
+    """Metrics of a client's published run against `truth`."""
+    con = connect_readonly(warehouse)
+    try:
+        params = {"c": client_id}
+        matches = con.execute("SELECT image_id, match_image_id, band FROM image_matches "
+                              "WHERE client_id = $c ORDER BY image_id, rank", params).fetchall()
+        products = dict(con.execute("SELECT image_id, product_id FROM images "
+                                    "WHERE client_id = $c", params).fetchall())
+        pmatches = con.execute("SELECT product_id, match_product_id, band FROM product_matches "
+                               "WHERE client_id = $c", params).fetchall()
+    finally:
+        con.close()
+    if not products:
+        raise ValueError(f"no published run for client {client_id!r} in {warehouse}")
+    ranked: dict[str, list[str]] = defaultdict(list)
+    pred: dict[Pair, str] = {}
+    for a, b, band in matches:
+        ranked[a].append(b)
+        pred[_pair(a, b)] = band
+    product_truth = _product_truth(truth, products)
+    pred_products = {_pair(a, b): band for a, b, band in pmatches}
+    return Evaluation(_prf_by_band(pred, truth), _prf_by_band(pred_products, product_truth),
+                      _retrieval(ranked, truth))
+
+
+def _product_truth(truth: Truth, products: dict[str, str]) -> Truth:
+    """Image truth lifted to products: a product pair is positive if any image pair is."""
+    def lift(pairs: set[Pair]) -> set[Pair]:
+        out = set()
+        for a, b in pairs:
+            pa, pb = products.get(a), products.get(b)
+            if pa is not None and pb is not None and pa != pb:
+                out.add(_pair(pa, pb))
+        return out
+    positives = lift(truth.positives)
+    if truth.negatives is None:
+        universe = {products[i] for i in truth.images if i in products}
+        return Truth(positives, None, universe)
+    return Truth(positives, lift(truth.negatives) - positives, set())
+
+
+def format_evaluation(ev: Evaluation) -> str:
+    """Plain-text tables of an Evaluation."""
+    lines = []
+    for title, items in (("image pairs", ev.images), ("product pairs", ev.products)):
+        lines.append(f"{title}:")
+        lines.append(f"  {'band':<26}{'predicted':>10}{'correct':>9}{'truth':>7}"
+                     f"{'precision':>11}{'recall':>8}{'F1':>7}")
+        for m in items:
+            lines.append(f"  {m.name:<26}{m.predicted:>10}{m.true_positives:>9}{m.positives:>7}"
+                         f"{m.precision:>11.3f}{m.recall:>8.3f}{m.f1:>7.3f}")
+    r = ev.retrieval
+    lines.append(f"retrieval over {r['queries']} images with a true duplicate: "
+                 f"recall@1 {r['recall@1']:.3f}  recall@10 {r['recall@10']:.3f}  "
+                 f"mAP {r['mAP']:.3f}")
+    return "\n".join(lines)
 
 
 @dataclass(frozen=True)
@@ -27,7 +214,7 @@ class PlantedResult:
 
 
 def planted_found(warehouse: Path, client_id: str, truth: Path) -> list[PlantedResult]:
-    """Compare a client's image_matches with a truth.csv (image_id,group_id,kind,expected_band).
+    """Compare image_matches with a demo truth.csv (image_id,group_id,kind,expected_band).
 
     The pair checked for each planted image is (group_id, image_id): the original photo
     and its planted copy; found means present in image_matches in both directions.
@@ -36,11 +223,9 @@ def planted_found(warehouse: Path, client_id: str, truth: Path) -> list[PlantedR
         rows = [r for r in csv.DictReader(fh) if r.get("expected_band")]
     con = connect_readonly(warehouse)
     try:
-        found = {
-            (a, b): band for a, b, band in con.execute(
-                "SELECT image_id, match_image_id, band FROM image_matches WHERE client_id = $c",
-                {"c": client_id}).fetchall()
-        }
+        found = {(a, b): band for a, b, band in con.execute(
+            "SELECT image_id, match_image_id, band FROM image_matches WHERE client_id = $c",
+            {"c": client_id}).fetchall()}
     finally:
         con.close()
     stats: dict[str, list[int]] = {}
