@@ -18,6 +18,7 @@ share (NPIMAGE_FV_THREADS or the CPU affinity). Usage:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -113,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     n, r = len(paths), args.repeat
     print(f"{n} photos from {args.data}; model {extractor.model_id} "
           f"(input {extractor.input_size}x{extractor.input_size}, dim {extractor.dim}); "
-          f"TF threads {cpu_share()}; model load {load_s:.1f}s\n")
+          f"TF threads {cpu_share()}; model load {load_s:.1f}s; "
+          f"load average before {os.getloadavg()[0]:.1f}; best of {r}\n")
     print("| measure | FV off (img/s) | FV on (img/s) |")
     print("|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| decode + hashes (+ FV) | {off:.0f} | {on:.0f} |")
     fv = best_rate(lambda: extractor.embed(decoded), n, r)
     print(f"| FV only (embed, calls of {CALL_BATCH}) | - | {fv:.0f} |")
+    print(f"\nload average after {os.getloadavg()[0]:.1f}")
     return 0
 
 

@@ -2,6 +2,11 @@
 
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
 catalogue shards) -> merge (image matches + product roll-up) -> publish -> report
+-> release_lock (teardown: runs whatever happened before it)
+
+One run per client at a time: extract takes the client's lock (npimage.locks) and
+refuses, without retries, while another run of the client is in flight; the teardown
+releases it. Runs of different clients go ahead in parallel.
 
 Every task is a thin call into the `npimage` library (plugins/npimage); XCom carries the
 run context, file paths and counts, never data. Files are keyed by client and run id, so
@@ -12,7 +17,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, get_current_context, task, teardown
 
 from npimage.config import DEFAULT_FV_MODEL, Settings
 
@@ -46,6 +51,34 @@ def _ctx(data: dict):
     return RunContext.from_dict(data)
 
 
+def _dag_run_alive(holder) -> bool:
+    """Whether the DAG run holding a client's lock is still queued or running."""
+    from airflow.sdk.api.client import ServerResponseError
+
+    ti = get_current_context()["ti"]
+    try:
+        state = ti.get_dagrun_state(holder.dag_id or "npimage_dedup", holder.run_id)
+    except ServerResponseError as exc:
+        if exc.response.status_code == 404:  # Airflow has no such run: nobody will release
+            return False
+        raise
+    return state in ("queued", "running")
+
+
+def _take_client_lock(ctx: dict) -> None:
+    """Take the client's lock for this DAG run, or fail the task without retries."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from npimage import locks
+
+    run = _ctx(ctx)
+    try:
+        locks.acquire(run.client_dir, run.client_id, run.run_id, owner=locks.AIRFLOW,
+                      dag_id=get_current_context()["dag"].dag_id, is_alive=_dag_run_alive)
+    except locks.RunInProgress as exc:
+        raise AirflowFailException(str(exc)) from exc  # retrying would be refused again
+
+
 @dag(
     dag_id="npimage_dedup",
     schedule=None,
@@ -76,6 +109,7 @@ def npimage_dedup():
         from npimage import pipeline
 
         ctx = _context(get_current_context()["params"])
+        _take_client_lock(ctx)
         pipeline.extract(_ctx(ctx))
         return ctx
 
@@ -121,13 +155,21 @@ def npimage_dedup():
 
         return pipeline.report(_ctx(ctx))
 
+    @teardown
+    def release_lock() -> bool:
+        """Release the client's lock if this run holds it (not when it was refused)."""
+        from npimage import locks
+
+        run = _ctx(_context(get_current_context()["params"]))
+        return locks.release(run.client_dir, run.run_id)
+
     ctx = extract()
     batches = plan(ctx)
     batch_counts = signatures.partial(ctx=ctx).expand(batch=batches)
     shards = consolidate(ctx, batch_counts)
     shard_files = compare.partial(ctx=ctx).expand(shard=shards)
     merged = merge(ctx, shard_files)
-    report(ctx, publish(ctx, merged))
+    report(ctx, publish(ctx, merged)) >> release_lock()
 
 
 npimage_dedup()

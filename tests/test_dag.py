@@ -26,7 +26,8 @@ def test_dag_shape(dagbag):
     dag = dagbag.dags["npimage_dedup"]
     assert set(dag.params) >= {"client_id", "source", "mode", "fv", "top_k", "threshold"}
     assert {t.task_id for t in dag.tasks} == {
-        "extract", "plan", "signatures", "consolidate", "compare", "merge", "publish", "report"}
+        "extract", "plan", "signatures", "consolidate", "compare", "merge", "publish", "report",
+        "release_lock"}
     assert dag.task_dict["signatures"].upstream_task_ids == {"extract", "plan"}
     assert all(t.retries >= 1 for t in dag.tasks)
 

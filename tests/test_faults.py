@@ -21,6 +21,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import ROOT
 from helpers import table_rows
 from pg import pg_connect, pg_dsn  # noqa: F401  (session fixture)
 
@@ -214,6 +215,44 @@ def test_failed_publish_keeps_the_previous_warehouse(small_demo, tmp_path):
     pipeline.publish(ctx)
     after = _warehouse(tmp_path, drop=())
     assert after != before and len(after["images"]) == len(before["images"]) - 1
+
+
+_KILLED_PUBLISH = """
+import json, sys, time
+from npimage import pipeline, warehouse
+from npimage.runs import RunContext
+
+def hang():
+    print("in transaction", flush=True)
+    time.sleep(600)  # killed here: every table replaced, nothing committed
+
+def publish(path, files, run, before_commit=None):
+    warehouse.publish(path, files, run, before_commit=hang)
+
+pipeline.publish_warehouse = publish
+pipeline.publish(RunContext.from_dict(json.loads(sys.argv[1])))
+"""
+
+
+def test_publish_killed_inside_its_transaction_keeps_the_previous_warehouse(small_demo,
+                                                                           tmp_path):
+    """NEEDS PATCH (warehouse.py: before_commit): the hook this test hangs the publish in."""
+    run_pipeline(_ctx(tmp_path, small_demo.manifest, "r1"), workers=1, report=False)
+    before = _warehouse(tmp_path, drop=())
+    ctx = _ctx(tmp_path, _changed_catalogue(small_demo, tmp_path / "changed"), "r2")
+    _stages_until_merge(ctx)
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_PUBLISH, json.dumps(ctx.to_dict())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline().strip()
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        _, err = proc.communicate(timeout=60)
+    assert line == "in transaction", err
+    assert _warehouse(tmp_path, drop=()) == before  # readable, and still r1
+    assert json.loads(ctx.current_pointer.read_text()) == {"run_id": "r1"}
+    pipeline.publish(ctx)  # the retried task
+    assert len(_warehouse(tmp_path)["images"]) == len(before["images"]) - 1
 
 
 @pytest.fixture(scope="module")
@@ -417,3 +456,31 @@ def test_cli_refuses_a_second_run_with_a_clear_message(small_demo, tmp_path):
     assert "already has a run in flight: run 'manual__2026-11-27' (Airflow DAG run" in err
     assert not (tmp_path / "warehouse.duckdb").exists()
 
+
+
+@pytest.mark.dag
+def test_dag_refuses_a_second_run_of_a_client_and_releases_its_lock(airflow_db, small_demo,
+                                                                    tmp_path, monkeypatch):
+    """NEEDS PATCH (dags/npimage_dedup.py): extract takes the lock, a teardown releases it."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("NPIMAGE_DATA_DIR", str(tmp_path))
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
+    conf = {"client_id": "dagfaults", "source": str(small_demo.manifest), "fv": False}
+    client_dir = tmp_path / "clients" / "dagfaults"
+    proc = _holder_process(client_dir, "cli-run-in-flight")
+    try:
+        refused = dag.test(run_conf=conf)
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert refused.state == "failed"
+    assert not (tmp_path / "warehouse.duckdb").exists()
+    assert not (client_dir / "runs").exists()  # refused before writing anything
+    # a lock left by a DAG run Airflow does not know (deleted): stale, taken over
+    locks.acquire(client_dir, "dagfaults", "manual__ghost", owner=locks.AIRFLOW,
+                  dag_id="npimage_dedup")
+    done = dag.test(run_conf=conf)
+    assert done.state == "success"
+    assert locks.read_holder(client_dir) is None  # released by the teardown

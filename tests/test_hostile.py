@@ -270,16 +270,22 @@ def test_pillow_global_limit_does_not_refuse_valid_pictures_under_ours():
         decode(data, 100_000_000)
 
 
+# Peak RSS from /proc (VmHWM, per address space): getrusage's ru_maxrss survives exec
+# on Linux and would report the parent's (pytest's) peak.
 _PEAK_SCRIPT = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from npimage.signatures import compute_batch
+
+def peak_mib():
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(ln.split()[1]) for ln in status if ln.startswith("VmHWM:")) / 1024
+
 out = Path(sys.argv[2])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = peak_mib()
 compute_batch(Path(sys.argv[1]), None, out / "sig.parquet", out / "rej.parquet",
               extractor=None, fv_model="", max_pixels=250_000_000, read_timeout=60)
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"base_mib": base / 1024, "peak_mib": peak / 1024}))
+print(json.dumps({"base_mib": base, "peak_mib": peak_mib()}))
 """
 
 
@@ -295,6 +301,8 @@ def _batch(path: Path, uris: list[Path]) -> Path:
 
 def _peak_rss(tmp: Path, picture: Path) -> tuple[float, float, dict]:
     """(base, peak) RSS in MiB of a fresh process computing the picture's signature."""
+    if not Path("/proc/self/status").exists():
+        pytest.skip("peak memory is read from /proc/self/status (Linux only)")
     out = tmp / picture.stem
     out.mkdir()
     batch = _batch(out / "batch.parquet", [picture])
@@ -628,6 +636,17 @@ def test_duplicate_image_ids_keep_the_first_and_reject_the_others(tmp_path):
     product = dict(query(tmp_path / "manifest",
                          "SELECT image_id, product_id FROM images WHERE client_id = $c"))
     assert product == {"x": "p1", "y": "p3"}
+
+
+def test_manifest_that_is_not_utf8_stops_with_a_clear_error(tmp_path):
+    """NEEDS PATCH (extract.py): said only "'utf-8' codec can't decode byte 0xe9 ..."."""
+    photo().save(tmp_path / "café.jpg")
+    manifest = tmp_path / "latin1.csv"
+    manifest.write_bytes("image_id,product_id,uri\ncafé,p,café.jpg\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"manifest .*latin1\.csv is not UTF-8 text .*save "
+                                         r"it as UTF-8"):
+        run(tmp_path / "data", manifest)
+    assert not (tmp_path / "data" / "warehouse.duckdb").exists()
 
 
 def test_manifest_without_required_columns_stops_before_writing(tmp_path):

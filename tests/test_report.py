@@ -380,6 +380,7 @@ def test_rerender_reuses_thumbnails_and_drops_pages_of_removed_images(tmp_path):
     thumbs = {p: p.stat().st_mtime_ns for p in (out / "thumbs").rglob("*.jpg")}
     with duckdb.connect(str(warehouse)) as con:
         con.execute("DELETE FROM images WHERE image_id = 'lonely_01'")
+    (out / ".render-killed" / "i").mkdir(parents=True)  # staging left by a killed render
     calls.clear()
     render_report(warehouse, CLIENT, out, progress=lambda *a: calls.append(a))
     assert [c for c in calls if c[0] == "thumbnails"] == [("thumbnails", 1, 1)]  # the gone one

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from npimage.config import BANDS, Settings
+from npimage.locks import RunInProgress
 from npimage.runs import MODES, new_run_id
 
 log = logging.getLogger("npimage")
@@ -211,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as exc:
         print(f"npimage: error: {exc}", file=sys.stderr)
         return 2
+    except RunInProgress as exc:  # refused before writing anything: try again later
+        print(f"npimage: refused: {exc}", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

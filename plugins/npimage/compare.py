@@ -5,11 +5,12 @@ construction, and tests/test_scale.py checks it against brute force):
 
 - identical bytes (sha256 + size) are joined by sorting, and score 1.0;
 - hashes: the scorer's lookup tables and the threshold bound the hash distances a
-  qualifying pair can have; the bound includes the most the FV term could add
-  (`hash_bound`). A compiled scan (npimage.candidates) walks every N x M pair, XOR +
-  popcount, about a cycle per pair, and returns the pairs inside that bound;
-- the candidates are scored exactly (`pair_scores`: lookup tables, plus the cosine of the
-  two feature vectors for those pairs only), and only pairs >= threshold are kept.
+  qualifying pair can have, including the most the FV term could add (`hash_bound`).
+  Every N x M pair is tested against that bound: XOR + popcount of the packed hashes in
+  a compiled scan (npimage.kernels, ~1.6 billion pairs/s per core), or in NumPy for a
+  small block such as one image against a catalogue;
+- the candidates are scored exactly (`pair_scores`: the lookup tables, plus the cosine
+  of the two feature vectors, computed for those pairs only), and pairs >= threshold kept.
 
 When a tile of the catalogue yields too many candidates to score one by one (a low
 threshold, a catalogue of look-alike pictures), that tile is scored densely instead:
@@ -17,12 +18,12 @@ XOR + popcount matrices and one BLAS matrix product of unit vectors per block of
 `block_size` rows, the top-k per query read from it, and its survivors re-scored by
 `pair_scores` so that a pair's score never depends on which path found it.
 
-Work is spread over the cores by a thread pool (the scan and NumPy release the GIL);
-memory is bounded by the tile sizes and the top-k kept per query, never by N x M.
-Feature vectors stay float16 in memory (as stored) and are made float32 unit rows per
-block. Ties are broken by catalogue row (signatures are sorted by image_id), so the result
-does not depend on how the catalogue is split into blocks or shards. An image never
-matches itself (same row).
+Work is spread over the cores by a thread pool (the compiled code and NumPy release the
+GIL); memory is bounded by the tile sizes and the top-k kept per query, never by N x M.
+All-vs-all scores each pair once (scores are symmetric). Feature vectors stay float16 in
+memory, as stored. Ties are broken by catalogue row (signatures are sorted by image_id),
+so the result does not depend on how the catalogue is split into blocks or shards. An
+image never matches itself (same row).
 """
 
 from __future__ import annotations
@@ -49,14 +50,22 @@ SCORE_DECIMALS = 6
 SLACK = 1e-5
 #: Queries per block of work.
 QUERY_BLOCK = 1024
-#: Largest number of catalogue rows per tile (one task of the thread pool).
+#: Catalogue rows per tile (one task of the thread pool): at most CATALOGUE_TILE, at least
+#: MIN_TILE, else the catalogue split evenly over the threads.
 CATALOGUE_TILE = 65536
+MIN_TILE = 4096
 #: Highest share of a tile's pairs that are scored one by one (else the tile is scored
-#: densely): a gathered pair costs ~2 us with FV (float16 rows gathered and converted)
-#: against ~30 ns per pair of a dense BLAS block, ~0.1 us without FV against ~10 ns.
-SPARSE_MAX_DENSITY = {True: 0.01, False: 0.1}
-#: Pairs gathered at once when computing cosines of candidate pairs (bounds memory).
-PAIR_CHUNK = 2048
+#: densely): a candidate costs ~0.5 us with FV (two float16 rows read) against ~40 ns per
+#: pair of a dense BLAS block, ~60 ns without FV against ~12 ns per pair.
+SPARSE_MAX_DENSITY = {True: 0.05, False: 0.2}
+#: All-vs-all comparisons score each unordered pair once and keep it in both orientations.
+SYMMETRIC = True
+#: Comparisons of at most this many pairs run in the calling thread (no pool to start).
+INLINE_PAIRS = 1 << 22
+#: Blocks of at most this many pairs are scanned with NumPy rather than the compiled scan.
+NUMPY_SCAN_PAIRS = 1 << 20
+#: Candidates scored at once (bounds the memory of gathered hashes and scores).
+SCORE_CHUNK = 1 << 20
 #: Kept pairs accumulated before they are reduced to the top-k again.
 REDUCE_EVERY = 2_000_000
 
@@ -153,19 +162,11 @@ def arrays_from_table(table: pa.Table, use_fv: bool, first_row: int = 0) -> Sign
 # -- scores ------------------------------------------------------------------------------
 
 def unit_rows(fv: np.ndarray) -> np.ndarray:
-    """float32 copy of feature vectors with rows of unit length (zero rows stay zero).
-
-    Row by row, so a vector gets the same bits whichever block it is normalised in.
-    """
+    """float32 copy of feature vectors with rows of unit length (zero rows stay zero)."""
     x = fv.astype(np.float32)
     norms = np.sqrt(np.sum(x * x, axis=1, keepdims=True))
     x /= np.where(norms > 0, norms, np.float32(1.0))
     return x
-
-
-def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dot products of aligned float32 rows, summed row by row (block-independent bits)."""
-    return np.sum(a * b, axis=1)
 
 
 def score_block(q: SignatureArrays, c: SignatureArrays, scorer: Scorer) -> np.ndarray:
@@ -187,23 +188,12 @@ def score_block(q: SignatureArrays, c: SignatureArrays, scorer: Scorer) -> np.nd
     return np.round(score, SCORE_DECIMALS)
 
 
-def _unit_lookup(fv: np.ndarray, n_pairs: int) -> Callable[[np.ndarray], np.ndarray]:
-    """A function giving the unit rows fv[idx]: all of fv is converted once when the pairs
-    outnumber its rows (rows reused), else only the rows asked for, chunk by chunk."""
-    if n_pairs >= 2 * len(fv):
-        unit = unit_rows(fv)
-        return lambda idx: unit[idx]
-    return lambda idx: unit_rows(fv[idx])
-
-
 def pair_cosines(qfv: np.ndarray, cfv: np.ndarray, qi: np.ndarray, ci: np.ndarray
                  ) -> np.ndarray:
-    """float32 cosines of the pairs (qfv[qi], cfv[ci]), gathered PAIR_CHUNK pairs at a time."""
-    qrows, crows = _unit_lookup(qfv, len(qi)), _unit_lookup(cfv, len(ci))
-    out = np.empty(len(qi), np.float32)
-    for s in range(0, len(qi), PAIR_CHUNK):
-        out[s:s + PAIR_CHUNK] = _row_dots(qrows(qi[s:s + PAIR_CHUNK]), crows(ci[s:s + PAIR_CHUNK]))
-    return out
+    """float32 cosines of the pairs (qfv[qi], cfv[ci]), read from the stored rows (compiled)."""
+    from npimage.kernels import cosines  # Numba: imported when first needed
+
+    return cosines(qfv, cfv, qi, ci)
 
 
 def pair_scores(q: SignatureArrays, c: SignatureArrays, qi: np.ndarray, ci: np.ndarray,
@@ -287,20 +277,38 @@ def hash_bound(scorer: Scorer, threshold: float) -> HashBound:
                        _max_fv_term(scorer), float(threshold))
 
 
+def _scan_numpy(q_hashes: np.ndarray, c_hashes: np.ndarray, bound: HashBound
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The exact candidates of a small block with NumPy: distance matrices, feasible table."""
+    c = np.ascontiguousarray(c_hashes.T)
+    key = np.bitwise_count(q_hashes[:, 0, None] ^ c[0]).astype(np.int32)
+    for j in (1, 2):
+        key *= HASH_BITS + 1
+        key += np.bitwise_count(q_hashes[:, j, None] ^ c[j])
+    qi, ci = np.nonzero(bound.feasible.ravel()[key])
+    return qi.astype(np.int32), ci.astype(np.int32)
+
+
 def hash_candidates(q_hashes: np.ndarray, c_hashes: np.ndarray, bound: HashBound,
-                    capacity: int | None = None) -> tuple[np.ndarray, np.ndarray] | None:
+                    capacity: int | None = None, method: str = "auto"
+                    ) -> tuple[np.ndarray, np.ndarray] | None:
     """(query idx, catalogue idx) of every pair whose hash distances are feasible.
 
     Exact (a pair is returned iff bound.feasible[da, dd, dp]); None when there are more
-    than `capacity` (default: all pairs fit). Hashes are (n, 3) uint64 arrays.
+    than `capacity` (default: all pairs fit). Hashes are (n, 3) uint64 arrays. `method`:
+    "compiled" (the Numba scan), "numpy", or "auto": NumPy for blocks of at most
+    NUMPY_SCAN_PAIRS pairs (a one-image query then loads no compiled code), else compiled.
     """
-    from npimage.candidates import GROUP, scan_pairs  # Numba: imported when first needed
-
     nq, nc = len(q_hashes), len(c_hashes)
     if capacity is None:
         capacity = nq * nc
     if bound.empty or nq == 0 or nc == 0:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
+    if method == "numpy" or (method == "auto" and nq * nc <= NUMPY_SCAN_PAIRS):
+        found = _scan_numpy(q_hashes, c_hashes, bound)
+        return found if len(found[0]) <= capacity else None
+    from npimage.kernels import GROUP, scan_pairs  # Numba: imported when first needed
+
     padded = -(-nq // GROUP) * GROUP
     q = np.empty((3, padded), np.uint64)
     q[:, :nq] = q_hashes.T
@@ -308,6 +316,22 @@ def hash_candidates(q_hashes: np.ndarray, c_hashes: np.ndarray, bound: HashBound
     c = np.ascontiguousarray(c_hashes.T)
     return scan_pairs(q, nq, c, bound.shifts, bound.bound,
                       np.ascontiguousarray(bound.feasible.ravel(), np.uint8), capacity)
+
+
+def _equal_pairs(a_sha: np.ndarray, a_size: np.ndarray, b_sha: np.ndarray,
+                 b_size: np.ndarray, b_rows: np.ndarray, k: int | None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(a idx, b idx) of equal (sha, size), at most the first k + 1 b's by row per a."""
+    order = np.lexsort((b_rows, b_sha))
+    sha_sorted = b_sha[order]
+    lo = np.searchsorted(sha_sorted, a_sha, side="left")
+    hi = np.searchsorted(sha_sorted, a_sha, side="right")
+    count = hi - lo if k is None else np.minimum(hi - lo, k + 1)
+    ai = np.repeat(np.arange(len(a_sha)), count)
+    start = np.repeat(lo - (np.cumsum(count) - count), count)
+    bi = order[start + np.arange(len(ai))]
+    keep = a_size[ai] == b_size[bi]
+    return ai[keep], bi[keep]
 
 
 def same_bytes_pairs(q: SignatureArrays, c: SignatureArrays, k: int | None = None
@@ -318,22 +342,15 @@ def same_bytes_pairs(q: SignatureArrays, c: SignatureArrays, k: int | None = Non
     row, per catalogue image its first k + 1 queries by row (a picture stored 10 000
     times must not yield 10^8 pairs). Self pairs are included; the caller drops them.
     """
-    pairs_q, pairs_c = [], []
-    for a, b, swap in ((q, c, False), (c, q, True)):
-        order = np.lexsort((b.rows, b.sha))
-        sha_sorted = b.sha[order]
-        lo = np.searchsorted(sha_sorted, a.sha, side="left")
-        hi = np.searchsorted(sha_sorted, a.sha, side="right")
-        count = hi - lo if k is None else np.minimum(hi - lo, k + 1)
-        ai = np.repeat(np.arange(len(a)), count)
-        start = np.repeat(lo - (np.cumsum(count) - count), count)
-        bi = order[start + np.arange(len(ai))]
-        keep = a.size[ai] == b.size[bi]
-        pairs_q.append(bi[keep] if swap else ai[keep])
-        pairs_c.append(ai[keep] if swap else bi[keep])
-        if k is None:
-            break
-    return np.concatenate(pairs_q), np.concatenate(pairs_c)
+    cm = np.nonzero(np.isin(c.sha, q.sha))[0]  # usually few: sort those only
+    qm = np.nonzero(np.isin(q.sha, c.sha[cm]))[0]
+    if len(cm) == 0 or len(qm) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    qi, ci = _equal_pairs(q.sha[qm], q.size[qm], c.sha[cm], c.size[cm], c.rows[cm], k)
+    if k is not None:
+        ci2, qi2 = _equal_pairs(c.sha[cm], c.size[cm], q.sha[qm], q.size[qm], q.rows[qm], k)
+        qi, ci = np.concatenate([qi, qi2]), np.concatenate([ci, ci2])
+    return qm[qi], cm[ci]
 
 
 # -- top-k -------------------------------------------------------------------------------
@@ -427,12 +444,18 @@ def _score_tile(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, bound: H
                                 capacity=int(limit * len(q) * len(c)) + 4096)
     if found is None:
         return _score_dense(q, c, scorer, k, threshold, both_ways, block_size)
-    qi, ci = found
-    same = (q.sha[qi] == c.sha[ci]) & (q.size[qi] == c.size[ci])
-    qi, ci = qi[~same], ci[~same]  # identical bytes come from same_bytes_pairs
-    score = pair_scores(q, c, qi, ci, scorer)
-    keep = score >= threshold
-    return qi[keep], ci[keep], score[keep]
+    out = []
+    for s in range(0, len(found[0]), SCORE_CHUNK):
+        qi, ci = found[0][s:s + SCORE_CHUNK], found[1][s:s + SCORE_CHUNK]
+        same = (q.sha[qi] == c.sha[ci]) & (q.size[qi] == c.size[ci])
+        qi, ci = qi[~same], ci[~same]  # identical bytes come from same_bytes_pairs
+        score = pair_scores(q, c, qi, ci, scorer)
+        keep = score >= threshold
+        out.append((qi[keep], ci[keep], score[keep]))
+    if not out:
+        return empty
+    qi, ci, score = (np.concatenate(x) for x in zip(*out, strict=True))
+    return qi, ci, score
 
 
 def compare_threads() -> int:
@@ -448,7 +471,8 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
     With `both_ways`, also the top-k queries of every catalogue image: an incremental run
     needs them to update the lists of catalogue images that new images now belong in.
     Pairs are returned once, oriented (query, catalogue image). `block_size` bounds the
-    catalogue rows of a dense score matrix.
+    catalogue rows of a dense score matrix. All-vs-all (queries and catalogue the same
+    rows) scores each pair once: scores are symmetric, so half the tiles are skipped.
     """
     kept = _Kept(top_k, both_ways, queries.rows, catalogue.rows)
     qi, ci = same_bytes_pairs(queries, catalogue, top_k)
@@ -456,29 +480,46 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
     kept.add(qi[not_self], ci[not_self], np.ones(int(not_self.sum()), np.float32))
 
     bound = hash_bound(scorer, threshold)
-    threads = compare_threads()
     n, m = len(queries), len(catalogue)
-    tile = max(4096, min(CATALOGUE_TILE, -(-m // threads)))
-    jobs = ((q0, c0) for q0 in range(0, n, QUERY_BLOCK) for c0 in range(0, m, tile))
-    inflight: deque[tuple[int, int, int, Future]] = deque()
-
-    def collect() -> None:
-        q0, c0, pairs, fut = inflight.popleft()
-        qi, ci, sc = fut.result()
-        kept.add(qi + q0, ci + c0, sc)
+    threads = compare_threads() if n * m > INLINE_PAIRS else 1
+    tile = max(MIN_TILE, min(CATALOGUE_TILE, -(-m // threads)))
+    mirror = SYMMETRIC and n == m and np.array_equal(queries.rows, catalogue.rows)
+    jobs = [(q0, c0) for q0 in range(0, n, QUERY_BLOCK) for c0 in range(0, m, tile)]
+    if mirror:  # all-vs-all: the tiles below the diagonal are the mirror of those above
+        below = [(q0, c0) for q0, c0 in jobs if c0 + tile <= q0]
+        jobs = [job for job in jobs if job[1] + tile > job[0]]
         if progress:
-            progress(pairs)
+            progress(sum(min(QUERY_BLOCK, n - q0) * min(tile, m - c0) for q0, c0 in below))
 
-    with ThreadPoolExecutor(threads, thread_name_prefix="npimage-compare") as pool:
+    def run(q0: int, c0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _score_tile(queries.slice(q0, q0 + QUERY_BLOCK), catalogue.slice(c0, c0 + tile),
+                           scorer, bound, top_k, threshold, both_ways or mirror,
+                           max(1, block_size))
+
+    def keep(q0: int, c0: int, found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
+        qi, ci, sc = found[0] + q0, found[1] + c0, found[2]
+        if mirror:  # each pair once (query < catalogue image), kept in both orientations
+            upper = qi < ci
+            qi, ci, sc = qi[upper], ci[upper], sc[upper]
+            kept.add(ci, qi, sc)
+        kept.add(qi, ci, sc)
+        if progress:
+            progress(min(QUERY_BLOCK, n - q0) * min(tile, m - c0))
+
+    if threads == 1:
         for q0, c0 in jobs:
-            qa, ca = queries.slice(q0, q0 + QUERY_BLOCK), catalogue.slice(c0, c0 + tile)
-            inflight.append((q0, c0, len(qa) * len(ca), pool.submit(
-                _score_tile, qa, ca, scorer, bound, top_k, threshold, both_ways,
-                max(1, block_size))))
-            if len(inflight) > 2 * threads:
-                collect()
-        while inflight:
-            collect()
+            keep(q0, c0, run(q0, c0))
+    else:
+        inflight: deque[tuple[int, int, Future]] = deque()
+        with ThreadPoolExecutor(threads, thread_name_prefix="npimage-compare") as pool:
+            for q0, c0 in jobs:
+                inflight.append((q0, c0, pool.submit(run, q0, c0)))
+                if len(inflight) > 2 * threads:
+                    q1, c1, fut = inflight.popleft()
+                    keep(q1, c1, fut.result())
+            while inflight:
+                q1, c1, fut = inflight.popleft()
+                keep(q1, c1, fut.result())
     qi, ci, sc = kept.result()
     return _match_table(queries, catalogue, qi, ci, sc)
 

@@ -29,14 +29,16 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-from PIL import Image, ImageCms
+from PIL import Image
 
 #: Longest side of the working picture: plenty for 8x8/32x32 hashes and 224x224 FV input.
 WORK_SIZE = 512
 
-#: The only formats tried: what catalogues and browsers use. Pillow knows ~40 more (EPS
-#: would run Ghostscript, and so on); a file in any of them is refused as unsupported.
-FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+Image.init()
+#: The only formats tried: what catalogues and browsers use (AVIF where Pillow has it).
+#: Pillow knows ~40 more (EPS would run Ghostscript...): a file in any of them is refused.
+FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+                if f in Image.OPEN)
 
 #: Largest file read (bytes). A bigger file is refused before it is read into memory.
 MAX_BYTES = 1 << 30
@@ -59,7 +61,7 @@ _UPRIGHT = {
 #: Modes that Image.reduce handles; others are converted before being reduced.
 _REDUCIBLE = frozenset({"L", "LA", "RGB", "RGBA", "CMYK", "YCbCr", "I", "F"})
 _HIGH_DEPTH = frozenset({"I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
-#: File signatures of formats we do not decode, named in reject reasons.
+#: File signatures, to name what a refused or broken file holds in its reject reason.
 _MAGIC = (
     (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF8", "GIF"),
     (b"%PDF", "PDF"), (b"%!PS", "PostScript/EPS"), (b"\xc5\xd0\xd3\xc6", "EPS"),
@@ -194,9 +196,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa"):
         has_alpha = img.mode != "P" or "transparency" in img.info
         return _on_white(img) if has_alpha else img.convert("RGB")
-    if img.mode == "LAB":
-        return ImageCms.applyTransform(img, ImageCms.buildTransform(
-            ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"))
     try:
         return img.convert("RGB")
     except ValueError as exc:

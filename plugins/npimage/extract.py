@@ -100,10 +100,36 @@ class _Collector:
         return ExtractResult(catalog, rejects, cat.num_rows, rej.num_rows)
 
 
+def _absolute(path: Path) -> Path:
+    """The resolved path; only made absolute when it cannot be resolved (a symlink loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: a symlink loop (Python < 3.13)
+        return Path(os.path.abspath(path))
+
+
+def _text(path: Path) -> str | None:
+    """`path` as text when it is valid UTF-8 (Parquet strings must be), else None."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return str(path)
+
+
+def _shown(path: Path) -> str:
+    """A printable form of any path: bytes that are not UTF-8 become U+FFFD."""
+    return os.fsencode(path).decode("utf-8", "replace")
+
+
 def _from_directory(root: Path, out: _Collector) -> None:
     for path in _walk(root):
         rel = path.relative_to(root)
-        uri = str(path.resolve())
+        uri = _text(_absolute(path))
+        if uri is None:
+            out.reject(_shown(rel), _shown(_absolute(path)),
+                       "file name is not valid UTF-8: rename the file")
+            continue
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             ext = path.suffix or "none"
             out.reject(rel.as_posix(), uri, f"not an image file extension ({ext})")
@@ -117,7 +143,7 @@ def _resolve_uri(uri: str, base: Path) -> str:
     if "://" in uri:
         return uri
     path = Path(uri)
-    return str(path if path.is_absolute() else (base / path).resolve())
+    return str(path if path.is_absolute() else _absolute(base / path))
 
 
 def _from_manifest(manifest: Path, out: _Collector) -> None:
@@ -155,7 +181,11 @@ def extract_catalog(client_id: str, source: str | Path, catalog: Path,
     if src.is_dir():
         _from_directory(src, out)
     elif src.is_file() and src.suffix.lower() == ".csv":
-        _from_manifest(src, out)
+        try:
+            _from_manifest(src, out)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"manifest {src} is not UTF-8 text ({exc.reason} at byte "
+                             f"{exc.start}): save it as UTF-8 CSV") from exc
     elif not src.exists():
         raise FileNotFoundError(f"source not found: {src}")
     else:

@@ -279,7 +279,8 @@ def summary(ctx: RunContext) -> dict[str, Any]:
     """Counts of the run's result files, for logs, XCom and the CLI's final message."""
     sig_rows = sum(pq.read_metadata(p).num_rows
                    for p in (ctx.run_dir / "signatures").glob("shard-*.parquet"))
-    computed = sum(pq.read_metadata(p).num_rows for p in (ctx.run_dir / "sig_batches").glob("*"))
+    computed = sum(pq.read_metadata(p).num_rows
+                   for p in (ctx.run_dir / "sig_batches").glob("*.parquet"))
     return {
         "client_id": ctx.client_id,
         "run_id": ctx.run_id,
@@ -315,9 +316,12 @@ def publish(ctx: RunContext, started_at: datetime | None = None,
         "n_product_matches": pq.read_metadata(files["product_matches"]).num_rows,
         "started_at": started_at or datetime.now(UTC),
     }
-    publish_warehouse(ctx.settings.warehouse_path, files, run)
     backend_url = ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
-    if backend_url:
+
+    def load_backend() -> None:
+        """Runs inside the warehouse transaction: a failed load rolls the warehouse back."""
+        if not backend_url:
+            return
         from npimage import backend
 
         extracted = ctx.path("backend_extract.json")
@@ -327,6 +331,8 @@ def publish(ctx: RunContext, started_at: datetime | None = None,
             run_info.update(json.loads(extracted.read_text()))
         backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
                              files["image_matches"], files["product_matches"], run_info)
+
+    publish_warehouse(ctx.settings.warehouse_path, files, run, before_commit=load_backend)
     atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))
     atomic_write_text(ctx.path("summary.json"), json.dumps(info, indent=2, default=str))
     return info

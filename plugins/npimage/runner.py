@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from npimage import pipeline
+from npimage.locks import client_run_lock
 from npimage.runs import RunContext
 
 log = logging.getLogger("npimage")
@@ -36,7 +37,16 @@ def _map(fn: Callable, ctx: RunContext, items: list, workers: int) -> Iterable[A
 
 def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = True
                  ) -> dict[str, Any]:
-    """Every stage of a run; returns the run summary (see pipeline.summary)."""
+    """Every stage of a run; returns the run summary (see pipeline.summary).
+
+    The client's run lock (npimage.locks) is held throughout: a second run of the same
+    client is refused with RunInProgress before it writes anything.
+    """
+    with client_run_lock(ctx.client_dir, ctx.client_id, ctx.run_id):
+        return _run_stages(ctx, workers, report)
+
+
+def _run_stages(ctx: RunContext, workers: int | None, report: bool) -> dict[str, Any]:
     started = datetime.now(UTC)
     n = _workers(workers)
     pipeline.extract(ctx)

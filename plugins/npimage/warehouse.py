@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -47,11 +47,16 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(load_sql("duckdb", "views"))
 
 
-def publish(warehouse: Path, files: dict[str, Path], run: dict[str, Any]) -> None:
+def publish(warehouse: Path, files: dict[str, Path], run: dict[str, Any],
+            before_commit: Callable[[], None] | None = None) -> None:
     """Replace the client's rows with the run's Parquet files and record the run.
 
     `files` maps catalog, signatures, rejects, image_matches, product_matches to Parquet
-    paths; `run` holds the parameters of sql/duckdb/record_run.sql.
+    paths; `run` holds the parameters of sql/duckdb/record_run.sql. `before_commit` (the
+    backend load) runs inside the transaction, after the rows are replaced: if it raises,
+    the warehouse rolls back too, so a failed publish leaves both stores on the previous
+    run. Only a DuckDB commit failing after the backend committed could leave them apart,
+    and the retried publish then replaces both again.
     """
     paths = {name: p if isinstance(p, list) else str(p) for name, p in files.items()}
     params = {"client_id": run["client_id"], "run_id": run["run_id"], **paths}
@@ -63,6 +68,8 @@ def publish(warehouse: Path, files: dict[str, Path], run: dict[str, Any]) -> Non
             try:
                 run_script(con, load_sql("duckdb", "replace_client"), params)
                 run_script(con, load_sql("duckdb", "record_run"), run)
+                if before_commit is not None:
+                    before_commit()
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

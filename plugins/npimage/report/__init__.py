@@ -52,6 +52,8 @@ def render_report(
     with connect(Path(warehouse)) as con:
         data = load_report_data(con, client_id)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".render-*"):  # left by a render that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     # The connection is closed while thumbnails are made (slow): no lock held meanwhile.
     make_thumbnails(data.images, out_dir, progress, workers)
     stage = out_dir / f".render-{uuid.uuid4().hex}"

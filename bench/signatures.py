@@ -1,0 +1,200 @@
+"""Signature stage on real photos against the POC's method, images/s side by side.
+
+The POC computed its hashes in a Python loop of imagehash calls on each opened file
+(`imagehash.average_hash(Image.open(path))`, then dhash, ...): every call converts the
+full-size decoded picture again. Rows of the table, all on the same files in one run,
+hashes only (FV speed: bench/fv_speed.py):
+
+- POC method: for each file, Image.open + imagehash.average_hash, dhash and phash on
+  the opened picture, + sha256 of the bytes (the POC's "dsize" signature), 1 process;
+- npimage, decode + hashes: npimage.decode.decode (one decode, JPEG draft mode, working
+  copy <= 512 px) + npimage.hashing.image_hashes (one grey copy for the three), 1 process;
+- npimage signature stage: npimage.signatures.compute_batch on a catalog Parquet (read,
+  sha256, decode, hashes, rejects, Parquet out), 1 process;
+- the same stage on the batches mapped over worker processes, as `npimage run` and the
+  DAG's mapped tasks do (one per core).
+
+Datasets: ../shared/datasets/grocery-store (smartphone photos, most 348x348) and the
+pdq-edits bridge photos (1600x1004 and edits: large pictures, where draft decoding pays).
+Files are read once first so that the page cache is warm.
+
+A second table gives the hash candidate density of these real photos: the share of all
+pairs whose hash distances could still reach the threshold (npimage.compare.hash_bound
+with the default weights), without FV and with the FV term's headroom, beside what
+random hashes give. compare scores candidates one by one up to a density of 5 % (FV)
+or 20 % (hashes), and scores denser tiles as matrices.
+
+    .venv/bin/python bench/signatures.py [--limit 1024] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing as mp
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+
+import imagehash
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from npimage import compare as cmp
+from npimage.decode import decode
+from npimage.hashing import image_hashes
+from npimage.schemas import CATALOG
+from npimage.scoring import Scorer, Weights
+from npimage.signatures import compute_batch
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+SETS = {
+    "grocery-store (348x348 photos)": DATASETS / "grocery-store/dataset/train",
+    "pdq-edits bridge (1600x1004 photos)": DATASETS / "pdq-edits/bridge-mods",
+}
+MAX_PIXELS = 250_000_000
+BATCH = 256
+#: Photos per dataset at least (a small set is cycled; its files are then read again).
+MIN_IMAGES = 240
+
+
+def poc_method(paths: list[Path]) -> None:
+    """The POC's loop: imagehash calls on each opened file, sha256 of its bytes."""
+    for p in paths:
+        hashlib.sha256(p.read_bytes()).hexdigest()
+        with Image.open(p) as img:
+            imagehash.average_hash(img)
+            imagehash.dhash(img)
+            imagehash.phash(img)
+
+
+def npimage_core(paths: list[Path]) -> None:
+    """npimage's per-image work without Parquet: one decode, three hashes, sha256."""
+    for p in paths:
+        data = p.read_bytes()
+        hashlib.sha256(data).hexdigest()
+        image_hashes(decode(data, MAX_PIXELS).rgb)
+
+
+def write_batches(paths: list[Path], folder: Path) -> list[Path]:
+    """Catalog Parquet batches of BATCH photos, as the plan stage writes them."""
+    now = datetime.now(UTC)
+    out = []
+    for b, start in enumerate(range(0, len(paths), BATCH)):
+        chunk = paths[start:start + BATCH]
+        rows = {
+            "client_id": ["bench"] * len(chunk),
+            "image_id": [f"{start + i:06d}" for i in range(len(chunk))],
+            "product_id": [p.parent.name for p in chunk],
+            "reference": [None] * len(chunk),
+            "uri": [str(p) for p in chunk],
+            "size_bytes": [p.stat().st_size for p in chunk],
+            "modified_at": [now] * len(chunk),
+        }
+        path = folder / f"batch-{b:05d}.parquet"
+        pq.write_table(pa.table(rows, schema=CATALOG), path)
+        out.append(path)
+    return out
+
+
+def stage_batch(batch: Path) -> int:
+    """npimage.signatures.compute_batch on one batch, hashes only; images computed."""
+    out = batch.with_suffix(".sig.parquet")
+    result = compute_batch(batch, None, out, batch.with_suffix(".rej.parquet"), extractor=None,
+                           fv_model="", max_pixels=MAX_PIXELS, read_timeout=30.0)
+    return result.computed
+
+
+def stage(batches: list[Path], workers: int) -> None:
+    """The signature stage over all batches, in `workers` spawned processes (or inline)."""
+    if workers <= 1:
+        for b in batches:
+            stage_batch(b)
+        return
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
+        list(pool.map(stage_batch, batches))
+
+
+def best_seconds(fn: Callable[[], None], repeat: int) -> float:
+    """Wall seconds of the fastest of `repeat` runs."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Time every method on every dataset and print one Markdown table."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--limit", type=int, default=1024, help="photos per dataset (first, sorted)")
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
+    ap.add_argument("--threshold", type=float, default=0.82)
+    args = ap.parse_args(argv)
+    sets = {name: sorted(p for p in folder.rglob("*.jpg"))[: args.limit]
+            for name, folder in SETS.items() if folder.is_dir()}
+    for name, paths in sets.items():  # a small set is cycled so that timings are stable
+        sets[name] = (paths * (-(-MIN_IMAGES // max(len(paths), 1))))[:max(MIN_IMAGES,
+                                                                            len(paths))]
+    if not sets:
+        print(f"datasets not found under {DATASETS} (needs ../shared/datasets)", file=sys.stderr)
+        return 2
+    print(f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}; "
+          f"best of {args.repeat}; hashes only\n")
+    print("| dataset | images | method | seconds | images/s | vs POC |")
+    print("|---|---|---|---|---|---|")
+    for name, paths in sets.items():
+        for p in paths:
+            p.read_bytes()
+        with tempfile.TemporaryDirectory() as tmp:
+            batches = write_batches(paths, Path(tmp))
+            runs = [
+                ("POC method (Python loop of imagehash calls)", partial(poc_method, paths)),
+                ("npimage decode + hashes, 1 process", partial(npimage_core, paths)),
+                ("npimage signature stage, 1 process", partial(stage, batches, 1)),
+                (f"npimage signature stage, {args.workers} processes",
+                 partial(stage, batches, args.workers)),
+            ]
+            poc = None
+            for label, fn in runs:
+                seconds = best_seconds(fn, args.repeat)
+                poc = poc or seconds
+                print(f"| {name} | {len(paths)} | {label} | {seconds:.2f} | "
+                      f"{len(paths) / seconds:.0f} | {poc / seconds:.1f}x |", flush=True)
+    print("\n| dataset | distinct photos | pairs | candidates, hashes only "
+          "| candidates, hashes + FV bound | random hashes (hashes only / + FV) |")
+    print("|---|---|---|---|---|---|")
+    for name, folder in SETS.items():
+        if folder.is_dir():
+            print(candidate_density(name, sorted(folder.rglob("*.jpg")), args.threshold))
+    return 0
+
+
+def candidate_density(name: str, paths: list[Path], threshold: float) -> str:
+    """A table row: share of pairs of these photos that are hash candidates."""
+    hashes = np.array([image_hashes(decode(p.read_bytes(), MAX_PIXELS).rgb) for p in paths],
+                      np.int64).view(np.uint64)
+    n = len(paths)
+    pairs = n * (n - 1)
+    cells = []
+    for fv in (False, True):
+        bound = cmp.hash_bound(Scorer(Weights(), fv), threshold)
+        qi, ci = cmp.hash_candidates(hashes, hashes, bound, method="numpy")
+        cells.append((int(np.sum(qi != ci)) / pairs, bound.random_rate))
+    return (f"| {name} | {n} | {pairs} | {cells[0][0]:.2e} | {cells[1][0]:.2e} | "
+            f"{cells[0][1]:.1e} / {cells[1][1]:.1e} |")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The nearest images of one picture in a client's last published run (`npimage nearest`).
+
+The picture goes through what the signature stage does to every catalogue image (one
+read, sha256 + size, one decode, the three hashes, and the feature vector when that run
+used FV, with the same model), then through npimage.compare against the run's signature
+shards, with the run's weights and threshold: so a picture that is in the catalogue
+scores exactly what the run scored, and an identical file scores 1.0.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from npimage import compare as cmp
+from npimage.config import Settings
+from npimage.decode import ImageError, decode, read_bytes
+from npimage.hashing import image_hashes
+from npimage.parquet_io import read_parts
+from npimage.runs import RunContext, safe_name
+from npimage.schemas import SIGNATURES
+from npimage.scoring import Scorer, band_codes, load_weights
+
+#: Columns of the result, best first.
+COLUMNS = ("rank", "image_id", "product_id", "score", "band", "dah", "ddh", "dph", "dfv",
+           "same_bytes", "uri")
+
+
+@dataclass
+class NearestResult:
+    """The nearest images of one picture, and where the time went (seconds)."""
+
+    image: str
+    client_id: str
+    run_id: str
+    fv: bool
+    threshold: float
+    n_catalogue: int
+    table: pa.Table  # COLUMNS
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def current_run(client_id: str, data_dir: Path) -> RunContext:
+    """The RunContext of the client's last published run (named by current.json)."""
+    client_dir = data_dir / "clients" / safe_name(client_id)
+    pointer = client_dir / "current.json"
+    if not pointer.is_file():
+        raise FileNotFoundError(
+            f"client {client_id!r} has no published run under {data_dir} "
+            f"(run `npimage run --client {client_id} ...` first)")
+    run_id = json.loads(pointer.read_text())["run_id"]
+    context = client_dir / "runs" / safe_name(run_id) / "context.json"
+    return RunContext.from_dict(json.loads(context.read_text()))
+
+
+def load_catalogue(ctx: RunContext) -> tuple[cmp.SignatureArrays, str | None]:
+    """The run's signatures as arrays (in shard order, rows as the run numbered them)."""
+    columns = ["image_id", "sha256", "size_bytes", "ahash", "dhash", "phash"]
+    if ctx.fv:
+        columns += ["fv", "fv_model"]
+    table = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet", columns)
+    model = None
+    if ctx.fv and table.num_rows:
+        models = pc.unique(table["fv_model"].drop_null()).to_pylist()
+        model = models[0] if models else None
+    return cmp.arrays_from_table(table, ctx.fv), model
+
+
+def query_signature(image: str, ctx: RunContext, settings: Settings, catalogue_model: str | None,
+                    timings: dict[str, float]) -> cmp.SignatureArrays:
+    """Signature of the picture as a one-row SignatureArrays (row -1: never "itself")."""
+    t0 = time.perf_counter()
+    try:
+        data = read_bytes(image, settings.read_timeout)
+        picture = decode(data, settings.max_pixels)
+    except ImageError as exc:
+        raise ValueError(f"{image}: {exc}") from exc
+    hashes = np.array([image_hashes(picture.rgb)], np.int64).view(np.uint64)
+    sha = int(hashlib.sha256(data).hexdigest()[:16], 16)
+    timings["read, decode, hashes"] = time.perf_counter() - t0
+    fv = None
+    if ctx.fv:
+        from npimage.fv import load_extractor  # TensorFlow: only when the run used FV
+
+        t0 = time.perf_counter()
+        extractor = load_extractor(ctx.fv_model, settings.model_cache)
+        timings["FV model load"] = time.perf_counter() - t0
+        if catalogue_model and extractor.model_id != catalogue_model:
+            raise ValueError(f"the run's vectors come from {catalogue_model}, this model is "
+                             f"{extractor.model_id}: they cannot be compared")
+        t0 = time.perf_counter()
+        fv = extractor.embed([picture.rgb]).astype(np.float16)
+        timings["FV"] = time.perf_counter() - t0
+    return cmp.SignatureArrays(
+        ids=np.array([image], dtype=object), rows=np.array([-1], np.int64),
+        sha=np.array([sha], np.uint64).view(np.int64), size=np.array([len(data)], np.int64),
+        hashes=hashes, fv=fv)
+
+
+def _products(ctx: RunContext, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """image_id -> (product_id, uri) from the run's catalog snapshot."""
+    path = ctx.run_dir / "catalog.parquet"
+    if not ids or not path.exists():
+        return {}
+    cat = pq.read_table(path, columns=["image_id", "product_id", "uri"],
+                        filters=[("image_id", "in", ids)])
+    return {i: (p, u) for i, p, u in zip(*(cat[c].to_pylist() for c in cat.column_names),
+                                         strict=True)}
+
+
+def nearest(image: str | Path, client_id: str, data_dir: str | Path | None = None,
+            top_k: int = 10, threshold: float | None = None) -> NearestResult:
+    """The top_k images of the client's last run that score >= threshold with the picture.
+
+    threshold defaults to the run's; the run's weights and FV setting are used.
+    """
+    settings = Settings().with_overrides(data_dir=data_dir)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    ctx = current_run(client_id, Path(settings.data_dir))
+    catalogue, model = load_catalogue(ctx)
+    timings["load run signatures"] = time.perf_counter() - t0
+    query = query_signature(str(image), ctx, settings, model, timings)
+    cut = ctx.threshold if threshold is None else threshold
+    scorer = Scorer(load_weights(ctx.weights_file), ctx.fv)
+    t0 = time.perf_counter()
+    matches = cmp.compare(query, catalogue, scorer, top_k=top_k, threshold=cut)
+    timings["compare"] = time.perf_counter() - t0
+    ids = matches["match_image_id"].to_pylist()
+    info = _products(ctx, ids)
+    table = pa.table({
+        "rank": pa.array(range(1, len(ids) + 1), pa.int32()),
+        "image_id": pa.array(ids, pa.string()),
+        "product_id": pa.array([info.get(i, (None, None))[0] for i in ids], pa.string()),
+        "score": matches["score"],
+        "band": pa.array(band_codes(matches["score"].to_numpy()).tolist(), pa.string()),
+        "dah": matches["dah"], "ddh": matches["ddh"], "dph": matches["dph"],
+        "dfv": matches["dfv"], "same_bytes": matches["same_bytes"],
+        "uri": pa.array([info.get(i, (None, None))[1] for i in ids], pa.string()),
+    })
+    return NearestResult(str(image), client_id, ctx.run_id, ctx.fv, cut, len(catalogue),
+                         table, timings)
+
+
+def format_result(result: NearestResult) -> str:
+    """A plain-text table of the result, then the timings."""
+    head = (f"nearest images of {result.image} in client {result.client_id} "
+            f"(run {result.run_id}, {result.n_catalogue} images, "
+            f"FV {'on' if result.fv else 'off'}, score >= {result.threshold:g})")
+    lines = [head]
+    rows = result.table.to_pylist()
+    if not rows:
+        lines.append("  no image scores that high")
+    else:
+        width = max(len("image_id"), *(len(r["image_id"]) for r in rows))
+        pwidth = max(len("product_id"), *(len(r["product_id"] or "") for r in rows))
+        lines.append(f"  {'rank':>4}  {'image_id':<{width}}  {'product_id':<{pwidth}}  "
+                     f"{'score':>6}  {'band':<12}  {'dah':>5}  {'ddh':>5}  {'dph':>5}  "
+                     f"{'dfv':>5}  same_bytes")
+        for r in rows:
+            dfv = "-" if r["dfv"] is None else f"{r['dfv']:.3f}"
+            lines.append(
+                f"  {r['rank']:>4}  {r['image_id']:<{width}}  {r['product_id'] or '':<{pwidth}}  "
+                f"{r['score']:>6.4f}  {r['band'] or '-':<12}  {r['dah']:>5.3f}  "
+                f"{r['ddh']:>5.3f}  {r['dph']:>5.3f}  {dfv:>5}  {'yes' if r['same_bytes'] else ''}")
+    lines.append("  time: " + ", ".join(f"{k} {v * 1000:.0f} ms"
+                                        for k, v in result.timings.items()))
+    return "\n".join(lines)
