@@ -108,3 +108,23 @@ def test_cli_clear_error_on_missing_source(tmp_path, capsys):
                  str(tmp_path), "--no-fv"])
     assert code == 2
     assert "source not found" in capsys.readouterr().err
+
+
+def test_fv_run_records_the_model_and_reuses_vectors(small_demo, tmp_path):
+    """With FV on: dfv on every match, the model id stored, nothing recomputed next time."""
+    import duckdb
+
+    settings = Settings().with_overrides(data_dir=tmp_path, fv=True)
+    first = run_pipeline(settings_context("fv", str(small_demo.manifest), "f1", settings),
+                         workers=1, report=False)
+    assert first["signatures_computed"] == small_demo.n_images
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    models = con.execute("SELECT DISTINCT fv_model FROM signatures").fetchall()
+    null_dfv = con.execute("SELECT count(*) FROM image_matches WHERE dfv IS NULL").fetchone()[0]
+    dims = con.execute("SELECT DISTINCT len(fv) FROM signatures").fetchall()
+    con.close()
+    assert len(models) == 1 and models[0][0].startswith("efficientnet-lite0@")
+    assert null_dfv == 0 and dims == [(1280,)]
+    again = run_pipeline(settings_context("fv", str(small_demo.manifest), "f2", settings,
+                                          mode="incremental"), workers=1, report=False)
+    assert again["signatures_computed"] == 0

@@ -215,6 +215,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunInProgress as exc:  # refused before writing anything: try again later
         print(f"npimage: refused: {exc}", file=sys.stderr)
         return 3
+    except subprocess.CalledProcessError as exc:
+        print(f"npimage: error: {Path(exc.cmd[0]).name} {' '.join(exc.cmd[1:3])} failed "
+              f"(exit {exc.returncode}); its log above says which task failed and why",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

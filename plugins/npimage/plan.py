@@ -31,8 +31,16 @@ class Plan:
 
 
 def model_matches(stored: str | None, wanted: str) -> bool:
-    """True when a stored fv_model identity was made by the model setting `wanted`."""
-    return bool(stored) and (stored == wanted or stored.startswith(wanted + "@"))
+    """True when a stored fv_model identity was made by the model `wanted`.
+
+    `wanted` is an exact model_id, or a prefix ending in "@" or "-" (see
+    npimage.fv.models.model_id_prefix), which names the spec and, where known, its weights.
+    """
+    if not stored:
+        return False
+    if wanted.endswith(("@", "-")):
+        return stored.startswith(wanted)
+    return stored == wanted or stored.startswith(wanted + "@")
 
 
 def unchanged_mask(catalog: pa.Table, prior_catalog: pa.Table, prior_sigs: pa.Table,
@@ -66,6 +74,10 @@ def plan_batches(catalog_path: Path, baseline: Path | None, out_dir: Path, *, in
     """Write the batches of images needing signatures into out_dir and list them."""
     catalog = read_table(catalog_path, CATALOG)
     if incremental and baseline is not None:
+        if fv:  # names the weights too: new weights mean new vectors
+            from npimage.fv.models import model_id_prefix
+
+            fv_model = model_id_prefix(fv_model)
         keep = unchanged_mask(catalog, read_table(baseline / "catalog.parquet", CATALOG),
                               read_parts(baseline / "signatures", SIGNATURES,
                                          columns=["image_id", "fv_model"]), fv, fv_model)

@@ -22,11 +22,10 @@ from npimage.decode import ImageError, decode, read_bytes
 from npimage.fv import FeatureExtractor
 from npimage.hashing import image_hashes
 from npimage.parquet_io import read_parts, read_table, write_table
-from npimage.plan import model_matches
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 
 #: Images embedded per model call: bounds the memory of decoded pictures held for FV.
-FV_CHUNK = 32
+FV_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -94,7 +93,7 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
             old = prior_rows.get(cat["image_id"])
             if old and old["sha256"] == sha and old["size_bytes"] == size and (
                     extractor is None or (old["fv"] is not None
-                                          and model_matches(old["fv_model"], fv_model))):
+                                          and old["fv_model"] == extractor.model_id)):
                 sigs.add(old)
                 reused += 1
                 continue

@@ -94,7 +94,7 @@ def configure_threads(threads: int | None = None) -> int:
     n = threads or cpu_share()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(min(n, 2))
+        tf.config.threading.set_inter_op_parallelism_threads(1)  # one model call at a time
     except RuntimeError:  # TF already initialised in this process: keep its pools
         log.info("TensorFlow already initialised; thread limits unchanged")
     return n
@@ -260,3 +260,19 @@ def load(spec: str, cache_dir: Path, fit: str = DEFAULT_FIT) -> HubExtractor:
         if key not in _LOADED:
             _LOADED[key] = _open(spec, Path(cache_dir), fit)
         return _LOADED[key]
+
+
+def model_id_prefix(spec: str) -> str:
+    """What every model_id of `spec` starts with, known without loading TensorFlow.
+
+    It names the weights where they can be read cheaply (the default's weights file, a
+    local folder's graph), so the plan stage can tell stored vectors of other weights
+    from current ones. For a TF Hub URL only the URL is known before loading.
+    """
+    if spec == DEFAULT_SPEC:
+        digest = efficientnet_lite.weights_digest(efficientnet_lite.weights_file())
+        return f"{spec}@{digest[:12]}-"
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return f"{spec}@{_folder_digest(path)}-"
+    return f"{spec}@"
