@@ -210,9 +210,13 @@ def test_every_image_page_lists_the_warehouse_matches_in_rank_order(report):
             "SELECT match_image_id, rank, band FROM image_matches "
             "WHERE client_id = ? AND image_id = ? ORDER BY rank", CLIENT, image_id)
         page = parse(out / page_path(IMAGE_DIR, image_id))
-        shown = [(a["data-match-id"], int(a["data-rank"])) for t, a in page.tags
-                 if t == "li" and "data-match-id" in a]
-        assert shown == [(m, r) for m, r, _ in expected], image_id
+        shown: list[list] = []  # [match id, rank, band of the first badge inside its row]
+        for tag, a in page.tags:
+            if tag == "li" and "data-match-id" in a:
+                shown.append([a["data-match-id"], int(a["data-rank"]), None])
+            elif shown and shown[-1][2] is None and (a.get("class") or "").startswith("band "):
+                shown[-1][2] = a["class"].removeprefix("band band-")
+        assert shown == [list(row) for row in expected], image_id
         text = " ".join(page.text)
         assert image_id in text
 
@@ -370,7 +374,7 @@ def test_search_shards_split_by_prefix_and_lose_nothing():
         assert _lookup(all_shards, query) == expected, query
 
 
-def test_rerender_reuses_thumbnails_and_drops_pages_of_removed_images(tmp_path):
+def test_rerender_reuses_thumbnails_rewrites_only_changes_and_drops_stale_pages(tmp_path):
     warehouse = make_warehouse(tmp_path, other_client=False)
     out = tmp_path / "out"
     calls: list[tuple[str, int, int]] = []
@@ -380,7 +384,11 @@ def test_rerender_reuses_thumbnails_and_drops_pages_of_removed_images(tmp_path):
     thumbs = {p: p.stat().st_mtime_ns for p in (out / "thumbs").rglob("*.jpg")}
     with duckdb.connect(str(warehouse)) as con:
         con.execute("DELETE FROM images WHERE image_id = 'lonely_01'")
-    (out / ".render-killed" / "i").mkdir(parents=True)  # staging left by a killed render
+    planted = out / "i" / "zz" / "stale.html"  # a page no render of today would write
+    planted.parent.mkdir()
+    planted.write_text("old")
+    unchanged = out / page_path(IMAGE_DIR, "4006381333931_PIECE_01")
+    unchanged_mtime = unchanged.stat().st_mtime_ns
     calls.clear()
     render_report(warehouse, CLIENT, out, progress=lambda *a: calls.append(a))
     assert [c for c in calls if c[0] == "thumbnails"] == [("thumbnails", 1, 1)]  # the gone one
@@ -388,7 +396,8 @@ def test_rerender_reuses_thumbnails_and_drops_pages_of_removed_images(tmp_path):
     assert len(after) == len(thumbs) - 1 and all(thumbs[p] == t for p, t in after.items())
     assert not (out / page_path(IMAGE_DIR, "lonely_01")).exists()
     assert not (out / page_path(PRODUCT_DIR, "lonely")).exists()
-    assert [p.name for p in out.iterdir() if p.name.startswith(".")] == []
+    assert not planted.exists()
+    assert unchanged.stat().st_mtime_ns == unchanged_mtime  # same content: not rewritten
 
 
 def test_unknown_client_is_an_error(tmp_path):

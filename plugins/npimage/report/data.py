@@ -132,6 +132,7 @@ def connect(warehouse: Path) -> duckdb.DuckDBPyConnection:
 
 
 def _query(con: duckdb.DuckDBPyConnection, name: str, **params: object) -> list[tuple]:
+    """Rows of the named query in sql/duckdb/, with named parameters ($client, ...)."""
     return con.execute(load_sql("duckdb", name), params).fetchall()
 
 

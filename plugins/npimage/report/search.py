@@ -52,6 +52,7 @@ class Shard:
 
     @property
     def file(self) -> str:
+        """File name of the shard: a hash, as prefixes may hold any character."""
         tag = f"{int(self.exact)}\0{self.prefix}"
         return hashlib.blake2b(tag.encode(), digest_size=8).hexdigest() + ".js"
 
