@@ -8,7 +8,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: venv demo test lint bench browser clean
+.PHONY: venv demo test lint bench bench-full browser clean
 
 venv: $(STAMP)
 
@@ -37,9 +37,17 @@ lint: $(STAMP)
 test: $(STAMP) browser lint
 	$(BIN)/pytest
 
+# Benchmarks (docs/BENCHMARKS.md): each prints a table, the last line one JSON object.
 bench: $(STAMP)
-	$(BIN)/python bench/compare.py --n 10000 --m 100000
-	$(BIN)/python bench/compare.py --n 10000 --m 100000 --no-fv
+	$(BIN)/python bench/compare.py --n 1 --m 100000 --repeat 50
+	$(BIN)/python bench/compare.py --n 1 --m 100000 --repeat 50 --no-fv
+	$(BIN)/python bench/compare.py --n 100000 --m 100000 --no-fv
+	$(BIN)/python bench/compare.py --n 100000 --m 100000
+	$(BIN)/python bench/compare.py --n 10000 --m 1000000
+	$(BIN)/python bench/signatures.py
+
+bench-full: bench
+	$(BIN)/python bench/compare.py --n 1000000 --m 1000000 --no-fv
 
 clean:
 	rm -rf data airflow_home .pytest_cache

@@ -33,6 +33,7 @@ import os
 import platform
 import resource
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -50,6 +51,21 @@ PLANTS: tuple[tuple[str, int | None, float], ...] = (
     ("very_similar", 14, 0.90), ("similar", 20, 0.85), ("below", 28, 0.60),
 )
 FV_CHUNK = 65536
+#: The POC's weights, and hash curves with knots at the bands' limits (32, 22, 16, 11 and 4
+#: bits): a fixed reference for figures, whatever the shipped default becomes.
+POC_WEIGHTS = {"dah": 0.15, "ddh": 0.30, "dph": 0.25, "dfv": 0.30}
+POC_HASH_CURVE = [[0.0, 0.0], [0.5, 0.5], [42 / 64, 0.82], [48 / 64, 0.90], [53 / 64, 0.95],
+                  [60 / 64, 0.99], [1.0, 1.0]]
+
+
+def poc_weights_file() -> str:
+    """A temporary JSON weights file of the POC's weights and curves (for --weights poc)."""
+    doc = {"weights": POC_WEIGHTS,
+           "curves": {"dah": POC_HASH_CURVE, "ddh": POC_HASH_CURVE, "dph": POC_HASH_CURVE,
+                      "dfv": [[0.0, 0.0], [1.0, 1.0]]}}
+    path = Path(tempfile.gettempdir()) / "npimage-bench-poc-weights.json"
+    path.write_text(json.dumps(doc))
+    return str(path)
 
 
 @dataclass
@@ -203,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=1280, help="FV length (default 1280)")
     ap.add_argument("--top-k", type=int, default=10)
     ap.add_argument("--threshold", type=float, default=0.82)
-    ap.add_argument("--weights", help="JSON weights file (default: built-in)")
+    ap.add_argument("--weights", help="JSON weights file (default: the shipped default), "
+                                      "or 'poc': the POC's weights and band-calibrated curves")
     ap.add_argument("--sample", type=int, default=200, help="queries checked by brute force")
     ap.add_argument("--planted", type=float, default=0.02, help="share of planted queries")
     ap.add_argument("--dense", action="store_true",
@@ -223,7 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     gen_s = time.perf_counter() - t0
     cat = syn.catalogue
     queries = cat if args.n == args.m else cat.take(syn.query_idx)
-    scorer = Scorer(load_weights(args.weights), fv)
+    scorer = Scorer(load_weights(poc_weights_file() if args.weights == "poc" else args.weights),
+                    fv)
+    print(f"weights: {args.weights or 'shipped default'}: "
+          + ", ".join(f"{k} {v:.3g}" for k, v in scorer.weights.items()), flush=True)
     bound = cmp.hash_bound(scorer, args.threshold)
     print(f"generated {args.m} signatures in {gen_s:.1f}s; hash bound: shifts {bound.shifts} "
           f"bound {bound.bound}, random pairs feasible {bound.random_rate:.2e}", flush=True)

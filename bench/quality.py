@@ -4,34 +4,40 @@ Data (nothing downloaded; anyone can rebuild it): ../shared/datasets/grocery-sto
 (smartphone photos of 81 grocery products, 31 of them look-alike cartons under
 Packages, plus one "iconic" catalogue picture per product) and pdq-edits (one photo
 with 11 real edits and 14 pixel-mode/format variants), and edits generated here from
-them with a fixed seed.
+them with a fixed seed. Results and method: docs/QUALITY.md.
 
-Steps (each can be skipped when its output exists, see --help):
+Steps:
 
-1. build: `<work>/eval/` gets `manifest.csv` (image_id,product_id,uri,reference; the
-   real photos are referenced where they are, the generated edits are written to
-   `images/`) and `truth.csv` (image_id,group_id,kind,expected_band,product: group =
-   the source photo, expected_band = the band the pair (source, image) must reach,
-   product = the real product shown). Sources of generated edits: every iconic picture,
-   the pdq original, and a seeded sample of grocery photos (half of them Packages).
-   Each source gets one edit of the kinds that must stay in band `same` (copy,
-   recompress, resize, format) and one retouch (tone, sticker, crop <= 5 %,
-   rotation <= 3 degrees, sharpen: npimage.demo.retouch), kinds in balanced turns.
-2. run: the real pipeline (npimage.runner.run_pipeline, FV on) into `<work>/data`,
-   client `quality`, with the weights given (default: the shipped ones).
+1. build (when `<work>/eval/truth.csv` is absent, or --rebuild): `<work>/eval/` gets
+   `manifest.csv` (image_id,product_id,uri,reference; the real photos are referenced
+   where they are, the generated edits are written to `images/`) and `truth.csv`
+   (image_id,group_id,kind,expected_band,product,query,collection: group = the source
+   photo, expected_band = the band the pair (source, image) must reach, product = the
+   real product shown, query = a Packages photo whose top-1 product is measured).
+   Sources of generated edits: every iconic picture, the pdq original, and a seeded
+   sample of grocery photos (half of them Packages). Each source gets one edit of the
+   kinds that must stay in band `same` (copy, recompress, resize, format) and one
+   retouch (tone, sticker, crop <= 5 %, rotation <= 3 degrees, sharpen:
+   npimage.demo's edits), kinds in balanced turns.
+2. run (when `<work>/data` has no warehouse, or --rebuild): the real pipeline
+   (npimage.runner.run_pipeline, FV on) into `<work>/data`, client `quality`.
 3. fit: npimage.fitting on the run's signatures and truth.csv -> `<work>/weights.json`
-   (2-fold cross-validation by source photo too, to show the fit does not overfit).
-4. table: the metrics of the issue's targets for each scorer (Markdown, for
-   docs/QUALITY.md), computed from the run's signatures over every labelled pair, and
-   `npimage evaluate` on the published run.
+   (and plugins/npimage/weights/default.json with --write-default).
+4. tables (Markdown, for docs/QUALITY.md): the issue's targets for our weights with and
+   without FV, FV alone and the previous defaults, computed from the signatures over
+   every labelled pair and every candidate; per kind; 2-fold cross-validation by photo.
+5. the pipeline's view: a run with the fitted weights, labelled pairs found in band
+   (npimage.evaluate.planted_found); the demo catalogue, FV on and off.
 
-    .venv/bin/python bench/quality.py --work bench/out/quality [--seed 0] [--sources 800]
+    .venv/bin/python bench/quality.py [--work bench/out/quality] [--seed 0] [--sources 800]
+                                      [--rebuild] [--write-default] [--no-cv] [--no-demo]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import sys
 import time
@@ -50,18 +56,17 @@ SAME_KINDS = ("copy", "recompress", "resize", "format")
 RETOUCH_KINDS = ("tone", "sticker", "crop", "rotate", "sharpen")
 
 #: pdq-edits files: (kind, expected band) of the pair (bridge-mods/aaa-orig.jpg, file).
-#: Kinds named like the generated ones where they are the same operation; `squash` is a
-#: resize to a square (aspect ratio lost), `grey` a conversion to grey levels, `strong`
-#: an edit beyond "slightly retouched" (only required to reach very_similar).
+#: The dataset says every file of modes/ is the same image, and so does npimage (a pixel
+#: mode is a format): kind `mode`, band same, even for grey levels and 1-bit dithering.
+#: Edits are named like the generated ones where they are the same operation; `squash`
+#: is a resize to a square (aspect ratio lost); `strong` an edit beyond "slightly
+#: retouched" (only required to reach very_similar).
 PDQ_LABELS: dict[str, tuple[str, str]] = {
     "modes/original.jpg": ("copy", "same"),
     "modes/RGB.jpg": ("recompress", "same"),
-    "modes/YCbCr.jpg": ("format", "same"),
-    "modes/CMYK.jpg": ("format", "same"),
-    "modes/RGBA.png": ("format", "same"),
-    "modes/P.png": ("format", "same"),
-    "modes/PA.webp": ("format", "same"),
-    "modes/HSV.webp": ("format", "same"),
+    **{f"modes/{name}": ("mode", "same") for name in (
+        "YCbCr.jpg", "CMYK.jpg", "RGBA.png", "P.png", "PA.webp", "HSV.webp", "L.png",
+        "LA.png", "F.webp", "I.webp", "LAB.webp", "1.png")},
     "bridge-mods/shrink-a-little.jpg": ("resize", "same"),
     "bridge-mods/shrink-a-lot.jpg": ("resize", "same"),
     "bridge-mods/square-512x512.jpg": ("squash", "retouched"),
@@ -71,14 +76,8 @@ PDQ_LABELS: dict[str, tuple[str, str]] = {
     "bridge-mods/sharpen-a-little.jpg": ("sharpen", "retouched"),
     "bridge-mods/high-contrast.jpg": ("tone", "retouched"),
     "bridge-mods/high-saturation.jpg": ("tone", "retouched"),
-    "modes/L.png": ("grey", "retouched"),
-    "modes/LA.png": ("grey", "retouched"),
-    "modes/F.webp": ("grey", "retouched"),
-    "modes/I.webp": ("grey", "retouched"),
-    "modes/LAB.webp": ("grey", "retouched"),
     "bridge-mods/blur-a-lot.jpg": ("strong", "very_similar"),
     "bridge-mods/sharpen-a-lot.jpg": ("strong", "very_similar"),
-    "modes/1.png": ("strong", "very_similar"),
 }
 PDQ_ORIGINAL = "bridge-mods/aaa-orig.jpg"
 
@@ -94,7 +93,7 @@ class Row:
     group_id: str
     kind: str
     expected_band: str = ""
-    collection: str = ""  # packages | grocery | iconic | pdq (for the report's breakdown)
+    collection: str = ""  # packages | grocery | iconic | pdq (for the tables)
 
 
 # -- 1. build ------------------------------------------------------------------------------
@@ -186,8 +185,10 @@ def build_eval_set(out_dir: Path, datasets: Path, n_sources: int, seed: int) -> 
     write_csv(out_dir / "manifest.csv", ("image_id", "product_id", "uri", "reference"),
               [(r.image_id, r.product_id, r.uri, r.product) for r in rows])
     write_csv(out_dir / "truth.csv",
-              ("image_id", "group_id", "kind", "expected_band", "product", "collection"),
-              [(r.image_id, r.group_id, r.kind, r.expected_band, r.product, r.collection)
+              ("image_id", "group_id", "kind", "expected_band", "product", "query",
+               "collection"),
+              [(r.image_id, r.group_id, r.kind, r.expected_band, r.product,
+                int(r.collection == "packages" and r.kind == "original"), r.collection)
                for r in rows])
     return rows
 
@@ -209,8 +210,200 @@ def run(work: Path, weights: str | None, workers: int | None) -> dict:
     from npimage.runs import new_run_id
 
     settings = Settings().with_overrides(data_dir=work / "data", fv=True, weights_file=weights)
-    ctx = settings_context(CLIENT, str(work / "eval" / "manifest.csv"), new_run_id(), settings)
+    again = (work / "data" / "clients" / CLIENT / "current.json").exists()
+    ctx = settings_context(CLIENT, str(work / "eval" / "manifest.csv"), new_run_id(), settings,
+                           mode="incremental" if again else "full")
     return run_pipeline(ctx, workers=workers, report=False)
+
+
+# -- 3. fit --------------------------------------------------------------------------------
+
+def labelled(work: Path):
+    """The labelled set of the evaluation run (signatures + truth.csv)."""
+    from npimage import fitting
+
+    sigs, products, _ = fitting.read_run(work / "data", CLIENT)
+    return fitting.labelled_set(sigs, products, work / "eval" / "truth.csv")
+
+
+def fit_record(args: argparse.Namespace, run_id: str, model: str | None) -> dict:
+    """How the weights were fitted, stored under "fit" in the weights file."""
+    return {
+        "data": "../shared/datasets grocery-store (train + val + iconic) and pdq-edits, with "
+                f"edits generated by bench/quality.py (seed {args.seed}, {args.sources} sources)",
+        "command": f".venv/bin/python bench/quality.py --seed {args.seed} "
+                   f"--sources {args.sources} --write-default",
+        "equivalent": "npimage fit-weights --client quality --truth "
+                      "bench/out/quality/eval/truth.csv --data-dir bench/out/quality/data",
+        "client": CLIENT, "run_id": run_id, "fv_model": model,
+    }
+
+
+def group_folds(ls, seed: int, k: int = 2) -> np.ndarray:
+    """Fold number of every image: whole groups (a photo and its edits) per fold."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(int(ls.group.max()) + 1)
+    return order[ls.group] % k
+
+
+def cross_validate(ls, full, opt, seed: int) -> list[dict]:
+    """2-fold cross-validation by photo: fit on one half, measure on the other; the
+    weights fitted on all, measured on the same half, show what the fit gains by seeing
+    it (top-1 is lower than on the whole set: half the photos of each product are left
+    as candidates)."""
+    from npimage import fitting
+    from npimage.scoring import Scorer
+
+    fold = group_folds(ls, seed)
+    out = []
+    for k in (0, 1):
+        t0 = time.perf_counter()
+        held = fitting.fit(ls.restrict(fold != k), opt).weights
+        test = ls.restrict(fold == k)
+        data = fitting.classes(test, opt)
+        for label, w in (("fitted on the other half", held), ("fitted on all", full)):
+            for use_fv in (True, False):
+                m = fitting.measure(test, Scorer(w, use_fv), data)
+                out.append({"fold": k, "weights": label, "fv": use_fv, "metrics": m})
+        print(f"cross-validation fold {k}: {time.perf_counter() - t0:.0f} s", flush=True)
+    return out
+
+
+# -- 4. tables -----------------------------------------------------------------------------
+
+def previous_defaults():
+    """The weights before this fit (npimage 0.1.0): hand-set hash curve, FV uncalibrated."""
+    from npimage.scoring import IDENTITY, Weights
+
+    def b(n: int) -> float:
+        return 1 - n / 64
+
+    hc = ((0.0, 0.0), (b(32), 0.5), (b(22), 0.82), (b(16), 0.90), (b(11), 0.95), (b(4), 0.99),
+          (1.0, 1.0))
+    return Weights(dah=0.15, ddh=0.30, dph=0.25, dfv=0.30,
+                   curves={"dah": hc, "ddh": hc, "dph": hc, "dfv": IDENTITY},
+                   source="previous defaults", hashes_only=None)
+
+
+def scorers(weights) -> list[tuple[str, object]]:
+    """The columns of the table: ours with FV, hashes alone, FV alone, previous defaults."""
+    from dataclasses import replace
+
+    from npimage.scoring import Scorer
+
+    fv_only = replace(weights, dah=0.0, ddh=0.0, dph=0.0, dfv=1.0, hashes_only=None)
+    old = previous_defaults()
+    return [("ours (FV on)", Scorer(weights, True)),
+            ("ours, hashes alone (FV off)", Scorer(weights, False)),
+            ("FV alone", Scorer(fv_only, True)),
+            ("previous defaults, FV on", Scorer(old, True)),
+            ("previous defaults, FV off", Scorer(old, False))]
+
+
+#: The POC's own figures (seed/NPImageNearest-POC.md), for the last column.
+POC = {"same": "copies 100 %, recompressions 99 % (score); 'reliable at 95 %'",
+       "retouched": "scores 90-95 %, i.e. below 0.95; 'reliable at 95 %'",
+       "neg_same": "not measured", "neg_ret": "not measured",
+       "top1": "85 % on look-alike products (CHUV), 95 % on distinct ones"}
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f} %"
+
+
+def _same_product_ret(m) -> int:
+    """Pairs of different photos of the same product scored >= 0.95."""
+    return sum(m.neg_bands["same product"][b] for b in ("same", "retouched"))
+
+
+def quality_table(columns: list[tuple[str, object]]) -> str:
+    """Markdown: one row per target, one column per scorer, the POC's claims last."""
+    head = "| measure | " + " | ".join(n for n, _ in columns) + " | POC (claimed) |"
+    rows = [head, "|" + "---|" * (len(columns) + 2)]
+
+    def row(label: str, cells: list[str], poc: str) -> None:
+        rows.append(f"| {label} | " + " | ".join(cells) + f" | {poc} |")
+
+    ms = [m for _, m in columns]
+    row("same image (copy, recompress, resize, format, mode) in `same`, all / worst kind",
+        [f"{_pct(m.same_all)} / {_pct(m.same)}" for m in ms], POC["same"])
+    row("retouched at >= 0.95, all / worst kind",
+        [f"{_pct(m.retouched_all)} / {_pct(m.retouched)}" for m in ms], POC["retouched"])
+    row("pairs of different photos in `same`", [str(m.neg_same) for m in ms], POC["neg_same"])
+    row("pairs of different photos >= 0.95 (of which same product)",
+        [f"{m.neg_retouched} ({_same_product_ret(m)})" for m in ms], POC["neg_ret"])
+    row("top-1 product right (grocery Packages, all candidates)",
+        [_pct(m.top1) for m in ms], POC["top1"])
+    return "\n".join(rows)
+
+
+def kind_table(m) -> str:
+    """Markdown: per kind of labelled pair, how many reach each band."""
+    from npimage.fitting import BAND_NAMES
+
+    names = (*BAND_NAMES, "below")
+    rows = ["| kind | pairs | must reach | recall | " + " | ".join(names) + " |",
+            "|" + "---|" * (len(names) + 4)]
+    for kind, k in m.by_kind.items():
+        rows.append(f"| {kind} | {k['n']} | {k['expected']} | {_pct(k['recall'])} | "
+                    + " | ".join(str(k["bands"][b]) for b in names) + " |")
+    for cls, counts in m.neg_bands.items():
+        rows.append(f"| different photos, {cls} | {sum(counts.values())} | - | - | "
+                    + " | ".join(str(counts[b]) for b in names) + " |")
+    return "\n".join(rows)
+
+
+def cv_table(results: list[dict]) -> str:
+    """Markdown: held-out metrics of the 2-fold cross-validation."""
+    rows = ["| fold | FV | weights | same, all / worst kind | retouched, all / worst kind "
+            "| different photos in same / >= 0.95 | top-1 product |",
+            "|---|---|---|---|---|---|---|"]
+    for r in results:
+        m = r["metrics"]
+        rows.append(f"| {r['fold']} | {'on' if r['fv'] else 'off'} | {r['weights']} | "
+                    f"{_pct(m.same_all)} / {_pct(m.same)} | "
+                    f"{_pct(m.retouched_all)} / {_pct(m.retouched)} | "
+                    f"{m.neg_same} / {m.neg_retouched} | {_pct(m.top1)} |")
+    return "\n".join(rows)
+
+
+# -- 5. the pipeline's own view, and the demo catalogue ----------------------------------------
+
+def demo_check(work: Path, weights: Path, seed: int, workers: int | None) -> str:
+    """The demo catalogue with these weights, FV on and off: planted duplicates found in
+    band (what `npimage demo` prints), and pairs of different pictures >= 0.95."""
+    import duckdb
+
+    from npimage.config import Settings
+    from npimage.demo import build_demo_catalogue
+    from npimage.evaluate import planted_found
+    from npimage.pipeline import settings_context
+    from npimage.runner import run_pipeline
+
+    demo = build_demo_catalogue(work / "demo", n_products=160, seed=seed)
+    with demo.truth.open(newline="", encoding="utf-8") as fh:
+        group = {r["image_id"]: r["group_id"] for r in csv.DictReader(fh)}
+    lines = ["| FV | kind | planted | found | in band |", "|---|---|---|---|---|"]
+    wrong = {}
+    for fv in (True, False):
+        data = work / ("demo-data-fv" if fv else "demo-data-nofv")
+        settings = Settings().with_overrides(data_dir=data, fv=fv, weights_file=str(weights))
+        run_pipeline(settings_context("demo", str(demo.manifest), f"q{int(time.time())}",
+                                      settings), workers=workers, report=False)
+        for r in planted_found(data / "warehouse.duckdb", "demo", demo.truth):
+            lines.append(f"| {'on' if fv else 'off'} | {r.kind} | {r.total} | {r.found} | "
+                         f"{r.in_band} |")
+        con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+        pairs = con.execute("SELECT image_id, match_image_id, band FROM image_matches "
+                            "WHERE client_id = 'demo' AND image_id < match_image_id").fetchall()
+        con.close()
+        wrong[fv] = {b: sum(1 for a, m, band in pairs if band == b and group[a] != group[m])
+                     for b in ("same", "retouched")}
+    lines.append("")
+    lines.append("pairs of different pictures (look-alike packs, front/back) in same / retouched: "
+                 + ", ".join(f"FV {'on' if fv else 'off'} {w['same']} / {w['retouched']}"
+                             for fv, w in wrong.items()))
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -222,6 +415,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--weights", help="weights file for the run (default: shipped)")
     ap.add_argument("--workers", type=int)
     ap.add_argument("--rebuild", action="store_true", help="build and run even if done before")
+    ap.add_argument("--write-default", action="store_true",
+                    help="also write the fitted weights to plugins/npimage/weights/default.json")
+    ap.add_argument("--no-cv", action="store_true", help="skip the cross-validation")
+    ap.add_argument("--no-demo", action="store_true", help="skip the demo catalogue check")
     args = ap.parse_args(argv)
     args.work = args.work.resolve()
     if not (args.datasets / "grocery-store").is_dir():
@@ -237,6 +434,61 @@ def main(argv: list[str] | None = None) -> int:
         info = run(args.work, args.weights, args.workers)
         print(f"run: {info['images']} images in {time.perf_counter() - t1:.0f} s")
         print(json.dumps(info["image_pairs_by_band"]))
+    return evaluate_and_fit(args)
+
+
+def evaluate_and_fit(args: argparse.Namespace) -> int:
+    """Steps 3-5 on a built and run evaluation set; prints the tables."""
+    from npimage import fitting
+    from npimage.evaluate import planted_found
+
+    t0 = time.perf_counter()
+    ls = labelled(args.work)
+    opt = fitting.FitOptions(seed=args.seed)
+    result = fitting.fit(ls, opt, source="bench/quality.py")
+    run_id = fitting.run_files(args.work / "data", CLIENT)[0]
+    models = sorted({str(m) for m in fitting.read_run(args.work / "data", CLIENT)[0]["fv_model"]
+                     .to_pylist() if m})
+    result.record = {**fit_record(args, run_id, models[0] if models else None), **result.record}
+    out = args.work / "weights.json"
+    out.write_text(result.to_json(), encoding="utf-8")
+    print(f"fit: {time.perf_counter() - t0:.0f} s -> {out}")
+    print(json.dumps({"weights": result.document()["weights"],
+                      "hashes_only": result.document()["hashes_only"]["weights"],
+                      "chosen": result.record["chosen"]}))
+    if args.write_default:
+        default = REPO / "plugins" / "npimage" / "weights" / "default.json"
+        default.write_text(out.read_text(encoding="utf-8"), encoding="utf-8")
+        print(f"wrote {default}")
+    data = fitting.classes(ls, opt)
+    columns = [(name, fitting.measure(ls, sc, data)) for name, sc in scorers(result.weights)]
+    print(f"\n{len(ls)} images, {len(ls.pos[0])} labelled pairs of one photo, "
+          f"{len(data.neg)} pairs of different photos, {data.cand.n_queries} top-1 queries\n")
+    print(quality_table(columns))
+    for k in (0, 1):
+        print(f"\n{columns[k][0]}, per kind:\n")
+        print(kind_table(columns[k][1]))
+    print("\nclosest pairs of different photos (ours, FV on):")
+    for a, b, score in columns[0][1].worst_negatives[:5]:
+        print(f"  {score:.4f}  {a}  {b}")
+    if not args.no_cv:
+        print("\n2-fold cross-validation by photo (metrics on the held-out photos):\n")
+        print(cv_table(cross_validate(ls, result.weights, opt, args.seed)))
+    # a run compares its weights file by path: name the file by its content
+    named = args.work / f"weights-{hashlib.sha256(out.read_bytes()).hexdigest()[:12]}.json"
+    named.write_bytes(out.read_bytes())
+    info = run(args.work, str(named), args.workers)
+    print(f"\npipeline run {info['run_id']} with these weights: pairs by band "
+          f"{json.dumps(info['image_pairs_by_band'])}; labelled pairs found in both directions "
+          "and in band (npimage.evaluate.planted_found):\n")
+    print("| kind | pairs | found | in band |\n|---|---|---|---|")
+    for r in planted_found(args.work / "data" / "warehouse.duckdb", CLIENT,
+                           args.work / "eval" / "truth.csv"):
+        print(f"| {r.kind} | {r.total} | {r.found} | {r.in_band} |")
+    if not args.no_demo:
+        print("\n`npimage demo` catalogue (160 products, seed 0), FV on and off:\n")
+        print(demo_check(args.work, out, 0, args.workers))
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     return 0
 
 

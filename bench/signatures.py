@@ -21,8 +21,8 @@ Files are read once first so that the page cache is warm.
 A second table gives the hash candidate density of these real photos: the share of all
 pairs whose hash distances could still reach the threshold (npimage.compare.hash_bound
 with the default weights), without FV and with the FV term's headroom, beside what
-random hashes give. compare scores candidates one by one up to a density of 5 % (FV)
-or 20 % (hashes), and scores denser tiles as matrices.
+random hashes give. compare scores candidates one by one up to the density in
+npimage.compare.SPARSE_MAX_DENSITY (10 % with FV, 1.5 % without), denser tiles densely.
 
     .venv/bin/python bench/signatures.py [--limit 1024] [--repeat 2]
 """

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+from test_scale import poc_scorer
 
 from npimage import compare as cmp
-from npimage.scoring import Scorer, Weights
 
 
 def synthetic(n: int, dim: int | None, seed: int = 0) -> cmp.SignatureArrays:
@@ -50,7 +50,7 @@ def as_dict(table: pa.Table):
 @pytest.mark.parametrize("dim", [None, 16])
 def test_blocked_compare_equals_brute_force(dim):
     sigs = synthetic(300, dim)
-    weights = Scorer(Weights(), use_fv=dim is not None)
+    weights = poc_scorer(dim is not None)
     queries = sigs.take(np.arange(0, 300, 3))
     got = cmp.compare(queries, sigs, weights, top_k=5, threshold=0.8, block_size=37)
     want = brute_force(queries, sigs, weights, 5, 0.8)
@@ -64,7 +64,7 @@ def test_blocked_compare_equals_brute_force(dim):
 
 def test_no_self_match_and_identical_bytes_score_one():
     sigs = synthetic(64, None)
-    table = cmp.compare(sigs, sigs, Scorer(Weights(), False), top_k=10, threshold=0.5)
+    table = cmp.compare(sigs, sigs, poc_scorer(False), top_k=10, threshold=0.5)
     rows = table.to_pylist()
     assert all(r["image_id"] != r["match_image_id"] for r in rows)
     same = [r for r in rows if r["same_bytes"]]
@@ -73,7 +73,7 @@ def test_no_self_match_and_identical_bytes_score_one():
 
 def test_shards_merge_to_single_shard_top_k():
     sigs = synthetic(400, 8, seed=3)
-    weights = Scorer(Weights(), True)
+    weights = poc_scorer(True)
     queries = sigs.take(np.arange(0, 400, 2))
     whole = cmp.compare(queries, sigs, weights, top_k=4, threshold=0.7)
     parts = []
@@ -91,7 +91,7 @@ def test_shards_merge_to_single_shard_top_k():
 
 def test_planted_near_copies_are_found():
     sigs = synthetic(200, None)
-    table = cmp.compare(sigs, sigs, Scorer(Weights(), False), top_k=3, threshold=0.9)
+    table = cmp.compare(sigs, sigs, poc_scorer(False), top_k=3, threshold=0.9)
     pairs = {(r["image_id"], r["match_image_id"]) for r in table.to_pylist()}
     for i in range(1, 200, 4):
         assert (sigs.ids[i], sigs.ids[i - 1]) in pairs

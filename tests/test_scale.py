@@ -7,7 +7,10 @@ product), then top-k by (score desc, catalogue row asc).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +18,24 @@ import pytest
 
 from npimage import compare as cmp
 from npimage.kernels import cosines
-from npimage.scoring import Scorer, Weights, load_weights
+from npimage.scoring import Scorer, load_weights
+
+#: The POC's weights and hash calibration (knots at the bands' limits: 32, 22, 16, 11 and
+#: 4 bits), written out in full so that these tests do not depend on the shipped defaults.
+POC_WEIGHTS = {"dah": 0.15, "ddh": 0.30, "dph": 0.25, "dfv": 0.30}
+POC_HASH_CURVE = [[0.0, 0.0], [0.5, 0.5], [42 / 64, 0.82], [48 / 64, 0.90], [53 / 64, 0.95],
+                  [60 / 64, 0.99], [1.0, 1.0]]
+_WEIGHTS_DIR = Path(tempfile.mkdtemp(prefix="npimage-test-weights-"))
+
+
+def poc_scorer(use_fv: bool, **weights: float) -> Scorer:
+    """A Scorer with the POC's curves and weights (or the weights given), via a JSON file."""
+    doc = {"weights": {**POC_WEIGHTS, **weights},
+           "curves": {"dah": POC_HASH_CURVE, "ddh": POC_HASH_CURVE, "dph": POC_HASH_CURVE,
+                      "dfv": [[0.0, 0.0], [1.0, 1.0]]}}
+    path = _WEIGHTS_DIR / f"{hashlib.sha1(json.dumps(doc).encode()).hexdigest()}.json"
+    path.write_text(json.dumps(doc))
+    return Scorer(load_weights(path), use_fv)
 
 #: Hash distances of the grid: fine where the bands' limits are, coarse beyond.
 LEVELS = (0, 6, 12, 17, 22, 27, 33, 44, 64)
@@ -116,10 +136,10 @@ def assert_same(got: dict, want: dict) -> None:
 
 
 SCORERS = [
-    ("hashes", lambda: Scorer(Weights(), False), 0.82),
-    ("hashes-high", lambda: Scorer(Weights(), False), 0.95),
-    ("fv", lambda: Scorer(Weights(), True), 0.82),
-    ("fv-heavy", lambda: Scorer(Weights(dah=0.1, ddh=0.1, dph=0.1, dfv=0.7), True), 0.9),
+    ("hashes", lambda: poc_scorer(False), 0.82),
+    ("hashes-high", lambda: poc_scorer(False), 0.95),
+    ("fv", lambda: poc_scorer(True), 0.82),
+    ("fv-heavy", lambda: poc_scorer(True, dah=0.1, ddh=0.1, dph=0.1, dfv=0.7), 0.9),
 ]
 
 
@@ -146,7 +166,7 @@ def test_scan_returns_exactly_the_feasible_pairs(name, make, threshold, method):
 
 def test_fv_bound_keeps_pairs_that_only_fv_lifts():
     """Hashes far apart, vectors identical: FV alone lifts these pairs over the threshold."""
-    scorer = Scorer(Weights(dah=0.1, ddh=0.1, dph=0.1, dfv=0.7), True)
+    scorer = poc_scorer(True, dah=0.1, ddh=0.1, dph=0.1, dfv=0.7)
     sigs = grid_pairs(8)
     score = brute_scores(sigs, sigs, scorer)
     ham = np.bitwise_count(sigs.hashes[0::2] ^ sigs.hashes[1::2]).sum(axis=1)
@@ -180,15 +200,19 @@ def small_tiles(monkeypatch, tile: int = 512, query_block: int = 96) -> None:
 
 
 @pytest.mark.parametrize("dim", [None, 16])
-@pytest.mark.parametrize("path", ["numpy-scan", "compiled-scan", "dense"])
+@pytest.mark.parametrize("path", ["numpy-scan", "compiled-scan", "dense", "dense-top-k",
+                                  "dense-few-queries"])
 @pytest.mark.parametrize("both_ways", [False, True])
 def test_compare_equals_brute_force_on_every_path(monkeypatch, dim, path, both_ways):
-    if path == "dense":
+    small_tiles(monkeypatch, query_block=12 if path == "dense-few-queries" else 96)
+    if path.startswith("dense"):
         monkeypatch.setattr(cmp, "SPARSE_MAX_DENSITY", {True: 0.0, False: 0.0})
+    if path == "dense-top-k":  # every dense block reduced by matrix top-k
+        monkeypatch.setattr(cmp, "DENSE_PER_QUERY", 0)
+        monkeypatch.setattr(cmp, "DENSE_MIN_CAPACITY", 0)
     if path == "compiled-scan":
         monkeypatch.setattr(cmp, "NUMPY_SCAN_PAIRS", 0)
-    small_tiles(monkeypatch)
-    scorer = Scorer(Weights(), dim is not None)
+    scorer = poc_scorer(dim is not None)
     sigs = mixed(1500, dim, seed=1)
     queries = sigs.take(np.arange(0, 1500, 2))
     got = cmp.compare(queries, sigs, scorer, top_k=5, threshold=0.82, block_size=200,
@@ -200,7 +224,7 @@ def test_compare_equals_brute_force_on_every_path(monkeypatch, dim, path, both_w
 
 def test_low_threshold_goes_dense_and_stays_exact():
     """At a threshold random pairs reach, tiles are scored densely: same top-k."""
-    scorer = Scorer(Weights(), False)
+    scorer = poc_scorer(False)
     assert cmp.hash_bound(scorer, 0.5).random_rate > cmp.SPARSE_MAX_DENSITY[False]
     sigs = mixed(600, None, seed=2)
     got = cmp.compare(sigs, sigs, scorer, top_k=3, threshold=0.5, block_size=64)
@@ -211,7 +235,7 @@ def test_low_threshold_goes_dense_and_stays_exact():
 def test_shards_merge_to_the_whole_top_k_with_ties(monkeypatch, dim):
     """Shards compared apart and merged = one compare: ties (40 copies) broken by row."""
     small_tiles(monkeypatch, tile=256)
-    scorer = Scorer(Weights(), dim is not None)
+    scorer = poc_scorer(dim is not None)
     sigs = mixed(1200, dim, seed=3)
     queries = sigs.take(np.arange(0, 1200, 3))
     whole = cmp.compare(queries, sigs, scorer, top_k=6, threshold=0.82, both_ways=True)
@@ -227,7 +251,7 @@ def test_shards_merge_to_the_whole_top_k_with_ties(monkeypatch, dim):
 
 
 def test_picture_stored_many_times_yields_top_k_copies_only():
-    scorer = Scorer(Weights(), False)
+    scorer = poc_scorer(False)
     sigs = mixed(400, None, seed=4)
     qi, _ = cmp.same_bytes_pairs(sigs, sigs, k=5)
     assert len(qi) < 40 * 6 * 2 + 2 * len(sigs)  # not 40 x 40
@@ -244,7 +268,7 @@ def test_picture_stored_many_times_yields_top_k_copies_only():
 
 
 def test_result_does_not_depend_on_threads_or_tiles(monkeypatch):
-    scorer = Scorer(Weights(), True)
+    scorer = poc_scorer(True)
     sigs = mixed(900, 16, seed=6)
     first = cmp.compare(sigs, sigs, scorer, top_k=4, threshold=0.82)
     small_tiles(monkeypatch, tile=128, query_block=64)
@@ -252,6 +276,21 @@ def test_result_does_not_depend_on_threads_or_tiles(monkeypatch):
     monkeypatch.setattr(cmp, "compare_threads", lambda: 3)
     second = cmp.compare(sigs, sigs, scorer, top_k=4, threshold=0.82)
     assert first.equals(second)
+
+
+def test_fv_upper_table_bounds_the_fv_term():
+    """Every cosine's FV term is at most its bucket's entry (curve knots inside buckets)."""
+    path = _WEIGHTS_DIR / "steep.json"
+    path.write_text(json.dumps({"weights": {"dah": 0.2, "ddh": 0.2, "dph": 0.2, "dfv": 0.4},
+                                "curves": {"dfv": [[0.0, 0.0], [0.30001, 0.05],
+                                                   [0.30013, 0.9], [0.7, 0.95], [1.0, 1.0]]}}))
+    scorer = Scorer(load_weights(path), True)
+    table = cmp.fv_upper_table(scorer)
+    cos = np.concatenate([np.linspace(-0.1, 1.0, 200_001, dtype=np.float32),
+                          np.array([0.30001, 0.30013, 0.7], np.float32)])
+    bucket = (np.clip(cos, 0, 1) * cmp.FV_STEPS).astype(np.int64)
+    assert np.all(scorer.fv_term(cos) <= table[bucket] + 1e-7)
+    assert table.max() == pytest.approx(0.4)
 
 
 def test_cosine_kernel_reads_float16_rows_exactly():
@@ -297,7 +336,7 @@ def test_all_vs_all_scores_each_pair_once_with_the_same_result(monkeypatch, dens
     small_tiles(monkeypatch, tile=300, query_block=128)
     if dense:
         monkeypatch.setattr(cmp, "SPARSE_MAX_DENSITY", {True: 0.0, False: 0.0})
-    scorer = Scorer(Weights(), True)
+    scorer = poc_scorer(True)
     sigs = mixed(1100, 16, seed=8)
     done = []
     mirrored = cmp.compare(sigs, sigs, scorer, top_k=5, threshold=0.82, both_ways=both_ways,

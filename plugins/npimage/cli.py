@@ -5,6 +5,8 @@
     npimage demo [--airflow] [--products N] [--no-fv]
     npimage report --client C [--data-dir D]
     npimage evaluate --client C --truth FILE [--data-dir D]
+    npimage fit-weights --client C --truth FILE [--out weights.json] [--data-dir D] [--step 0.05]
+    npimage nearest IMAGE --client C [--data-dir D] [--top-k 10] [--threshold T]
 """
 
 from __future__ import annotations
@@ -69,9 +71,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _common(ev)
 
+    fit = sub.add_parser("fit-weights",
+                         help="fit the score's weights and curves on a published run and truth")
+    fit.add_argument("--client", required=True)
+    fit.add_argument("--truth", required=True,
+                     help="CSV: image_id,group_id[,source,kind,expected_band,product,query] "
+                          "or image_id,match_image_id,label (see docs/QUALITY.md)")
+    fit.add_argument("--out", default="weights.json",
+                     help="weights file to write (read by --weights / NPIMAGE_WEIGHTS)")
+    fit.add_argument("--step", type=float, default=0.05, help="grid step of the weight search")
+    _common(fit)
+
     rep = sub.add_parser("report", help="render the HTML review report from the warehouse")
     rep.add_argument("--client", required=True)
     _common(rep)
+
+    near = sub.add_parser("nearest", help="the nearest images of one picture in a client's "
+                                          "last published run, with scores and components")
+    near.add_argument("image", help="path or fsspec URL of the picture")
+    near.add_argument("--client", required=True)
+    near.add_argument("--top-k", type=int, default=10, help="images shown (default 10)")
+    near.add_argument("--threshold", type=float,
+                      help="lowest score shown (default: the run's threshold)")
+    _common(near)
     return parser
 
 
@@ -191,6 +213,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fit_weights(args: argparse.Namespace) -> int:
+    from npimage.fitting import FitOptions, fit_weights, format_metrics
+
+    if not 0 < args.step <= 0.5 or abs(round(1 / args.step) * args.step - 1) > 1e-9:
+        raise ValueError("--step must divide 1 (0.05, 0.1, 0.25...)")
+    settings = _settings(args)
+    result = fit_weights(settings.data_dir, args.client, Path(args.truth),
+                         FitOptions(step=args.step))
+    out = Path(args.out)
+    out.write_text(result.to_json(), encoding="utf-8")
+    print(format_metrics(result.metrics))
+    print(f"weights: {result.document()['weights']}; written to {out.resolve()}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from npimage.evaluate import evaluate, format_evaluation, load_truth
 
@@ -200,7 +237,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report, "evaluate": cmd_evaluate}
+def cmd_nearest(args: argparse.Namespace) -> int:
+    from npimage.nearest import format_result, nearest
+
+    result = nearest(args.image, args.client, data_dir=_settings(args).data_dir,
+                     top_k=args.top_k, threshold=args.threshold)
+    print(format_result(result))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report, "evaluate": cmd_evaluate,
+            "nearest": cmd_nearest,
+            "fit-weights": cmd_fit_weights}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

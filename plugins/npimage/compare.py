@@ -55,9 +55,18 @@ QUERY_BLOCK = 1024
 CATALOGUE_TILE = 65536
 MIN_TILE = 4096
 #: Highest share of a tile's pairs that are scored one by one (else the tile is scored
-#: densely): a candidate costs ~0.5 us with FV (two float16 rows read) against ~40 ns per
-#: pair of a dense BLAS block, ~60 ns without FV against ~12 ns per pair.
-SPARSE_MAX_DENSITY = {True: 0.05, False: 0.2}
+#: densely). Measured: a candidate costs ~0.4 us with FV (two float16 rows read) against
+#: ~50 ns per pair of a dense block (BLAS product + compiled selection); ~0.1 us without
+#: FV against ~1.5 ns per pair.
+SPARSE_MAX_DENSITY = {True: 0.1, False: 0.015}
+#: Dense blocks: pairs per query (plus a floor) the compiled selection may return before
+#: the block is reduced to its top-k by matrix operations instead.
+DENSE_PER_QUERY = 32
+DENSE_MIN_CAPACITY = 4096
+#: Dense blocks of at most this many queries get their cosines from float16 rows directly.
+FEW_QUERIES = 16
+#: Buckets of [0, 1] in the table bounding the FV term from above in dense blocks.
+FV_STEPS = 4096
 #: All-vs-all comparisons score each unordered pair once and keep it in both orientations.
 SYMMETRIC = True
 #: Comparisons of at most this many pairs run in the calling thread (no pool to start).
@@ -374,6 +383,7 @@ class _Kept:
         self.pending = 0
 
     def add(self, qi: np.ndarray, ci: np.ndarray, score: np.ndarray) -> None:
+        """Keep these pairs (query idx, catalogue idx, score); reduce when enough came in."""
         if len(qi):
             self.parts.append((qi.astype(np.int64), ci.astype(np.int64), score))
             self.pending += len(qi)
@@ -408,22 +418,79 @@ def _top_mask(score: np.ndarray, k: int, threshold: float) -> np.ndarray:
     return score >= (cut - SLACK)[:, None]
 
 
+@lru_cache(maxsize=32)
+def _fv_upper(knots: tuple[tuple[float, float], ...], weight: float) -> np.ndarray:
+    """fv_upper_table of a curve's knots and weight (cached: built once per scorer)."""
+    xs, ys = (np.array(v, np.float64) for v in zip(*knots, strict=True))
+
+    def term(x: np.ndarray) -> np.ndarray:
+        return weight * np.interp(x, xs, ys)
+
+    grid = np.linspace(0.0, 1.0, FV_STEPS + 1)
+    at = term(grid)
+    upper = np.maximum(at[:-1], at[1:])  # bucket b covers [b, b + 1] / FV_STEPS
+    inside = xs[(xs > 0.0) & (xs < 1.0)]
+    np.maximum.at(upper, np.minimum((inside * FV_STEPS).astype(np.int64), FV_STEPS - 1),
+                  term(inside))
+    return np.append(upper, at[-1]).astype(np.float32)
+
+
+def fv_upper_table(scorer: Scorer) -> np.ndarray:
+    """(FV_STEPS + 1,) float32: the largest FV term of a cosine in each bucket of [0, 1]."""
+    return _fv_upper(tuple(tuple(k) for k in scorer.curves["dfv"]), float(scorer.weights["dfv"]))
+
+
+def _dense_top(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
+               threshold: float, both_ways: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs of a block that may be in a top-k of their row (or column), from the matrix."""
+    score = score_block(q, c, scorer)
+    score[(q.sha[:, None] == c.sha[None, :]) & (q.size[:, None] == c.size[None, :])] = -1.0
+    keep = _top_mask(score, k, threshold)
+    if both_ways:
+        keep |= _top_mask(score.T, k, threshold).T
+    return np.nonzero(keep)
+
+
 def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
                  threshold: float, both_ways: bool, block_size: int
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Survivors of a tile scored as matrices of block_size catalogue rows, re-scored exactly."""
+    """A tile's pairs >= threshold, from blocks of block_size catalogue rows scored densely.
+
+    Per block: one BLAS product of unit vectors (a few queries: a compiled pass over the
+    float16 rows instead), then the compiled dense_select keeps the
+    pairs whose score bound reaches the threshold; a block with more than
+    DENSE_PER_QUERY of them per query is reduced to its top-k by matrix operations
+    instead. Either way the selected pairs are re-scored exactly by pair_scores.
+    """
+    from npimage.kernels import dense_select, half_cosine_matrix  # Numba: when first needed
+
+    fv = scorer.use_fv and q.fv is not None and c.fv is not None
+    few = fv and len(q) <= FEW_QUERIES and q.fv.dtype == c.fv.dtype == np.float16
+    qu = None if not fv or few else unit_rows(q.fv)
+    qbits = np.ascontiguousarray(q.fv).view(np.uint16) if few else None
+    qh = np.ascontiguousarray(q.hashes.T)
+    tables = np.ascontiguousarray(scorer.hash_tables, np.float32)
+    upper = fv_upper_table(scorer) if fv else np.zeros(1, np.float32)
+    no_cos = np.zeros((0, 0), np.float32)
+    capacity = DENSE_PER_QUERY * len(q) + DENSE_MIN_CAPACITY
+    out_q, out_c = np.empty(capacity, np.int32), np.empty(capacity, np.int32)
     qs, cs = [], []
     for b0 in range(0, len(c), block_size):
         block = c.slice(b0, b0 + block_size)
-        score = score_block(q, block, scorer)
-        same = (q.sha[:, None] == block.sha[None, :]) & (q.size[:, None] == block.size[None, :])
-        score[same] = -1.0  # identical bytes come from same_bytes_pairs
-        keep = _top_mask(score, k, threshold)
-        if both_ways:
-            keep |= _top_mask(score.T, k, threshold).T
-        qi, ci = np.nonzero(keep)
-        qs.append(qi)
-        cs.append(ci + b0)
+        if few:  # a few queries: one pass over the float16 rows, no float32 copy
+            cos = np.empty((len(q), len(block)), np.float32)
+            half_cosine_matrix(qbits, np.ascontiguousarray(block.fv).view(np.uint16), cos)
+        else:
+            cos = qu @ unit_rows(block.fv).T if fv else no_cos
+        n = dense_select(qh, np.ascontiguousarray(block.hashes.T), cos, tables, upper,
+                         np.float32(threshold - SLACK), out_q, out_c)
+        if n <= capacity:
+            qi, ci = out_q[:n].copy(), out_c[:n].copy()
+        else:
+            qi, ci = _dense_top(q, block, scorer, k, threshold, both_ways)
+        same = (q.sha[qi] == block.sha[ci]) & (q.size[qi] == block.size[ci])
+        qs.append(qi[~same])  # identical bytes come from same_bytes_pairs
+        cs.append(ci[~same] + b0)
     qi, ci = np.concatenate(qs), np.concatenate(cs)
     score = pair_scores(q, c, qi, ci, scorer)
     keep = score >= threshold
@@ -481,7 +548,9 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
 
     bound = hash_bound(scorer, threshold)
     n, m = len(queries), len(catalogue)
-    threads = compare_threads() if n * m > INLINE_PAIRS else 1
+    dense_fv = scorer.use_fv and bound.random_rate > SPARSE_MAX_DENSITY[True]
+    big = n * m > (INLINE_PAIRS // 64 if dense_fv else INLINE_PAIRS)  # dense FV: ~50x the work
+    threads = compare_threads() if big else 1
     tile = max(MIN_TILE, min(CATALOGUE_TILE, -(-m // threads)))
     mirror = SYMMETRIC and n == m and np.array_equal(queries.rows, catalogue.rows)
     jobs = [(q0, c0) for q0 in range(0, n, QUERY_BLOCK) for c0 in range(0, m, tile)]
@@ -491,13 +560,17 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
         if progress:
             progress(sum(min(QUERY_BLOCK, n - q0) * min(tile, m - c0) for q0, c0 in below))
 
+    def start(q0: int, c0: int) -> int:
+        """First catalogue row of a tile worth scanning (all-vs-all: none below q0)."""
+        return max(c0, q0) if mirror else c0
+
     def run(q0: int, c0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return _score_tile(queries.slice(q0, q0 + QUERY_BLOCK), catalogue.slice(c0, c0 + tile),
-                           scorer, bound, top_k, threshold, both_ways or mirror,
-                           max(1, block_size))
+        return _score_tile(queries.slice(q0, q0 + QUERY_BLOCK),
+                           catalogue.slice(start(q0, c0), c0 + tile), scorer, bound, top_k,
+                           threshold, both_ways or mirror, max(1, block_size))
 
     def keep(q0: int, c0: int, found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-        qi, ci, sc = found[0] + q0, found[1] + c0, found[2]
+        qi, ci, sc = found[0] + q0, found[1] + start(q0, c0), found[2]
         if mirror:  # each pair once (query < catalogue image), kept in both orientations
             upper = qi < ci
             qi, ci, sc = qi[upper], ci[upper], sc[upper]

@@ -10,6 +10,7 @@ files. Only small values (paths, counts) are returned.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -64,7 +65,8 @@ def resolve_db(url: str) -> str:
 
 def extract(ctx: RunContext) -> dict[str, Any]:
     """Catalogue the source into catalog.parquet (+ extract rejects); save the context."""
-    atomic_write_text(ctx.path("context.json"), json.dumps(ctx.to_dict(), indent=2))
+    context = {**ctx.to_dict(), "weights_digest": _weights_digest(ctx)}
+    atomic_write_text(ctx.path("context.json"), json.dumps(context, indent=2))
     if is_backend_url(ctx.source):
         from npimage import backend  # psycopg2 only when needed
 
@@ -94,13 +96,18 @@ def _baseline_for_increment(ctx: RunContext) -> Path | None:
     return baseline
 
 
+def _weights_digest(ctx: RunContext) -> str:
+    """Digest of the weights in force: refitting into the same file changes it."""
+    return hashlib.sha256(load_weights(ctx.weights_file).to_json().encode()).hexdigest()[:16]
+
+
 def _same_match_settings(ctx: RunContext, baseline: Path) -> bool:
     try:
         old = json.loads((baseline / "context.json").read_text())
     except (OSError, ValueError):
         return False
-    new = ctx.to_dict()
-    return all(old.get(k) == new.get(k) for k in MATCH_SETTINGS)
+    new = {**ctx.to_dict(), "weights_digest": _weights_digest(ctx)}
+    return all(old.get(k) == new.get(k) for k in (*MATCH_SETTINGS, "weights_digest"))
 
 
 def plan(ctx: RunContext) -> list[str]:

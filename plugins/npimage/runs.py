@@ -13,7 +13,7 @@ import json
 import os
 import re
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +64,9 @@ class RunContext:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunContext:
-        return cls(**data)
+        """The context of a dict (XCom, context.json); extra keys such as digests are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
