@@ -85,8 +85,7 @@ def stage_runner(paths: list[Path], workdir: Path):
 
     def run(extractor) -> None:
         compute_batch(batch, None, workdir / "sig.parquet", workdir / "rej.parquet",
-                      extractor=extractor, fv_model=extractor.model_id if extractor else "",
-                      max_pixels=MAX_PIXELS, read_timeout=30.0)
+                      extractor=extractor, max_pixels=MAX_PIXELS, read_timeout=30.0)
 
     return run
 

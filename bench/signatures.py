@@ -110,7 +110,7 @@ def stage_batch(batch: Path) -> int:
     """npimage.signatures.compute_batch on one batch, hashes only; images computed."""
     out = batch.with_suffix(".sig.parquet")
     result = compute_batch(batch, None, out, batch.with_suffix(".rej.parquet"), extractor=None,
-                           fv_model="", max_pixels=MAX_PIXELS, read_timeout=30.0)
+                           max_pixels=MAX_PIXELS, read_timeout=30.0)
     return result.computed
 
 

@@ -84,7 +84,7 @@ def progress(n):
     if done >= 3:
         time.sleep(600)  # killed here, half-way through the batch
 batch, sig, rej = map(Path, sys.argv[1:4])
-compute_batch(batch, None, sig, rej, extractor=None, fv_model="", max_pixels=250_000_000,
+compute_batch(batch, None, sig, rej, extractor=None, max_pixels=250_000_000,
               read_timeout=30, progress=progress)
 """
 

@@ -284,7 +284,7 @@ def peak_mib():
 out = Path(sys.argv[2])
 base = peak_mib()
 compute_batch(Path(sys.argv[1]), None, out / "sig.parquet", out / "rej.parquet",
-              extractor=None, fv_model="", max_pixels=250_000_000, read_timeout=60)
+              extractor=None, max_pixels=250_000_000, read_timeout=60)
 print(json.dumps({"base_mib": base, "peak_mib": peak_mib()}))
 """
 

@@ -140,7 +140,7 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
         result = compute_batch(
             Path(batch), baseline / "signatures" if baseline else None,
             ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
-            extractor=extractor, fv_model=ctx.fv_model, max_pixels=settings.max_pixels,
+            extractor=extractor, max_pixels=settings.max_pixels,
             read_timeout=settings.read_timeout, progress=progress)
     return result.as_dict()
 

@@ -75,7 +75,7 @@ def _embed_pending(pending: list[tuple[dict, object]], extractor: FeatureExtract
 
 
 def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rejects: Path, *,
-                  extractor: FeatureExtractor | None, fv_model: str, max_pixels: int,
+                  extractor: FeatureExtractor | None, max_pixels: int,
                   read_timeout: float,
                   progress: Callable[[int], None] | None = None) -> BatchResult:
     """Compute the signatures of one batch of catalog rows and write them atomically."""
