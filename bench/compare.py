@@ -13,7 +13,7 @@ Some queries are planted near-duplicates of older images at known distances:
     similar       20                      0.85        similar
     below         28                      0.60        none (must not be found)
 
-Then it runs the project's real npimage.compare.compare on them (no image decoding),
+Then it runs the project's real npimage.matching.compare.compare on them (no image decoding),
 and checks it against exact brute force (every pair scored with Scorer.score, in NumPy)
 on a sample of queries, half planted, half random. It prints a table: time, pairs/s,
 peak RSS during compare, recall on the sample, planted pairs found, and the POC's time
@@ -41,8 +41,8 @@ from pathlib import Path
 
 import numpy as np
 
-from npimage import compare as cmp
-from npimage.scoring import Scorer, load_weights
+from npimage.matching import compare as cmp
+from npimage.matching.scoring import Scorer, load_weights
 
 POC_PAIRS_PER_S = {False: 1000 * 1000 / 74.0, True: 100_000 / 5.0}
 #: (kind, bits flipped in each hash, FV cosine); None bits = identical bytes.
@@ -134,7 +134,7 @@ def brute_force(cat: cmp.SignatureArrays, q_idx: np.ndarray, scorer: Scorer, top
                 threshold: float) -> set[tuple[int, int]]:
     """Exact top-k pairs (query idx, catalogue idx) of the sampled queries, every pair scored.
 
-    Independent of npimage.compare's candidate code: Scorer.score on the full distance
+    Independent of npimage.matching.compare's candidate code: Scorer.score on the full distance
     matrix of each catalogue block, cosines by a matrix product.
     """
     q = cat.take(q_idx)

@@ -10,7 +10,7 @@ the others (leave-one-out). Metrics, averaged over queries:
 
 Scores: dfv = max(cosine, 0) of the FV (stored as float16, as the signature stage does);
 hashes = weighted mean of dah, ddh, dph; combined = weighted mean of all four (weights of
-npimage.scoring, or --weights FILE). --sweep adds the combined score with dfv given other
+npimage.matching.scoring, or --weights FILE). --sweep adds the combined score with dfv given other
 shares of the total weight (the hash weights keep their ratios). Usage:
 
     .venv/bin/python bench/fv_quality.py [--data DIR] [--model SPEC] [--fit pad|squash|crop]
@@ -26,10 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
-from npimage.decode import decode
 from npimage.fv.models import FITS, load
-from npimage.hashing import image_hashes, similarity
-from npimage.scoring import Weights, load_weights
+from npimage.ingest.decode import decode
+from npimage.matching.hashing import image_hashes, similarity
+from npimage.matching.scoring import Weights, load_weights
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared/datasets/grocery-store/dataset/train/Packages"

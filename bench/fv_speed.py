@@ -3,7 +3,7 @@
 Real photos (../shared/datasets/grocery-store/dataset/train, 348x348 JPEGs, sorted, the
 first --limit of them) go through:
 
-- stage: npimage.signatures.compute_batch on a catalog Parquet of those photos
+- stage: npimage.ingest.signatures.compute_batch on a catalog Parquet of those photos
   (read, sha256, decode once, ahash/dhash/phash, FV in calls of 32, Parquet out);
 - core: the same work without Parquet - decode + hashes (+ extractor.embed per 32 images);
 - fv only: extractor.embed on already decoded pictures (the model's own throughput).
@@ -27,9 +27,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from npimage.decode import decode
 from npimage.fv.models import CALL_BATCH, cpu_share, load
-from npimage.hashing import image_hashes
+from npimage.ingest.decode import decode
+from npimage.matching.hashing import image_hashes
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared/datasets/grocery-store/dataset/train"
@@ -62,10 +62,10 @@ def core(paths: list[Path], extractor) -> None:
 
 
 def stage_runner(paths: list[Path], workdir: Path):
-    """A function running npimage.signatures.compute_batch over the photos, or None."""
+    """A function running npimage.ingest.signatures.compute_batch over the photos, or None."""
     try:
+        from npimage.ingest.signatures import compute_batch
         from npimage.schemas import CATALOG
-        from npimage.signatures import compute_batch
     except ImportError:
         return None
     now = datetime.now(UTC)

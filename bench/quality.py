@@ -18,16 +18,16 @@ Steps:
    sample of grocery photos (half of them Packages). Each source gets one edit of the
    kinds that must stay in band `same` (copy, recompress, resize, format) and one
    retouch (tone, sticker, crop <= 5 %, rotation <= 3 degrees, sharpen:
-   npimage.demo's edits), kinds in balanced turns.
+   npimage_demo.catalogue's edits), kinds in balanced turns.
 2. run (when `<work>/data` has no warehouse, or --rebuild): the real pipeline
    (npimage.runner.run_pipeline, FV on) into `<work>/data`, client `quality`.
-3. fit: npimage.fitting on the run's signatures and truth.csv -> `<work>/weights.json`
+3. fit: npimage.quality.fitting on the run's signatures and truth.csv -> `<work>/weights.json`
    (and plugins/npimage/weights/default.json with --write-default).
 4. tables (Markdown, for docs/QUALITY.md): the issue's targets for our weights with and
    without FV, FV alone and the previous defaults, computed from the signatures over
    every labelled pair and every candidate; per kind; 2-fold cross-validation by photo.
 5. the pipeline's view: a run with the fitted weights, labelled pairs found in band
-   (npimage.evaluate.planted_found); the demo catalogue, FV on and off.
+   (npimage.quality.evaluate.planted_found); the demo catalogue, FV on and off.
 
     .venv/bin/python bench/quality.py [--work bench/out/quality] [--seed 0] [--sources 800]
                                       [--rebuild] [--write-default] [--no-cv] [--no-demo]
@@ -51,7 +51,7 @@ DATASETS = REPO.parent / "shared" / "datasets"
 CLIENT = "quality"
 
 #: Generated edits that must land in band `same`, and the retouches that must reach
-#: `retouched` (npimage.demo's definitions, so the demo and this set agree).
+#: `retouched` (npimage_demo.catalogue's definitions, so the demo and this set agree).
 SAME_KINDS = ("copy", "recompress", "resize", "format")
 RETOUCH_KINDS = ("tone", "sticker", "crop", "rotate", "sharpen")
 
@@ -148,8 +148,8 @@ def _turns(kinds: tuple[str, ...], n: int, rng: np.random.Generator) -> list[str
 
 
 def make_edit(src: Row, kind: str, out_dir: Path, n: int, seed: int) -> Row:
-    """Write one generated edit of `src` (npimage.demo's planted_bytes) and return its row."""
-    from npimage.demo import ImageSpec, planted_bytes
+    """Write one generated edit of `src` (the demo's planted_bytes) and return its row."""
+    from npimage_demo.catalogue import ImageSpec, planted_bytes
 
     rng = np.random.default_rng(seed)
     is_retouch = kind in RETOUCH_KINDS
@@ -207,7 +207,7 @@ def run(work: Path, weights: str | None, workers: int | None) -> dict:
     from npimage.config import Settings
     from npimage.pipeline import settings_context
     from npimage.runner import run_pipeline
-    from npimage.runs import new_run_id
+    from npimage.storage.runs import new_run_id
 
     settings = Settings().with_overrides(data_dir=work / "data", fv=True, weights_file=weights)
     again = (work / "data" / "clients" / CLIENT / "current.json").exists()
@@ -220,7 +220,7 @@ def run(work: Path, weights: str | None, workers: int | None) -> dict:
 
 def labelled(work: Path):
     """The labelled set of the evaluation run (signatures + truth.csv)."""
-    from npimage import fitting
+    from npimage.quality import fitting
 
     sigs, products, _ = fitting.read_run(work / "data", CLIENT)
     return fitting.labelled_set(sigs, products, work / "eval" / "truth.csv")
@@ -251,8 +251,8 @@ def cross_validate(ls, full, opt, seed: int) -> list[dict]:
     weights fitted on all, measured on the same half, show what the fit gains by seeing
     it (top-1 is lower than on the whole set: half the photos of each product are left
     as candidates)."""
-    from npimage import fitting
-    from npimage.scoring import Scorer
+    from npimage.matching.scoring import Scorer
+    from npimage.quality import fitting
 
     fold = group_folds(ls, seed)
     out = []
@@ -273,7 +273,7 @@ def cross_validate(ls, full, opt, seed: int) -> list[dict]:
 
 def previous_defaults():
     """The weights before this fit (npimage 0.1.0): hand-set hash curve, FV uncalibrated."""
-    from npimage.scoring import IDENTITY, Weights
+    from npimage.matching.scoring import IDENTITY, Weights
 
     def b(n: int) -> float:
         return 1 - n / 64
@@ -289,7 +289,7 @@ def scorers(weights) -> list[tuple[str, object]]:
     """The columns of the table: ours with FV, hashes alone, FV alone, previous defaults."""
     from dataclasses import replace
 
-    from npimage.scoring import Scorer
+    from npimage.matching.scoring import Scorer
 
     fv_only = replace(weights, dah=0.0, ddh=0.0, dph=0.0, dfv=1.0, hashes_only=None)
     old = previous_defaults()
@@ -339,7 +339,7 @@ def quality_table(columns: list[tuple[str, object]]) -> str:
 
 def kind_table(m) -> str:
     """Markdown: per kind of labelled pair, how many reach each band."""
-    from npimage.fitting import BAND_NAMES
+    from npimage.quality.fitting import BAND_NAMES
 
     names = (*BAND_NAMES, "below")
     rows = ["| kind | pairs | must reach | recall | " + " | ".join(names) + " |",
@@ -373,11 +373,11 @@ def demo_check(work: Path, weights: Path, seed: int, workers: int | None) -> str
     """The demo catalogue with these weights, FV on and off: planted duplicates found in
     band (what `npimage demo` prints), and pairs of different pictures >= 0.95."""
     import duckdb
+    from npimage_demo.catalogue import build_demo_catalogue
 
     from npimage.config import Settings
-    from npimage.demo import build_demo_catalogue
-    from npimage.evaluate import planted_found
     from npimage.pipeline import settings_context
+    from npimage.quality.evaluate import planted_found
     from npimage.runner import run_pipeline
 
     demo = build_demo_catalogue(work / "demo", n_products=160, seed=seed)
@@ -439,8 +439,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def evaluate_and_fit(args: argparse.Namespace) -> int:
     """Steps 3-5 on a built and run evaluation set; prints the tables."""
-    from npimage import fitting
-    from npimage.evaluate import planted_found
+    from npimage.quality import fitting
+    from npimage.quality.evaluate import planted_found
 
     t0 = time.perf_counter()
     ls = labelled(args.work)
@@ -480,7 +480,7 @@ def evaluate_and_fit(args: argparse.Namespace) -> int:
     info = run(args.work, str(named), args.workers)
     print(f"\npipeline run {info['run_id']} with these weights: pairs by band "
           f"{json.dumps(info['image_pairs_by_band'])}; labelled pairs found in both directions "
-          "and in band (npimage.evaluate.planted_found):\n")
+          "and in band (npimage.quality.evaluate.planted_found):\n")
     print("| kind | pairs | found | in band |\n|---|---|---|---|")
     for r in planted_found(args.work / "data" / "warehouse.duckdb", CLIENT,
                            args.work / "eval" / "truth.csv"):

@@ -28,8 +28,8 @@ from PIL import Image, ImageDraw
 
 from npimage import schemas
 from npimage.config import BANDS
+from npimage.matching.scoring import band_codes
 from npimage.report import render_report
-from npimage.scoring import band_codes
 
 CLIENT = "bench"
 RUN = "bench-run"

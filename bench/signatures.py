@@ -7,9 +7,9 @@ hashes only (FV speed: bench/fv_speed.py):
 
 - POC method: for each file, Image.open + imagehash.average_hash, dhash and phash on
   the opened picture, + sha256 of the bytes (the POC's "dsize" signature), 1 process;
-- npimage, decode + hashes: npimage.decode.decode (one decode, JPEG draft mode, working
-  copy <= 512 px) + npimage.hashing.image_hashes (one grey copy for the three), 1 process;
-- npimage signature stage: npimage.signatures.compute_batch on a catalog Parquet (read,
+- npimage, decode + hashes: npimage.ingest.decode.decode (one decode, JPEG draft mode, working
+  copy <= 512 px) + npimage.matching.hashing.image_hashes (one grey copy for the three), 1 process;
+- npimage signature stage: npimage.ingest.signatures.compute_batch on a catalog Parquet (read,
   sha256, decode, hashes, rejects, Parquet out), 1 process;
 - the same stage on the batches mapped over worker processes, as `npimage run` and the
   DAG's mapped tasks do (one per core).
@@ -19,10 +19,10 @@ pdq-edits bridge photos (1600x1004 and edits: large pictures, where draft decodi
 Files are read once first so that the page cache is warm.
 
 A second table gives the hash candidate density of these real photos: the share of all
-pairs whose hash distances could still reach the threshold (npimage.compare.hash_bound
+pairs whose hash distances could still reach the threshold (npimage.matching.compare.hash_bound
 with the default weights), without FV and with the FV term's headroom, beside what
 random hashes give. compare scores candidates one by one up to the density in
-npimage.compare.SPARSE_MAX_DENSITY (10 % with FV, 1.5 % without), denser tiles densely.
+npimage.matching.compare.SPARSE_MAX_DENSITY (10 % with FV, 1.5 % without), denser tiles densely.
 
     .venv/bin/python bench/signatures.py [--limit 1024] [--repeat 2]
 """
@@ -48,12 +48,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
-from npimage import compare as cmp
-from npimage.decode import decode
-from npimage.hashing import image_hashes
+from npimage.ingest.decode import decode
+from npimage.ingest.signatures import compute_batch
+from npimage.matching import compare as cmp
+from npimage.matching.hashing import image_hashes
+from npimage.matching.scoring import Scorer, Weights
 from npimage.schemas import CATALOG
-from npimage.scoring import Scorer, Weights
-from npimage.signatures import compute_batch
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = REPO.parent / "shared" / "datasets"
@@ -107,7 +107,7 @@ def write_batches(paths: list[Path], folder: Path) -> list[Path]:
 
 
 def stage_batch(batch: Path) -> int:
-    """npimage.signatures.compute_batch on one batch, hashes only; images computed."""
+    """npimage.ingest.signatures.compute_batch on one batch, hashes only; images computed."""
     out = batch.with_suffix(".sig.parquet")
     result = compute_batch(batch, None, out, batch.with_suffix(".rej.parquet"), extractor=None,
                            max_pixels=MAX_PIXELS, read_timeout=30.0)

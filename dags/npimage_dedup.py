@@ -4,7 +4,7 @@ extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (m
 catalogue shards) -> merge (image matches + product roll-up) -> publish -> report
 -> release_lock (teardown: runs whatever happened before it)
 
-One run per client at a time: extract takes the client's lock (npimage.locks) and
+One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
 refuses, without retries, while another run of the client is in flight; the teardown
 releases it. Runs of different clients go ahead in parallel.
 
@@ -46,7 +46,7 @@ def _conn_ref(value: str) -> str:
 
 
 def _ctx(data: dict):
-    from npimage.runs import RunContext
+    from npimage.storage.runs import RunContext
 
     return RunContext.from_dict(data)
 
@@ -69,7 +69,7 @@ def _take_client_lock(ctx: dict) -> None:
     """Take the client's lock for this DAG run, or fail the task without retries."""
     from airflow.sdk.exceptions import AirflowFailException
 
-    from npimage import locks
+    from npimage.storage import locks
 
     run = _ctx(ctx)
     try:
@@ -158,7 +158,7 @@ def npimage_dedup():
     @teardown
     def release_lock() -> bool:
         """Release the client's lock if this run holds it (not when it was refused)."""
-        from npimage import locks
+        from npimage.storage import locks
 
         run = _ctx(_context(get_current_context()["params"]))
         return locks.release(run.client_dir, run.run_id)

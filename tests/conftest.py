@@ -46,6 +46,6 @@ def airflow_db() -> Path:
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory: pytest.TempPathFactory):
     """A small demo catalogue with planted duplicates (built once per session)."""
-    from npimage.demo import build_demo_catalogue
+    from npimage_demo.catalogue import build_demo_catalogue
 
     return build_demo_catalogue(tmp_path_factory.mktemp("demo"), n_products=30, seed=7)

@@ -38,8 +38,8 @@ from npimage.backend import (
 )
 from npimage.backend.load import LOCK_CLASS
 from npimage.config import BANDS, band_of
-from npimage.parquet_io import write_table
 from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES
+from npimage.storage.parquet_io import write_table
 
 pytestmark = pytest.mark.postgres
 

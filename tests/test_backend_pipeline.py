@@ -13,7 +13,7 @@ from pg import pg_connect
 
 from npimage import backend
 from npimage.cli import main
-from npimage.extract import extract_catalog
+from npimage.ingest.extract import extract_catalog
 
 
 def _url(dsn: str) -> str:

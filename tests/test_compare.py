@@ -7,7 +7,7 @@ import pyarrow as pa
 import pytest
 from test_scale import poc_scorer
 
-from npimage import compare as cmp
+from npimage.matching import compare as cmp
 
 
 def synthetic(n: int, dim: int | None, seed: int = 0) -> cmp.SignatureArrays:

@@ -18,9 +18,9 @@ def test_compose_file_is_complete():
         assert env["AIRFLOW_CONN_NEXTPAGE_BACKEND"].startswith("postgresql://")
         assert svc["depends_on"]["airflow-init"]["condition"] == "service_completed_successfully"
         mounts = {m.split(":")[1] for m in svc["volumes"]}
-        assert {"/opt/npimage/dags", "/opt/npimage/plugins", "/opt/npimage/sql"} <= mounts
+        assert {"/opt/npimage/dags", "/opt/npimage/plugins"} <= mounts
     dockerfile = ROOT / services["airflow-init"]["build"]["dockerfile"]
     assert dockerfile.is_file()
     assert "constraints.txt" in dockerfile.read_text()
-    for local in ("dags", "plugins", "sql"):
+    for local in ("dags", "plugins", "plugins/npimage/sql"):
         assert (ROOT / local).is_dir()

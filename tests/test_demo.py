@@ -1,4 +1,4 @@
-"""Tests of the demo catalogue generator (npimage.demo): real files, real decoding."""
+"""Tests of the demo catalogue generator (npimage_demo.catalogue): real files, real decoding."""
 
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ from pathlib import Path
 import imagehash
 import numpy as np
 import pytest
+from npimage_demo import catalogue as demo
 from PIL import Image
-
-from npimage import demo
 
 N_PRODUCTS = 30
 NAME = re.compile(r"^(?P<gtin>\d{13,14})_PIECE_(?P<piece>\d{2})$")

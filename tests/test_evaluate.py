@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from npimage.evaluate import Truth, _prf_by_band, _retrieval, evaluate, load_truth
+from npimage.quality.evaluate import Truth, _prf_by_band, _retrieval, evaluate, load_truth
 
 
 def test_truth_formats(tmp_path):

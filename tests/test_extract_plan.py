@@ -6,8 +6,8 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from npimage.extract import extract_catalog, parse_nextpage_name
-from npimage.plan import batch_size_for, plan_batches
+from npimage.ingest.extract import extract_catalog, parse_nextpage_name
+from npimage.ingest.plan import batch_size_for, plan_batches
 
 
 @pytest.mark.parametrize(("stem", "product", "ref"), [

@@ -25,11 +25,12 @@ from conftest import ROOT
 from helpers import table_rows
 from pg import pg_connect, pg_dsn  # noqa: F401  (session fixture)
 
-from npimage import locks, pipeline
+from npimage import pipeline
 from npimage.config import Settings
 from npimage.pipeline import settings_context
 from npimage.runner import run_pipeline
-from npimage.runs import RunContext
+from npimage.storage import locks
+from npimage.storage.runs import RunContext
 
 TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
 NPIMAGE = str(Path(sys.executable).with_name("npimage"))
@@ -75,7 +76,7 @@ def reference(small_demo, tmp_path_factory) -> Path:
 _SLOW_BATCH = """
 import sys, time
 from pathlib import Path
-from npimage.signatures import compute_batch
+from npimage.ingest.signatures import compute_batch
 done = 0
 def progress(n):
     global done
@@ -219,8 +220,9 @@ def test_failed_publish_keeps_the_previous_warehouse(small_demo, tmp_path):
 
 _KILLED_PUBLISH = """
 import json, sys, time
-from npimage import pipeline, warehouse
-from npimage.runs import RunContext
+from npimage import pipeline
+from npimage.storage import warehouse
+from npimage.storage.runs import RunContext
 
 def hang():
     print("in transaction", flush=True)
@@ -331,7 +333,7 @@ def test_two_clients_at_once_do_not_interfere(small_demo, reference, tmp_path):
     assert _warehouse(tmp_path / "data", "beta") == _warehouse(solo, "beta")
 
 
-# -- one run per client at a time: npimage.locks ---------------------------------------------
+# -- one run per client at a time: npimage.storage.locks ------------------------------------------
 
 def test_second_run_of_a_client_is_refused_naming_the_run_in_flight(tmp_path):
     first = locks.acquire(tmp_path / "acme", "acme", "run-1")
@@ -349,7 +351,7 @@ def test_second_run_of_a_client_is_refused_naming_the_run_in_flight(tmp_path):
 _HOLD = """
 import sys, time
 from pathlib import Path
-from npimage import locks
+from npimage.storage import locks
 lock = locks.acquire(Path(sys.argv[1]), "acme", sys.argv[2])  # held while referenced
 print("held", flush=True)
 time.sleep(600)

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 from conftest import dataset
 
-from npimage import fitting
-from npimage.scoring import (
+from npimage.matching.scoring import (
     DEFAULT_SOURCE,
     DEFAULT_WEIGHTS_FILE,
     IDENTITY,
@@ -22,6 +21,7 @@ from npimage.scoring import (
     Weights,
     load_weights,
 )
+from npimage.quality import fitting
 
 BANDS = {"same": 0.99, "retouched": 0.95}
 
@@ -304,8 +304,8 @@ PDQ_RETOUCHED = ("bridge-mods/blur-a-little.jpg", "bridge-mods/sharpen-a-little.
 
 
 def _hashes(paths) -> np.ndarray:
-    from npimage.decode import decode
-    from npimage.hashing import image_hashes
+    from npimage.ingest.decode import decode
+    from npimage.matching.hashing import image_hashes
 
     return np.array([image_hashes(decode(p.read_bytes(), 250_000_000).rgb) for p in paths],
                     np.int64).view(np.uint64)

@@ -31,7 +31,7 @@ from conftest import dataset
 from PIL import Image, ImageDraw
 
 from npimage.config import Settings
-from npimage.decode import MAX_BYTES, ImageError, decode, read_bytes
+from npimage.ingest.decode import MAX_BYTES, ImageError, decode, read_bytes
 from npimage.pipeline import settings_context
 from npimage.runner import run_pipeline
 from npimage.schemas import CATALOG
@@ -275,7 +275,7 @@ def test_pillow_global_limit_does_not_refuse_valid_pictures_under_ours():
 _PEAK_SCRIPT = """
 import json, sys
 from pathlib import Path
-from npimage.signatures import compute_batch
+from npimage.ingest.signatures import compute_batch
 
 def peak_mib():
     status = Path("/proc/self/status").read_text().splitlines()
@@ -545,7 +545,7 @@ def test_abandoned_hanging_read_does_not_keep_the_process_alive(tmp_path):
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
     code = ("import fsspec, sys\n"
-            "from npimage.decode import read_bytes, ImageError\n"
+            "from npimage.ingest.decode import read_bytes, ImageError\n"
             "class Hang(fsspec.AbstractFileSystem):\n"
             "    def _open(self, path, mode='rb', **kw):\n"
             f"        open({str(fifo)!r}, 'rb')  # blocks: nobody writes\n"

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from npimage.config import Settings
-from npimage.nearest import current_run, format_result, nearest
+from npimage.matching.nearest import current_run, format_result, nearest
 from npimage.pipeline import settings_context
 from npimage.runner import run_pipeline
 

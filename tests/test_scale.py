@@ -1,6 +1,6 @@
 """compare at scale, checked small: the candidate scan and both scoring paths vs brute force.
 
-The brute force here shares no code with npimage.compare's candidate generation: every
+The brute force here shares no code with npimage.matching.compare's candidate generation: every
 pair is scored with Scorer.score on the full distance matrix (cosines by a matrix
 product), then top-k by (score desc, catalogue row asc).
 """
@@ -16,9 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from npimage import compare as cmp
-from npimage.kernels import cosines
-from npimage.scoring import Scorer, load_weights
+from npimage.matching import compare as cmp
+from npimage.matching.kernels import cosines
+from npimage.matching.scoring import Scorer, load_weights
 
 #: The POC's weights and hash calibration (knots at the bands' limits: 32, 22, 16, 11 and
 #: 4 bits), written out in full so that these tests do not depend on the shipped defaults.

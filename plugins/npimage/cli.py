@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from npimage.config import BANDS, Settings
-from npimage.locks import RunInProgress
-from npimage.runs import MODES, new_run_id
+from npimage.storage.locks import RunInProgress
+from npimage.storage.runs import MODES, new_run_id
 
 log = logging.getLogger("npimage")
 
@@ -158,8 +158,9 @@ def run_dag(conf: dict[str, Any], data_dir: Path) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from npimage.demo import build_demo_catalogue
-    from npimage.evaluate import planted_found
+    from npimage_demo.catalogue import build_demo_catalogue
+
+    from npimage.quality.evaluate import planted_found
 
     settings = _settings(args)
     data_dir = settings.data_dir
@@ -191,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
     """The summary.json of the client's last published run (written by publish)."""
-    from npimage.runs import safe_name
+    from npimage.storage.runs import safe_name
 
     client_dir = settings.data_dir / "clients" / safe_name(client_id)
     run_id = json.loads((client_dir / "current.json").read_text())["run_id"]
@@ -204,7 +205,7 @@ def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from npimage.report import render_report
-    from npimage.runs import safe_name
+    from npimage.storage.runs import safe_name
 
     settings = _settings(args)
     out = settings.data_dir / "reports" / safe_name(args.client)
@@ -214,7 +215,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_weights(args: argparse.Namespace) -> int:
-    from npimage.fitting import FitOptions, fit_weights, format_metrics
+    from npimage.quality.fitting import FitOptions, fit_weights, format_metrics
 
     if not 0 < args.step <= 0.5 or abs(round(1 / args.step) * args.step - 1) > 1e-9:
         raise ValueError("--step must divide 1 (0.05, 0.1, 0.25...)")
@@ -229,7 +230,7 @@ def cmd_fit_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from npimage.evaluate import evaluate, format_evaluation, load_truth
+    from npimage.quality.evaluate import evaluate, format_evaluation, load_truth
 
     settings = _settings(args)
     result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))
@@ -238,7 +239,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_nearest(args: argparse.Namespace) -> int:
-    from npimage.nearest import format_result, nearest
+    from npimage.matching.nearest import format_result, nearest
 
     result = nearest(args.image, args.client, data_dir=_settings(args).data_dir,
                      top_k=args.top_k, threshold=args.threshold)

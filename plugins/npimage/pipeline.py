@@ -23,19 +23,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from npimage import compare as cmp
 from npimage.config import BANDS, Settings
-from npimage.extract import extract_catalog
 from npimage.fv import FeatureExtractor, load_extractor
-from npimage.merge import merge_image_matches, roll_up_products
-from npimage.parquet_io import read_parts, read_table, write_table
-from npimage.plan import plan_batches
+from npimage.ingest.extract import extract_catalog
+from npimage.ingest.plan import plan_batches
+from npimage.ingest.signatures import compute_batch
+from npimage.matching import compare as cmp
+from npimage.matching.merge import merge_image_matches, roll_up_products
+from npimage.matching.scoring import Scorer, load_weights
 from npimage.progress import Progress
-from npimage.runs import RunContext, atomic_write_text
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
-from npimage.scoring import Scorer, load_weights
-from npimage.signatures import compute_batch
-from npimage.warehouse import publish as publish_warehouse
+from npimage.storage.parquet_io import read_parts, read_table, write_table
+from npimage.storage.runs import RunContext, atomic_write_text
+from npimage.storage.warehouse import publish as publish_warehouse
 
 log = logging.getLogger("npimage")
 

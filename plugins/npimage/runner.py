@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from npimage import pipeline
-from npimage.locks import client_run_lock
-from npimage.runs import RunContext
+from npimage.storage.locks import client_run_lock
+from npimage.storage.runs import RunContext
 
 log = logging.getLogger("npimage")
 
@@ -39,7 +39,7 @@ def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = Tru
                  ) -> dict[str, Any]:
     """Every stage of a run; returns the run summary (see pipeline.summary).
 
-    The client's run lock (npimage.locks) is held throughout: a second run of the same
+    The client's run lock (npimage.storage.locks) is held throughout: a second run of the same
     client is refused with RunInProgress before it writes anything.
     """
     with client_run_lock(ctx.client_dir, ctx.client_id, ctx.run_id):

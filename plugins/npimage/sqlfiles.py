@@ -1,7 +1,7 @@
-"""SQL kept in `sql/<dialect>/<name>.sql`, loaded by name.
+"""SQL kept in `npimage/sql/<dialect>/<name>.sql` (package data), loaded by name.
 
-The `sql/` folder sits beside `plugins/` in the project; NPIMAGE_SQL_DIR overrides it for
-deployments that lay files out differently.
+The folder ships inside the package, so an installed wheel finds it; NPIMAGE_SQL_DIR
+overrides it for deployments that lay files out differently.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-_DEFAULT_DIR = Path(__file__).resolve().parents[2] / "sql"
+_DEFAULT_DIR = Path(__file__).resolve().parent / "sql"
 
 
 def sql_dir() -> Path:

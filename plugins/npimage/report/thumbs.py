@@ -20,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from npimage.config import Settings
-from npimage.decode import ImageError, decode, read_bytes
+from npimage.ingest.decode import ImageError, decode, read_bytes
 from npimage.report.data import ImageRow
 
 THUMB_DIR = "thumbs"

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npimage.config import BANDS
-from npimage.warehouse import connect_readonly
+from npimage.storage.warehouse import connect_readonly
 
 _BAND_RANK = {name: i for i, (name, _) in enumerate(BANDS)}
 _NEGATIVE_LABELS = {"0", "false", "no", "n", "different", "negative", ""}

@@ -14,11 +14,11 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from npimage.compare import MATCH_COLUMNS
 from npimage.config import BANDS
-from npimage.parquet_io import read_table, write_table
+from npimage.matching.compare import MATCH_COLUMNS
 from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES, SIGNATURES
 from npimage.sqlfiles import load_sql, run_script
+from npimage.storage.parquet_io import read_table, write_table
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from npimage.parquet_io import write_table
 from npimage.schemas import CATALOG, REJECTS
+from npimage.storage.parquet_io import write_table
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}

@@ -7,7 +7,7 @@ construction, and tests/test_scale.py checks it against brute force):
 - hashes: the scorer's lookup tables and the threshold bound the hash distances a
   qualifying pair can have, including the most the FV term could add (`hash_bound`).
   Every N x M pair is tested against that bound: XOR + popcount of the packed hashes in
-  a compiled scan (npimage.kernels, ~1.6 billion pairs/s per core), or in NumPy for a
+  a compiled scan (npimage.matching.kernels, ~1.6 billion pairs/s per core), or in NumPy for a
   small block such as one image against a catalogue;
 - the candidates are scored exactly (`pair_scores`: the lookup tables, plus the cosine
   of the two feature vectors, computed for those pairs only), and pairs >= threshold kept.
@@ -40,8 +40,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from npimage.hashing import HASH_BITS
-from npimage.scoring import Scorer
+from npimage.matching.hashing import HASH_BITS
+from npimage.matching.scoring import Scorer
 
 #: Scores are rounded to this many decimals so that ties are exact across block shapes.
 SCORE_DECIMALS = 6
@@ -200,7 +200,7 @@ def score_block(q: SignatureArrays, c: SignatureArrays, scorer: Scorer) -> np.nd
 def pair_cosines(qfv: np.ndarray, cfv: np.ndarray, qi: np.ndarray, ci: np.ndarray
                  ) -> np.ndarray:
     """float32 cosines of the pairs (qfv[qi], cfv[ci]), read from the stored rows (compiled)."""
-    from npimage.kernels import cosines  # Numba: imported when first needed
+    from npimage.matching.kernels import cosines  # Numba: imported when first needed
 
     return cosines(qfv, cfv, qi, ci)
 
@@ -316,7 +316,7 @@ def hash_candidates(q_hashes: np.ndarray, c_hashes: np.ndarray, bound: HashBound
     if method == "numpy" or (method == "auto" and nq * nc <= NUMPY_SCAN_PAIRS):
         found = _scan_numpy(q_hashes, c_hashes, bound)
         return found if len(found[0]) <= capacity else None
-    from npimage.kernels import GROUP, scan_pairs  # Numba: imported when first needed
+    from npimage.matching.kernels import GROUP, scan_pairs  # Numba: imported when first needed
 
     padded = -(-nq // GROUP) * GROUP
     q = np.empty((3, padded), np.uint64)
@@ -462,7 +462,10 @@ def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
     DENSE_PER_QUERY of them per query is reduced to its top-k by matrix operations
     instead. Either way the selected pairs are re-scored exactly by pair_scores.
     """
-    from npimage.kernels import dense_select, half_cosine_matrix  # Numba: when first needed
+    from npimage.matching.kernels import (  # Numba: when first needed
+        dense_select,
+        half_cosine_matrix,
+    )
 
     fv = scorer.use_fv and q.fv is not None and c.fv is not None
     few = fv and len(q) <= FEW_QUERIES and q.fv.dtype == c.fv.dtype == np.float16

@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 
 from npimage.config import BANDS
-from npimage.hashing import HASH_BITS
+from npimage.matching.hashing import HASH_BITS
 
 COMPONENTS = ("dah", "ddh", "dph", "dfv")
 HASH_COMPONENTS = ("dah", "ddh", "dph")
 
 #: The weights file shipped with the package (npimage fit-weights wrote it).
-DEFAULT_WEIGHTS_FILE = Path(__file__).with_name("weights") / "default.json"
+DEFAULT_WEIGHTS_FILE = Path(__file__).resolve().parents[1] / "weights" / "default.json"
 DEFAULT_SOURCE = "built-in defaults (npimage/weights/default.json)"
 
 Curve = tuple[tuple[float, float], ...]

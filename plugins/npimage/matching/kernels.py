@@ -25,7 +25,7 @@ depend on the path that found it.
 block (cosines from one BLAS matrix product) whose score bound reaches the threshold,
 ~3 ns a pair where NumPy's matrix expressions take ~50.
 
-This module imports Numba, so npimage.compare imports it only when first needed;
+This module imports Numba, so npimage.matching.compare imports it only when first needed;
 compiled code is cached on disk (cache=True) next to this file or in Numba's user cache
 dir (NUMBA_CACHE_DIR).
 """

@@ -18,11 +18,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from npimage.decode import ImageError, decode, read_bytes
 from npimage.fv import FeatureExtractor
-from npimage.hashing import image_hashes
-from npimage.parquet_io import read_parts, read_table, write_table
+from npimage.ingest.decode import ImageError, decode, read_bytes
+from npimage.matching.hashing import image_hashes
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
+from npimage.storage.parquet_io import read_parts, read_table, write_table
 
 #: Images embedded per model call: bounds the memory of decoded pictures held for FV.
 FV_CHUNK = 64

@@ -56,8 +56,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from npimage.config import BANDS
-from npimage.hashing import HASH_BITS
-from npimage.scoring import COMPONENTS, HASH_COMPONENTS, Curve, Scorer, Weights, dumps
+from npimage.matching.hashing import HASH_BITS
+from npimage.matching.scoring import COMPONENTS, HASH_COMPONENTS, Curve, Scorer, Weights, dumps
 
 BAND_NAMES = tuple(name for name, _ in BANDS)
 BAND_LOWER = dict(BANDS)
@@ -137,7 +137,7 @@ class Labelled:
 
 def run_files(data_dir: Path, client_id: str) -> tuple[str, Path]:
     """(run_id, run folder) of the client's last published run."""
-    from npimage.runs import safe_name
+    from npimage.storage.runs import safe_name
 
     client_dir = Path(data_dir) / "clients" / safe_name(client_id)
     pointer = client_dir / "current.json"
@@ -194,7 +194,7 @@ def read_truth_rows(path: Path) -> tuple[str, list[dict[str, str]]]:
 
 def labelled_set(sigs: pa.Table, products: dict[str, str], truth: Path) -> Labelled:
     """Join a run's signatures with a truth file (see the module docstring)."""
-    from npimage.compare import arrays_from_table, unit_rows
+    from npimage.matching.compare import arrays_from_table, unit_rows
 
     fmt, rows = read_truth_rows(truth)
     use_fv = sigs.num_rows > 0 and sigs["fv"].null_count == 0

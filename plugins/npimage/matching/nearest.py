@@ -2,7 +2,7 @@
 
 The picture goes through what the signature stage does to every catalogue image (one
 read, sha256 + size, one decode, the three hashes, and the feature vector when that run
-used FV, with the same model), then through npimage.compare against the run's signature
+used FV, with the same model), then through npimage.matching.compare against the run's signature
 shards, with the run's weights and threshold: so a picture that is in the catalogue
 scores exactly what the run scored, and an identical file scores 1.0.
 """
@@ -20,14 +20,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from npimage import compare as cmp
 from npimage.config import Settings
-from npimage.decode import ImageError, decode, read_bytes
-from npimage.hashing import image_hashes
-from npimage.parquet_io import read_parts
-from npimage.runs import RunContext, safe_name
+from npimage.ingest.decode import ImageError, decode, read_bytes
+from npimage.matching import compare as cmp
+from npimage.matching.hashing import image_hashes
+from npimage.matching.scoring import Scorer, band_codes, load_weights
 from npimage.schemas import SIGNATURES
-from npimage.scoring import Scorer, band_codes, load_weights
+from npimage.storage.parquet_io import read_parts
+from npimage.storage.runs import RunContext, safe_name
 
 #: Columns of the result, best first.
 COLUMNS = ("rank", "image_id", "product_id", "score", "band", "dah", "ddh", "dph", "dfv",

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from npimage.parquet_io import read_parts, read_table, write_table
 from npimage.schemas import CATALOG, SIGNATURES
+from npimage.storage.parquet_io import read_parts, read_table, write_table
 
 
 @dataclass(frozen=True)

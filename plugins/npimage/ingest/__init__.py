@@ -1,0 +1,1 @@
+"""Ingest: catalogue extraction, incremental planning, decoding and per-image signatures."""

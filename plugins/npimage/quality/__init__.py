@@ -1,0 +1,1 @@
+"""Quality: evaluation against truth files and fitting of the score's weights."""

@@ -1,0 +1,1 @@
+"""Storage: the run folder layout, Parquet I/O, locks and the DuckDB warehouse."""
