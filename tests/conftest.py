@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from pg import pg_backend, pg_dsn  # noqa: F401 - PostgreSQL fixtures for every test module
+from s3 import s3_bucket, s3_server  # noqa: F401 - a moto S3 server for object-storage tests
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ROOT.parent / "shared" / "datasets"
@@ -49,3 +50,18 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory):
     from npimage_demo.catalogue import build_demo_catalogue
 
     return build_demo_catalogue(tmp_path_factory.mktemp("demo"), n_products=30, seed=7)
+
+
+@pytest.fixture(params=["local", "s3"])
+def data_dir(request: pytest.FixtureRequest, tmp_path: Path,
+             monkeypatch: pytest.MonkeyPatch) -> str:
+    """A data dir, once a local folder and once `s3://` on the moto server.
+
+    The s3 variant shares its locks through PostgreSQL (NPIMAGE_STATE_DSN), as every
+    deployment whose data dir is on an object store must.
+    """
+    if request.param == "local":
+        return str(tmp_path / "data")
+    bucket = request.getfixturevalue("s3_bucket")
+    monkeypatch.setenv("NPIMAGE_STATE_DSN", request.getfixturevalue("pg_dsn"))
+    return f"{bucket}/data"

@@ -11,6 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from npimage.storage.store import is_remote, location, scratch_dir
+
 #: Lower bounds of the score bands, best first (the POC's meaning of each band).
 BANDS: tuple[tuple[str, float], ...] = (
     ("same", 0.99),  # same image: copy, recompression, resize
@@ -30,7 +32,8 @@ def _env(name: str, default: str) -> str:
 class Settings:
     """Everything a run needs to know besides its client and source."""
 
-    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "data")))
+    #: A local folder (Path) or an fsspec URL such as s3://bucket/npimage (UPath).
+    data_dir: Path = field(default_factory=lambda: location(_env("DATA_DIR", "data")))
     fv: bool = field(default_factory=lambda: _env("FV", "1") not in ("0", "false", "no"))
     fv_model: str = field(default_factory=lambda: _env("FV_MODEL", DEFAULT_FV_MODEL))
     weights_file: str | None = field(default_factory=lambda: os.environ.get("NPIMAGE_WEIGHTS"))
@@ -45,17 +48,24 @@ class Settings:
 
     @property
     def warehouse_path(self) -> Path:
+        """warehouse.duckdb (views for SQL tools; `storage.warehouse.connect` takes it too)."""
         return self.data_dir / "warehouse.duckdb"
 
     @property
     def model_cache(self) -> Path:
+        """Downloaded model weights: under a local data dir, else in this worker's scratch."""
+        override = os.environ.get("NPIMAGE_MODEL_CACHE")
+        if override:
+            return Path(override)
+        if is_remote(self.data_dir):
+            return scratch_dir() / "models"
         return self.data_dir / "models"
 
     def with_overrides(self, **kwargs: object) -> Settings:
         """A copy with the non-None keyword arguments applied."""
         clean = {k: v for k, v in kwargs.items() if v is not None}
         if "data_dir" in clean:
-            clean["data_dir"] = Path(str(clean["data_dir"]))
+            clean["data_dir"] = location(str(clean["data_dir"]))
         return replace(self, **clean)
 
 
