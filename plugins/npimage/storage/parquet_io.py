@@ -101,5 +101,5 @@ def read_parts(folder: Location, schema: pa.Schema, pattern: str = "*.parquet",
     fs, _ = arrow(files[0])
     dataset = ds.dataset([arrow(p)[1] for p in files], schema=schema, format="parquet",
                          filesystem=fs)
-    flt = ds.field("image_id").isin(ids) if ids is not None else None
+    flt = ds.field("image_id").isin(pa.array(ids, pa.string())) if ids is not None else None
     return dataset.to_table(columns=names, filter=flt)

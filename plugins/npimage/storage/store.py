@@ -131,6 +131,52 @@ def scratch_dir() -> Path:
 
 
 @contextmanager
+def local_copy(path: Location | None) -> Iterator[Path | None]:
+    """`local_file` that passes None through (an optional input)."""
+    if path is None:
+        yield None
+        return
+    with local_file(path) as local:
+        yield local
+
+
+@contextmanager
+def local_output(path: Location) -> Iterator[Path]:
+    """A local path to write a file to, for libraries that only write local files.
+
+    Local: `path` itself. Remote: a scratch file, uploaded to `path` in one PUT when the
+    block ends without error, and deleted either way.
+    """
+    if not is_remote(path):
+        yield Path(path)
+        return
+    folder = Path(tempfile.mkdtemp(dir=scratch_dir(), prefix="up-"))
+    try:
+        local = folder / path.name
+        yield local
+        if local.exists():
+            path.fs.put_file(str(local), path.path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def local_output_dir(path: Location) -> Iterator[Path]:
+    """A local folder to write into: `path` itself when local, else a scratch folder whose
+    files are uploaded under `path` when the block ends without error."""
+    if not is_remote(path):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        yield Path(path)
+        return
+    folder = Path(tempfile.mkdtemp(dir=scratch_dir(), prefix="updir-"))
+    try:
+        yield folder
+        upload_tree(folder, path)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
 def local_file(path: Location) -> Iterator[Path]:
     """A local path holding the file's bytes, for libraries that only read local files.
 

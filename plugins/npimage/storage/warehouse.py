@@ -181,6 +181,14 @@ def connect_readonly(target: str | os.PathLike[str]) -> duckdb.DuckDBPyConnectio
     return connect(target)
 
 
+def display(data_dir: str | os.PathLike[str]) -> str:
+    """How to name the warehouse to a user: the DuckDB file, or the data dir's URL."""
+    root = location(data_dir)
+    if is_remote(root):
+        return f"{root} (npimage.storage.warehouse.connect)"
+    return str(Path(root, WAREHOUSE_FILE).resolve())
+
+
 def refresh_file(layout: Layout, attempts: int = 5) -> bool:
     """Rebuild `warehouse.duckdb` (local data dir) so its views match the pointers.
 
