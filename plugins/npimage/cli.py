@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from npimage.config import BANDS, Settings
+from npimage.errors import UserError
 from npimage.storage.locks import RunInProgress
 from npimage.storage.runs import MODES, new_run_id
 
@@ -258,6 +259,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"npimage: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (FileNotFoundError, ValueError) as exc:
         print(f"npimage: error: {exc}", file=sys.stderr)
         return 2
