@@ -23,7 +23,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from npimage.config import BANDS, Settings
+from npimage.bands import LABELS
+from npimage.config import Settings
 from npimage.fv import FeatureExtractor, load_extractor
 from npimage.ingest.consolidate import all_signatures, batch_outputs, shard_rows, write_shards
 from npimage.ingest.extract import extract_catalog
@@ -222,7 +223,7 @@ def merge(ctx: RunContext) -> dict[str, int]:
     images = merge_image_matches(
         match_files, baseline / "image_matches.parquet" if baseline else None,
         ctx.path("queries.parquet"), ctx.run_dir / "signatures", ctx.path("image_matches.parquet"),
-        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k)
+        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k, threshold=ctx.threshold)
     products = roll_up_products(ctx.path("image_matches.parquet"), ctx.path("catalog.parquet"),
                                 ctx.path("product_matches.parquet"), client_id=ctx.client_id,
                                 run_id=ctx.run_id)
@@ -238,7 +239,7 @@ def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
     t = t.filter(pc.less(a, b))
     counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(t["band"]).flatten()],
                       strict=True)) if t.num_rows else {}
-    return {name: counts.get(name, 0) for name, _ in BANDS}
+    return {name: counts.get(name, 0) for name in LABELS}
 
 
 def _signature_counts(ctx: RunContext) -> dict[str, int]:
