@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from npimage.backend.arrowpg import copy_parquet
 from npimage.backend.connection import Db, connection, transaction
-from npimage.config import BANDS
+from npimage.bands import bands_table
 from npimage.schemas import CATALOG
 from npimage.sqlfiles import load_sql, migrations, schema_version
 
@@ -26,7 +26,7 @@ def apply_schema(db: Db) -> int:
     Absent tables are created from schema.sql (version 1, the release of commit 3b8234e);
     then every migration sql/postgres/migrations/NNNN_*.sql above the recorded version runs
     in order, in place, in the same transaction, under an advisory lock (racing processes
-    migrate once). npimage_band is set from config.BANDS.
+    migrate once). npimage_band is set from npimage.bands (every label, `weak` last).
 
     Idempotent, and safe while loads run: once the tables exist at the current version it
     runs no DDL (which would lock the tables that loads write).
@@ -45,9 +45,10 @@ def apply_schema(db: Db) -> int:
                     cur.execute(load_sql("postgres", "schema_version_set"), {"version": number})
             if version < latest:
                 log.info("backend tables at schema version %d (were %d)", latest, version)
-        for rank, (band, lower) in enumerate(BANDS, start=1):
+        table = bands_table().to_pylist()  # the named bands, then `weak` (lower 0)
+        for rank, row in enumerate(table, start=1):
             cur.execute(load_sql("postgres", "band_upsert"),
-                        {"band": band, "lower_bound": lower, "rank": rank})
+                        {"band": row["band"], "lower_bound": row["lower"], "rank": rank})
     return latest
 
 

@@ -53,7 +53,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from npimage.config import BANDS
+from npimage.bands import BANDS
 from npimage.matching.hashing import HASH_BITS
 from npimage.matching.scoring import COMPONENTS, HASH_COMPONENTS, Curve, Scorer, Weights, dumps
 
