@@ -240,6 +240,35 @@ def _entry(layout: Layout, files: list[Location]) -> dict[str, Any]:
     return {"files": [layout.relative(f) for f in files], "columns": column_names(files[0])}
 
 
+def check_files(data_dir: str | os.PathLike[str], client_id: str,
+                tables: dict[str, list[Location]]) -> None:
+    """Refuse files a reader could not use as the table (ValueError naming the fault).
+
+    A publish only names files, so it checks what loading them used to check: every
+    column the table defines has the table's type (read from the Parquet footers), and
+    every row belongs to `client_id` (one column read).
+    """
+    con = duckdb.connect()
+    try:
+        register_store(con, location(data_dir))
+        for table, files in tables.items():
+            want = dict(table_columns()[table])
+            names = [str(location(f)) for f in files]
+            for name in names:
+                got = con.execute("DESCRIBE SELECT * FROM read_parquet($f)", {"f": name}).fetchall()
+                wrong = [f"{c} is {t}, the table wants {want[c]}" for c, t, *_ in got
+                         if c in want and t != want[c]]
+                if wrong:
+                    raise ValueError(f"{table}: {name}: {'; '.join(wrong)}")
+            other = con.execute("SELECT count(*) FROM read_parquet($f) WHERE client_id IS "
+                                "DISTINCT FROM $c", {"f": names, "c": client_id}).fetchall()
+            if other[0][0]:
+                raise ValueError(f"{table}: {other[0][0]} row(s) whose client_id is not "
+                                 f"{client_id!r} in {names[:3]}")
+    finally:
+        con.close()
+
+
 def publish(data_dir: str | os.PathLike[str], client_id: str, run_id: str,
             tables: dict[str, list[Location]], run: dict[str, Any],
             around_commit: Callable[[Callable[[], None]], None] | None = None,
@@ -265,6 +294,7 @@ def publish(data_dir: str | os.PathLike[str], client_id: str, run_id: str,
         raise ValueError(f"not warehouse tables: {sorted(unknown)} (add a migration first)")
     if not is_remote(layout.root):
         migrate(layout.root)
+    check_files(data_dir, client_id, tables)
     pointer_path = layout.pointer(client_id)
     previous = read_json(pointer_path)
     published_at = datetime.now(UTC)
