@@ -322,7 +322,7 @@ def main() -> int:
                   "reader_snapshots": stats["snapshots"], "reader_errors": stats["errors"],
                   "reader_mixed": stats["mixed"], "seconds": round(elapsed, 1),
                   "machine": f"{platform.machine()} {os.cpu_count()} cpu",
-                  "load_before": os.getloadavg()[0]}
+                  "load_1min_at_end": round(os.getloadavg()[0], 1)}
         print(f"publishes attempted {totals['attempted']}, failed {totals['failed']}, "
               f"runs killed {totals['killed']}, rows lost {totals['lost']}, rounds where "
               f"warehouse != backend {totals['mismatch_rounds']}, reader snapshots "

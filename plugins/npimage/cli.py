@@ -168,14 +168,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from npimage_demo.catalogue import build_demo_catalogue
 
     from npimage.quality.evaluate import planted_found
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import is_remote, scratch_dir, upload_tree
 
     settings = _settings(args)
     data_dir = settings.data_dir
-    demo = build_demo_catalogue(data_dir / "demo_catalogue", n_products=args.products)
+    target = Layout.of(data_dir).demo_dir
+    local = scratch_dir() / "demo_catalogue" if is_remote(target) else Path(target)
+    demo = build_demo_catalogue(local, n_products=args.products)
+    source = str(demo.manifest.resolve())
+    if is_remote(target):  # every worker must read it: the demo goes beside the data dir
+        upload_tree(local, target)
+        source = f"{target}/{demo.manifest.name}"
     print(f"demo catalogue: {demo.n_images} images, {demo.n_planted} planted duplicates "
-          f"-> {demo.manifest}")
+          f"-> {source}")
     if args.airflow:
-        conf = {"client_id": args.client, "source": str(demo.manifest.resolve()),
+        conf = {"client_id": args.client, "source": source,
                 "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
                 "threshold": settings.threshold}
         run_dag(conf, data_dir)
@@ -184,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from npimage.pipeline import settings_context
         from npimage.runner import run_pipeline
 
-        ctx = settings_context(args.client, str(demo.manifest), new_run_id(), settings)
+        ctx = settings_context(args.client, source, new_run_id(), settings)
         info = run_pipeline(ctx, workers=args.workers)
     print_summary(info)
     print("\nplanted duplicates (pair original <-> copy found in both directions):")
