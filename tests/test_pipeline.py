@@ -150,3 +150,19 @@ def test_fv_run_records_the_model_and_reuses_vectors(small_demo, tmp_path):
     again = run_pipeline(settings_context("fv", str(small_demo.manifest), "f2", settings,
                                           mode="incremental"), workers=1, report=False)
     assert again["signatures_computed"] == 0
+
+
+def test_report_and_evaluate_read_the_data_dir(first_run, small_demo):
+    """The report and `npimage evaluate` read the warehouse of either data dir; an s3://
+    report is uploaded beside the run files."""
+    from npimage import pipeline
+    from npimage.quality.evaluate import evaluate, load_truth
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import location
+
+    data, info = first_run
+    ctx = _ctx(data, small_demo.manifest, info["run_id"])
+    index = pipeline.report(ctx)
+    assert index == str(Layout.of(data).report_dir("acme") / "index.html")
+    assert "<html" in location(index).read_text().lower()
+    assert evaluate(data, "acme", load_truth(small_demo.truth)) is not None
