@@ -163,7 +163,7 @@ class ClientLock:
                 self._fh.close()
                 self._fh = None
             return mine
-        return _file_release(self.path.parent, self.holder.run_id)
+        return _file_release(Path(self.path).parent, self.holder.run_id)
 
 
 def _open_locked(path: Path, client_id: str, run_id: str) -> IO[str]:

@@ -56,7 +56,8 @@ def location(value: str | os.PathLike[str]) -> Location:
 
         scheme = text.split("://", 1)[0]
         # Other hosts write the same store: never answer from a stale directory listing.
-        options = {"use_listings_cache": False} if scheme in _LISTING_CACHES else {}
+        options: dict[str, Any] = ({"use_listings_cache": False}
+                                   if scheme in _LISTING_CACHES else {})
         return UPath(text, **options)
     return Path(text)
 

@@ -302,7 +302,7 @@ def publish(data_dir: str | os.PathLike[str], client_id: str, run_id: str,
     write_table(_history_row(run, published_at), history)
     old_history = [h for h in (previous or {}).get("history", [])
                    if h != layout.relative(history)]
-    pointer = {
+    pointer: dict[str, Any] = {
         "run_id": run_id,
         "schema_version": schema_version(),
         "published_at": published_at.isoformat(),
@@ -359,7 +359,7 @@ def _is_legacy(path: Path) -> bool:
     try:
         return bool(con.execute(
             "SELECT count(*) FROM information_schema.tables WHERE table_name = 'images' "
-            "AND table_type = 'BASE TABLE'").fetchone()[0])
+            "AND table_type = 'BASE TABLE'").fetchall()[0][0])
     finally:
         con.close()
 
