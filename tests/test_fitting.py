@@ -235,10 +235,8 @@ def test_pairs_truth_gives_explicit_negatives(demo_run, small_demo, tmp_path):
 
 def test_cli_fit_weights_writes_a_weights_file_the_run_reads(demo_run, small_demo, tmp_path,
                                                              capsys):
-    from npimage.cli import COMMANDS, main
+    from npimage.cli import main
 
-    if "fit-weights" not in COMMANDS:
-        pytest.skip("npimage fit-weights is not wired into the CLI yet")
     out = tmp_path / "fitted.json"
     code = main(["fit-weights", "--client", "fit", "--truth", str(small_demo.truth),
                  "--data-dir", str(demo_run), "--out", str(out), "--step", "0.1"])
@@ -247,6 +245,27 @@ def test_cli_fit_weights_writes_a_weights_file_the_run_reads(demo_run, small_dem
     assert json.loads(out.read_text())["fit"]["options"]["step"] == 0.1
     assert main(["fit-weights", "--client", "fit", "--truth", str(small_demo.truth),
                  "--data-dir", str(demo_run), "--step", "0.3"]) == 2
+
+
+def test_an_unknown_label_is_the_same_clear_error_for_fitting_and_evaluate(demo_run, small_demo,
+                                                                          tmp_path):
+    """Was: evaluate counted an unknown label as a positive, fit-weights refused it."""
+    from npimage.errors import TruthFileError
+    from npimage.quality.evaluate import load_truth
+
+    rows = [r for r in csv.DictReader(small_demo.truth.open()) if r["expected_band"]][:3]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image_id,match_image_id,label\n" + "".join(
+        f"{r['group_id']},{r['image_id']},{label}\n"
+        for r, label in zip(rows, ("same", "1", "maybe"), strict=True)))
+    sigs, products, _ = fitting.read_run(demo_run, "fit")
+    for read in (lambda: fitting.labelled_set(sigs, products, pairs), lambda: load_truth(pairs)):
+        with pytest.raises(TruthFileError, match=r"pairs.csv:4: unknown label 'maybe'"):
+            read()
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image_id,group_id,expected_band\na,g,same\nb,g,nearly\n")
+    with pytest.raises(TruthFileError, match=r"groups.csv:3: unknown expected_band 'nearly'"):
+        fitting.labelled_set(sigs, products, groups)
 
 
 def test_truth_with_a_bad_header_is_refused(demo_run, tmp_path):

@@ -31,8 +31,10 @@ class UserError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
-class InputError(UserError):
-    """Bad input: a source, manifest, truth file or argument that cannot be used."""
+class InputError(UserError, ValueError):
+    """Bad input: a source, manifest, truth file or argument that cannot be used.
+
+    Also a ValueError, so code that catches bad values catches it too."""
 
 
 class EmptySourceError(InputError):

@@ -336,8 +336,15 @@ def report(ctx: RunContext) -> str:
 
 def settings_context(client_id: str, source: str, run_id: str, settings: Settings,
                      mode: str = "full", backend: str | None = None) -> RunContext:
-    """A RunContext from settings (CLI and DAG share this)."""
+    """A RunContext from settings (CLI and DAG share this).
+
+    Everything a worker needs is read here, once: workers use ctx.settings, which takes
+    these values from the context and never reads the environment again for them.
+    """
     return RunContext(client_id=client_id, run_id=run_id, source=str(source), mode=mode,
                       data_dir=str(settings.data_dir), fv=settings.fv, fv_model=settings.fv_model,
                       top_k=settings.top_k, threshold=settings.threshold,
-                      weights_file=settings.weights_file, backend=backend)
+                      weights_file=settings.weights_file, backend=backend,
+                      batch_size=settings.batch_size, shard_size=settings.shard_size,
+                      block_size=settings.block_size, max_pixels=settings.max_pixels,
+                      read_timeout=settings.read_timeout)

@@ -25,6 +25,8 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
@@ -43,9 +45,12 @@ FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 #: Largest file read (bytes). A bigger file is refused before it is read into memory.
 MAX_BYTES = 1 << 30
 
-# npimage checks the declared pixel count against its own, configurable limit in
-# `decode`; Pillow's fixed global limit (89 Mpx) would refuse valid pictures below it.
-Image.MAX_IMAGE_PIXELS = None
+#: Pillow keeps its decompression-bomb limit in a process global (89 Mpx, an error at
+#: twice that), which would refuse valid pictures below npimage's configurable
+#: `max_pixels`. decode() checks the header against `max_pixels` itself; Pillow's check is
+#: switched off only while Image.open reads one header, under this lock, and restored
+#: afterwards: other users of Pillow in the process keep their own setting.
+_PILLOW_LIMIT = threading.Lock()
 
 _ORIENTATION = 0x0112  # EXIF tag
 #: EXIF orientation -> the transposition that shows the picture upright.
@@ -250,10 +255,23 @@ def _sniff(data: bytes) -> str:
     return f"starts with bytes {data[:8].hex()}"
 
 
+@contextmanager
+def _without_pillow_pixel_limit() -> Iterator[None]:
+    """Pillow's own pixel limit off for the block only (see _PILLOW_LIMIT)."""
+    with _PILLOW_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Open `data` (header only) and refuse it when it declares too many pixels."""
     try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
+        with _without_pillow_pixel_limit():
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
     except Image.UnidentifiedImageError as exc:
         kind = _sniff(data)
         known = kind.removeprefix("looks like ") in FORMATS

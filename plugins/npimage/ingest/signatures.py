@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from npimage.fv import FeatureExtractor
 from npimage.ingest.decode import ImageError, decode, read_bytes
@@ -125,7 +124,3 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
     write_table(rejects.table(), out_rejects)
     return BatchResult(written - reused, reused, len(rejects.cols["image_id"]))
 
-
-def has_fv(table: pa.Table) -> pa.Array:
-    """Boolean mask of signature rows that carry a feature vector."""
-    return pc.is_valid(table["fv"])

@@ -43,7 +43,6 @@ The model (scoring.py): score = weighted mean of calibrated components. The fit:
 
 from __future__ import annotations
 
-import csv
 import itertools
 import json
 from collections.abc import Iterator
@@ -58,6 +57,7 @@ import pyarrow.parquet as pq
 from npimage.bands import BANDS
 from npimage.matching.hashing import HASH_BITS
 from npimage.matching.scoring import COMPONENTS, HASH_COMPONENTS, Curve, Scorer, Weights, dumps
+from npimage.quality.truth import TruthRows, expected_band, is_yes, pair_label, read_truth
 
 BAND_NAMES = tuple(name for name, _ in BANDS)
 BAND_LOWER = dict(BANDS)
@@ -66,8 +66,6 @@ LOWER = np.array([lower for _, lower in BANDS], np.float32)
 #: Issue targets: recall of same-image pairs in `same`, of retouched pairs at >= 0.95,
 #: top-1 product accuracy.
 TARGETS = {"same": 0.99, "retouched": 0.95, "top1": 0.95}
-_POSITIVE_WORDS = {"1", "true", "yes", "y", "duplicate", "positive"}
-_NEGATIVE_WORDS = {"0", "false", "no", "n", "different", "negative", ""}
 #: Knot levels of a curve, in order: floor (median of different products), 0.82, 0.90,
 #: 0.95, 0.99.
 EPS = 1e-4
@@ -166,37 +164,12 @@ def _codes(values: list[str | None]) -> np.ndarray:
     return np.array([index.setdefault(v, len(index)) if v else -1 for v in values], np.int64)
 
 
-def _band_index(label: str, where: str) -> int | None:
-    """Index in BAND_NAMES of a positive label, None for a negative one."""
-    word = label.strip().lower()
-    if word in BAND_NAMES:
-        return BAND_NAMES.index(word)
-    if word in _POSITIVE_WORDS:
-        return BAND_NAMES.index("retouched")
-    if word in _NEGATIVE_WORDS:
-        return None
-    raise ValueError(f"{where}: unknown label {label!r}")
-
-
-def read_truth_rows(path: Path) -> tuple[str, list[dict[str, str]]]:
-    """('groups' | 'pairs', rows) of a truth CSV."""
-    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = set(reader.fieldnames or [])
-        rows = list(reader)
-    if {"image_id", "group_id"} <= header:
-        return "groups", rows
-    if {"image_id", "match_image_id", "label"} <= header:
-        return "pairs", rows
-    raise ValueError(f"{path}: header must start with image_id,group_id or "
-                     f"image_id,match_image_id,label (got {sorted(header)})")
-
-
 def labelled_set(sigs: pa.Table, products: dict[str, str], truth: Path) -> Labelled:
     """Join a run's signatures with a truth file (see the module docstring)."""
     from npimage.matching.compare import arrays_from_table, unit_rows
 
-    fmt, rows = read_truth_rows(truth)
+    truth_rows = read_truth(truth)
+    fmt, rows = truth_rows.kind, truth_rows.rows
     use_fv = sigs.num_rows > 0 and sigs["fv"].null_count == 0
     arrays = arrays_from_table(sigs, use_fv)
     where = {image_id: i for i, image_id in enumerate(arrays.ids)}
@@ -206,12 +179,12 @@ def labelled_set(sigs: pa.Table, products: dict[str, str], truth: Path) -> Label
     local = {image_id: k for k, image_id in enumerate(known)}
     a = arrays.take(np.array([where[i] for i in known], np.int64))
     if fmt == "groups":
-        group, product, query, pos = _group_labels(rows, known, local, products)
+        group, product, query, pos = _group_labels(truth_rows, known, local, products)
         neg = None
     else:
         group, product = None, np.full(len(known), -1, np.int64)
         query = np.zeros(len(known), bool)
-        pos, neg = _pair_labels(rows, local, str(truth))
+        pos, neg = _pair_labels(truth_rows, local)
     if not pos:
         raise ValueError(f"{truth}: no positive pair with a band among the run's images")
     pi, pj, pb, pk = zip(*pos, strict=True)
@@ -225,37 +198,40 @@ def labelled_set(sigs: pa.Table, products: dict[str, str], truth: Path) -> Label
 Label = tuple[int, int, int, str]  # (source, image, band index, kind)
 
 
-def _group_labels(rows: list[dict[str, str]], known: list[str], local: dict[str, int],
+def _group_labels(truth: TruthRows, known: list[str], local: dict[str, int],
                   products: dict[str, str]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[Label]]:
     """(group, product, query, positives) of a groups truth, for the images `known`."""
+    rows = truth.rows
     by_id = {r["image_id"]: r for r in rows}
     group = _codes([by_id[i]["group_id"] for i in known])
     product = _codes([by_id[i].get("product") or products.get(i) for i in known])
-    pos = [(local[r.get("source") or r["group_id"]], local[r["image_id"]],
-            BAND_NAMES.index(r["expected_band"].strip()), r.get("kind") or "")
-           for r in rows if (r.get("expected_band") or "").strip()
-           and r["image_id"] in local and (r.get("source") or r["group_id"]) in local]
+    pos = []
+    for k, r in enumerate(rows):
+        band = expected_band(r.get("expected_band"), truth.where(k))
+        source = r.get("source") or r["group_id"]
+        if band and r["image_id"] in local and source in local:
+            pos.append((local[source], local[r["image_id"]], BAND_NAMES.index(band),
+                        r.get("kind") or ""))
     if rows and "query" in rows[0]:
-        query = np.array([(by_id[i].get("query") or "").strip().lower() in _POSITIVE_WORDS
-                          for i in known], bool)
+        query = np.array([is_yes(by_id[i].get("query")) for i in known], bool)
     else:
         query = _default_queries(group, product)
     return group, product, query, pos
 
 
-def _pair_labels(rows: list[dict[str, str]], local: dict[str, int], where: str
+def _pair_labels(truth: TruthRows, local: dict[str, int]
                  ) -> tuple[list[Label], tuple[np.ndarray, np.ndarray]]:
     """(positives, negatives) of a pairs truth, among the images in `local`."""
     pos, negs = [], []
-    for r in rows:
+    for k, r in enumerate(truth.rows):
+        band = pair_label(r["label"], truth.where(k))  # every row checked, kept or not
         if r["image_id"] in local and r["match_image_id"] in local:
             i, j = local[r["image_id"]], local[r["match_image_id"]]
-            band = _band_index(r["label"], where)
             if band is None:
                 negs.append((i, j))
             else:
-                pos.append((i, j, band, r["label"].strip().lower()))
+                pos.append((i, j, BAND_NAMES.index(band), r["label"].strip().lower()))
     nij = np.array(negs, np.int64).reshape(-1, 2)
     return pos, (nij[:, 0], nij[:, 1])
 
