@@ -40,11 +40,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from npimage.bands import round_scores
 from npimage.matching.hashing import HASH_BITS
 from npimage.matching.scoring import Scorer
 
-#: Scores are rounded to this many decimals so that ties are exact across block shapes.
-SCORE_DECIMALS = 6
 #: Margin kept under the threshold by every bound and pre-selection, so that float32
 #: rounding can never drop a pair whose exact score qualifies.
 SLACK = 1e-5
@@ -194,7 +193,7 @@ def score_block(q: SignatureArrays, c: SignatureArrays, scorer: Scorer) -> np.nd
     same = (q.sha[:, None] == c.sha[None, :]) & (q.size[:, None] == c.size[None, :])
     score[same] = 1.0
     score[q.rows[:, None] == c.rows[None, :]] = -1.0
-    return np.round(score, SCORE_DECIMALS)
+    return round_scores(score)
 
 
 def pair_cosines(qfv: np.ndarray, cfv: np.ndarray, qi: np.ndarray, ci: np.ndarray
@@ -209,14 +208,25 @@ def pair_scores(q: SignatureArrays, c: SignatureArrays, qi: np.ndarray, ci: np.n
                 scorer: Scorer) -> np.ndarray:
     """float32 scores of the pairs (q[qi], c[ci]), exactly as score_block computes them."""
     h = np.bitwise_count(q.hashes[qi] ^ c.hashes[ci])
-    score = scorer.hash_tables[0][h[:, 0]] + scorer.hash_tables[1][h[:, 1]]
-    score += scorer.hash_tables[2][h[:, 2]]
-    if scorer.use_fv and q.fv is not None and c.fv is not None and len(qi):
-        score += scorer.fv_term(pair_cosines(q.fv, c.fv, qi, ci))
+    cos = (pair_cosines(q.fv, c.fv, qi, ci)
+           if scorer.use_fv and q.fv is not None and c.fv is not None and len(qi) else None)
     same = (q.sha[qi] == c.sha[ci]) & (q.size[qi] == c.size[ci])
-    score[same] = 1.0
+    score = component_scores(h, cos, same, scorer)
     score[q.rows[qi] == c.rows[ci]] = -1.0
-    return np.round(score, SCORE_DECIMALS)
+    return score
+
+
+def component_scores(bits: np.ndarray, cos: np.ndarray | None, same_bytes: np.ndarray,
+                     scorer: Scorer) -> np.ndarray:
+    """float32 scores of pairs from their raw components: hash distances (m, 3) in bits,
+    cosines (m,) or None, identical bytes (m,) (score 1.0); rounded once (bands).
+
+    The one formula of a pair's score: compare (pair_scores) and the weight fit
+    (quality.pairs) both use it.
+    """
+    score = scorer.score(np.asarray(bits, np.intp), cos)
+    score = np.where(same_bytes, np.float32(1.0), score).astype(np.float32)
+    return round_scores(score)
 
 
 # -- candidate bound ---------------------------------------------------------------------

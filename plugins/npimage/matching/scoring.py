@@ -156,6 +156,13 @@ def load_weights(path: str | Path | None) -> Weights:
     return Weights(**values, curves=curves, source=str(path), hashes_only=hashes_only)
 
 
+def calibrate(raw: np.ndarray, curve: Curve) -> np.ndarray:
+    """float32 calibrated similarity of raw component values through a piecewise linear
+    curve (the one calibration: scoring and the weight fit use it)."""
+    xs, ys = zip(*curve, strict=True)
+    return np.interp(raw, xs, ys).astype(np.float32)
+
+
 class Scorer:
     """Vectorised scoring with fixed weights: lookup tables for hashes, a curve for FV."""
 
@@ -171,8 +178,7 @@ class Scorer:
 
     def calibrate(self, component: str, raw: np.ndarray) -> np.ndarray:
         """Calibrated similarity of raw component values (piecewise linear curve)."""
-        xs, ys = zip(*self.curves[component], strict=True)
-        return np.interp(raw, xs, ys).astype(np.float32)
+        return calibrate(raw, self.curves[component])
 
     def fv_term(self, cos: np.ndarray) -> np.ndarray:
         """Weighted, calibrated FV part of the score for raw cosines (clipped at 0)."""
