@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -142,26 +141,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _airflow_env(project: Path, data_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("AIRFLOW_HOME", str(project / "airflow_home"))
-    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(project / "dags")
-    env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(project / "plugins")
-    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    env["NPIMAGE_DATA_DIR"] = str(data_dir.resolve())
-    return env
-
-
-def run_dag(conf: dict[str, Any], data_dir: Path) -> None:
-    """Run the npimage_dedup DAG for real with `airflow dags test` (SQLite metadata)."""
-    project = Path(__file__).resolve().parents[2]
-    env = _airflow_env(project, data_dir)
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([airflow, "dags", "test", "npimage_dedup", "--conf", json.dumps(conf)],
-                   env=env, check=True)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from npimage_demo.catalogue import build_demo_catalogue
 
@@ -176,6 +155,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         conf = {"client_id": args.client, "source": str(demo.manifest.resolve()),
                 "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
                 "threshold": settings.threshold}
+        from npimage.orchestration.local import run_dag
+
         run_dag(conf, data_dir)
         info = _published_summary(settings, args.client)
     else:

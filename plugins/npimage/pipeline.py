@@ -39,6 +39,7 @@ from npimage.matching.queries import (
     weights_digest,
 )
 from npimage.matching.scoring import Scorer, load_weights
+from npimage.orchestration.connection import is_backend_url, resolve_db
 from npimage.progress import Progress
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import read_table, write_table
@@ -46,23 +47,6 @@ from npimage.storage.runs import RunContext, atomic_write_text
 from npimage.storage.warehouse import publish as publish_warehouse
 
 log = logging.getLogger("npimage")
-
-#: A source or backend naming an Airflow connection instead of a URL (no secret in XCom).
-AIRFLOW_CONN_PREFIX = "airflow-conn:"
-
-
-def is_backend_url(source: str) -> bool:
-    return source.startswith(("postgresql://", "postgres://", AIRFLOW_CONN_PREFIX))
-
-
-def resolve_db(url: str) -> str:
-    """A libpq DSN for a postgresql:// URL or an `airflow-conn:<conn_id>` reference."""
-    if url.startswith(AIRFLOW_CONN_PREFIX):
-        from npimage.backend import airflow_dsn
-
-        return airflow_dsn(url.removeprefix(AIRFLOW_CONN_PREFIX))
-    return url
-
 
 # -- extract -----------------------------------------------------------------------------
 
