@@ -45,7 +45,7 @@ class TruthFileError(InputError):
     """A truth file (pairs or groups CSV) that cannot be read, e.g. an unknown label."""
 
 
-class UnknownClientError(UserError):
+class UnknownClientError(UserError, LookupError):
     """The client has no published run to report on, evaluate or search."""
 
 

@@ -40,6 +40,7 @@ from npimage.matching.queries import (
 )
 from npimage.matching.scoring import Scorer, load_weights
 from npimage.orchestration.connection import is_backend_url, resolve_db
+from npimage.preflight import check_run, where
 from npimage.progress import Progress
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import read_table, write_table
@@ -68,6 +69,7 @@ def extract(ctx: RunContext) -> dict[str, Any]:
     context.json records the run's settings, weights digest and real start time, which
     publish reads back: the DAG and `npimage run` record the same facts.
     """
+    check_run(ctx, data_dir=False)  # the databases answer before anything is computed
     context = {**_match_context(ctx), "started_at": _started_at(ctx)}
     atomic_write_text(ctx.path("context.json"), json.dumps(context, indent=2))
     if is_backend_url(ctx.source):
@@ -216,9 +218,10 @@ def merge(ctx: RunContext) -> dict[str, int]:
 
 # -- publish -----------------------------------------------------------------------------
 
-def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
+def _count_by_band(table_path: Path, images: bool) -> dict[str, int]:
+    """Pairs per band, each pair counted once (the tables hold both directions)."""
     t = pq.read_table(table_path, columns=["band", *(
-        ["image_id", "match_image_id"] if pairs_once else ["product_id", "match_product_id"])])
+        ["image_id", "match_image_id"] if images else ["product_id", "match_product_id"])])
     a, b = t.column(1), t.column(2)
     t = t.filter(pc.less(a, b))
     counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(t["band"]).flatten()],
@@ -250,6 +253,7 @@ def summary(ctx: RunContext) -> dict[str, Any]:
         "signatures_computed": counts["computed"],
         "signatures_reused": counts["reused"],
         "rejects": pq.read_metadata(ctx.path("rejects.parquet")).num_rows,
+        "image_match_rows": pq.read_metadata(ctx.path("image_matches.parquet")).num_rows,
         "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
         "product_pairs_by_band": _count_by_band(ctx.path("product_matches.parquet"), False),
         "run_dir": str(ctx.run_dir),
@@ -299,8 +303,12 @@ def publish(ctx: RunContext) -> dict[str, Any]:
                                         "n_image_matches", "n_product_matches", "mode")}
         if extracted.exists():  # carries the watermark the next incremental run starts from
             run_info.update(json.loads(extracted.read_text()))
-        backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
-                             files["image_matches"], files["product_matches"], run_info)
+        loaded = backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
+                                      files["image_matches"], files["product_matches"],
+                                      run_info)
+        info["postgresql"] = {"database": where(resolve_db(backend_url)),
+                              "image_match_rows": loaded["n_image_matches"],
+                              "product_match_rows": loaded["n_product_matches"]}
 
     publish_warehouse(ctx.settings.warehouse_path, files, run, before_commit=load_backend)
     atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))

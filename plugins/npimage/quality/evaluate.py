@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npimage.bands import BANDS, LABELS
+from npimage.errors import UnknownClientError
 from npimage.quality.truth import expected_band, pair_label, read_truth
 from npimage.storage.warehouse import connect_readonly
 
@@ -153,7 +154,8 @@ def evaluate(warehouse: Path, client_id: str, truth: Truth) -> Evaluation:
     finally:
         con.close()
     if not products:
-        raise ValueError(f"no published run for client {client_id!r} in {warehouse}")
+        raise UnknownClientError(f"no published run for client {client_id!r} in {warehouse}",
+                                 hint="check --client and --data-dir")
     ranked: dict[str, list[str]] = defaultdict(list)
     pred: dict[Pair, str] = {}
     for a, b, band in matches:

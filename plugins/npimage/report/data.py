@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from npimage.errors import UnknownClientError
 from npimage.sqlfiles import load_sql
 
 #: Where a page lives, relative to the report root; the ids are hashed into the name.
@@ -140,7 +141,9 @@ def load_report_data(con: duckdb.DuckDBPyConnection, client_id: str) -> ReportDa
     """Images, products, best matches and rejects of `client_id`, in listing order."""
     images = [ImageRow(*row) for row in _query(con, "report_images", client=client_id)]
     if not images:
-        raise LookupError(f"no images for client {client_id!r} in the warehouse")
+        raise UnknownClientError(f"no images of client {client_id!r} in the warehouse",
+                                 hint="check --client and --data-dir, or run "
+                                      "`npimage run --client ...` first")
     by_id = {img.image_id: img for img in images}
     for img in images:
         img.page = page_path(IMAGE_DIR, img.image_id)
