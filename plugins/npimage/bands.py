@@ -38,7 +38,8 @@ SCORE_DECIMALS = 6
 
 def round_scores(scores: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """Scores rounded to SCORE_DECIMALS, as float32 (the one rounding of every score)."""
-    return np.round(np.asarray(scores, dtype=np.float32), SCORE_DECIMALS)
+    return np.round(np.asarray(scores, dtype=np.float32), SCORE_DECIMALS).astype(
+        np.float32, copy=False)
 
 
 def as_score(value: float) -> float:

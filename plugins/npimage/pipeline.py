@@ -273,7 +273,7 @@ def _run_started_at(ctx: RunContext) -> datetime:
 def publish(ctx: RunContext) -> dict[str, Any]:
     """Load the run into the warehouse (and backend, if any); make it the client's baseline."""
     info = summary(ctx)
-    files = {
+    files: dict[str, Any] = {
         "catalog": ctx.path("catalog.parquet"),
         "signatures": [str(p) for p in sorted((ctx.run_dir / "signatures").glob("shard-*"))],
         "rejects": ctx.path("rejects.parquet"),

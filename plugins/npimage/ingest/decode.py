@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 #: Longest side of the working picture: plenty for 8x8/32x32 hashes and 224x224 FV input.
 WORK_SIZE = 512
@@ -117,7 +117,7 @@ def _file_kind(mode: int) -> str:
 def _read(uri: str, max_bytes: int) -> bytes:
     if "://" in uri and not uri.startswith("file://"):
         with fsspec.open(uri, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            data: bytes = fh.read(max_bytes + 1)
     else:
         data = _read_local(uri.removeprefix("file://"), max_bytes)
     if len(data) > max_bytes:
@@ -150,23 +150,24 @@ def read_bytes(uri: str, timeout: float, max_bytes: int = MAX_BYTES) -> bytes:
     The read runs in a daemon thread: a read that never returns (a hung network mount or
     server) is abandoned, costs one idle thread, and never keeps the process from exiting.
     """
-    box: dict[str, object] = {}
+    data: list[bytes] = []
+    errors: list[BaseException] = []
     done = threading.Event()
 
     def work() -> None:
         try:
-            box["data"] = _read(uri, max_bytes)
+            data.append(_read(uri, max_bytes))
         except BaseException as exc:  # handed to the caller below
-            box["error"] = exc
+            errors.append(exc)
         finally:
             done.set()
 
     threading.Thread(target=work, name="npimage-read", daemon=True).start()
     if not done.wait(timeout):
         raise ImageError(f"read timed out after {timeout:g}s")
-    if "error" in box:
-        raise _read_error(box["error"]) from box["error"]
-    return box["data"]  # type: ignore[return-value]
+    if errors:
+        raise _read_error(errors[0]) from errors[0]
+    return data[0]
 
 
 # -- pixels ------------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     try:
         with _without_pillow_pixel_limit():
             img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.UnidentifiedImageError as exc:
+    except UnidentifiedImageError as exc:
         kind = _sniff(data)
         known = kind.removeprefix("looks like ") in FORMATS
         reason = (f"corrupt or truncated {kind.removeprefix('looks like ')} ({len(data)} bytes)"

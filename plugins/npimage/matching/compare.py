@@ -35,6 +35,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -147,7 +148,8 @@ def _sha_prefix(column: pa.ChunkedArray) -> np.ndarray:
     if np.any(digits > 15):
         raise ValueError("sha256 values must be hexadecimal")
     nibbles = digits.astype(np.uint64) << (np.arange(60, -1, -4, dtype=np.uint64))
-    return np.bitwise_or.reduce(nibbles, axis=1).view(np.int64)
+    prefix: np.ndarray = np.bitwise_or.reduce(nibbles, axis=1).view(np.int64)
+    return prefix
 
 
 def arrays_from_table(table: pa.Table, use_fv: bool, first_row: int = 0) -> SignatureArrays:
@@ -265,7 +267,8 @@ def _binomial_pmf() -> np.ndarray:
     logs = np.cumsum(np.log(np.arange(1, HASH_BITS + 1)))
     logf = np.concatenate([[0.0], logs])
     d = np.arange(HASH_BITS + 1)
-    return np.exp(logf[-1] - logf[d] - logf[HASH_BITS - d] - HASH_BITS * np.log(2.0))
+    pmf: np.ndarray = np.exp(logf[-1] - logf[d] - logf[HASH_BITS - d] - HASH_BITS * np.log(2.0))
+    return pmf
 
 
 @lru_cache(maxsize=32)
@@ -279,14 +282,14 @@ def _hash_bound(tables: bytes, fv_max: float, threshold: float) -> HashBound:
     if not feasible.any():
         return HashBound(feasible, (0, 0, 0), -1, 0.0)
     d = np.arange(HASH_BITS + 1)
-    best = None
-    for shifts in itertools.product(range(4), repeat=3):
-        lin = ((d << shifts[0])[:, None, None] + (d << shifts[1])[None, :, None]
-               + (d << shifts[2])[None, None, :])
+    best: tuple[float, tuple[int, int, int], int] | None = None
+    for a, b, c in itertools.product(range(4), repeat=3):
+        lin = ((d << a)[:, None, None] + (d << b)[None, :, None] + (d << c)[None, None, :])
         bound = int(lin[feasible].max())
         passed = float(prob[lin <= bound].sum())
         if best is None or passed < best[0] - 1e-15:
-            best = (passed, shifts, bound)
+            best = (passed, (a, b, c), bound)
+    assert best is not None
     return HashBound(feasible, best[1], best[2], rate)
 
 
@@ -434,7 +437,8 @@ def _fv_upper(knots: tuple[tuple[float, float], ...], weight: float) -> np.ndarr
     xs, ys = (np.array(v, np.float64) for v in zip(*knots, strict=True))
 
     def term(x: np.ndarray) -> np.ndarray:
-        return weight * np.interp(x, xs, ys)
+        values: np.ndarray = weight * np.interp(x, xs, ys)
+        return values
 
     grid = np.linspace(0.0, 1.0, FV_STEPS + 1)
     at = term(grid)
@@ -442,7 +446,8 @@ def _fv_upper(knots: tuple[tuple[float, float], ...], weight: float) -> np.ndarr
     inside = xs[(xs > 0.0) & (xs < 1.0)]
     np.maximum.at(upper, np.minimum((inside * FV_STEPS).astype(np.int64), FV_STEPS - 1),
                   term(inside))
-    return np.append(upper, at[-1]).astype(np.float32)
+    table: np.ndarray = np.append(upper, at[-1]).astype(np.float32)
+    return table
 
 
 def fv_upper_table(scorer: Scorer) -> np.ndarray:
@@ -458,7 +463,8 @@ def _dense_top(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
     keep = _top_mask(score, k, threshold)
     if both_ways:
         keep |= _top_mask(score.T, k, threshold).T
-    return np.nonzero(keep)
+    qi, ci = np.nonzero(keep)
+    return qi, ci
 
 
 def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
@@ -478,8 +484,9 @@ def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
     )
 
     fv = scorer.use_fv and q.fv is not None and c.fv is not None
-    few = fv and len(q) <= FEW_QUERIES and q.fv.dtype == c.fv.dtype == np.float16
-    qu = None if not fv or few else unit_rows(q.fv)
+    few = (fv and q.fv is not None and c.fv is not None and len(q) <= FEW_QUERIES
+           and q.fv.dtype == c.fv.dtype == np.float16)
+    qu = None if not fv or few or q.fv is None else unit_rows(q.fv)
     qbits = np.ascontiguousarray(q.fv).view(np.uint16) if few else None
     qh = np.ascontiguousarray(q.hashes.T)
     tables = np.ascontiguousarray(scorer.hash_tables, np.float32)
@@ -494,7 +501,8 @@ def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
             cos = np.empty((len(q), len(block)), np.float32)
             half_cosine_matrix(qbits, np.ascontiguousarray(block.fv).view(np.uint16), cos)
         else:
-            cos = qu @ unit_rows(block.fv).T if fv else no_cos
+            cos = qu @ unit_rows(block.fv).T if qu is not None and block.fv is not None \
+                else no_cos
         n = dense_select(qh, np.ascontiguousarray(block.hashes.T), cos, tables, upper,
                          np.float32(threshold - SLACK), out_q, out_c)
         if n <= capacity:
@@ -596,7 +604,7 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
         for q0, c0 in jobs:
             keep(q0, c0, run(q0, c0))
     else:
-        inflight: deque[tuple[int, int, Future]] = deque()
+        inflight: deque[tuple[int, int, Future[Any]]] = deque()
         with ThreadPoolExecutor(threads, thread_name_prefix="npimage-compare") as pool:
             for q0, c0 in jobs:
                 inflight.append((q0, c0, pool.submit(run, q0, c0)))

@@ -62,7 +62,8 @@ def load_truth(path: Path) -> Truth:
         positives = {_pair(a, b) for ids in groups.values() for i, a in enumerate(ids)
                      for b in ids[i + 1:] if a != b}
         return Truth(positives, None, {r["image_id"] for r in rows})
-    pos, neg = set(), set()
+    pos: set[Pair] = set()
+    neg: set[Pair] = set()
     for k, r in enumerate(rows):
         pair = _pair(r["image_id"], r["match_image_id"])
         (neg if pair_label(r["label"], truth.where(k)) is None else pos).add(pair)

@@ -115,7 +115,8 @@ def labelled_set(sigs: pa.Table, products: dict[str, str], truth: Path) -> Label
     if not pos:
         raise ValueError(f"{truth}: no positive pair with a band among the run's images")
     pi, pj, pb, pk = zip(*pos, strict=True)
-    return Labelled(ids=a.ids, hashes=a.hashes, fv=unit_rows(a.fv) if use_fv else None,
+    fv = unit_rows(a.fv) if use_fv and a.fv is not None else None
+    return Labelled(ids=a.ids, hashes=a.hashes, fv=fv,
                     sha=a.sha, size=a.size, group=group, product=product, query=query,
                     pos=(np.array(pi), np.array(pj), np.array(pb, np.int8),
                          np.array(pk, dtype=object)),

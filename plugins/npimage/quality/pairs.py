@@ -120,6 +120,7 @@ class Candidates:
 
 def _candidate_mask(ls: Labelled, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(valid, correct) (b, n): candidates of other groups, and of the query's product."""
+    assert ls.group is not None  # top-1 needs a groups truth
     valid = ls.group[None, :] != ls.group[r][:, None]
     correct = (ls.product[None, :] == ls.product[r][:, None]) & (ls.product[r][:, None] >= 0)
     return valid, correct & valid
