@@ -256,7 +256,10 @@ def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
     from npimage.storage.layout import Layout
 
     layout = Layout.of(settings.data_dir)
-    info = json.loads((layout.published_run_dir(client_id) / "summary.json").read_text())
+    run_dir = layout.published_run_dir(client_id)
+    if run_dir is None:
+        raise RuntimeError(f"the DAG run published nothing for client {client_id!r}")
+    info = json.loads((run_dir / "summary.json").read_text())
     report = layout.report_dir(client_id) / "index.html"
     if report.exists():
         info["report"] = str(report)

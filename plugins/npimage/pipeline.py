@@ -45,7 +45,13 @@ from npimage.progress import Progress
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import list_parts, num_rows, read_table, write_table
 from npimage.storage.runs import RunContext, atomic_write_text
-from npimage.storage.store import local_copy, local_output, local_output_dir, location
+from npimage.storage.store import (
+    local_copy,
+    local_file,
+    local_output,
+    local_output_dir,
+    location,
+)
 from npimage.storage.warehouse import display as warehouse_display
 from npimage.storage.warehouse import publish as publish_warehouse
 
@@ -311,8 +317,8 @@ def publish(ctx: RunContext) -> dict[str, Any]:
                                         "n_image_matches", "n_product_matches", "mode")}
         if extracted.exists():  # carries the watermark the next incremental run starts from
             run_info.update(json.loads(extracted.read_text()))
-        with local_copy(tables["image_matches"][0]) as images, \
-                local_copy(tables["product_matches"][0]) as products:
+        with local_file(tables["image_matches"][0]) as images, \
+                local_file(tables["product_matches"][0]) as products:
             loaded = backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
                                           images, products, run_info, before_commit=commit)
         info["postgresql"] = {"database": where(resolve_db(backend_url)),
@@ -337,7 +343,7 @@ def report(ctx: RunContext) -> str:
 
     out = ctx.layout.report_dir(ctx.client_id)
     with local_output_dir(out) as local:
-        render_report(ctx.data_dir, ctx.client_id, local)
+        render_report(ctx.layout.root, ctx.client_id, local)
     return str(out / "index.html")
 
 
