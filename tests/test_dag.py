@@ -132,3 +132,20 @@ def test_dag_run_on_an_s3_data_dir(airflow_db, small_demo, s3_bucket, pg_dsn):
         layout = Layout.of(data)
         assert locks.read_holder(layout.client_dir("s3client")) is None
         assert (layout.report_dir("s3client") / "index.html").exists()
+
+
+def test_a_dag_run_records_its_real_start(dag_runs):
+    """Was: a DAG run's runs.started_at was its publish time (publish got no start)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    data, first, _, _ = dag_runs
+    with create_session() as session:
+        ends = dict(session.query(TaskInstance.task_id, TaskInstance.end_date).filter(
+            TaskInstance.dag_id == "npimage_dedup", TaskInstance.run_id == first.run_id,
+            TaskInstance.task_id.in_(["extract", "publish"])).all())
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+    started = con.execute("SELECT started_at FROM runs WHERE run_id = $r",
+                          {"r": first.run_id}).fetchone()[0]
+    con.close()
+    assert first.start_date <= started <= ends["extract"] < ends["publish"]
