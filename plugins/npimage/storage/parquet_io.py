@@ -44,12 +44,13 @@ def read_table(path: Location, schema: pa.Schema | None = None,
                columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file; an absent file reads as an empty table of `schema`."""
     path = location(path)
-    if not path.exists():
-        if schema is None:
-            raise FileNotFoundError(path)
-        return schema.empty_table().select(columns or schema.names)
     fs, name = arrow(path)
-    table = pq.read_table(name, filesystem=fs, columns=columns)
+    try:  # no existence check first: on an object store that is one request less
+        table = pq.read_table(name, filesystem=fs, columns=columns)
+    except FileNotFoundError:
+        if schema is None:
+            raise
+        return schema.empty_table().select(columns or schema.names)
     if schema is None:
         return table
     target = pa.schema([schema.field(n) for n in (columns or schema.names)])
