@@ -67,6 +67,8 @@ def publish(warehouse: Path, files: dict[str, Path], run: dict[str, Any],
             con.execute("BEGIN TRANSACTION")
             try:
                 run_script(con, load_sql("duckdb", "replace_client"), params)
+                if "family_predictions" in params:  # families (#18): optional
+                    run_script(con, load_sql("duckdb", "replace_family_predictions"), params)
                 run_script(con, load_sql("duckdb", "record_run"), run)
                 if before_commit is not None:
                     before_commit()

@@ -1,0 +1,149 @@
+"""Evaluation of family prediction: leave-one-product-out and planted misfiles.
+
+Data: the grocery-store photos (npimage.families.grocery), family = coarse class.
+A "product" is one photo: a catalogue entry with a single image, the case the stage sees
+most. Its own image never votes for it (neighbours come from other products only), so
+every prediction is leave-one-product-out. The hard variant holds out a whole fine class
+(all photos of one brand or variety) at once: the family of a brand the catalogue has
+never seen, predicted from the other brands of its family only.
+
+Fitting and measuring are kept apart: the calibration (tau, alpha) and the misfiled
+threshold are fitted on the train split (a catalogue of the train photos only) and
+measured on the val split, predicted against the whole catalogue (train + val). The
+family space (PCA) is fitted without labels on the whole catalogue, as a run does.
+
+Misfiled: a seeded 5 % of all products are moved to a random other family; the flag's
+threshold is the lowest probability reaching precision >= PRECISION_GOAL on the train
+split; precision and recall are then counted on the val split, over several seeds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from npimage.families.neighbours import fit_projection, top_k
+from npimage.families.predict import Calibration, K, Votes, fit_calibration, predict
+
+#: Share of products moved to a wrong family in the misfiled evaluation.
+MISFILED_SHARE = 0.05
+#: Precision the misfiled threshold is fitted for on the train split (goal: >= 0.8 on val).
+PRECISION_GOAL = 0.9
+#: Seeds of the misfiled evaluation.
+SEEDS = tuple(range(10))
+
+
+@dataclass
+class FamilyReport:
+    """Figures of one evaluation variant."""
+
+    variant: str
+    n_fit: int
+    n_eval: int
+    top1: float
+    top3: float
+    ece: float  # expected calibration error of the top-1 probability (10 bins)
+    calibration: Calibration
+    misfiled_threshold: float = float("nan")
+    misfiled_precision: float = float("nan")
+    misfiled_recall: float = float("nan")
+    misfiled_planted: int = 0
+    misfiled_flagged: int = 0
+    per_family: dict[str, float] = field(default_factory=dict)
+
+
+def _codes(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    names, codes = np.unique(labels, return_inverse=True)
+    return names, codes.astype(np.int64)
+
+
+def _votes(space: np.ndarray, queries: np.ndarray, base: np.ndarray, group: np.ndarray,
+           family: np.ndarray, k: int) -> Votes:
+    """Votes for the products `queries` (photo indices) from the photos `base`."""
+    sims, rows = top_k(space[queries], group[queries], space[base], group[base],
+                       family[base] >= 0, k)
+    fams = np.where(rows >= 0, family[base][np.maximum(rows, 0)], -1)
+    return Votes(np.arange(len(queries), dtype=np.int64), sims, fams)
+
+
+def ece(prob: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: mean |accuracy - confidence| over equal-width bins."""
+    edges = np.minimum((prob * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = edges == b
+        if m.any():
+            total += m.sum() * abs(correct[m].mean() - prob[m].mean())
+    return float(total / max(len(prob), 1))
+
+
+def _threshold_for_precision(prob: np.ndarray, flagged_wrong: np.ndarray, planted: np.ndarray,
+                             goal: float) -> float:
+    """Lowest top-1 probability at which the flag's precision on these products >= goal."""
+    cand = np.sort(np.unique(prob[flagged_wrong]))
+    for t in cand:
+        flag = flagged_wrong & (prob >= t)
+        if flag.sum() and (flag & planted).sum() / flag.sum() >= goal:
+            return float(t)
+    return 1.0
+
+
+def evaluate_families(fv: np.ndarray, family: np.ndarray, fine: np.ndarray, split: np.ndarray,
+                      by_fine: bool = False, k: int = K, seeds: tuple[int, ...] = SEEDS,
+                      misfiled_share: float = MISFILED_SHARE) -> FamilyReport:
+    """Leave-one-product-out top-1/top-3 and the misfiled flag (see module docstring)."""
+    names, fam = _codes(family)
+    n_fam = len(names)
+    space = fit_projection(fv).apply(fv)
+    group = (_codes(fine)[1] if by_fine else np.arange(len(fv))).astype(np.int64)
+    train = np.flatnonzero(split == "train")
+    val = np.flatnonzero(split == "val")
+    everything = np.arange(len(fv))
+
+    fit_votes = _votes(space, train, train, group, fam, k)
+    cal = fit_calibration(fit_votes, fam[train], n_fam)
+    val_votes = _votes(space, val, everything, group, fam, k)
+    pred = predict(val_votes, np.full(len(val), -1, np.int64), n_fam, cal)
+    truth = fam[val]
+    top1 = pred.top[:, 0] == truth
+    top3 = (pred.top == truth[:, None]).any(axis=1)
+    per_family = {str(names[f]): float(top1[truth == f].mean()) for f in np.unique(truth)}
+    report = FamilyReport(
+        variant="held out by fine class" if by_fine else "one product per photo",
+        n_fit=len(train), n_eval=len(val), top1=float(top1.mean()), top3=float(top3.mean()),
+        ece=ece(np.nan_to_num(pred.prob[:, 0]), top1), calibration=cal, per_family=per_family)
+    _misfiled(report, space, fam, n_fam, group, train, val, k, seeds, misfiled_share)
+    return report
+
+
+def _misfiled(report: FamilyReport, space: np.ndarray, fam: np.ndarray, n_fam: int,
+              group: np.ndarray, train: np.ndarray, val: np.ndarray, k: int,
+              seeds: tuple[int, ...], share: float) -> None:
+    """Plant misfiles per seed; fit the threshold on train, count the flags on val."""
+    everything = np.arange(len(fam))
+    tp = fp = planted_val = 0
+    thresholds = []
+    for seed in seeds:
+        rng = np.random.default_rng(seed)
+        moved = np.zeros(len(fam), bool)
+        moved[rng.choice(len(fam), size=round(share * len(fam)), replace=False)] = True
+        noisy = fam.copy()
+        shift = rng.integers(1, n_fam, size=int(moved.sum()))
+        noisy[moved] = (fam[moved] + shift) % n_fam  # always another family
+        fit_votes = _votes(space, train, train, group, noisy, k)
+        cal = fit_calibration(fit_votes, noisy[train], n_fam)
+        fit = predict(fit_votes, noisy[train], n_fam, cal, misfiled_at=0.0)
+        threshold = _threshold_for_precision(np.nan_to_num(fit.prob[:, 0]), fit.misfiled,
+                                             moved[train], PRECISION_GOAL)
+        thresholds.append(threshold)
+        val_votes = _votes(space, val, everything, group, noisy, k)
+        got = predict(val_votes, noisy[val], n_fam, cal, misfiled_at=threshold)
+        tp += int((got.misfiled & moved[val]).sum())
+        fp += int((got.misfiled & ~moved[val]).sum())
+        planted_val += int(moved[val].sum())
+    report.misfiled_threshold = float(np.median(thresholds))
+    report.misfiled_flagged = tp + fp
+    report.misfiled_planted = planted_val
+    report.misfiled_precision = tp / (tp + fp) if tp + fp else float("nan")
+    report.misfiled_recall = tp / planted_val if planted_val else float("nan")
