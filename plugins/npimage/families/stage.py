@@ -14,7 +14,8 @@ catalogue and predict every product. Incremental runs reuse the baseline's proje
 vectors and calibration, project only new and changed images, and predict only the
 products whose images changed (added, removed, re-shot, or moved between products); the
 baseline's other predictions are carried over. When the families themselves changed
-(another digest), or the model did, every product is predicted again.
+(a product present before has another family now, or none), or the model did, every
+product is predicted again; new products arriving with a family are not such a change.
 """
 
 from __future__ import annotations
@@ -149,6 +150,19 @@ def _load_state(run_dir: Path | None) -> dict[str, Any] | None:
     return json.loads(files.state.read_text())
 
 
+def _families_changed(old_path: Path, families: pa.Table) -> bool:
+    """True when a product of both catalogues has another family now (one set, cleared or
+    moved). New products with a family are not a change: they vote like new images."""
+    if not old_path.exists():
+        return True
+    old = read_table(old_path, FAMILIES).select(["product_id", "family"])
+    new = families.select(["product_id", "family"]).rename_columns(["product_id", "new"])
+    both = old.join(new, "product_id", join_type="inner")
+    differ = pc.fill_null(pc.not_equal(both["family"], both["new"]),
+                          pc.xor(pc.is_null(both["family"]), pc.is_null(both["new"])))
+    return bool(pc.any(differ).as_py())
+
+
 def _changed_products(catalog: pa.Table, baseline: Path, todo: pa.Array) -> set[str]:
     """Products with a new or changed image, or an image added, removed or moved."""
     old = pq.read_table(baseline / "catalog.parquet", columns=["image_id", "product_id"])
@@ -186,9 +200,7 @@ def run_family_stage(run_dir: Path, client_id: str, run_id: str, baseline: Path 
     if reuse:
         projection = Projection.from_arrays(dict(np.load(FamilyFiles(baseline).projection)))
         kept = pq.read_table(FamilyFiles(baseline).vectors)
-        cur_sha = sigs.select(["image_id", "sha256"]).rename_columns(["image_id", "cur"])
-        kept = kept.join(cur_sha, "image_id")
-        kept = kept.filter(pc.equal(kept["sha256"], kept["cur"])).select(VECTORS.names)
+        kept = kept.filter(pc.is_in(_id_sha(kept), _id_sha(sigs)))  # same image, same bytes
     else:
         projection = _fit(shards, sigs.num_rows)
         kept = VECTORS.empty_table()
@@ -201,12 +213,11 @@ def run_family_stage(run_dir: Path, client_id: str, run_id: str, baseline: Path 
     fresh = fresh.filter(pc.is_in(fresh["image_id"], todo))  # sig_batches may hold rejects' ids
     fresh = _unique_ids(fresh)
     vectors = pa.concat_tables([kept, fresh]).sort_by("image_id")
-    np.savez(files.projection.with_suffix(".tmp.npz"), **projection.to_arrays())
-    files.projection.with_suffix(".tmp.npz").replace(files.projection)
+    _save_projection(projection, files.projection)
     write_table(vectors, files.vectors, VECTORS)
 
     catalog = pq.read_table(run_dir / "catalog.parquet", columns=["image_id", "product_id"])
-    everything = not reuse or old.get("families_digest") != digest
+    everything = not reuse or _families_changed(FamilyFiles(baseline).families, families)
     changed = None if everything else _changed_products(catalog, baseline, todo)
     table, cal, n_pred = _predict_products(vectors, catalog, families, projection.dims, changed,
                                            None if everything else Calibration(**{
@@ -232,6 +243,19 @@ def run_family_stage(run_dir: Path, client_id: str, run_id: str, baseline: Path 
              n_pred, state["mode"], n_misfiled, cal.tau)
     return {"families": state["families"], "predicted": n_pred, "misfiled": n_misfiled,
             "mode": state["mode"], "rows": table.num_rows}
+
+
+def _id_sha(t: pa.Table) -> pa.ChunkedArray:
+    """image_id and sha256 as one key per row."""
+    return pc.binary_join_element_wise(t["image_id"], pc.fill_null(t["sha256"], ""), "\x1f")
+
+
+def _save_projection(projection: Projection, path: Path) -> None:
+    """Write the projection under a temporary name, then rename (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, **projection.to_arrays())
+    tmp.replace(path)
 
 
 def _unique_ids(t: pa.Table) -> pa.Table:
