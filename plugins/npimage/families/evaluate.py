@@ -20,11 +20,13 @@ split; precision and recall are then counted on the val split, over several seed
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from npimage.families.neighbours import fit_projection, top_k
 from npimage.families.predict import Calibration, K, Votes, fit_calibration, predict
+from npimage.sqlfiles import load_sql
 
 #: Share of products moved to a wrong family in the misfiled evaluation.
 MISFILED_SHARE = 0.05
@@ -147,3 +149,64 @@ def _misfiled(report: FamilyReport, space: np.ndarray, fam: np.ndarray, n_fam: i
     report.misfiled_planted = planted_val
     report.misfiled_precision = tp / (tp + fp) if tp + fp else float("nan")
     report.misfiled_recall = tp / planted_val if planted_val else float("nan")
+
+
+def grocery_reports(root: Path, model_cache: Path, cache_file: Path,
+                    spec: str = "efficientnet-lite0") -> tuple[list[FamilyReport], str]:
+    """Both variants on the grocery-store photos under `root`; FV cached in `cache_file`."""
+    from npimage.families.grocery import embed_cached, load_photos
+
+    photos = load_photos(root)
+    fv, model_id = embed_cached(photos, spec, model_cache, cache_file)
+    return [evaluate_families(fv, photos.family, photos.fine, photos.split, by_fine=b)
+            for b in (False, True)], model_id
+
+
+def format_reports(reports: list[FamilyReport], model_id: str = "") -> str:
+    """Markdown table of the evaluation variants (docs/QUALITY.md)."""
+    lines = [f"model `{model_id}`" if model_id else "",
+             "| variant | fit / measured | top-1 | top-3 | ECE | tau | misfiled threshold "
+             "| misfiled precision | misfiled recall | planted / flagged |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in reports:
+        lines.append(
+            f"| {r.variant} | {r.n_fit} / {r.n_eval} | {r.top1:.3f} | {r.top3:.3f} | "
+            f"{r.ece:.3f} | {r.calibration.tau:.3g} | {r.misfiled_threshold:.2f} | "
+            f"{r.misfiled_precision:.3f} | {r.misfiled_recall:.3f} | "
+            f"{r.misfiled_planted} / {r.misfiled_flagged} |")
+    worst = sorted(reports[0].per_family.items(), key=lambda kv: kv[1])[:5] if reports else []
+    if worst:
+        lines.append("")
+        lines.append("weakest families (one product per photo, top-1 on val): " + ", ".join(
+            f"{name} {acc:.2f}" for name, acc in worst))
+    return "\n".join(line for line in lines if line is not None)
+
+
+@dataclass
+class PublishedFamilies:
+    """Family predictions of a published run against the catalogue's current families."""
+
+    products: int  # with a family and a prediction
+    top1: float
+    top3: float
+    misfiled: int
+    unfiled_suggested: int  # products without a family that got a suggestion
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dict(self.__dict__)
+
+
+def published_families(warehouse: Path, client_id: str) -> PublishedFamilies:
+    """Leave-one-product-out figures of a client's published predictions: every prediction
+    is made without the product's own images, so its current family is a held-out label."""
+    from npimage.storage.warehouse import connect_readonly
+
+    con = connect_readonly(warehouse)
+    try:
+        row = con.execute(load_sql("duckdb", "evaluate_families"),
+                          {"client": client_id}).fetchone()
+    finally:
+        con.close()
+    n, top1, top3, mis, unfiled = row
+    return PublishedFamilies(int(n or 0), float(top1 or 0.0), float(top3 or 0.0),
+                             int(mis or 0), int(unfiled or 0))

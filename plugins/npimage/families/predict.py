@@ -16,8 +16,14 @@ minimise the negative log-likelihood of those families over a grid. The probabil
 then calibrated in the sense of a temperature fit; docs/QUALITY.md shows how reliable
 they are on data not used for fitting.
 
+A single temperature leaves the top family's share under-confident (a few confidently
+wrong products pull tau up), so the same leave-one-out predictions also fit a monotone
+map from the top family's vote share to the probability that it is right (equal-count
+bins and pool-adjacent-violators: a binned isotonic regression); the other families
+share the rest in proportion. That is the `confidence` stored.
+
 A product is flagged `misfiled` when its top family is not its current one and that top
-family's probability is at least `misfiled_at` (default MISFILED_AT, fitted on the
+family's confidence is at least `misfiled_at` (default MISFILED_AT, fitted on the
 grocery-store train split, measured on its val split: docs/QUALITY.md).
 
 Everything is vectorised over (image, neighbour) pairs with NumPy sorts and bincounts;
@@ -28,14 +34,17 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 
 #: Neighbours per image that vote.
 K = 10
-#: Probability of the top family above which a product filed elsewhere is flagged.
-MISFILED_AT = 0.9
+#: Probability of the top family above which a product filed elsewhere is flagged: the
+#: median of the thresholds fitted on the grocery-store train split for precision 0.9
+#: (10 seeds of planted misfiles, bench/quality.py --families), rounded; docs/QUALITY.md.
+MISFILED_AT = 0.83
 #: Grids of the leave-one-out fit.
 TAU_GRID = tuple(float(t) for t in np.geomspace(0.005, 1.0, 24))
 ALPHA_GRID = (1e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3)
@@ -51,9 +60,26 @@ class Calibration:
     alpha: float
     n_fit: int = 0  # products the fit used
     nll: float = float("nan")  # their mean negative log-likelihood
+    #: Monotone map of the top family's vote share to the probability that it is right
+    #: (binned isotonic fit on the same leave-one-out predictions); empty = identity.
+    knots_x: tuple[float, ...] = ()
+    knots_y: tuple[float, ...] = ()
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"tau": self.tau, "alpha": self.alpha, "n_fit": self.n_fit, "nll": self.nll}
+    def to_dict(self) -> dict[str, Any]:
+        return {"tau": self.tau, "alpha": self.alpha, "n_fit": self.n_fit, "nll": self.nll,
+                "knots_x": list(self.knots_x), "knots_y": list(self.knots_y)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(tau=float(data["tau"]), alpha=float(data["alpha"]),
+                   n_fit=int(data.get("n_fit", 0)), nll=float(data.get("nll", float("nan"))),
+                   knots_x=tuple(data.get("knots_x", ())), knots_y=tuple(data.get("knots_y", ())))
+
+    def confidence(self, share: np.ndarray) -> np.ndarray:
+        """Calibrated probability that the top family is right, from its vote share."""
+        if not self.knots_x:
+            return share
+        return np.interp(share, self.knots_x, self.knots_y)
 
 
 DEFAULT_CALIBRATION = Calibration(tau=0.05, alpha=0.01)
@@ -124,7 +150,45 @@ def fit_calibration(votes: Votes, truth: np.ndarray, n_families: int,
             nll = float(-np.mean(np.log(p)))
             if best is None or nll < best.nll:
                 best = Calibration(tau=tau, alpha=alpha, n_fit=int(known.sum()), nll=nll)
-    return best if best is not None and best.n_fit else DEFAULT_CALIBRATION
+    if best is None or not best.n_fit:
+        return DEFAULT_CALIBRATION
+    prod, fam, p, _ = probabilities(votes, n_families, best)
+    top_prod, top_fam, top_p = _top1(prod, fam, p)
+    known = truth[top_prod] >= 0
+    kx, ky = _monotone_bins(top_p[known], (truth[top_prod] == top_fam)[known])
+    return replace(best, knots_x=kx, knots_y=ky)
+
+
+def _top1(prod: np.ndarray, fam: np.ndarray, p: np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each product's most probable family (ties: lowest code) and its probability."""
+    order = np.lexsort((fam, -p, prod))
+    prod_o = prod[order]
+    first = np.r_[True, prod_o[1:] != prod_o[:-1]] if len(prod_o) else np.zeros(0, bool)
+    return prod_o[first], fam[order][first], p[order][first]
+
+
+def _monotone_bins(x: np.ndarray, y: np.ndarray, bins: int = 20, min_per_bin: int = 20
+                   ) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Knots of a non-decreasing map x -> P(y): equal-count bins, then pool-adjacent-
+    violators over the bins' means (a binned isotonic regression; loops over bins only)."""
+    n_bins = min(bins, len(x) // min_per_bin)
+    if n_bins < 2:
+        return (), ()
+    order = np.argsort(x, kind="stable")
+    parts = np.array_split(order, n_bins)
+    xs = [float(x[i].mean()) for i in parts]
+    ys = [float((y[i].sum() + 1.0) / (len(i) + 2.0)) for i in parts]  # never 0 or 1
+    ws = [len(i) for i in parts]
+    pooled: list[list[float]] = []  # [x_mean, y_mean, weight]
+    for xm, ym, w in zip(xs, ys, ws, strict=True):
+        pooled.append([xm, ym, w])
+        while len(pooled) > 1 and pooled[-2][1] > pooled[-1][1]:
+            x2, y2, w2 = pooled.pop()
+            x1, y1, w1 = pooled.pop()
+            pooled.append([(x1 * w1 + x2 * w2) / (w1 + w2), (y1 * w1 + y2 * w2) / (w1 + w2),
+                           w1 + w2])
+    return tuple(round(b[0], 6) for b in pooled), tuple(round(b[1], 6) for b in pooled)
 
 
 @dataclass(frozen=True)
@@ -138,6 +202,24 @@ class Prediction:
     misfiled: np.ndarray  # bool (P,)
 
 
+def _calibrated(prod: np.ndarray, fam: np.ndarray, p: np.ndarray, z: np.ndarray,
+                cal: Calibration) -> tuple[np.ndarray, np.ndarray]:
+    """(p, z) after the calibration map: a product's top family gets confidence(share),
+    its other families share the rest in proportion (z scaled alike for unvoted ones)."""
+    if not cal.knots_x or not len(prod):
+        return p, z
+    top_prod, _, top_p = _top1(prod, fam, p)
+    share = np.zeros(int(prod.max()) + 1)
+    share[top_prod] = top_p
+    conf = np.zeros_like(share)
+    conf[top_prod] = cal.confidence(top_p)
+    s, c = share[prod], conf[prod]
+    rest = np.where(s < 1.0, (1.0 - c) / np.maximum(1.0 - s, 1e-12), 1.0)
+    is_top = p >= s  # the top row (ties keep the same share)
+    p_new = np.where(is_top, c, p * rest)
+    return p_new, z / np.where(rest > 0, rest, 1e-12)
+
+
 def predict(votes: Votes, current: np.ndarray, n_families: int, cal: Calibration,
             misfiled_at: float = MISFILED_AT) -> Prediction:
     """Top-3 families of every product code 0..len(current)-1 and the misfiled flag.
@@ -147,6 +229,7 @@ def predict(votes: Votes, current: np.ndarray, n_families: int, cal: Calibration
     """
     n_products = len(current)
     prod, fam, p, z = probabilities(votes, n_families, cal)
+    p, z = _calibrated(prod, fam, p, z, cal)
     top = np.full((n_products, 3), -1, np.int64)
     prob = np.full((n_products, 3), np.nan)
     order = np.lexsort((fam, -p, prod))  # by product, then p descending, then family code
@@ -163,7 +246,7 @@ def predict(votes: Votes, current: np.ndarray, n_families: int, cal: Calibration
     z_product = np.full(n_products, np.nan)
     z_product[prod] = z
     has = current >= 0
-    current_prob[has] = cal.alpha / z_product[has]
+    current_prob[has] = np.minimum(cal.alpha / z_product[has], 1.0)
     hit = current[prod] == fam
     current_prob[prod[hit]] = p[hit]
     misfiled = (has & (top[:, 0] >= 0) & (top[:, 0] != current)

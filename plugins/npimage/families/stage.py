@@ -220,9 +220,8 @@ def run_family_stage(run_dir: Path, client_id: str, run_id: str, baseline: Path 
     everything = not reuse or _families_changed(FamilyFiles(baseline).families, families)
     changed = None if everything else _changed_products(catalog, baseline, todo)
     table, cal, n_pred = _predict_products(vectors, catalog, families, projection.dims, changed,
-                                           None if everything else Calibration(**{
-                                               k_: old["calibration"][k_]
-                                               for k_ in ("tau", "alpha", "n_fit", "nll")}),
+                                           None if everything else
+                                           Calibration.from_dict(old["calibration"]),
                                            client_id, run_id, k, misfiled_at)
     if changed is not None:
         carried = read_table(FamilyFiles(baseline).predictions, FAMILY_PREDICTIONS)
