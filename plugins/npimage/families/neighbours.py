@@ -112,7 +112,7 @@ def _scan_topk(sims, q_group, b_group, b_ok, offset, best_val, best_idx):  # pra
 
 
 def top_k(queries: np.ndarray, q_group: np.ndarray, base: np.ndarray, b_group: np.ndarray,
-          b_ok: np.ndarray, k: int, threads: int = 2) -> tuple[np.ndarray, np.ndarray]:
+          b_ok: np.ndarray, k: int, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """Each query's k most similar catalogue rows of another group, best first.
 
     queries (nq, p) and base (nb, p): unit rows of the family space (float16 or float32).
@@ -127,20 +127,27 @@ def top_k(queries: np.ndarray, q_group: np.ndarray, base: np.ndarray, b_group: n
     b_group = np.ascontiguousarray(b_group, np.int64)
     b_ok = np.ascontiguousarray(b_ok, np.bool_)
 
-    def work(qs: slice) -> None:
-        q = np.ascontiguousarray(queries[qs], np.float32)
-        for start in range(0, len(base), BASE_BLOCK):
-            block = np.asarray(base[start:start + BASE_BLOCK], np.float32)
-            sims = q @ block.T
-            _scan_topk(sims, q_group[qs], b_group, b_ok, start, best_val[qs], best_idx[qs])
-
+    q32 = np.ascontiguousarray(queries, np.float32)
     blocks = [slice(s, s + QUERY_BLOCK) for s in range(0, nq, QUERY_BLOCK)]
-    if threads > 1 and len(blocks) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, blocks))
-    else:
-        for qs in blocks:
-            work(qs)
+
+    def scan(qs: slice, block: np.ndarray, start: int) -> None:
+        sims = q32[qs] @ block.T  # BLAS (multi-threaded); the scan releases the GIL
+        _scan_topk(sims, q_group[qs], b_group, b_ok, start, best_val[qs], best_idx[qs])
+
+    # Catalogue blocks outside, query blocks inside: each catalogue row is read from
+    # memory and converted to float32 once, whatever the number of queries.
+    pool = ThreadPoolExecutor(threads) if threads > 1 and len(blocks) > 1 else None
+    try:
+        for start in range(0, len(base), BASE_BLOCK):
+            block = np.ascontiguousarray(base[start:start + BASE_BLOCK], np.float32)
+            if pool is None:
+                for qs in blocks:
+                    scan(qs, block, start)
+            else:
+                list(pool.map(lambda qs, b=block, s=start: scan(qs, b, s), blocks))
+    finally:
+        if pool is not None:
+            pool.shutdown()
     order = np.argsort(-best_val, axis=1, kind="stable")
     return (np.take_along_axis(best_val, order, axis=1),
             np.take_along_axis(best_idx, order, axis=1))
