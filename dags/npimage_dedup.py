@@ -2,7 +2,7 @@
 
 One task per stage of npimage.stages.STAGES (the sequence `npimage run` follows too):
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
-catalogue shards) -> merge (image matches + product roll-up) -> publish -> report
+catalogue shards) -> merge (image matches + product roll-up) -> families -> publish -> report
 -> release_lock (teardown: runs whatever happened before it)
 
 One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
@@ -36,7 +36,8 @@ def _context(params: dict) -> dict:
               "backend": _conn_ref(params["backend"])}
     settings = Settings().with_overrides(
         fv=bool(params["fv"]), fv_model=params["fv_model"] or None, top_k=int(params["top_k"]),
-        threshold=float(params["threshold"]), weights_file=params["weights"] or None)
+        threshold=float(params["threshold"]), weights_file=params["weights"] or None,
+        families=bool(params.get("families", True)))
     ctx = settings_context(params["client_id"], params["source"], run_id, settings,
                            mode=params["mode"], backend=params["backend"] or None)
     return ctx.to_dict()
@@ -104,6 +105,9 @@ def _take_client_lock(ctx: dict) -> None:
         "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
         "backend": Param("", type="string",
                          description="load matches into: '' (none), 'nextpage' or a URL"),
+        "families": Param(DEFAULTS.families, type="boolean",
+                          description="predict product families (when families are known "
+                                      "and fv is on) and flag possibly misfiled products"),
     },
 )
 def npimage_dedup():

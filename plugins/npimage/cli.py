@@ -45,6 +45,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "below 0.82 are labelled 'weak')")
     p.add_argument("--weights", help="JSON weights file (npimage fit-weights writes one)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--no-families", action="store_true",
+                   help="skip the family stage (on by default when families are known and "
+                        "FV is on: a manifest `family` column or np_product.family)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,7 +115,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings().with_overrides(
         data_dir=args.data_dir, fv=False if getattr(args, "no_fv", False) else None,
         fv_model=getattr(args, "fv_model", None), top_k=getattr(args, "top_k", None),
-        threshold=getattr(args, "threshold", None), weights_file=getattr(args, "weights", None))
+        threshold=getattr(args, "threshold", None), weights_file=getattr(args, "weights", None),
+        families=False if getattr(args, "no_families", False) else None)
 
 
 def print_summary(info: dict[str, Any]) -> None:
@@ -129,6 +133,9 @@ def print_summary(info: dict[str, Any]) -> None:
         text = "  ".join(f"{name} {counts.get(name, 0)}" for name in LABELS
                          if name != WEAK or counts.get(name))
         print(f"  {label:<17} {sum(counts.values())}  ({text})")
+    if info.get("family_predictions"):
+        print(f"  families          {info['family_predictions']} products predicted, "
+              f"{info.get('possibly_misfiled', 0)} possibly misfiled")
     print(f"  warehouse         {info['warehouse']}")
     print(f"  run files         {info['run_dir']}")
     if info.get("report"):

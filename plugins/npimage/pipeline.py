@@ -95,12 +95,15 @@ def extract(ctx: RunContext) -> dict[str, Any]:
             previous_catalog=baseline / "catalog.parquet" if baseline else None,
             incremental=ctx.mode == "incremental" and baseline is not None)
         atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
+        from npimage.backend.families import extract_families
+
+        extract_families(resolve_db(ctx.source), ctx.client_id, ctx.path("families.parquet"))
         write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
         log.info("extract: %d images from the backend (%d changed, %d deleted)",
                  ext.n_images, ext.n_changed, ext.n_deleted)
         return {"images": ext.n_images, "rejects": 0}
     result = extract_catalog(ctx.client_id, ctx.source, ctx.path("catalog.parquet"),
-                             ctx.path("extract_rejects.parquet"))
+                             ctx.path("extract_rejects.parquet"), ctx.path("families.parquet"))
     log.info("extract: %d images, %d rejected", result.n_images, result.n_rejects)
     return {"images": result.n_images, "rejects": result.n_rejects}
 
@@ -230,6 +233,25 @@ def merge(ctx: RunContext) -> dict[str, int]:
     return {"image_matches": images.num_rows, "product_matches": products.num_rows}
 
 
+# -- families ----------------------------------------------------------------------------
+
+def families(ctx: RunContext) -> dict[str, Any]:
+    """Family predictions per product (npimage.families.stage) -> family_predictions.parquet.
+
+    Runs when FV is on and families are known (a manifest `family` column or
+    np_product.family); off with --no-families / NPIMAGE_FAMILIES=0 / DAG param families.
+    Otherwise writes no prediction (publish then clears the client's old ones).
+    """
+    from npimage.families.stage import FamilyFiles, run_family_stage
+    from npimage.schemas import FAMILY_PREDICTIONS
+
+    if not (ctx.fv and ctx.families):
+        write_table(FAMILY_PREDICTIONS.empty_table(), FamilyFiles(ctx.run_dir).predictions)
+        return {"mode": "off", "predicted": 0, "misfiled": 0}
+    baseline = ctx.baseline_dir() if ctx.mode == "incremental" else None
+    return run_family_stage(ctx.run_dir, ctx.client_id, ctx.run_id, baseline=baseline)
+
+
 # -- publish -----------------------------------------------------------------------------
 
 def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
@@ -268,9 +290,20 @@ def summary(ctx: RunContext) -> dict[str, Any]:
         "rejects": pq.read_metadata(ctx.path("rejects.parquet")).num_rows,
         "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
         "product_pairs_by_band": _count_by_band(ctx.path("product_matches.parquet"), False),
+        **_family_counts(ctx),
         "run_dir": str(ctx.run_dir),
         "warehouse": str(ctx.settings.warehouse_path.resolve()),
     }
+
+
+def _family_counts(ctx: RunContext) -> dict[str, int]:
+    """Products with a family prediction and those flagged possibly misfiled (#18)."""
+    path = ctx.run_dir / "family_predictions.parquet"
+    if not path.exists():
+        return {}
+    t = pq.read_table(path, columns=["misfiled"])
+    return {"family_predictions": t.num_rows,
+            "possibly_misfiled": int(pc.sum(t["misfiled"]).as_py() or 0)}
 
 
 def _run_started_at(ctx: RunContext) -> datetime:
@@ -292,6 +325,8 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         "image_matches": ctx.path("image_matches.parquet"),
         "product_matches": ctx.path("product_matches.parquet"),
     }
+    if (ctx.run_dir / "family_predictions.parquet").exists():
+        files["family_predictions"] = ctx.run_dir / "family_predictions.parquet"
     run = {
         "client_id": ctx.client_id, "run_id": ctx.run_id, "mode": ctx.mode,
         "fv_model": ctx.fv_model if ctx.fv else None, "top_k": ctx.top_k,
@@ -316,7 +351,8 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         if extracted.exists():  # carries the watermark the next incremental run starts from
             run_info.update(json.loads(extracted.read_text()))
         backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
-                             files["image_matches"], files["product_matches"], run_info)
+                             files["image_matches"], files["product_matches"], run_info,
+                             family_predictions=files.get("family_predictions"))
 
     publish_warehouse(ctx.settings.warehouse_path, files, run, before_commit=load_backend)
     atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))
@@ -340,4 +376,5 @@ def settings_context(client_id: str, source: str, run_id: str, settings: Setting
     return RunContext(client_id=client_id, run_id=run_id, source=str(source), mode=mode,
                       data_dir=str(settings.data_dir), fv=settings.fv, fv_model=settings.fv_model,
                       top_k=settings.top_k, threshold=settings.threshold,
-                      weights_file=settings.weights_file, backend=backend)
+                      weights_file=settings.weights_file, backend=backend,
+                      families=settings.families)

@@ -51,6 +51,7 @@ class RunContext:
     threshold: float
     weights_file: str | None = None
     backend: str | None = None
+    families: bool = True  # family stage (#18), when families are known and FV is on
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -76,6 +77,7 @@ class RunContext:
         return Settings().with_overrides(
             data_dir=self.data_dir, fv=self.fv, fv_model=self.fv_model,
             top_k=self.top_k, threshold=self.threshold, weights_file=self.weights_file,
+            families=self.families,
         )
 
     @property
