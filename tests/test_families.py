@@ -209,3 +209,26 @@ def test_projection_round_trip(dims):
     q = Projection.from_arrays(p.to_arrays())
     np.testing.assert_array_equal(p.apply(fv), q.apply(fv))
     assert np.allclose(np.linalg.norm(p.apply(fv).astype(np.float32), axis=1), 1, atol=1e-2)
+
+
+def test_grocery_subset_leave_one_product_out(tmp_path):
+    """Real photos: 3 train + 2 val photos of each fine class, the shipped extractor."""
+    from conftest import dataset
+
+    from npimage.families.evaluate import evaluate_families
+    from npimage.families.grocery import embed_cached, load_photos
+
+    root = dataset("grocery-store")
+    photos = load_photos(root)
+    keep = sorted(i for split, n in (("train", 3), ("val", 2)) for f in np.unique(photos.fine)
+                  for i in np.flatnonzero((photos.fine == f) & (photos.split == split))[:n])
+    sub = photos.take(np.array(keep))
+    fv, model_id = embed_cached(sub, "efficientnet-lite0", tmp_path / "models",
+                                tmp_path / "fv.npz")
+    assert fv.shape == (len(sub), 1280) and model_id.startswith("efficientnet-lite0@")
+    easy = evaluate_families(fv, sub.family, sub.fine, sub.split, seeds=(0,))
+    hard = evaluate_families(fv, sub.family, sub.fine, sub.split, by_fine=True, seeds=(0,))
+    assert easy.n_eval == int((sub.split == "val").sum()) > 50
+    assert easy.top1 >= 0.7 and easy.top3 >= 0.85
+    assert hard.top1 < easy.top1  # a brand never seen is harder than another photo of one
+    assert 0 <= easy.ece <= 0.2
