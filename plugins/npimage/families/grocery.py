@@ -75,7 +75,9 @@ def embed_cached(photos: Photos, spec: str, model_cache: Path, cache_file: Path,
     from npimage.ingest.decode import decode
 
     extractor = load(spec, model_cache)
-    digest = hashlib.sha256("\n".join(str(p) for p in photos.paths).encode()).hexdigest()[:16]
+    # the photo list, relative to the dataset folder (the same data mounted elsewhere hits)
+    names = (str(p).rsplit("/dataset/", 1)[-1] for p in photos.paths)
+    digest = hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
     if cache_file.exists():
         cached = np.load(cache_file)
         if str(cached["model_id"]) == extractor.model_id and str(cached["digest"]) == digest:
