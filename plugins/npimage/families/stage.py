@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -293,7 +294,10 @@ def _predict_products(vectors: pa.Table, catalog: pa.Table, families: pa.Table, 
     wanted = np.ones(len(products), bool) if changed is None else np.isin(
         products, np.array(sorted(changed), dtype=str))
     q = np.flatnonzero(wanted[group])
+    t0 = time.perf_counter()
     sims, rows = top_k(vec[q], group[q], vec, group, img_fam >= 0, k, threads=1)
+    log.info("families: neighbours of %d image(s) among %d in %.1f s", len(q), len(vec),
+             time.perf_counter() - t0)
     fams = np.where(rows >= 0, img_fam[np.maximum(rows, 0)], -1)
     votes = Votes(group[q], sims, fams)
     if cal is None:
