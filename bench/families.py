@@ -190,8 +190,9 @@ def main() -> None:
          f"{t_search:.1f} / {c_search:.1f}"),
         ("search rate (pairs/s)", f"{rate:.3g}"),
         ("re-predict everything, M x M (extrapolated, min)", f"{full / 60:.0f}"),
-        ("  same, idle machine (CPU s / 2, extrapolated, min)",
-         f"{(args.m + args.n) ** 2 / cpu_rate / 2 / 60:.0f}"),
+        ("  same from CPU time (idle 2 cores: CPU/2 to CPU, min)",
+         f"{(args.m + args.n) ** 2 / cpu_rate / 2 / 60:.0f} to "
+         f"{(args.m + args.n) ** 2 / cpu_rate / 60:.0f}"),
         ("peak RSS (MB)", f"{rss:.0f}"),
         ("set-up of the synthetic runs (s, not counted)", f"{t_build:.1f}"),
         ("load average at start (2 cores = 2.0 busy)", f"{load:.1f}"),
