@@ -207,6 +207,6 @@ def published_families(warehouse: Path, client_id: str) -> PublishedFamilies:
                           {"client": client_id}).fetchone()
     finally:
         con.close()
-    n, top1, top3, mis, unfiled = row
+    n, top1, top3, mis, unfiled = row if row is not None else (0, 0.0, 0.0, 0, 0)
     return PublishedFamilies(int(n or 0), float(top1 or 0.0), float(top3 or 0.0),
                              int(mis or 0), int(unfiled or 0))

@@ -271,7 +271,8 @@ def evidence_json(q_image: np.ndarray, q_product: np.ndarray, sims: np.ndarray,
     keep = (np.arange(len(prod)) - first) < limit
     qi, s, r, prod = qi[keep], s[keep], r[keep], prod[keep]
     out: list[str | None] = [None] * n_products
-    bounds = np.flatnonzero(np.r_[True, prod[1:] != prod[:-1], True]) if len(prod) else []
+    bounds: np.ndarray = (np.flatnonzero(np.r_[True, prod[1:] != prod[:-1], True])
+                          if len(prod) else np.zeros(0, np.int64))
     weight = np.exp((s.astype(np.float64) - 1.0) / tau)
     for a, b in itertools.pairwise(bounds):
         out[int(prod[a])] = json.dumps([

@@ -197,17 +197,19 @@ def run_family_stage(run_dir: Path, client_id: str, run_id: str, baseline: Path 
     model_id = models[0]
 
     old = _load_state(baseline)
-    reuse = old is not None and old.get("model_id") == model_id
-    if reuse:
-        projection = Projection.from_arrays(dict(np.load(FamilyFiles(baseline).projection)))
-        kept = pq.read_table(FamilyFiles(baseline).vectors)
+    base = (FamilyFiles(baseline) if baseline is not None and old is not None
+            and old.get("model_id") == model_id else None)
+    old_cal = Calibration.from_dict(old["calibration"]) if base and old else None
+    if base is not None:
+        projection = Projection.from_arrays(dict(np.load(base.projection)))
+        kept = pq.read_table(base.vectors)
         kept = kept.filter(pc.is_in(_id_sha(kept), _id_sha(sigs)))  # same image, same bytes
     else:
         projection = _fit(shards, sigs.num_rows)
         kept = VECTORS.empty_table()
     todo = pc.filter(sigs["image_id"], pc.invert(pc.is_in(sigs["image_id"], kept["image_id"])))
     fresh_files = sorted((run_dir / "sig_batches").glob("*.parquet"))
-    fresh = _project(fresh_files, projection, todo) if reuse else VECTORS.empty_table()
+    fresh = _project(fresh_files, projection, todo) if base else VECTORS.empty_table()
     rest = pc.filter(todo, pc.invert(pc.is_in(todo, fresh["image_id"])))
     if len(rest):
         fresh = pa.concat_tables([fresh, _project(shards, projection, rest)])
@@ -218,14 +220,14 @@ def run_family_stage(run_dir: Path, client_id: str, run_id: str, baseline: Path 
     write_table(vectors, files.vectors, VECTORS)
 
     catalog = pq.read_table(run_dir / "catalog.parquet", columns=["image_id", "product_id"])
-    everything = not reuse or _families_changed(FamilyFiles(baseline).families, families)
-    changed = None if everything else _changed_products(catalog, baseline, todo)
-    table, cal, n_pred = _predict_products(vectors, catalog, families, projection.dims, changed,
-                                           None if everything else
-                                           Calibration.from_dict(old["calibration"]),
+    everything = base is None or _families_changed(base.families, families)
+    changed = None if base is None or everything else _changed_products(catalog, base.run_dir,
+                                                                        todo)
+    table, cal, n_pred = _predict_products(vectors, catalog, families, changed,
+                                           None if everything else old_cal,
                                            client_id, run_id, k, misfiled_at)
-    if changed is not None:
-        carried = read_table(FamilyFiles(baseline).predictions, FAMILY_PREDICTIONS)
+    if base is not None and changed is not None:
+        carried = read_table(base.predictions, FAMILY_PREDICTIONS)
         carried = carried.filter(pc.invert(pc.is_in(carried["product_id"],
                                                     pa.array(sorted(changed), pa.string()))))
         carried = carried.filter(pc.is_in(carried["product_id"], catalog["product_id"]))
@@ -254,7 +256,8 @@ def _save_projection(projection: Projection, path: Path) -> None:
     """Write the projection under a temporary name, then rename (never half-written)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, **projection.to_arrays())
+    arrays = projection.to_arrays()
+    np.savez(tmp, mean=arrays["mean"], axes=arrays["axes"])
     tmp.replace(path)
 
 
@@ -273,7 +276,7 @@ def _vec_matrix(vectors: pa.Table) -> np.ndarray:
     return values.reshape(len(arr), -1) if len(arr) else np.zeros((0, 1), np.float16)
 
 
-def _predict_products(vectors: pa.Table, catalog: pa.Table, families: pa.Table, dims: int,
+def _predict_products(vectors: pa.Table, catalog: pa.Table, families: pa.Table,
                       changed: set[str] | None, cal: Calibration | None, client_id: str,
                       run_id: str, k: int, misfiled_at: float
                       ) -> tuple[pa.Table, Calibration, int]:
@@ -304,17 +307,17 @@ def _predict_products(vectors: pa.Table, catalog: pa.Table, families: pa.Table, 
         cal = fit_calibration(votes, fam, len(names))
     pred = predict(votes, fam, len(names), cal, misfiled_at)
     image_ids = img["image_id"].to_numpy(zero_copy_only=False).astype(object)
+    img_fam_name = names[np.maximum(img_fam, 0)].astype(object)
+    img_fam_name[img_fam < 0] = None
     evidence = evidence_json(image_ids[q], group[q], sims, rows, image_ids,
-                             products[group].astype(object), np.where(
-                                 img_fam >= 0, names[np.maximum(img_fam, 0)], None),
-                             len(products), cal.tau)
+                             products[group].astype(object), img_fam_name, len(products),
+                             cal.tau)
     pidx = np.flatnonzero(wanted)
     n_images = np.bincount(group, minlength=len(products))
 
     def fam_col(col: int) -> pa.Array:
         t = pred.top[pidx, col]
-        return pa.array(np.where(t >= 0, names[np.maximum(t, 0)] if len(names) else None, None)
-                        .tolist(), pa.string())
+        return pa.array([str(names[f]) if f >= 0 else None for f in t.tolist()], pa.string())
 
     def prob_col(values: np.ndarray) -> pa.Array:
         return pa.array(values, pa.float32(), mask=np.isnan(values))

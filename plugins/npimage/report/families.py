@@ -39,9 +39,9 @@ class FamilySuggestion:
 
 
 def _has_table(con: duckdb.DuckDBPyConnection) -> bool:
-    return bool(con.execute(
-        "SELECT count(*) FROM information_schema.tables "
-        "WHERE table_name = 'product_family_predictions'").fetchone()[0])
+    row = con.execute("SELECT count(*) FROM information_schema.tables "
+                      "WHERE table_name = 'product_family_predictions'").fetchone()
+    return bool(row and row[0])
 
 
 def _row(values: tuple) -> FamilySuggestion:
