@@ -232,3 +232,20 @@ def test_grocery_subset_leave_one_product_out(tmp_path):
     assert easy.top1 >= 0.7 and easy.top3 >= 0.85
     assert hard.top1 < easy.top1  # a brand never seen is harder than another photo of one
     assert 0 <= easy.ece <= 0.2
+
+
+def test_stage_with_no_signature_and_with_one_image(tmp_path):
+    """Every image rejected (no signature) and a one-image catalogue: no prediction, no error."""
+    fv, _ = _clusters(1, 1)
+    one = tmp_path / "one"
+    one.mkdir()
+    _write_run(one, fv, ["p0"], {"p0": "fam"})
+    assert run_family_stage(one, "c", "r")["predicted"] == 1
+    row = _predictions(one)["p0"]
+    assert row["predicted_family"] is None and not row["misfiled"] and row["n_votes"] == 0
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    _write_run(empty, fv, ["p0"], {"p0": "fam"})
+    shard = empty / "signatures" / "shard-00000.parquet"
+    pq.write_table(pq.read_table(shard).slice(0, 0), shard)
+    assert run_family_stage(empty, "c", "r")["mode"] == "skipped"

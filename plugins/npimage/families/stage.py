@@ -190,6 +190,9 @@ def run_family_stage(run_dir: Path, client_id: str, run_id: str, baseline: Path 
     shards = sorted((run_dir / "signatures").glob("shard-*.parquet"))
     sigs = read_parts(run_dir / "signatures", SIGNATURES, "shard-*.parquet",
                       columns=["image_id", "sha256", "fv_model"])
+    if not sigs.num_rows:  # every image rejected, or an empty catalogue: nothing to vote
+        write_table(FAMILY_PREDICTIONS.empty_table(), files.predictions)
+        return {"families": 0, "predicted": 0, "misfiled": 0, "mode": "skipped"}
     models = pc.unique(sigs["fv_model"].drop_null()).to_pylist()
     if len(models) != 1 or sigs["fv_model"].null_count:
         raise ValueError(f"family stage needs one feature-vector model for every image, "
