@@ -79,14 +79,6 @@ PRODUCT_MATCHES = pa.schema(
     ]
 )
 
-ALL = {
-    "catalog": CATALOG,
-    "signatures": SIGNATURES,
-    "rejects": REJECTS,
-    "image_matches": IMAGE_MATCHES,
-    "product_matches": PRODUCT_MATCHES,
-}
-
 # -- families (#18) ----------------------------------------------------------------------
 
 #: The family of each product, part of the catalogue snapshot (families.parquet of a run).
@@ -120,6 +112,3 @@ FAMILY_PREDICTIONS = pa.schema(
         ("run_id", pa.string()),
     ]
 )
-
-ALL["families"] = FAMILIES
-ALL["family_predictions"] = FAMILY_PREDICTIONS
