@@ -58,7 +58,7 @@ def render_report(
         writer.image_pages(con)
         writer.product_pages(con)
         writer.misfiled = misfiled(con, client_id)
-        writer.summary["counts"]["misfiled"] = len(writer.misfiled)
+        writer.counts["misfiled"] = len(writer.misfiled)
     writer.search_index()
     _tick(progress, "search")
     writer.index_pages()  # last: index.html links only to pages that exist

@@ -216,18 +216,19 @@ class Writer:
             products=d.product_by_id,
         )
         # Only index pages show these: they change with every run.
+        self.counts: dict[str, int] = {
+            "images": len(d.images),
+            "products": len(d.products),
+            "rejects": len(d.rejects),
+            "matched": sum(1 for i in d.images if i.n_matches),
+            "products_matched": sum(1 for p in d.products if p.n_matches),
+            "misfiled": 0,  # families (#18): set by render_report
+            "families": 0,  # products with a family prediction, counted by product_pages
+        }
         self.summary = {
             "run_label": ", ".join(d.run_ids[:3]) + (" …" if len(d.run_ids) > 3 else ""),
             "generated_at": _when(datetime.now(UTC)),
-            "counts": {
-                "images": len(d.images),
-                "products": len(d.products),
-                "rejects": len(d.rejects),
-                "matched": sum(1 for i in d.images if i.n_matches),
-                "products_matched": sum(1 for p in d.products if p.n_matches),
-                "misfiled": 0,
-                "families": 0,
-            },
+            "counts": self.counts,
         }
 
     def put(self, rel: str, data: bytes) -> None:
@@ -308,7 +309,7 @@ class Writer:
             )
             fams = suggestions_for(con, self.data.client_id, part[0].product_id,
                                    part[-1].product_id)
-            self.summary["counts"]["families"] += len(fams)
+            self.counts["families"] += len(fams)
             for n, prod in enumerate(part, start=start):
                 self.write(
                     prod.page,
