@@ -117,3 +117,22 @@ def test_families_from_backend_to_warehouse_backend_and_report(seeded_families, 
     with pytest.raises(AssertionError):
         _warehouse(tmp_path, "hospital")
     assert _backend(dsn, "hospital") == {}
+
+
+def test_backend_without_family_column_has_no_families(pg_backend, tmp_path):
+    """A NextPage database whose np_product has no `family` column: no families, no error."""
+    from npimage.backend.families import extract_families
+
+    with closing(pg_connect(pg_backend)) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO np_client (client_id) VALUES ('c')")
+        cur.execute("INSERT INTO np_product (client_id, product_id, family) "
+                    "VALUES ('c', 'p1', 'Milk'), ('c', 'p2', NULL)")
+    out = tmp_path / "families.parquet"
+    assert extract_families(pg_backend, "c", out) == 1
+    assert pq.read_table(out).to_pylist() == [
+        {"client_id": "c", "product_id": "p1", "family": "Milk"},
+        {"client_id": "c", "product_id": "p2", "family": None}]
+    with closing(pg_connect(pg_backend)) as conn, conn.cursor() as cur:
+        cur.execute("ALTER TABLE np_product DROP COLUMN family")
+    assert extract_families(pg_backend, "c", out) == 0
+    assert not out.exists()

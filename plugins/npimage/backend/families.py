@@ -16,12 +16,18 @@ def extract_families(db: Db, client_id: str, out_path: Path, batch_rows: int = 5
     """Write the client's (product, family) rows to `out_path`; return how many have one.
 
     A read-only snapshot of its own; the families are read right after the catalogue, and
-    a family edited in between is picked up by the next run (its digest changes).
+    a family edited in between is picked up by the next run. A database whose np_product
+    has no `family` column has no families: no file is written (and 0 returned).
     """
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
     with connection(db) as conn, transaction(conn) as cur:
         cur.execute(load_sql("postgres", "extract_snapshot"))
+        cur.execute(load_sql("postgres", "families_column"))
+        row = cur.fetchone()
+        if not row or not row[0]:
+            out_path.unlink(missing_ok=True)
+            return 0
         batches = copy_out_batches(cur, load_sql("postgres", "extract_families"),
                                    {"client_id": client_id}, FAMILIES,
                                    out_path.with_suffix(".csv"), batch_rows)
