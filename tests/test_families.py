@@ -243,6 +243,14 @@ def test_stage_with_no_signature_and_with_one_image(tmp_path):
     assert run_family_stage(one, "c", "r")["predicted"] == 1
     row = _predictions(one)["p0"]
     assert row["predicted_family"] is None and not row["misfiled"] and row["n_votes"] == 0
+    # the only product with a family has no image: nobody can vote, nothing fails
+    two = tmp_path / "two"
+    two.mkdir()
+    _write_run(two, np.concatenate([fv, fv]), ["p0", "p1"], {})
+    pq.write_table(pa.table({"client_id": ["c"] * 3, "product_id": ["p0", "p1", "p9"],
+                             "family": [None, None, "fam"]}, FAMILIES), two / "families.parquet")
+    assert run_family_stage(two, "c", "r")["predicted"] == 2
+    assert all(r["predicted_family"] is None for r in _predictions(two).values())
     empty = tmp_path / "empty"
     empty.mkdir()
     _write_run(empty, fv, ["p0"], {"p0": "fam"})

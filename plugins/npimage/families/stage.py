@@ -286,6 +286,7 @@ def _predict_products(vectors: pa.Table, catalog: pa.Table, families: pa.Table,
     """Predictions of the products `changed` (None: all of them) as a FAMILY_PREDICTIONS
     table; fits the calibration on every product when `cal` is None."""
     img = vectors.select(["image_id"]).join(catalog, "image_id").sort_by("image_id")
+    img = img.filter(pc.is_valid(img["product_id"]))  # an image of no product: not a product
     vec = _vec_matrix(vectors.filter(pc.is_in(vectors["image_id"], img["image_id"])))
     product_ids = img["product_id"].to_numpy(zero_copy_only=False).astype(object)
     products, group = np.unique(product_ids.astype(str), return_inverse=True)
@@ -310,8 +311,8 @@ def _predict_products(vectors: pa.Table, catalog: pa.Table, families: pa.Table,
         cal = fit_calibration(votes, fam, len(names))
     pred = predict(votes, fam, len(names), cal, misfiled_at)
     image_ids = img["image_id"].to_numpy(zero_copy_only=False).astype(object)
-    img_fam_name = names[np.maximum(img_fam, 0)].astype(object)
-    img_fam_name[img_fam < 0] = None
+    img_fam_name = np.full(len(img_fam), None, dtype=object)
+    img_fam_name[img_fam >= 0] = names[img_fam[img_fam >= 0]]
     evidence = evidence_json(image_ids[q], group[q], sims, rows, image_ids,
                              products[group].astype(object), img_fam_name, len(products),
                              cal.tau)
