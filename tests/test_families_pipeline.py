@@ -134,5 +134,9 @@ def test_backend_without_family_column_has_no_families(pg_backend, tmp_path):
         {"client_id": "c", "product_id": "p2", "family": None}]
     with closing(pg_connect(pg_backend)) as conn, conn.cursor() as cur:
         cur.execute("ALTER TABLE np_product DROP COLUMN family")
-    assert extract_families(pg_backend, "c", out) == 0
-    assert not out.exists()
+    try:
+        assert extract_families(pg_backend, "c", out) == 0
+        assert not out.exists()
+    finally:  # the database is shared by the session's tests: put the column back
+        with closing(pg_connect(pg_backend)) as conn, conn.cursor() as cur:
+            cur.execute("ALTER TABLE np_product ADD COLUMN family text")
