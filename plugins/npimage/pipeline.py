@@ -33,7 +33,7 @@ from npimage.matching.merge import merge_image_matches, roll_up_products
 from npimage.matching.scoring import Scorer, load_weights
 from npimage.progress import Progress
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
-from npimage.storage.parquet_io import read_parts, read_table, write_table
+from npimage.storage.parquet_io import concat, read_parts, read_table, write_table
 from npimage.storage.runs import RunContext, atomic_write_text
 from npimage.storage.warehouse import publish as publish_warehouse
 
@@ -155,7 +155,7 @@ def _batch_outputs(ctx: RunContext, folder: str, schema: pa.Schema) -> pa.Table:
     missing = [n for n in names if not (ctx.run_dir / folder / n).exists()]
     if missing:
         raise RuntimeError(f"signature batches not computed: {missing[:5]}")
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    return concat(tables, schema)
 
 
 def _query_ids(ctx: RunContext, fresh: pa.Table, sigs: pa.Table,
@@ -201,9 +201,9 @@ def consolidate(ctx: RunContext) -> list[dict[str, int]]:
         unplanned = pc.invert(pc.is_in(catalog["image_id"], planned["image_id"]))
         kept_ids = catalog.filter(unplanned)["image_id"].to_pylist()
         parts.append(read_parts(baseline / "signatures", SIGNATURES, ids=kept_ids))
-    sigs = pa.concat_tables(parts).sort_by("image_id")
-    rejects = pa.concat_tables([read_table(ctx.path("extract_rejects.parquet"), REJECTS),
-                                _batch_outputs(ctx, "sig_rejects", REJECTS)])
+    sigs = concat(parts, SIGNATURES).sort_by("image_id")
+    rejects = concat([read_table(ctx.path("extract_rejects.parquet"), REJECTS),
+                      _batch_outputs(ctx, "sig_rejects", REJECTS)], REJECTS)
     write_table(rejects, ctx.path("rejects.parquet"), REJECTS)
 
     query_ids = _query_ids(ctx, fresh, sigs, baseline)

@@ -18,7 +18,7 @@ def write_table(table: pa.Table, path: Path, schema: pa.Schema | None = None) ->
     Parquet under the final name; a retry rewrites the same final name.
     """
     if schema is not None:
-        table = table.select(schema.names).cast(schema)
+        table = conform(table, schema)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
@@ -36,7 +36,24 @@ def read_table(path: Path, schema: pa.Schema | None = None) -> pa.Table:
             raise FileNotFoundError(path)
         return schema.empty_table()
     table = pq.read_table(path)
-    return table.select(schema.names).cast(schema) if schema is not None else table
+    return conform(table, schema) if schema is not None else table
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly the columns and types of `schema`.
+
+    A column whose values are all null may have been written as Arrow's `null` type (a
+    run without feature vectors, an empty batch): it is cast like any other, so tables
+    of runs with and without FV, or empty and full batches, always concatenate.
+    """
+    return table.select(schema.names).cast(schema)
+
+
+def concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Concatenate tables of one contract into one table of `schema` (types explicit)."""
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables([conform(t, schema) for t in tables])
 
 
 def empty(schema: pa.Schema) -> pa.Table:
@@ -54,5 +71,7 @@ def read_parts(folder: Path, schema: pa.Schema, pattern: str = "*.parquet",
     if not files:
         return schema.empty_table().select(names)
     dataset = ds.dataset(files, schema=schema, format="parquet")
-    flt = ds.field("image_id").isin(ids) if ids is not None else None
+    flt = None
+    if ids is not None:  # typed: an empty list would be a null array, not a string one
+        flt = ds.field("image_id").isin(pa.array(ids, schema.field("image_id").type))
     return dataset.to_table(columns=names, filter=flt)
