@@ -25,19 +25,32 @@ DEFAULTS = Settings()
 NEXTPAGE_CONN_ID = "nextpage_backend"
 
 
-def _context(params: dict) -> dict:
-    """The run context (a small dict) from the DAG params and this DAG run's id."""
+def _context(params: dict, run_id: str | None = None) -> dict:
+    """The run context (a small dict) from the DAG params and this DAG run's id.
+
+    It holds the source and backend as given (a URL may carry a password): tasks pass
+    `_public` of it through XCom, and `_ctx` puts the secrets back from the params.
+    """
     from npimage.pipeline import settings_context
 
-    run_id = get_current_context()["run_id"]
+    run_id = run_id or get_current_context()["run_id"]
     params = {**params, "source": _conn_ref(params["source"]),
               "backend": _conn_ref(params["backend"])}
     settings = Settings().with_overrides(
         fv=bool(params["fv"]), fv_model=params["fv_model"] or None, top_k=int(params["top_k"]),
         threshold=float(params["threshold"]), weights_file=params["weights"] or None)
     ctx = settings_context(params["client_id"], params["source"], run_id, settings,
-                           mode=params["mode"], backend=params["backend"] or None)
+                           mode=params["mode"], backend=params["backend"] or None,
+                           allow_shrink=bool(params.get("allow_shrink", False)),
+                           max_shrink=float(params.get("max_shrink", 0.5)))
     return ctx.to_dict()
+
+
+def _public(ctx: dict) -> dict:
+    """The context as XCom carries it: no DSN password (npimage.redact)."""
+    from npimage.pipeline import public_context
+
+    return public_context(_ctx(ctx))
 
 
 def _conn_ref(value: str) -> str:
@@ -46,9 +59,25 @@ def _conn_ref(value: str) -> str:
 
 
 def _ctx(data: dict):
+    """The RunContext of an XCom dict, with the source and backend taken from the params."""
     from npimage.storage.runs import RunContext
 
-    return RunContext.from_dict(data)
+    params = get_current_context()["params"]
+    secrets = {"source": _conn_ref(params["source"]),
+               "backend": _conn_ref(params["backend"]) or None}
+    return RunContext.from_dict({**data, **secrets})
+
+
+def _record_failure(context) -> None:
+    """on_failure_callback: mark the run 'failed' in the backend with the task's error."""
+    from npimage.pipeline import record_failure
+    from npimage.storage.runs import RunContext
+
+    ctx = RunContext.from_dict(_context(context["params"], context["run_id"]))
+    error = context.get("exception")
+    task = context["ti"].task_id
+    record_failure(ctx, f"task {task} failed: " + (
+        f"{type(error).__name__}: {error}" if error is not None else "see its log"))
 
 
 def _dag_run_alive(holder) -> bool:
@@ -84,7 +113,8 @@ def _take_client_lock(ctx: dict) -> None:
     schedule=None,
     catchup=False,
     max_active_tasks=4,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20)},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20),
+                  "on_failure_callback": _record_failure},
     tags=["npimage"],
     doc_md=__doc__,
     params={
@@ -100,7 +130,13 @@ def _take_client_lock(ctx: dict) -> None:
         "threshold": Param(DEFAULTS.threshold, type="number", exclusiveMinimum=0, maximum=1),
         "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
         "backend": Param("", type="string",
-                         description="load matches into: '' (none), 'nextpage' or a URL"),
+                         description="load matches into: '' (none), 'nextpage', "
+                         "'env:<VARIABLE>' or a URL (its password is never stored)"),
+        "allow_shrink": Param(False, type="boolean",
+                              description="publish even if most published images disappeared"),
+        "max_shrink": Param(0.5, type="number", minimum=0, maximum=1,
+                            description="largest share of the published images that may "
+                            "disappear or become unreadable"),
     },
 )
 def npimage_dedup():
@@ -110,8 +146,8 @@ def npimage_dedup():
 
         ctx = _context(get_current_context()["params"])
         _take_client_lock(ctx)
-        pipeline.extract(_ctx(ctx))
-        return ctx
+        pipeline.extract(_ctx(ctx), started_at=get_current_context()["dag_run"].start_date)
+        return _public(ctx)
 
     @task
     def plan(ctx: dict) -> list[str]:
@@ -127,9 +163,15 @@ def npimage_dedup():
 
     @task(trigger_rule="none_failed")
     def consolidate(ctx: dict, batch_counts: list[dict] | None) -> list[dict]:
-        from npimage import pipeline
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return pipeline.consolidate(_ctx(ctx))
+        from npimage import pipeline
+        from npimage.guards import ShrinkRefused
+
+        try:
+            return pipeline.consolidate(_ctx(ctx))
+        except ShrinkRefused as exc:  # the source, not the task: a retry would refuse again
+            raise AirflowFailException(str(exc)) from exc
 
     @task(max_active_tis_per_dag=2)
     def compare(ctx: dict, shard: dict) -> str:
@@ -147,7 +189,7 @@ def npimage_dedup():
     def publish(ctx: dict, merged: dict) -> dict:
         from npimage import pipeline
 
-        return pipeline.publish(_ctx(ctx))
+        return pipeline.publish(_ctx(ctx))  # started_at: the extract's, from context.json
 
     @task
     def report(ctx: dict, published: dict) -> str:

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -23,15 +24,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from npimage import resume
 from npimage.config import BANDS, Settings
 from npimage.fv import FeatureExtractor, load_extractor
-from npimage.ingest.extract import extract_catalog
+from npimage.guards import Shrink, check_shrink
+from npimage.ingest.extract import extract_catalog, screen_catalog_file
 from npimage.ingest.plan import plan_batches
 from npimage.ingest.signatures import compute_batch
 from npimage.matching import compare as cmp
 from npimage.matching.merge import merge_image_matches, roll_up_products
 from npimage.matching.scoring import Scorer, load_weights
 from npimage.progress import Progress
+from npimage.redact import redact_dsn
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import concat, read_parts, read_table, write_table
 from npimage.storage.runs import RunContext, atomic_write_text
@@ -46,27 +50,90 @@ MATCH_SETTINGS = ("fv", "fv_model", "top_k", "threshold", "weights_file")
 
 #: A source or backend naming an Airflow connection instead of a URL (no secret in XCom).
 AIRFLOW_CONN_PREFIX = "airflow-conn:"
+#: A source or backend naming an environment variable that holds the DSN (no secret stored).
+ENV_PREFIX = "env:"
 
 
 def is_backend_url(source: str) -> bool:
-    return source.startswith(("postgresql://", "postgres://", AIRFLOW_CONN_PREFIX))
+    return source.startswith(("postgresql://", "postgres://", AIRFLOW_CONN_PREFIX, ENV_PREFIX))
 
 
 def resolve_db(url: str) -> str:
-    """A libpq DSN for a postgresql:// URL or an `airflow-conn:<conn_id>` reference."""
+    """A libpq DSN for a postgresql:// URL, an `airflow-conn:<conn_id>` or `env:<NAME>`."""
     if url.startswith(AIRFLOW_CONN_PREFIX):
         from npimage.backend import airflow_dsn
 
         return airflow_dsn(url.removeprefix(AIRFLOW_CONN_PREFIX))
+    if url.startswith(ENV_PREFIX):
+        name = url.removeprefix(ENV_PREFIX)
+        if not os.environ.get(name):
+            raise ValueError(f"{url}: environment variable {name} is not set")
+        return os.environ[name]
     return url
+
+
+def public_context(ctx: RunContext) -> dict[str, Any]:
+    """The run context as stored in files and XCom: DSN passwords removed (npimage.redact)."""
+    return {**ctx.to_dict(), "source": redact_dsn(ctx.source), "backend": redact_dsn(ctx.backend)}
+
+
+def backend_of(ctx: RunContext) -> str | None:
+    """The backend the run loads into (its --backend, else a backend source), or None."""
+    return ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
+
+
+def _started_at(ctx: RunContext) -> datetime:
+    """When the run started: kept in context.json by its first extract (retries keep it)."""
+    try:
+        return datetime.fromisoformat(json.loads(ctx.path("context.json").read_text())
+                                      ["started_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return datetime.now(UTC)
+
+
+def record_start(ctx: RunContext, started_at: datetime) -> None:
+    """Mark the run 'running' in the backend's npimage_run from its start (if a backend)."""
+    url = backend_of(ctx)
+    if url:
+        from npimage import backend
+
+        backend.record_run_start(resolve_db(url), ctx.client_id, ctx.run_id,
+                                 {"mode": ctx.mode, "started_at": started_at})
+
+
+def record_failure(ctx: RunContext, error: BaseException | str) -> None:
+    """Mark the run 'failed' with its error in the backend, whichever stage failed.
+
+    Never raises (the run's own error matters more); the message is redacted.
+    """
+    url = backend_of(ctx)
+    if not url:
+        return
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    try:
+        from npimage import backend
+
+        backend.record_run_end(resolve_db(url), ctx.client_id, ctx.run_id, "failed",
+                               {"mode": ctx.mode}, error=redact_dsn(text))
+    except Exception as exc:  # the backend may be what failed
+        log.warning("run %s not marked failed in the backend: %s", ctx.run_id,
+                    redact_dsn(str(exc)))
 
 
 # -- extract -----------------------------------------------------------------------------
 
-def extract(ctx: RunContext) -> dict[str, Any]:
-    """Catalogue the source into catalog.parquet (+ extract rejects); save the context."""
-    context = {**ctx.to_dict(), "weights_digest": _weights_digest(ctx)}
+def extract(ctx: RunContext, started_at: datetime | None = None) -> dict[str, Any]:
+    """Catalogue the source into catalog.parquet (+ extract rejects); save the context.
+
+    The context (without passwords) keeps the run's start time: a retried extract keeps
+    the first one. The backend's npimage_run row says 'running' from here on.
+    """
+    started = _started_at(ctx) if ctx.path("context.json").exists() else (
+        started_at or datetime.now(UTC))
+    context = {**public_context(ctx), "weights_digest": _weights_digest(ctx),
+               "started_at": started.isoformat()}
     atomic_write_text(ctx.path("context.json"), json.dumps(context, indent=2))
+    record_start(ctx, started)
     if is_backend_url(ctx.source):
         from npimage import backend  # psycopg2 only when needed
 
@@ -76,10 +143,11 @@ def extract(ctx: RunContext) -> dict[str, Any]:
             previous_catalog=baseline / "catalog.parquet" if baseline else None,
             incremental=ctx.mode == "incremental" and baseline is not None)
         atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
-        write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
-        log.info("extract: %d images from the backend (%d changed, %d deleted)",
-                 ext.n_images, ext.n_changed, ext.n_deleted)
-        return {"images": ext.n_images, "rejects": 0}
+        n_rejects = screen_catalog_file(ctx.path("catalog.parquet"),
+                                        ctx.path("extract_rejects.parquet"), ctx.client_id)
+        log.info("extract: %d images from the backend (%d changed, %d deleted), %d rejected",
+                 ext.n_images - n_rejects, ext.n_changed, ext.n_deleted, n_rejects)
+        return {"images": ext.n_images - n_rejects, "rejects": n_rejects}
     result = extract_catalog(ctx.client_id, ctx.source, ctx.path("catalog.parquet"),
                              ctx.path("extract_rejects.parquet"))
     log.info("extract: %d images, %d rejected", result.n_images, result.n_rejects)
@@ -130,9 +198,20 @@ def _extractor(spec: str, cache_dir: str) -> FeatureExtractor:
 
 
 def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
-    """Signatures of one planned batch -> sig_batches/ and sig_rejects/ Parquet."""
+    """Signatures of one planned batch -> sig_batches/ and sig_rejects/ Parquet.
+
+    A batch already complete on disk with the same rows and settings (this run's, after
+    a retry, or an interrupted run's of the client) is reused, not computed again
+    (npimage.resume); its counts come back with `resumed` set to its rows.
+    """
     settings = ctx.settings
     name = Path(batch).name
+    key = resume.batch_key(ctx, Path(batch), settings.max_pixels)
+    done = resume.reuse_batch(ctx, name, key)
+    if done is not None:
+        log.info("signatures %s: complete on disk, reused", name)
+        return {"computed": 0, "reused": 0, "rejected": done["rejected"],
+                "resumed": done["computed"] + done["reused"] + done["rejected"]}
     extractor = _extractor(ctx.fv_model, str(settings.model_cache)) if ctx.fv else None
     baseline = _baseline_for_increment(ctx)
     n = pq.read_metadata(batch).num_rows
@@ -142,7 +221,8 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
             ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
             extractor=extractor, max_pixels=settings.max_pixels,
             read_timeout=settings.read_timeout, progress=progress)
-    return result.as_dict()
+    resume.mark_done(ctx, name, key, result.as_dict())
+    return {**result.as_dict(), "resumed": 0}
 
 
 # -- consolidate -------------------------------------------------------------------------
@@ -185,6 +265,17 @@ def _query_ids(ctx: RunContext, fresh: pa.Table, sigs: pa.Table,
     return pa.array(sorted(changed | affected), pa.string())
 
 
+def _guard_shrink(ctx: RunContext, sigs: pa.Table, n_rejects: int) -> None:
+    """Stop (ShrinkRefused) before publishing far fewer images than the published run."""
+    published = ctx.baseline_dir()
+    old = (read_parts(published / "signatures", SIGNATURES, columns=["image_id"])["image_id"]
+           if published else pa.array([], pa.string()))
+    lost = len(old) - pc.sum(pc.is_in(old, sigs["image_id"])).as_py() if len(old) else 0
+    check_shrink(Shrink(published=len(old), usable=sigs.num_rows, lost=lost),
+                 client_id=ctx.client_id, allow_shrink=ctx.allow_shrink,
+                 max_shrink=ctx.max_shrink, rejects=n_rejects)
+
+
 def consolidate(ctx: RunContext) -> list[dict[str, int]]:
     """Build the run's full signature set, its rejects and its queries; return the shards.
 
@@ -206,6 +297,7 @@ def consolidate(ctx: RunContext) -> list[dict[str, int]]:
                       _batch_outputs(ctx, "sig_rejects", REJECTS)], REJECTS)
     write_table(rejects, ctx.path("rejects.parquet"), REJECTS)
 
+    _guard_shrink(ctx, sigs, rejects.num_rows)
     query_ids = _query_ids(ctx, fresh, sigs, baseline)
     rows = pa.array(range(sigs.num_rows), pa.int64())
     queries = sigs.append_column("row", rows)
@@ -321,9 +413,9 @@ def publish(ctx: RunContext, started_at: datetime | None = None,
         "n_computed": computed if computed is not None else info["signatures_computed_or_checked"],
         "n_image_matches": pq.read_metadata(files["image_matches"]).num_rows,
         "n_product_matches": pq.read_metadata(files["product_matches"]).num_rows,
-        "started_at": started_at or datetime.now(UTC),
+        "started_at": started_at or _started_at(ctx),
     }
-    backend_url = ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
+    backend_url = backend_of(ctx)
 
     def load_backend() -> None:
         """Runs inside the warehouse transaction: a failed load rolls the warehouse back."""
@@ -356,9 +448,11 @@ def report(ctx: RunContext) -> str:
 
 
 def settings_context(client_id: str, source: str, run_id: str, settings: Settings,
-                     mode: str = "full", backend: str | None = None) -> RunContext:
+                     mode: str = "full", backend: str | None = None,
+                     allow_shrink: bool = False, max_shrink: float = 0.5) -> RunContext:
     """A RunContext from settings (CLI and DAG share this)."""
     return RunContext(client_id=client_id, run_id=run_id, source=str(source), mode=mode,
                       data_dir=str(settings.data_dir), fv=settings.fv, fv_model=settings.fv_model,
                       top_k=settings.top_k, threshold=settings.threshold,
-                      weights_file=settings.weights_file, backend=backend)
+                      weights_file=settings.weights_file, backend=backend,
+                      allow_shrink=allow_shrink, max_shrink=max_shrink)

@@ -1,0 +1,101 @@
+"""Resume interrupted runs: reuse the signature batches already complete on disk.
+
+A signature batch is a pure function of its catalog rows and the settings that shape a
+signature (FV on/off, FV model, pixel limit). When a batch's two outputs are written, a
+small marker `sig_done/<batch>.json` records that key. Before computing a batch, the
+signatures stage looks for a marker with the same key, first in its own run folder (a
+retried task, a lost worker) and then in the client's most recent other runs (a run
+stopped by Ctrl-C or kill -9 and started again under a new run id), and copies those
+outputs instead of computing them again. A batch killed half-way has no marker, so it is
+computed again; a marker is never trusted without both of its files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from npimage.storage.runs import RunContext, atomic_write_text
+
+#: Other run folders of the client searched for complete batches (newest first).
+RECENT_RUNS = 3
+DONE_DIR = "sig_done"
+OUTPUTS = ("sig_batches", "sig_rejects")
+
+
+def batch_key(ctx: RunContext, batch: Path, max_pixels: int) -> str:
+    """Digest of a batch's catalog rows and of the settings its signatures depend on."""
+    rows = pq.read_table(batch).to_pylist()
+    shape = {"client_id": ctx.client_id, "fv": ctx.fv,
+             "fv_model": ctx.fv_model if ctx.fv else None, "max_pixels": max_pixels}
+    text = json.dumps([shape, rows], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _complete(run_dir: Path, name: str, key: str) -> dict[str, Any] | None:
+    """The marker of batch `name` in `run_dir` when its key matches and both files exist."""
+    try:
+        done = json.loads((run_dir / DONE_DIR / f"{Path(name).stem}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if done.get("key") != key or not all((run_dir / o / name).is_file() for o in OUTPUTS):
+        return None
+    return done
+
+
+def _recent_runs(ctx: RunContext) -> list[Path]:
+    """The client's other run folders, newest first (at most RECENT_RUNS of them)."""
+    runs = ctx.run_dir.parent
+    others = [p for p in runs.iterdir() if p.is_dir() and p != ctx.run_dir] if runs.is_dir() \
+        else []
+    return sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[:RECENT_RUNS]
+
+
+def _find(ctx: RunContext, key: str) -> tuple[Path, str, dict[str, Any]] | None:
+    """(run folder, batch file name, marker) of a complete batch with this key, if any."""
+    for run_dir in [ctx.run_dir, *_recent_runs(ctx)]:
+        for marker in sorted((run_dir / DONE_DIR).glob("*.json")):
+            done = _complete(run_dir, f"{marker.stem}.parquet", key)
+            if done is not None:
+                return run_dir, f"{marker.stem}.parquet", done
+    return None
+
+
+def _copy(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def reuse_batch(ctx: RunContext, name: str, key: str) -> dict[str, int] | None:
+    """Counts of batch `name` taken from a complete batch with the same key, or None.
+
+    The outputs are copied into this run's folder (when found in another run), so the
+    later stages see this run's files only.
+    """
+    found = _find(ctx, key)
+    if found is None:
+        return None
+    run_dir, src_name, done = found
+    if run_dir != ctx.run_dir or src_name != name:
+        for out in OUTPUTS:
+            _copy(run_dir / out / src_name, ctx.path(f"{out}/{name}"))
+        mark_done(ctx, name, key, done["counts"])
+    return done["counts"]
+
+
+def mark_done(ctx: RunContext, name: str, key: str, counts: dict[str, int]) -> None:
+    """Record that batch `name`'s outputs are complete (after both are written)."""
+    atomic_write_text(ctx.path(f"{DONE_DIR}/{Path(name).stem}.json"),
+                      json.dumps({"key": key, "counts": counts}))
