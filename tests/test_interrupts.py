@@ -98,11 +98,11 @@ def _alive(pid: int) -> bool:
 
 
 def _done_rows(data: Path) -> int:
-    """Images in the signature batches complete on disk (their sig_done markers)."""
+    """Images in the signature batches complete on disk (their sig_counts markers)."""
     import json
 
-    markers = (data / "clients").rglob("sig_done/*.json")
-    return sum(sum(json.loads(p.read_text())["counts"].values()) for p in markers)
+    markers = [json.loads(p.read_text()) for p in (data / "clients").rglob("sig_counts/*.json")]
+    return sum(m[k] for m in markers for k in ("computed", "reused", "rejected", "resumed"))
 
 
 def _interrupt_mid_signatures(folder: Path, data: Path, sig: int

@@ -90,9 +90,9 @@ def test_empty_or_unmounted_source_is_refused_and_nothing_is_lost(pg_backend, sm
         f"{p.stem},{p.stem},/mnt/not-mounted/{p.name}\n" for p in sorted(folder.iterdir())))
     for source in (empty, unmounted):
         done = _cli("--source", str(source), *base)
-        assert done.returncode == 4, done.stderr
+        assert done.returncode == 2, done.stderr
         last = done.stderr.strip().splitlines()[-1]
-        assert last.startswith("npimage: refused: client 'z': no usable image in the source")
+        assert last.startswith("npimage: error: client 'z': no usable image in the source")
         assert "Traceback" not in done.stderr
         assert _current(data, "z") == published
         assert _backend_matches(pg_backend, "z") == matches
@@ -104,7 +104,7 @@ def test_empty_or_unmounted_source_is_refused_and_nothing_is_lost(pg_backend, sm
     for p in sorted(folder.iterdir())[: int(len(list(folder.iterdir())) * 0.6)]:
         p.unlink()
     done = _cli("--source", str(folder), *base)
-    assert done.returncode == 4 and "more than max_shrink 50%" in done.stderr
+    assert done.returncode == 2 and "more than max_shrink 50%" in done.stderr
     assert _backend_matches(pg_backend, "z") == matches
     assert _cli("--source", str(folder), *base, "--max-shrink", "0.7").returncode == 0
     assert _current(data, "z") != published
@@ -222,7 +222,7 @@ def test_cli_failure_after_extract_is_a_failed_row(pg_backend, tmp_path):
     empty.mkdir()
     done = _cli("--client", "f", "--source", str(empty), "--backend", _url(pg_backend),
                 "--data-dir", str(tmp_path / "data"))
-    assert done.returncode == 4
+    assert done.returncode == 2
     (row,) = _runs(pg_backend, "f")
     assert row["status"] == "failed" and "no usable image" in row["error"]
 

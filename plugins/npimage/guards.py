@@ -13,9 +13,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from npimage.errors import InputError
 
-class ShrinkRefused(Exception):
-    """The run would publish far fewer images than the last published run; nothing published."""
+
+class ShrinkRefused(InputError):
+    """The run would publish far fewer images than the last published run; nothing published.
+
+    The CLI prints it as one line (npimage.errors) and exits 2; the DAG fails the run
+    without retries (a retry would see the same source).
+    """
 
 
 @dataclass(frozen=True)
@@ -36,14 +42,16 @@ def check_shrink(shrink: Shrink, *, client_id: str, allow_shrink: bool, max_shri
     """Raise ShrinkRefused (one-line message) when the run must not be published."""
     if allow_shrink:
         return
-    hint = "pass --allow-shrink (DAG param allow_shrink) if this is intended"
+    allow = "--allow-shrink (DAG param allow_shrink) if this is intended"
     if shrink.usable == 0:
         raise ShrinkRefused(
             f"client {client_id!r}: no usable image in the source ({rejects} rejected); "
-            f"nothing published, the last published run stays: check the source, or {hint}")
+            "nothing published, the last published run stays",
+            hint=f"check the source (a share not mounted?), or pass {allow}")
     if shrink.share_lost > max_shrink:
         raise ShrinkRefused(
             f"client {client_id!r}: {shrink.lost} of the {shrink.published} published images "
             f"({shrink.share_lost:.0%}) are missing or unreadable now ({rejects} rejected), "
             f"more than max_shrink {max_shrink:.0%}; nothing published, the last published "
-            f"run stays: check the source (a share not mounted?), raise --max-shrink, or {hint}")
+            "run stays",
+            hint=f"check the source (a share not mounted?), raise --max-shrink, or pass {allow}")

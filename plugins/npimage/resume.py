@@ -2,7 +2,8 @@
 
 A signature batch is a pure function of its catalog rows and the settings that shape a
 signature (FV on/off, FV model, pixel limit). When a batch's two outputs are written, a
-small marker `sig_done/<batch>.json` records that key. Before computing a batch, the
+its counts file `sig_counts/<batch>.json` records that key: it is the marker of a
+complete batch. Before computing a batch, the
 signatures stage looks for a marker with the same key, first in its own run folder (a
 retried task, a lost worker) and then in the client's most recent other runs (a run
 stopped by Ctrl-C or kill -9 and started again under a new run id), and copies those
@@ -26,8 +27,9 @@ from npimage.storage.runs import RunContext, atomic_write_text
 
 #: Other run folders of the client searched for complete batches (newest first).
 RECENT_RUNS = 3
-DONE_DIR = "sig_done"
+DONE_DIR = "sig_counts"
 OUTPUTS = ("sig_batches", "sig_rejects")
+COUNTS = ("computed", "reused", "rejected", "resumed")
 
 
 def batch_key(ctx: RunContext, batch: Path, max_pixels: int) -> str:
@@ -47,7 +49,7 @@ def _complete(run_dir: Path, name: str, key: str) -> dict[str, Any] | None:
         return None
     if done.get("key") != key or not all((run_dir / o / name).is_file() for o in OUTPUTS):
         return None
-    return done
+    return {**{k: int(done.get(k, 0)) for k in COUNTS}, "key": key}
 
 
 def _recent_runs(ctx: RunContext) -> list[Path]:
@@ -79,23 +81,27 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def reuse_batch(ctx: RunContext, name: str, key: str) -> dict[str, int] | None:
-    """Counts of batch `name` taken from a complete batch with the same key, or None.
+    """Counts of batch `name` taken over from a complete batch with the same key, or None.
 
     The outputs are copied into this run's folder (when found in another run), so the
-    later stages see this run's files only.
+    later stages see this run's files only; the signatures count as `resumed` there.
     """
     found = _find(ctx, key)
     if found is None:
         return None
     run_dir, src_name, done = found
-    if run_dir != ctx.run_dir or src_name != name:
-        for out in OUTPUTS:
-            _copy(run_dir / out / src_name, ctx.path(f"{out}/{name}"))
-        mark_done(ctx, name, key, done["counts"])
-    return done["counts"]
+    if run_dir == ctx.run_dir and src_name == name:
+        return {k: done[k] for k in COUNTS}
+    for out in OUTPUTS:
+        _copy(run_dir / out / src_name, ctx.path(f"{out}/{name}"))
+    counts = {"computed": 0, "reused": 0, "rejected": done["rejected"],
+              "resumed": done["computed"] + done["reused"] + done.get("resumed", 0)}
+    mark_done(ctx, name, key, counts)
+    return counts
 
 
 def mark_done(ctx: RunContext, name: str, key: str, counts: dict[str, int]) -> None:
-    """Record that batch `name`'s outputs are complete (after both are written)."""
+    """Record batch `name`'s counts and key: written after both outputs, it marks the
+    batch complete."""
     atomic_write_text(ctx.path(f"{DONE_DIR}/{Path(name).stem}.json"),
-                      json.dumps({"key": key, "counts": counts}))
+                      json.dumps({**counts, "key": key}))
