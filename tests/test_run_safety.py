@@ -251,3 +251,20 @@ def test_dag_run_status_running_success_and_failed(pg_backend, small_demo, airfl
     assert "task consolidate failed" in row["error"] and "no usable image" in row["error"]
     assert abs(row["started_at"] - failed.start_date) < timedelta(seconds=1)
     assert _backend_matches(pg_backend, "dags") > 0  # the published matches stay
+
+
+def test_a_killed_runs_running_row_is_marked_failed_by_the_next_run(pg_backend, small_demo,
+                                                                    tmp_path):
+    """A run killed with SIGKILL cannot record its end: the next run of the client, which
+    holds the client's lock, marks that row failed (abandoned)."""
+    from npimage import backend
+
+    backend.record_run_start(pg_backend, "k", "cli__killed", {"mode": "full"})
+    folder = _images(small_demo, tmp_path / "images", limit=10)
+    done = _cli("--client", "k", "--source", str(folder), "--backend", _url(pg_backend),
+                "--data-dir", str(tmp_path / "data"))
+    assert done.returncode == 0, done.stderr
+    rows = {r["run_id"]: r for r in _runs(pg_backend, "k")}
+    assert rows["cli__killed"]["status"] == "failed"
+    assert rows["cli__killed"]["error"].startswith("abandoned:")
+    assert [r["status"] for r in rows.values() if r["run_id"] != "cli__killed"] == ["success"]

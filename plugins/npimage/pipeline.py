@@ -86,13 +86,22 @@ def backend_of(ctx: RunContext) -> str | None:
 
 
 def record_start(ctx: RunContext, started_at: datetime) -> None:
-    """Mark the run 'running' in the backend's npimage_run from its start (if a backend)."""
+    """Mark the run 'running' in the backend's npimage_run from its start (if a backend).
+
+    Called by extract, after the client's run lock is taken: any other 'running' row of
+    the client belongs to a run that was killed, and is marked failed (abandoned).
+    """
     url = backend_of(ctx)
     if url:
         from npimage import backend
+        from npimage.backend.runs import abandon_other_runs
 
-        backend.record_run_start(resolve_db(url), ctx.client_id, ctx.run_id,
+        db = resolve_db(url)
+        backend.record_run_start(db, ctx.client_id, ctx.run_id,
                                  {"mode": ctx.mode, "started_at": started_at})
+        if abandoned := abandon_other_runs(db, ctx.client_id, ctx.run_id):  # we hold the lock
+            log.warning("marked %d killed run(s) of %s failed in npimage_run", abandoned,
+                        ctx.client_id)
 
 
 def record_failure(ctx: RunContext, error: BaseException | str) -> None:

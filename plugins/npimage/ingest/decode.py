@@ -46,7 +46,7 @@ MAX_BYTES = 1 << 30
 #: Bytes asked for per read from a remote file system (the cap is checked between reads).
 READ_CHUNK = 1 << 20
 #: Pixels per strip when a large picture is converted and reduced strip by strip.
-STRIP_PIXELS = 1 << 22
+STRIP_PIXELS = 1 << 20
 
 # npimage checks the declared pixel count against its own, configurable limit in
 # `decode`; Pillow's fixed global limit (89 Mpx) would refuse valid pictures below it.
