@@ -160,25 +160,6 @@ def _xcom_values(run_id: str) -> list[str]:
                                                 (run_id,))]
 
 
-def test_dag_keeps_no_password_in_files_xcom_or_logs(pg_backend, small_demo, airflow_db,
-                                                     tmp_path, monkeypatch, capfd, caplog):
-    from airflow.dag_processing.dagbag import DagBag
-
-    folder = _images(small_demo, tmp_path / "images", limit=20)
-    monkeypatch.setenv("NPIMAGE_DATA_DIR", str(tmp_path / "data"))
-    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
-    run = dag.test(run_conf={"client_id": "dagz", "source": str(folder), "fv": False,
-                             "backend": _url(pg_backend, SECRET)})
-    assert run.state == "success"
-    assert _backend_matches(pg_backend, "dagz") > 0
-    xcoms = _xcom_values(run.run_id)
-    assert xcoms and not [v for v in xcoms if SECRET in v]
-    assert any("postgres:***@" in v for v in xcoms)
-    out, err = capfd.readouterr()
-    assert SECRET not in out + err + caplog.text
-    assert _files_with(tmp_path / "data", SECRET) == []
-
-
 # -- run status in the backend -------------------------------------------------------------
 
 @pytest.fixture
@@ -227,20 +208,31 @@ def test_cli_failure_after_extract_is_a_failed_row(pg_backend, tmp_path):
     assert row["status"] == "failed" and "no usable image" in row["error"]
 
 
-def test_dag_run_status_running_success_and_failed(pg_backend, small_demo, airflow_db,
-                                                   tmp_path, monkeypatch):
+def test_dag_run_status_and_no_password_in_files_xcom_or_logs(
+        pg_backend, small_demo, airflow_db, tmp_path, monkeypatch, capfd, caplog):
+    """dag.test() with a backend URL carrying a password: the run's npimage_run row has its
+    real start; no XCom value, run file or log line holds the password; a run that fails
+    before the load (an empty source) is a 'failed' row with the error."""
     from airflow.dag_processing.dagbag import DagBag
 
     folder = _images(small_demo, tmp_path / "images", limit=20)
     monkeypatch.setenv("NPIMAGE_DATA_DIR", str(tmp_path / "data"))
     dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
     conf = {"client_id": "dags", "source": str(folder), "fv": False,
-            "backend": _url(pg_backend)}
+            "backend": _url(pg_backend, SECRET)}
     run = dag.test(run_conf=conf)
     assert run.state == "success"
     (row,) = _runs(pg_backend, "dags")
     assert row["status"] == "success" and row["run_id"] == run.run_id
     assert abs(row["started_at"] - run.start_date) < timedelta(seconds=1)
+    assert _backend_matches(pg_backend, "dags") > 0
+
+    xcoms = _xcom_values(run.run_id)
+    assert xcoms and not [v for v in xcoms if SECRET in v]
+    assert any("postgres:***@" in v for v in xcoms)
+    out, err = capfd.readouterr()
+    assert SECRET not in out + err + caplog.text
+    assert _files_with(tmp_path / "data", SECRET) == []
 
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -251,6 +243,7 @@ def test_dag_run_status_running_success_and_failed(pg_backend, small_demo, airfl
     assert "task consolidate failed" in row["error"] and "no usable image" in row["error"]
     assert abs(row["started_at"] - failed.start_date) < timedelta(seconds=1)
     assert _backend_matches(pg_backend, "dags") > 0  # the published matches stay
+    assert SECRET not in row["error"]
 
 
 def test_a_killed_runs_running_row_is_marked_failed_by_the_next_run(pg_backend, small_demo,
