@@ -162,3 +162,25 @@ def test_kill_9_kills_the_workers_too_and_the_rerun_resumes(slow_folder, undistu
     computed, resumed = _rerun(slow_folder, data)
     assert (computed, resumed) == (N_IMAGES - done, done)
     assert _tables(data) == undisturbed
+
+
+def test_retried_signature_task_takes_the_complete_batch_and_redoes_a_broken_one(small_demo,
+                                                                                  tmp_path):
+    """A retried task (or a lost worker's batch run again) in the same run: a batch whose
+    files and marker are complete is taken as is; one with a file missing is computed."""
+    from npimage import pipeline
+
+    settings = Settings().with_overrides(data_dir=tmp_path, fv=False)
+    ctx = settings_context("c", str(small_demo.manifest), "r1", settings)
+    pipeline.extract(ctx)
+    (batch, *_) = pipeline.plan(ctx)
+    first = pipeline.signatures(ctx, batch)
+    assert first["computed"] > 0 and first["resumed"] == 0
+    out = ctx.run_dir / "sig_batches" / Path(batch).name
+    mtime = out.stat().st_mtime_ns
+    again = pipeline.signatures(ctx, batch)
+    assert again == first  # the batch's own counts: nothing computed a second time
+    assert out.stat().st_mtime_ns == mtime  # its file untouched
+    out.unlink()
+    redone = pipeline.signatures(ctx, batch)
+    assert redone["computed"] == first["computed"] and out.exists()
