@@ -255,7 +255,10 @@ def _reduce(img: Image.Image) -> Image.Image:
 def _convert_reduced(img: Image.Image, factor: int) -> Image.Image:
     """RGB of `img` reduced by `factor`, converted in horizontal strips."""
     width, height = img.size
-    top = float(img.getextrema()[1]) if img.mode in _HIGH_DEPTH else None
+    top = None
+    if img.mode in _HIGH_DEPTH:  # single band: (min, max) of the whole picture
+        high = img.getextrema()[1]
+        top = float(high) if isinstance(high, int | float) else None
     rows = factor * max(1, STRIP_PIXELS // (width * factor))  # a multiple of factor
     out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
     for y in range(0, height, rows):
