@@ -15,36 +15,37 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import uuid
-from pathlib import Path
+from pathlib import PurePosixPath
 from typing import Any
 
-import pyarrow.parquet as pq
-
+from npimage.storage.parquet_io import read_table
 from npimage.storage.runs import RunContext, atomic_write_text
+from npimage.storage.store import Location, write_bytes_atomic
 
-#: Other run folders of the client searched for complete batches (newest first).
+#: Other run folders of the client searched for complete batches (latest run ids first).
 RECENT_RUNS = 3
 DONE_DIR = "sig_counts"
 OUTPUTS = ("sig_batches", "sig_rejects")
 COUNTS = ("computed", "reused", "rejected", "resumed")
 
 
-def batch_key(ctx: RunContext, batch: Path, max_pixels: int) -> str:
+def batch_key(ctx: RunContext, batch: Location, max_pixels: int) -> str:
     """Digest of a batch's catalog rows and of the settings its signatures depend on."""
-    rows = pq.read_table(batch).to_pylist()
+    rows = read_table(batch).to_pylist()
     shape = {"client_id": ctx.client_id, "fv": ctx.fv,
              "fv_model": ctx.fv_model if ctx.fv else None, "max_pixels": max_pixels}
     text = json.dumps([shape, rows], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _complete(run_dir: Path, name: str, key: str) -> dict[str, Any] | None:
+def _stem(name: str) -> str:
+    return PurePosixPath(name).stem
+
+
+def _complete(run_dir: Location, name: str, key: str) -> dict[str, Any] | None:
     """The marker of batch `name` in `run_dir` when its key matches and both files exist."""
     try:
-        done = json.loads((run_dir / DONE_DIR / f"{Path(name).stem}.json").read_text())
+        done = json.loads((run_dir / DONE_DIR / f"{_stem(name)}.json").read_text())
     except (OSError, ValueError):
         return None
     if done.get("key") != key or not all((run_dir / o / name).is_file() for o in OUTPUTS):
@@ -52,15 +53,20 @@ def _complete(run_dir: Path, name: str, key: str) -> dict[str, Any] | None:
     return {**{k: int(done.get(k, 0)) for k in COUNTS}, "key": key}
 
 
-def _recent_runs(ctx: RunContext) -> list[Path]:
-    """The client's other run folders, newest first (at most RECENT_RUNS of them)."""
+def _recent_runs(ctx: RunContext) -> list[Location]:
+    """The client's other run folders, latest run ids first (at most RECENT_RUNS).
+
+    Run ids sort by start time (`cli__<UTC time>`, Airflow's `manual__<time>`); the name
+    is used rather than a modification time, which object stores do not keep for folders.
+    """
     runs = ctx.run_dir.parent
-    others = [p for p in runs.iterdir() if p.is_dir() and p != ctx.run_dir] if runs.is_dir() \
-        else []
-    return sorted(others, key=lambda p: p.stat().st_mtime, reverse=True)[:RECENT_RUNS]
+    if not runs.exists():
+        return []
+    others = [p for p in runs.iterdir() if p.name != ctx.run_dir.name and p.is_dir()]
+    return sorted(others, key=lambda p: p.name, reverse=True)[:RECENT_RUNS]
 
 
-def _find(ctx: RunContext, key: str) -> tuple[Path, str, dict[str, Any]] | None:
+def _find(ctx: RunContext, key: str) -> tuple[Location, str, dict[str, Any]] | None:
     """(run folder, batch file name, marker) of a complete batch with this key, if any."""
     for run_dir in [ctx.run_dir, *_recent_runs(ctx)]:
         for marker in sorted((run_dir / DONE_DIR).glob("*.json")):
@@ -70,14 +76,8 @@ def _find(ctx: RunContext, key: str) -> tuple[Path, str, dict[str, Any]] | None:
     return None
 
 
-def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        tmp.unlink(missing_ok=True)
+def _copy(src: Location, dst: Location) -> None:
+    write_bytes_atomic(dst, src.read_bytes())  # batch outputs are small (one batch)
 
 
 def reuse_batch(ctx: RunContext, name: str, key: str) -> dict[str, int] | None:
@@ -90,7 +90,7 @@ def reuse_batch(ctx: RunContext, name: str, key: str) -> dict[str, int] | None:
     if found is None:
         return None
     run_dir, src_name, done = found
-    if run_dir == ctx.run_dir and src_name == name:
+    if str(run_dir) == str(ctx.run_dir) and src_name == name:
         return {k: done[k] for k in COUNTS}
     for out in OUTPUTS:
         _copy(run_dir / out / src_name, ctx.path(f"{out}/{name}"))
@@ -103,5 +103,5 @@ def reuse_batch(ctx: RunContext, name: str, key: str) -> dict[str, int] | None:
 def mark_done(ctx: RunContext, name: str, key: str, counts: dict[str, int]) -> None:
     """Record batch `name`'s counts and key: written after both outputs, it marks the
     batch complete."""
-    atomic_write_text(ctx.path(f"{DONE_DIR}/{Path(name).stem}.json"),
+    atomic_write_text(ctx.path(f"{DONE_DIR}/{_stem(name)}.json"),
                       json.dumps({**counts, "key": key}))

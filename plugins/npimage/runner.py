@@ -16,10 +16,10 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
+from npimage.preflight import check_run
 from npimage.stages import STAGES, Stage
 from npimage.storage.locks import client_run_lock
 from npimage.storage.runs import RunContext
@@ -60,45 +60,40 @@ def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     os._exit(1)
 
 
-def _map(fn: Callable, ctx: RunContext, items: list, workers: int) -> Iterable[Any]:
+def _map(fn: Callable[..., Any], ctx: RunContext, items: list[Any], workers: int) -> list[Any]:
     """fn(ctx, item) for every item, in worker processes when it pays.
 
-    On any exception (Ctrl-C included) the pending items are cancelled and the workers
-    are killed at once rather than waited for.
+    On Ctrl-C or a failed item the other workers are stopped at once, and the error
+    (KeyboardInterrupt included) is raised in the main process.
     """
     if workers <= 1 or len(items) <= 1:
         return [fn(ctx, item) for item in items]
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(items)),
-                               mp_context=mp.get_context("spawn"),
-                               initializer=_worker_init, initargs=(os.getpid(),))
+    pool = mp.get_context("spawn").Pool(min(workers, len(items)), initializer=_worker_init,
+                                        initargs=(os.getpid(),))
     try:
-        results = list(pool.map(fn, [ctx] * len(items), items))
+        results = pool.starmap(fn, [(ctx, item) for item in items], chunksize=1)
     except BaseException:
-        _kill_workers(pool)
+        pool.terminate()
         raise
-    pool.shutdown()
+    else:
+        pool.close()
+    finally:
+        pool.join()
     return results
-
-
-def _kill_workers(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now: cancel what has not started, kill the running workers."""
-    procs = list((getattr(pool, "_processes", None) or {}).values())
-    pool.shutdown(wait=False, cancel_futures=True)
-    for proc in procs:
-        proc.kill()
-    for proc in procs:
-        proc.join(timeout=5)
 
 
 def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = True
                  ) -> dict[str, Any]:
     """Every stage of a run; returns the run summary (see pipeline.summary).
 
+    The run's environment is checked first (npimage.preflight): nothing is computed when
+    it could not be published.
     The client's run lock (npimage.storage.locks) is held throughout: a second run of the same
     client is refused with RunInProgress before it writes anything.
     """
     from npimage import pipeline
 
+    check_run(ctx)  # a read-only data dir or an unreachable database: refused now
     with client_run_lock(ctx.client_dir, ctx.client_id, ctx.run_id):
         try:
             return _run_stages(ctx, workers, report)
