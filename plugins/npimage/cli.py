@@ -213,12 +213,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ctx = settings_context(args.client, args.source, new_run_id(), settings, mode=args.mode,
                            backend=args.backend, allow_shrink=args.allow_shrink,
                            max_shrink=args.max_shrink)
-    try:
-        info = run_pipeline(ctx, workers=args.workers, report=not args.no_report)
-    except KeyboardInterrupt:
-        print(f"npimage: interrupted: run {ctx.run_id} of client {ctx.client_id!r} stopped, "
-              "nothing published; run the same command again to resume", file=sys.stderr)
-        return 130
+    info = run_pipeline(ctx, workers=args.workers, report=not args.no_report)
     print_summary(info)
     return 0
 
@@ -349,7 +344,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("npimage: interrupted (Ctrl-C); nothing new was published, the last published "
-              "run is unchanged", file=sys.stderr)
+              "run is unchanged; the same command again resumes the run", file=sys.stderr)
         return 130
     except UserError as exc:
         print(f"npimage: error: {redact_dsn(str(exc))}", file=sys.stderr)

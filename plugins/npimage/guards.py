@@ -45,8 +45,8 @@ def check_shrink(shrink: Shrink, *, client_id: str, allow_shrink: bool, max_shri
     allow = "--allow-shrink (DAG param allow_shrink) if this is intended"
     if shrink.usable == 0:
         raise ShrinkRefused(
-            f"client {client_id!r}: no usable image in the source ({rejects} rejected); "
-            "nothing published, the last published run stays",
+            f"client {client_id!r}: no usable image in the source, empty or unreadable "
+            f"({rejects} rejected); nothing published, the last published run stays",
             hint=f"check the source (a share not mounted?), or pass {allow}")
     if shrink.share_lost > max_shrink:
         raise ShrinkRefused(
