@@ -240,16 +240,17 @@ def screen_catalog(catalog: pa.Table, client_id: str) -> tuple[pa.Table, pa.Tabl
     return catalog.filter(pc.invert(bad)), rejects
 
 
-def screen_catalog_file(catalog: Path, rejects: Path, client_id: str) -> int:
+def screen_catalog_file(catalog: Location, rejects: Location, client_id: str) -> int:
     """Screen a catalog Parquet in place (backend sources); write the rejects; count them."""
     kept, bad = screen_catalog(read_table(catalog, CATALOG), client_id)
     if bad.num_rows:
         write_table(kept, catalog, CATALOG)
     write_table(bad, rejects, REJECTS)
-    return bad.num_rows
+    return int(bad.num_rows)
 
 
-def _rows(reader: csv.DictReader, out: _Collector) -> Iterator[tuple[int, dict]]:
+def _rows(reader: csv.DictReader[str], out: _Collector
+          ) -> Iterator[tuple[int, dict[str | Any, str | Any]]]:
     """(line number, row) of a manifest; a line the csv module refuses is one reject."""
     while True:
         try:
