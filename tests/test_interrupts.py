@@ -171,6 +171,32 @@ def test_kill_9_kills_the_workers_too_and_the_rerun_resumes(slow_folder, undistu
     assert _tables(data) == undisturbed
 
 
+def test_a_lost_worker_fails_the_run_with_one_line_and_the_rerun_resumes(
+        slow_folder, undisturbed, tmp_path):
+    """A worker killed (the OOM killer) left multiprocessing.Pool waiting forever for its
+    result: now the run stops at once with one line, and the rerun resumes."""
+    data = tmp_path / "data"
+    proc = subprocess.Popen(_cmd(slow_folder, data), env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while _done_rows(data) == 0:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no batch completed in 120 s"
+        time.sleep(0.02)
+    workers = _children(proc.pid)
+    busiest = max(workers, key=lambda p: int(Path(f"/proc/{p}/statm").read_text().split()[1]))
+    os.kill(busiest, signal.SIGKILL)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("npimage: error: a worker process died")
+    assert _all_gone(workers)
+    done = _done_rows(data)
+    computed, resumed = _rerun(slow_folder, data)
+    assert (computed, resumed) == (N_IMAGES - done, done)
+    assert _tables(data) == undisturbed
+
+
 def test_retried_signature_task_takes_the_complete_batch_and_redoes_a_broken_one(small_demo,
                                                                                   tmp_path):
     """A retried task (or a lost worker's batch run again) in the same run: a batch whose

@@ -17,8 +17,11 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from npimage.errors import UserError
 from npimage.preflight import check_run
 from npimage.stages import STAGES, Stage
 from npimage.storage.locks import client_run_lock
@@ -60,26 +63,48 @@ def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
     os._exit(1)
 
 
+class WorkerLost(UserError):
+    """A worker process died (killed, out of memory) while running a mapped stage."""
+
+    exit_code = 1
+
+
 def _map(fn: Callable[..., Any], ctx: RunContext, items: list[Any], workers: int) -> list[Any]:
     """fn(ctx, item) for every item, in worker processes when it pays.
 
     On Ctrl-C or a failed item the other workers are stopped at once, and the error
-    (KeyboardInterrupt included) is raised in the main process.
+    (KeyboardInterrupt included) is raised in the main process. A worker that dies (the
+    OOM killer, kill -9) fails the stage with WorkerLost instead of leaving it waiting
+    forever for that worker's result (what multiprocessing.Pool does).
     """
     if workers <= 1 or len(items) <= 1:
         return [fn(ctx, item) for item in items]
-    pool = mp.get_context("spawn").Pool(min(workers, len(items)), initializer=_worker_init,
-                                        initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(max_workers=min(workers, len(items)),
+                               mp_context=mp.get_context("spawn"),
+                               initializer=_worker_init, initargs=(os.getpid(),))
     try:
-        results = pool.starmap(fn, [(ctx, item) for item in items], chunksize=1)
+        results = list(pool.map(fn, [ctx] * len(items), items))
+    except BrokenProcessPool as exc:
+        _kill_workers(pool)
+        raise WorkerLost(
+            "a worker process died (killed, or out of memory) during the run; nothing "
+            "published", hint="run the same command again: it resumes from the batches "
+            "already complete") from exc
     except BaseException:
-        pool.terminate()
+        _kill_workers(pool)
         raise
-    else:
-        pool.close()
-    finally:
-        pool.join()
+    pool.shutdown()
     return results
+
+
+def _kill_workers(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel what has not started, kill the running workers."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        proc.kill()
+    for proc in procs:
+        proc.join(timeout=5)
 
 
 def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = True
