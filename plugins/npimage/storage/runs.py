@@ -47,6 +47,7 @@ class RunContext:
     block_size: int | None = None
     max_pixels: int | None = None
     read_timeout: float | None = None
+    families: bool = True  # family stage (#18), when families are known and FV is on
     #: Publish even when most of the last published images disappeared (npimage.guards).
     allow_shrink: bool = False
     #: Largest share of the last published images that may disappear without allow_shrink.
@@ -82,6 +83,7 @@ class RunContext:
             batch_size=self.batch_size, shard_size=self.shard_size,
             block_size=self.block_size, max_pixels=self.max_pixels,
             read_timeout=self.read_timeout,
+            families=self.families,
         )
 
     @property
