@@ -31,6 +31,7 @@ import npimage
 from npimage.bands import LABELS, WEAK
 from npimage.config import Settings
 from npimage.errors import UserError
+from npimage.redact import RedactingFilter, redact_dsn
 from npimage.storage.locks import RunInProgress
 from npimage.storage.runs import MODES, new_run_id
 
@@ -121,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="incremental: only new or changed images are recomputed")
     run.add_argument("--backend", help="postgresql:// URL to load the match tables into")
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    run.add_argument("--allow-shrink", action="store_true",
+                     help="publish even if most of the last published images disappeared "
+                          "(an emptied catalogue); refused by default")
+    run.add_argument("--max-shrink", type=float, default=0.5,
+                     help="largest share of the last published images that may disappear "
+                          "or become unreadable before the run is refused (default 0.5)")
     _run_args(run)
 
     demo = sub.add_parser("demo", help="build the demo catalogue and deduplicate it "
@@ -185,7 +192,9 @@ def print_summary(info: dict[str, Any]) -> None:
     print(f"  rejects           {info['rejects']}")
     if "signatures_computed" in info:
         print(f"  signatures        {info['signatures_computed']} computed, "
-              f"{info.get('signatures_reused', 0)} reused (bytes unchanged since the last run)")
+              f"{info.get('signatures_reused', 0)} reused (bytes unchanged since the last run)"
+              + (f", {info['signatures_resumed']} resumed from an interrupted run"
+                 if info.get("signatures_resumed") else ""))
     for label, key in (("image pairs", "image_pairs_by_band"),
                        ("product pairs", "product_pairs_by_band")):
         counts = info[key]
@@ -216,7 +225,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     ctx = settings_context(args.client, args.source, new_run_id(), settings, mode=args.mode,
-                           backend=args.backend)
+                           backend=args.backend, allow_shrink=args.allow_shrink,
+                           max_shrink=args.max_shrink)
     info = run_pipeline(ctx, workers=args.workers, report=not args.no_report)
     print_summary(info)
     return 0
@@ -380,13 +390,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        for handler in logging.getLogger().handlers:  # no DSN password in any log line
+            handler.addFilter(RedactingFilter())
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("npimage: interrupted (Ctrl-C); nothing new was published, the last published "
-              "run is unchanged", file=sys.stderr)
+              "run is unchanged; the same command again resumes the run", file=sys.stderr)
         return 130
     except UserError as exc:
-        print(f"npimage: error: {exc}", file=sys.stderr)
+        print(f"npimage: error: {redact_dsn(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except RunInProgress as exc:  # refused before writing anything: try again later
         print(f"npimage: refused: {exc}", file=sys.stderr)
