@@ -76,6 +76,8 @@ def extract(ctx: RunContext) -> dict[str, Any]:
             previous_catalog=baseline / "catalog.parquet" if baseline else None,
             incremental=ctx.mode == "incremental" and baseline is not None)
         atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
+        backend.product_names(resolve_db(ctx.source), ctx.client_id,
+                              ctx.path("product_names.parquet"))
         write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
         log.info("extract: %d images from the backend (%d changed, %d deleted)",
                  ext.n_images, ext.n_changed, ext.n_deleted)
@@ -260,13 +262,18 @@ def merge(ctx: RunContext) -> dict[str, int]:
         raise RuntimeError(f"compare shards not computed: {missing[:5]}")
     baseline = _baseline_for_increment(ctx)
     incremental = baseline is not None and _same_match_settings(ctx, baseline)
+    from npimage.review.store import rejected  # reviewers' "not the same" decisions
+
+    data_dir = Path(ctx.data_dir)
     images = merge_image_matches(
         match_files, baseline / "image_matches.parquet" if incremental else None,
         ctx.path("queries.parquet"), ctx.run_dir / "signatures", ctx.path("image_matches.parquet"),
-        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k)
+        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k,
+        rejected=rejected(data_dir, ctx.client_id, "image"))
     products = roll_up_products(ctx.path("image_matches.parquet"), ctx.path("catalog.parquet"),
                                 ctx.path("product_matches.parquet"), client_id=ctx.client_id,
-                                run_id=ctx.run_id)
+                                run_id=ctx.run_id,
+                                rejected=rejected(data_dir, ctx.client_id, "product"))
     return {"image_matches": images.num_rows, "product_matches": products.num_rows}
 
 

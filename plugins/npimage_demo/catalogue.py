@@ -17,7 +17,7 @@ What `build_demo_catalogue(out_dir)` writes:
   product code and GTIN) whose picture is the first entry's picture, either as an exact
   byte copy, a recompression, a resize, a format change (JPEG <-> PNG) or a retouch
   (brightness/contrast, price sticker, crop <= 5 %, rotation <= 3 degrees, sharpening).
-- `manifest.csv`: `image_id,product_id,uri,reference` (uri relative to the manifest's
+- `manifest.csv`: `image_id,product_id,uri,reference,name` (uri relative to the manifest's
   folder, image_id = file stem, product_id = product code, reference = GTIN).
 - `truth.csv`: `image_id,group_id,kind,expected_band`. group_id names the source picture
   (the image_id of the original): all planted copies of a picture share it, and every
@@ -1096,6 +1096,11 @@ def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence[str]]) -> 
         writer.writerows(rows)
 
 
+def _display_name(p: Product) -> str:
+    """The product's name as a PIM shows it: brand, name, dosage, quantity."""
+    return " ".join(x for x in (p.brand, p.name, p.dosage, p.quantity) if x)
+
+
 def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0) -> DemoCatalogue:
     """Draw the demo catalogue of `plan_catalogue(n_products, seed)` into `out_dir`.
 
@@ -1118,13 +1123,14 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0) ->
     manifest, truth = out_dir / "manifest.csv", out_dir / "truth.csv"
     _write_csv(
         manifest,
-        ("image_id", "product_id", "uri", "reference"),
+        ("image_id", "product_id", "uri", "reference", "name"),
         [
             (
                 s.image_id,
                 products[s.product_key].product_id,
                 f"images/{s.file_name}",
                 products[s.product_key].gtin,
+                _display_name(products[s.product_key]),
             )
             for s in ordered
         ],

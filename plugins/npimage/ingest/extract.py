@@ -25,6 +25,14 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 )
 MANIFEST_REQUIRED = ("image_id", "product_id", "uri")
+#: Products' names, when the source has them (manifest column `name`, np_product.name):
+#: beside the catalog snapshot, for the review application.
+PRODUCT_NAMES = pa.schema([("product_id", pa.string()), ("name", pa.string())])
+
+
+def product_names_path(catalog: Path) -> Path:
+    """Where the product names of a catalog snapshot are kept (same run folder)."""
+    return Path(catalog).with_name("product_names.parquet")
 
 #: NextPage naming "<GTIN>_PIECE_<nn>", optionally prefixed by the image id ("266846 0764…").
 NEXTPAGE_NAME = re.compile(
@@ -75,6 +83,7 @@ class _Collector:
         self.rows: dict[str, list] = {n: [] for n in CATALOG.names}
         self.rejects: dict[str, list] = {n: [] for n in REJECTS.names}
         self.seen: set[str] = set()
+        self.names: dict[str, str] = {}  # product_id -> name (manifest column `name`)
 
     def reject(self, image_id: str | None, uri: str | None, reason: str) -> None:
         for key, value in zip(
@@ -92,11 +101,18 @@ class _Collector:
         for key, value in zip(CATALOG.names, values, strict=True):
             self.rows[key].append(value)
 
+    def name(self, product_id: str, name: str | None) -> None:
+        """Remember a product's name (the first non-empty one given wins)."""
+        if name and product_id not in self.names:
+            self.names[product_id] = name
+
     def write(self, catalog: Path, rejects: Path) -> ExtractResult:
         cat = pa.table(self.rows, schema=CATALOG)
         rej = pa.table(self.rejects, schema=REJECTS)
         write_table(cat, catalog)
         write_table(rej, rejects)
+        write_table(pa.table({"product_id": list(self.names), "name": list(self.names.values())},
+                             schema=PRODUCT_NAMES), product_names_path(catalog))
         return ExtractResult(catalog, rejects, cat.num_rows, rej.num_rows)
 
 
@@ -154,7 +170,8 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
         if missing:
             raise ValueError(
                 f"manifest {manifest}: missing column(s) {missing}; "
-                f"the header must contain {', '.join(MANIFEST_REQUIRED)} (and optionally reference)"
+                f"the header must contain {', '.join(MANIFEST_REQUIRED)} "
+                f"(and optionally reference, name)"
             )
         reader.fieldnames = header
         for lineno, row in enumerate(reader, start=2):
@@ -171,6 +188,7 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
             size, modified = _stat(Path(uri)) if "://" not in uri else (None, None)
             reference = (row.get("reference") or "").strip() or None
             out.add(image_id, product_id, reference, uri, size, modified)
+            out.name(product_id, (row.get("name") or "").strip() or None)
 
 
 def extract_catalog(client_id: str, source: str | Path, catalog: Path,

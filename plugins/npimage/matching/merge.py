@@ -31,18 +31,37 @@ def _band_params() -> dict[str, float]:
     return {name: lower for name, lower in BANDS}
 
 
+#: Pairs a reviewer rejected: (item_id < match_id, band rejected in); see npimage.review.store.
+REJECTED = pa.schema([("item_id", pa.string()), ("match_id", pa.string()), ("band", pa.string())])
+
+
+def _register_review(con: duckdb.DuckDBPyConnection, rejected: pa.Table | None) -> None:
+    """Relations `rejected_pairs` and `bands` that the merge SQL flags rejected pairs with."""
+    table = REJECTED.empty_table() if rejected is None else rejected.select(REJECTED.names)
+    con.register("rejected_pairs", table.cast(REJECTED))
+    con.register("bands", pa.table({"band": [b for b, _ in BANDS],
+                                    "rank": list(range(1, len(BANDS) + 1))}))
+
+
 def _read_shards(paths: list[Path]) -> pa.Table:
     tables = [pq.read_table(p).cast(MATCH_COLUMNS) for p in paths if Path(p).exists()]
     return pa.concat_tables(tables) if tables else MATCH_COLUMNS.empty_table()
 
 
 def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, signatures: Path,
-                        out: Path, *, client_id: str, run_id: str, top_k: int) -> pa.Table:
-    """Combine this run's shard results with the kept prior matches; write image_matches."""
+                        out: Path, *, client_id: str, run_id: str, top_k: int,
+                        rejected: pa.Table | None = None) -> pa.Table:
+    """Combine this run's shard results with the kept prior matches; write image_matches.
+
+    `rejected` holds the image pairs reviewers rejected (item_id, match_id, band): their
+    rows are kept with rejected = true while their band is at or above that band.
+    """
     con = duckdb.connect()
     con.register("new_pairs", _read_shards(shards))
-    prior_table = read_table(prior, IMAGE_MATCHES) if prior else IMAGE_MATCHES.empty_table()
-    con.register("prior_matches", prior_table.select(MATCH_COLUMNS.names))
+    prior_table = (pq.read_table(prior, columns=MATCH_COLUMNS.names).cast(MATCH_COLUMNS)
+                   if prior and Path(prior).exists() else MATCH_COLUMNS.empty_table())
+    con.register("prior_matches", prior_table)
+    _register_review(con, rejected)
     con.register("queries", pq.read_table(queries, columns=["image_id"]))
     con.register("present", read_table(signatures, SIGNATURES).select(["image_id"]))
     params = {"client_id": client_id, "run_id": run_id, "top_k": top_k, **_band_params()}
@@ -52,9 +71,13 @@ def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, s
 
 
 def roll_up_products(image_matches: Path, catalog: Path, out: Path, *, client_id: str,
-                     run_id: str) -> pa.Table:
-    """Product matches from image matches (sql/duckdb/product_matches.sql)."""
+                     run_id: str, rejected: pa.Table | None = None) -> pa.Table:
+    """Product matches from image matches (sql/duckdb/product_matches.sql).
+
+    `rejected` holds the product pairs reviewers rejected (item_id, match_id, band).
+    """
     con = duckdb.connect()
+    _register_review(con, rejected)
     con.register("image_matches", read_table(image_matches, IMAGE_MATCHES))
     con.register("catalog", read_table(catalog, CATALOG).select(["image_id", "product_id"]))
     params = {"client_id": client_id, "run_id": run_id, **_band_params()}

@@ -47,6 +47,14 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     con.execute(load_sql("duckdb", "views"))
 
 
+def _attach_decisions(con: duckdb.DuckDBPyConnection, warehouse: Path) -> None:
+    """The view `decisions` over the reviewers' log in the data dir (npimage.review.store):
+    decisions live beside the warehouse, not in it, so publishes never replace them."""
+    from npimage.review.store import attach_view
+
+    attach_view(con, warehouse.parent)
+
+
 def publish(warehouse: Path, files: dict[str, Path], run: dict[str, Any],
             before_commit: Callable[[], None] | None = None) -> None:
     """Replace the client's rows with the run's Parquet files and record the run.
@@ -64,6 +72,7 @@ def publish(warehouse: Path, files: dict[str, Path], run: dict[str, Any],
         con = duckdb.connect(str(warehouse))
         try:
             ensure_schema(con)
+            _attach_decisions(con, warehouse)
             con.execute("BEGIN TRANSACTION")
             try:
                 run_script(con, load_sql("duckdb", "replace_client"), params)

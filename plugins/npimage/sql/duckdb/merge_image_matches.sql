@@ -5,10 +5,16 @@
 --   prior_matches(image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes)
 --       image_matches of the last published run (empty in full mode);
 --   queries(image_id)   images compared this run (their old rows are replaced);
---   present(image_id)   images with a signature in this run (rows of others are dropped).
+--   present(image_id)   images with a signature in this run (rows of others are dropped);
+--   rejected_pairs(item_id, match_id, band)   pairs (item_id < match_id) whose reviewer
+--       decision in force is "not the same", and the band they were rejected in;
+--   bands(band, rank)   the score bands, rank 1 = best.
 -- Parameters: $client_id, $run_id, $top_k, $same, $retouched, $very_similar, $similar.
 -- Result: both directions of each pair; per image its top-k plus any image that has it in
 -- its own top-k (so a pair never shows in one direction only); rank 1 = best.
+-- rejected = a reviewer said "not the same" in a band at or below the pair's band now: the
+-- row stays (nothing is hidden) but is no longer proposed. A pair that fell to a lower band
+-- than the one it was rejected in is proposed again there.
 WITH fresh AS (
     SELECT image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes FROM new_pairs
     UNION ALL
@@ -43,6 +49,7 @@ closed AS (
     )
     QUALIFY row_number() OVER (PARTITION BY image_id, match_image_id ORDER BY score DESC) = 1
 )
+, scored AS (
 SELECT
     $client_id AS client_id,
     image_id,
@@ -64,4 +71,12 @@ SELECT
     $run_id AS run_id
 FROM closed
 WHERE score >= $similar
-ORDER BY image_id, rank
+)
+SELECT s.*, coalesce(now_band.rank <= at_band.rank, false) AS rejected
+FROM scored AS s
+LEFT JOIN rejected_pairs AS r
+       ON r.item_id = least(s.image_id, s.match_image_id)
+      AND r.match_id = greatest(s.image_id, s.match_image_id)
+LEFT JOIN bands AS now_band ON now_band.band = s.band
+LEFT JOIN bands AS at_band ON at_band.band = r.band
+ORDER BY s.image_id, s.rank
