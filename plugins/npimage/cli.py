@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="weights file to write (read by --weights / NPIMAGE_WEIGHTS)")
     fit.add_argument("--step", type=float, default=0.05, help="grid step of the weight search")
     fit.add_argument("--from-decisions", action="store_true",
-                     help="label pairs with the reviewers' decisions (merge/keep = same, "
-                          "not the same = different), added to --truth if given")
+                     help="label pairs with the reviewers' decisions (merge/keep = the band "
+                          "confirmed, not the same = different), added to --truth if given")
     _common(fit)
 
     rep = sub.add_parser("report", help="render the HTML review report from the warehouse")
@@ -255,8 +255,8 @@ def _decisions_truth(settings: Settings, args: argparse.Namespace) -> Path:
         writer = csv.writer(fh)
         writer.writerow(["image_id", "match_image_id", "label"])
         writer.writerows(rows)
-    print(f"labelled pairs from decisions: {sum(1 for r in rows)} "
-          f"({sum(1 for r in rows if str(r[2]) in ('1', 'true'))} same)")
+    print(f"labelled pairs: {len(rows)} "
+          f"({sum(1 for r in rows if r[2] == 'different')} not the same)")
     return out
 
 
@@ -304,8 +304,8 @@ def cmd_review(args: argparse.Namespace) -> int:
                  token=args.token, user=args.user, backend=args.backend)
 
 
-COMMANDS = {"review": cmd_review, "run": cmd_run, "demo": cmd_demo, "report": cmd_report, "evaluate": cmd_evaluate,
-            "nearest": cmd_nearest,
+COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report, "evaluate": cmd_evaluate,
+            "nearest": cmd_nearest, "review": cmd_review,
             "fit-weights": cmd_fit_weights}
 
 

@@ -243,7 +243,8 @@ def create_app(config: ReviewConfig, auth: Auth) -> FastAPI:
         pic = picture(client, id)
         if w is None:
             data, media = pictures.web_bytes(pic)
-            return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=600"})
+            return Response(data, media_type=media,
+                            headers={"Cache-Control": "private, max-age=600"})
         thumb = pic.rgb.copy()
         thumb.thumbnail((w, w), Image.Resampling.LANCZOS)
         out = io.BytesIO()

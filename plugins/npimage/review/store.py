@@ -198,16 +198,22 @@ def to_csv(table: pa.Table, columns: Sequence[str] = EXPORT_COLUMNS) -> str:
     return out.getvalue()
 
 
-def truth_pairs(data_dir: Path, client_id: str) -> list[tuple[str, str, int]]:
-    """Image pairs labelled by decisions in force: merge/keep -> 1, not_same -> 0.
+def truth_pairs(data_dir: Path, client_id: str) -> list[tuple[str, str, str]]:
+    """Image pairs labelled by the decisions in force, as fit-weights' pairs truth:
+    merge/keep -> the band the reviewer confirmed (or "1" when unknown), not_same ->
+    "different".
 
     Skips are not labels. Product decisions are not image labels either (two products
     may be the same while their pictures differ), so only image pairs are returned.
     """
     rows = latest(data_dir, client_id).to_pylist()
-    label = {"merge": 1, "keep": 1, "not_same": 0}
-    return [(r["item_id"], r["match_id"], label[r["decision"]]) for r in rows
-            if r["kind"] == "image" and r["decision"] in label]
+    out = []
+    for r in rows:
+        if r["kind"] != "image" or r["decision"] == "skip":
+            continue
+        label = "different" if r["decision"] == "not_same" else (r["band"] or "1")
+        out.append((r["item_id"], r["match_id"], label))
+    return out
 
 
 def attach_view(con: duckdb.DuckDBPyConnection, data_dir: Path) -> None:
