@@ -20,4 +20,4 @@ class NpimageReviewPlugin(AirflowPlugin):
         {"app": review_app(), "url_prefix": URL_PREFIX, "name": "npimage review"}]
     external_views: ClassVar[list[dict[str, Any]]] = [
         {"name": "Image review", "href": f"{URL_PREFIX}/", "category": "browse",
-                       "url_route": "npimage-review", "destination": "nav"}]
+         "url_route": "npimage-review", "destination": "nav"}]

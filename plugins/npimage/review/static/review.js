@@ -14,6 +14,12 @@
     Array.prototype.forEach.call(view.querySelectorAll("img.zoomable"), function (img) {
       img.style.width = z ? Math.round(img.naturalWidth * z) + "px" : "";
     });
+    // The difference is computed at a common size: show it at the left picture's size.
+    var a = document.getElementById("img-a");
+    var d = document.getElementById("diff-img");
+    var box = d.parentNode.clientWidth || a.naturalWidth;
+    d.style.width = a.naturalWidth ? Math.round(z ? a.naturalWidth * z :
+                                                Math.min(a.naturalWidth, box)) + "px" : "";
     var inner = view.querySelector(".stack-inner");
     var under = view.querySelector("img.under");
     inner.style.width = z && under.naturalWidth ? Math.round(under.naturalWidth * z) + "px" : "";
@@ -51,6 +57,7 @@
     if (mode === "diff") {
       var d = document.getElementById("diff-img");
       if (!d.getAttribute("src")) {
+        d.addEventListener("load", function () { setZoom(zoom); });
         d.setAttribute("src", d.getAttribute("data-src"));
         fetch(d.getAttribute("data-src"), {credentials: "same-origin"}).then(function (r) {
           var share = r.headers.get("X-Differ-Share");
