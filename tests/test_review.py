@@ -395,3 +395,26 @@ def test_airflow_plugin_mounts_the_app_behind_airflow_auth(data, monkeypatch, ai
         assert res.json()["decision"]["decided_by"] == "admin-user"
         assert res.json()["decision"]["origin"] == "airflow"
     assert store.latest(data, CLIENT).num_rows == 1
+
+
+def test_static_report_shows_each_decision(data, tmp_path):
+    from npimage.report import render_report
+    from npimage.report.data import IMAGE_DIR, PRODUCT_DIR, page_path
+
+    c = client_for(data, user="bob")
+    p = first_pair(c, "retouched")
+    c.post(f"/c/{CLIENT}/decisions", json={"kind": "image", "item_id": p["a"],
+                                           "match_id": p["b"], "decision": "not_same"})
+    prod = store_products(data)[0]
+    c.post(f"/c/{CLIENT}/decisions", json={"kind": "product", "item_id": prod[0],
+                                           "match_id": prod[1], "decision": "merge"})
+    out = tmp_path / "report"
+    render_report(data / "warehouse.duckdb", CLIENT, out)
+    for image, other in ((p["a"], p["b"]), (p["b"], p["a"])):
+        page = (out / page_path(IMAGE_DIR, image)).read_text()
+        match = page.split(f'data-match-id="{other}"')[1].split("</li>")[0]
+        assert 'data-decision="not_same"' in match and "bob" in match
+    page = (out / page_path(PRODUCT_DIR, prod[0])).read_text()
+    match = page.split(f'data-match-product-id="{prod[1]}"')[1].split("</li>")[0]
+    assert "same product: merge" in match
+    assert page.count('class="decision') == 1  # only the decided pair carries one

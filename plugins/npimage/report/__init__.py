@@ -53,6 +53,7 @@ def render_report(
     # The connection is closed while thumbnails are made (slow): no lock held meanwhile.
     make_thumbnails(data.images, out_dir, progress, workers)
     writer = Writer(out_dir, data, per_page=per_page, progress=progress)
+    writer.env.globals["decision_of"] = _decisions(Path(warehouse).parent, client_id)
     writer.assets()
     with connect(Path(warehouse)) as con:
         writer.image_pages(con)
@@ -64,6 +65,23 @@ def render_report(
     writer.remove_stale(MANAGED)
     prune_thumbnails(data.images, out_dir)
     return out_dir / "index.html"
+
+
+def _decisions(data_dir: Path, client_id: str):
+    """decision_of(kind, a, b): the reviewers' decision in force for a pair, or None.
+
+    Decisions live in the data dir beside the warehouse (npimage.review.store); a page
+    shows the decision of each of its pairs, so re-rendering picks up new decisions.
+    """
+    from npimage.review.store import latest
+
+    table = latest(data_dir, client_id)
+    by_pair = {(r["kind"], r["item_id"], r["match_id"]): r for r in table.to_pylist()}
+
+    def decision_of(kind: str, a: str, b: str):
+        return by_pair.get((kind, *sorted((a, b))))
+
+    return decision_of
 
 
 def _tick(progress: Progress | None, stage: str) -> None:
