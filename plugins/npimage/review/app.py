@@ -35,7 +35,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from PIL import Image
 from pydantic import BaseModel
 
-from npimage.config import BANDS
+from npimage.bands import BANDS
 from npimage.ingest.decode import ImageError
 from npimage.review import pictures, store
 from npimage.review.data import Pair, Queue, QueueCache, decisions_in_force

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from npimage.config import BANDS
+from npimage.bands import BANDS, LABELS
 from npimage.storage.parquet_io import write_table
 from npimage.storage.runs import safe_name
 
@@ -99,7 +99,7 @@ class Decision:
             raise ValueError("decision 'keep' needs keep_id, one of the pair's two images")
         if self.decision == "keep" and self.kind != "image":
             raise ValueError("decision 'keep' is about an image pair")
-        if self.band is not None and self.band not in dict(BANDS):
+        if self.band is not None and self.band not in LABELS:
             raise ValueError(f"unknown band {self.band!r}")
         if not self.decided_by:
             raise ValueError("a decision needs the name of who decided")

@@ -6,15 +6,15 @@
 --       image_matches of the last published run (empty in full mode);
 --   queries(image_id)   images compared this run (their old rows are replaced);
 --   present(image_id)   images with a signature in this run (rows of others are dropped);
+--   bands(band, lower)  the labels and float32 lower limits (npimage.bands.bands_table).
 --   rejected_pairs(item_id, match_id, band)   pairs (item_id < match_id) whose reviewer
---       decision in force is "not the same", and the band they were rejected in;
---   bands(band, rank)   the score bands, rank 1 = best.
--- Parameters: $client_id, $run_id, $top_k, $same, $retouched, $very_similar, $similar.
+--       decision in force is "not the same", and the band they were rejected in.
+-- rejected = the pair scores at or above the lower limit of the band a reviewer rejected
+-- it in: the row stays (nothing is hidden) but is no longer proposed. A pair that fell
+-- below that band is proposed again, in its lower band.
+-- Parameters: $client_id, $run_id, $top_k, $threshold (a float32 value: npimage.bands).
 -- Result: both directions of each pair; per image its top-k plus any image that has it in
 -- its own top-k (so a pair never shows in one direction only); rank 1 = best.
--- rejected = a reviewer said "not the same" in a band at or below the pair's band now: the
--- row stays (nothing is hidden) but is no longer proposed. A pair that fell to a lower band
--- than the one it was rejected in is proposed again there.
 WITH fresh AS (
     SELECT image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes FROM new_pairs
     UNION ALL
@@ -48,35 +48,30 @@ closed AS (
         SELECT match_image_id, image_id, score, dah, ddh, dph, dfv, same_bytes FROM best
     )
     QUALIFY row_number() OVER (PARTITION BY image_id, match_image_id ORDER BY score DESC) = 1
+),
+kept_pairs AS (
+    SELECT * REPLACE (CAST(score AS FLOAT) AS score) FROM closed
+    WHERE CAST(score AS FLOAT) >= CAST($threshold AS FLOAT)
 )
-, scored AS (
 SELECT
     $client_id AS client_id,
-    image_id,
-    match_image_id,
-    CAST(row_number() OVER (PARTITION BY image_id ORDER BY score DESC, match_image_id) AS INTEGER)
-        AS rank,
-    CAST(score AS FLOAT) AS score,
-    CASE
-        WHEN score >= $same THEN 'same'
-        WHEN score >= $retouched THEN 'retouched'
-        WHEN score >= $very_similar THEN 'very_similar'
-        ELSE 'similar'
-    END AS band,
-    CAST(dah AS FLOAT) AS dah,
-    CAST(ddh AS FLOAT) AS ddh,
-    CAST(dph AS FLOAT) AS dph,
-    CAST(dfv AS FLOAT) AS dfv,
-    same_bytes,
-    $run_id AS run_id
-FROM closed
-WHERE score >= $similar
-)
-SELECT s.*, coalesce(now_band.rank <= at_band.rank, false) AS rejected
-FROM scored AS s
+    k.image_id,
+    k.match_image_id,
+    CAST(row_number() OVER (PARTITION BY k.image_id ORDER BY k.score DESC, k.match_image_id)
+         AS INTEGER) AS rank,
+    k.score,
+    b.band,
+    CAST(k.dah AS FLOAT) AS dah,
+    CAST(k.ddh AS FLOAT) AS ddh,
+    CAST(k.dph AS FLOAT) AS dph,
+    CAST(k.dfv AS FLOAT) AS dfv,
+    k.same_bytes,
+    $run_id AS run_id,
+    coalesce(k.score >= at_band.lower, false) AS rejected
+FROM kept_pairs AS k
+ASOF LEFT JOIN bands AS b ON k.score >= b.lower
 LEFT JOIN rejected_pairs AS r
-       ON r.item_id = least(s.image_id, s.match_image_id)
-      AND r.match_id = greatest(s.image_id, s.match_image_id)
-LEFT JOIN bands AS now_band ON now_band.band = s.band
+       ON r.item_id = least(k.image_id, k.match_image_id)
+      AND r.match_id = greatest(k.image_id, k.match_image_id)
 LEFT JOIN bands AS at_band ON at_band.band = r.band
-ORDER BY s.image_id, s.rank
+ORDER BY k.image_id, rank
