@@ -243,21 +243,33 @@ def store_products(data: Path):
 
 
 def test_rejected_pair_proposed_again_only_below_its_band(tmp_path):
-    """A pair rejected at `retouched` is flagged while it scores retouched or better."""
+    """merge flags a pair rejected at `retouched` while it scores retouched or better."""
     import pyarrow as pa
 
-    from npimage.matching.merge import _register_review
+    from npimage.matching.compare import MATCH_COLUMNS
+    from npimage.matching.merge import merge_image_matches
+    from npimage.schemas import SIGNATURES
+    from npimage.storage.parquet_io import write_table
 
-    con = duckdb.connect()
-    _register_review(con, pa.table({"item_id": ["a", "c"], "match_id": ["b", "d"],
-                                    "band": ["retouched", "retouched"]}))
-    rows = con.execute("""
-        SELECT x.band, coalesce(n.rank <= r.rank, false) FROM (VALUES ('a','b','same'),
-               ('c','d','very_similar')) AS x(i, j, band)
-        LEFT JOIN rejected_pairs AS p ON p.item_id = x.i AND p.match_id = x.j
-        LEFT JOIN bands AS n ON n.band = x.band LEFT JOIN bands AS r ON r.band = p.band
-        ORDER BY 1""").fetchall()
-    assert rows == [("same", True), ("very_similar", False)]
+    pairs = [("a", "b", 0.995), ("c", "d", 0.91), ("e", "f", 0.96)]
+    shard = pa.Table.from_pylist([{"image_id": i, "match_image_id": j, "score": s, "dah": s,
+                                   "ddh": s, "dph": s, "dfv": None, "same_bytes": False}
+                                  for i, j, s in pairs], MATCH_COLUMNS)
+    ids = [x for p in pairs for x in p[:2]]
+    write_table(shard, tmp_path / "shard.parquet")
+    write_table(pa.table({"image_id": ids}), tmp_path / "queries.parquet")
+    write_table(pa.Table.from_pylist([{"client_id": "c", "image_id": i} for i in ids], SIGNATURES),
+                tmp_path / "sigs.parquet")
+    rejected = pa.table({"item_id": ["a", "c"], "match_id": ["b", "d"],
+                         "band": ["retouched", "retouched"]})
+    out = merge_image_matches([tmp_path / "shard.parquet"], None, tmp_path / "queries.parquet",
+                              tmp_path / "sigs.parquet", tmp_path / "m.parquet", client_id="c",
+                              run_id="r", top_k=5, rejected=rejected)
+    flags = {(r["image_id"], r["match_image_id"]): (r["band"], r["rejected"])
+             for r in out.to_pylist()}
+    assert flags == {("a", "b"): ("same", True), ("b", "a"): ("same", True),
+                     ("c", "d"): ("very_similar", False), ("d", "c"): ("very_similar", False),
+                     ("e", "f"): ("retouched", False), ("f", "e"): ("retouched", False)}
 
 
 def test_decisions_go_to_the_backend(data, pg_backend):
