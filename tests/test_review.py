@@ -406,6 +406,8 @@ def test_airflow_plugin_mounts_the_app_behind_airflow_auth(data, monkeypatch, ai
         assert res.status_code == 200, res.text
         assert res.json()["decision"]["decided_by"] == "admin-user"
         assert res.json()["decision"]["origin"] == "airflow"
+        c.cookies.set("_token", bearer["viewer"]["Authorization"][7:])  # the UI's cookie
+        assert "viewer-user" in c.get("/npimage-review/c/acme/decisions").text
     assert store.latest(data, CLIENT).num_rows == 1
 
 

@@ -45,6 +45,7 @@ log = logging.getLogger("npimage.review")
 BAND_WORDS = {"same": "Same image", "retouched": "Same image, retouched",
               "very_similar": "Very similar product", "similar": "Fairly similar"}
 PAGE = 50  # groups or product pairs per page
+GROUP_IMAGES, GROUP_PAIRS = 120, 300  # per page of a (large) group
 
 UserDep = Callable[[Request], Awaitable[str]]
 
@@ -181,7 +182,8 @@ def create_app(config: ReviewConfig, auth: Auth) -> FastAPI:
                       pair_url=lambda p: pair_url(root(request), client, p))
 
     @app.get("/c/{client}/group/{n}", response_class=HTMLResponse)
-    def group(request: Request, client: str, n: int, user: str = viewer) -> HTMLResponse:
+    def group(request: Request, client: str, n: int, page: int = Query(1, ge=1),
+              user: str = viewer) -> HTMLResponse:
         q = queue_of(client)
         if not 0 <= n < len(q.groups):
             raise HTTPException(404, f"no group {n} (client {client!r} has {len(q.groups)})")
@@ -189,8 +191,12 @@ def create_app(config: ReviewConfig, auth: Auth) -> FastAPI:
         images = [q.images[i] for i in g.images if i in q.images]
         keep = max(images, key=lambda i: ((i.width or 0) * (i.height or 0), i.size_bytes or 0),
                    default=None)
-        return render(request, "group.html.j2", user, q=q, client=client, g=g, images=images,
-                      keep=keep, pairs=[q.pairs[i] for i in g.pairs],
+        pages = max(1, -(-len(images) // GROUP_IMAGES), -(-len(g.pairs) // GROUP_PAIRS))
+        shown = images[(page - 1) * GROUP_IMAGES: page * GROUP_IMAGES]
+        pairs = g.pairs[(page - 1) * GROUP_PAIRS: page * GROUP_PAIRS]
+        return render(request, "group.html.j2", user, q=q, client=client, g=g, images=shown,
+                      page=page, pages=pages, n_images=len(images),
+                      keep=keep, pairs=[q.pairs[i] for i in pairs],
                       decided=decisions_in_force(config.data_dir, client),
                       pair_url=lambda p: pair_url(root(request), client, p),
                       prev=n - 1 if n > 0 else None, next=n + 1 if n + 1 < len(q.groups) else None)
