@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,13 +146,36 @@ def log_glob(data_dir: Path) -> str:
     return str(Path(data_dir).resolve() / "decisions" / "**" / "*.parquet")
 
 
+class _LogCache:
+    """Rows of the decision files already read, per folder: a file is read once per
+    process (files are never rewritten), so reading a log of thousands of decisions
+    costs a directory listing plus the new files."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._tables: dict[str, dict[str, pa.Table]] = {}
+
+    def read(self, folder: Path) -> pa.Table:
+        names = sorted(e.name for e in os.scandir(folder)
+                       if e.name.endswith(".parquet") and not e.name.startswith(".")
+                       ) if folder.is_dir() else []
+        with self._lock:
+            known = self._tables.setdefault(str(folder.resolve()), {})
+            for name in names:
+                if name not in known:
+                    known[name] = pq.read_table(folder / name).cast(DECISION_SCHEMA)
+            tables = [known[n] for n in names]
+        if not tables:
+            return DECISION_SCHEMA.empty_table()
+        return pa.concat_tables(tables)
+
+
+_CACHE = _LogCache()
+
+
 def read_log(data_dir: Path, client_id: str) -> pa.Table:
     """Every decision of a client, oldest first (the full history)."""
-    folder = log_dir(data_dir, client_id)
-    files = sorted(folder.glob("*.parquet")) if folder.is_dir() else []
-    if not files:
-        return DECISION_SCHEMA.empty_table()
-    table = pa.concat_tables([pq.read_table(f).cast(DECISION_SCHEMA) for f in files])
+    table = _CACHE.read(log_dir(data_dir, client_id))
     return table.sort_by([("decided_at", "ascending"), ("decision_id", "ascending")])
 
 
