@@ -70,8 +70,8 @@ def run(n: int, work: Path, pool: list[tuple[str, int]]) -> str:
     assert all(r.status_code == 200 for r in (r1, r2, r3, r4, r5))
     sizes = np.array([len(g.images) for g in q.groups])
     return (f"| {n:>7} | {len(q.pairs):>8} | {len(q.groups):>6} | {sizes.max():>7} "
-            f"| {load:>6.2f} | {overview * 1000:>8.0f} | {group * 1000:>6.0f} "
-            f"| {pair * 1000:>5.0f} | {diff * 1000:>5.0f} | {decide * 1000:>6.0f} |")
+            f"| {load:>6.2f} | {overview * 1000:>11.0f} | {group * 1000:>8.0f} "
+            f"| {pair * 1000:>7.0f} | {diff * 1000:>7.0f} | {decide * 1000:>9.0f} |")
 
 
 def main() -> None:
