@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Literal
 
 from fastapi import FastAPI, HTTPException, Request
 
@@ -31,7 +32,7 @@ class AirflowAuth(Auth):
     def __init__(self, dag_id: str = DAG_ID) -> None:
         self.dag_id = dag_id
 
-    async def _user(self, request: Request, method: str) -> str:
+    async def _user(self, request: Request, method: Literal["GET", "PUT"]) -> str:
         from airflow.api_fastapi.app import get_auth_manager
         from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
         from airflow.api_fastapi.core_api.security import bearer_scheme, get_user

@@ -102,10 +102,11 @@ def make_env() -> Environment:
 def _filesize(n: int | None) -> str:
     if n is None:
         return "size unknown"
+    size = float(n)
     for unit in ("bytes", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1024
+        if size < 1024 or unit == "GB":
+            return f"{n} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
     return str(n)
 
 
@@ -224,7 +225,7 @@ def create_app(config: ReviewConfig, auth: Auth) -> FastAPI:
                    user: str = viewer) -> HTMLResponse:
         q = queue_of(client)
         pos, p = find_pair(q, kind, a, b)
-        suggestion = None
+        suggestion: dict[str, str | None]
         try:
             s = pictures.suggest_keep(picture(client, p.image_a), picture(client, p.image_b))
             suggestion = {"keep": p.image_a if s.keep == "a" else p.image_b, "reason": s.reason}
