@@ -127,6 +127,7 @@ class Queue:
     groups: list[Group]
     pairs: list[Pair]
     n_products: int  # product pairs at the end of `pairs`
+    names: dict[str, str] = field(default_factory=dict)  # product_id -> name, when known
 
     def position(self, kind: str, item_id: str, match_id: str) -> int | None:
         a, b = sorted((item_id, match_id))
@@ -228,7 +229,8 @@ def load_queue(warehouse: Path, data_dir: Path, client_id: str) -> Queue:
                           "ORDER BY published_at DESC LIMIT 1", [client_id]).fetchone()
         if run is None:
             raise LookupError(f"client {client_id!r} has no published run in {warehouse}")
-        images = _images(con, client_id, product_names(data_dir, client_id))
+        names = product_names(data_dir, client_id)
+        images = _images(con, client_id, names)
         image_pairs = _image_pairs(con, client_id)
         product_pairs = _product_pairs(con, client_id)
     finally:
@@ -244,7 +246,7 @@ def load_queue(warehouse: Path, data_dir: Path, client_id: str) -> Queue:
         new_groups.append(Group(g.index, g.images, list(range(start, len(ordered))), g.best))
     ordered += [p for p in image_pairs if p.rejected]  # rejected image pairs: flagged, last
     return Queue(client_id, run[0], run[1], images, new_groups, ordered + product_pairs,
-                 len(product_pairs))
+                 len(product_pairs), names)
 
 
 class QueueCache:
