@@ -5,7 +5,8 @@
     npimage demo [--airflow] [--products N] [--no-fv]
     npimage report --client C [--data-dir D]
     npimage evaluate --client C --truth FILE [--data-dir D]
-    npimage fit-weights --client C --truth FILE [--out weights.json] [--data-dir D] [--step 0.05]
+    npimage fit-weights --client C [--truth FILE] [--from-decisions] [--out weights.json]
+                        [--data-dir D] [--step 0.05]
     npimage nearest IMAGE --client C [--data-dir D] [--top-k 10] [--threshold T]
     npimage review --client C [--host 127.0.0.1] [--port 8765] [--token T] [--backend URL]
 """
@@ -18,6 +19,7 @@ import logging
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -236,11 +238,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _decisions_truth(settings: Settings, args: argparse.Namespace) -> Path:
-    """A pairs truth file (image_id,match_image_id,label) from the reviewers' decisions,
-    plus the rows of --truth when it is a pairs file too."""
+def _decisions_truth(settings: Settings, args: argparse.Namespace, folder: Path) -> Path:
+    """A pairs truth file (image_id,match_image_id,label) in `folder` from the reviewers'
+    decisions, plus the rows of --truth when it is a pairs file too."""
     import csv
-    import tempfile
 
     from npimage.review.store import truth_pairs
 
@@ -255,7 +256,7 @@ def _decisions_truth(settings: Settings, args: argparse.Namespace) -> Path:
     if not rows:
         raise ValueError(f"no decision labels a pair of client {args.client!r} yet "
                          "(merge, keep or not the same): review some pairs first")
-    out = Path(tempfile.mkdtemp(prefix="npimage-decisions-")) / "truth.csv"
+    out = folder / "truth.csv"
     with out.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["image_id", "match_image_id", "label"])
@@ -271,11 +272,12 @@ def cmd_fit_weights(args: argparse.Namespace) -> int:
     if not 0 < args.step <= 0.5 or abs(round(1 / args.step) * args.step - 1) > 1e-9:
         raise ValueError("--step must divide 1 (0.05, 0.1, 0.25...)")
     settings = _settings(args)
-    truth = _decisions_truth(settings, args) if args.from_decisions else args.truth
-    if truth is None:
+    if not (args.truth or args.from_decisions):
         raise ValueError("fit-weights needs --truth FILE, --from-decisions, or both")
-    result = fit_weights(settings.data_dir, args.client, Path(truth),
-                         FitOptions(step=args.step))
+    with tempfile.TemporaryDirectory(prefix="npimage-decisions-") as tmp:
+        truth = (_decisions_truth(settings, args, Path(tmp)) if args.from_decisions
+                 else Path(args.truth))
+        result = fit_weights(settings.data_dir, args.client, truth, FitOptions(step=args.step))
     out = Path(args.out)
     out.write_text(result.to_json(), encoding="utf-8")
     print(format_metrics(result.metrics))
