@@ -28,6 +28,7 @@ from pg import pg_connect
 from PIL import Image, ImageFilter
 
 from npimage.config import Settings
+from npimage.errors import InputError
 from npimage.pipeline import settings_context
 from npimage.review import pictures, store
 from npimage.review.auth import check_bind
@@ -342,10 +343,10 @@ def test_standalone_refuses_other_addresses_without_a_token(tmp_path):
     check_bind("::1", None)
     check_bind("localhost", None)
     for host in ("0.0.0.0", "192.168.1.5", "::"):
-        with pytest.raises(ValueError, match="without a token"):
+        with pytest.raises(InputError, match="without a token"):
             check_bind(host, None)
     check_bind("0.0.0.0", "x" * 32)
-    with pytest.raises(ValueError, match="at least"):
+    with pytest.raises(InputError, match="at least"):
         check_bind("0.0.0.0", "short")
     env = {k: v for k, v in os.environ.items() if k != "NPIMAGE_REVIEW_TOKEN"}
     done = subprocess.run([sys.executable, "-m", "npimage.cli", "review", "--client", CLIENT,

@@ -26,7 +26,7 @@ from typing import Any
 
 from npimage.bands import LABELS, WEAK
 from npimage.config import Settings
-from npimage.errors import UserError
+from npimage.errors import InputError, UserError
 from npimage.storage.locks import RunInProgress
 from npimage.storage.runs import MODES, new_run_id
 
@@ -250,12 +250,12 @@ def _decisions_truth(settings: Settings, args: argparse.Namespace, folder: Path)
         with open(args.truth, newline="", encoding="utf-8") as fh:
             given = list(csv.DictReader(fh))
         if given and not {"image_id", "match_image_id", "label"} <= set(given[0]):
-            raise ValueError("--from-decisions adds pairs: --truth must then be a pairs file "
-                             "(image_id,match_image_id,label)")
+            raise InputError("--from-decisions adds pairs: --truth must then be a pairs file",
+                             "header image_id,match_image_id,label")
         rows += [(r["image_id"], r["match_image_id"], r["label"]) for r in given]
     if not rows:
-        raise ValueError(f"no decision labels a pair of client {args.client!r} yet "
-                         "(merge, keep or not the same): review some pairs first")
+        raise InputError(f"no decision labels a pair of client {args.client!r} yet",
+                         "decide some pairs in `npimage review` first")
     out = folder / "truth.csv"
     with out.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
@@ -273,7 +273,8 @@ def cmd_fit_weights(args: argparse.Namespace) -> int:
         raise ValueError("--step must divide 1 (0.05, 0.1, 0.25...)")
     settings = _settings(args)
     if not (args.truth or args.from_decisions):
-        raise ValueError("fit-weights needs --truth FILE, --from-decisions, or both")
+        raise InputError("fit-weights needs labelled pairs", "pass --truth FILE, "
+                         "--from-decisions, or both")
     with tempfile.TemporaryDirectory(prefix="npimage-decisions-") as tmp:
         truth = (_decisions_truth(settings, args, Path(tmp)) if args.from_decisions
                  else Path(args.truth))

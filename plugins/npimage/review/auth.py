@@ -15,6 +15,7 @@ import ipaddress
 
 from fastapi import HTTPException, Request
 
+from npimage.errors import InputError
 from npimage.review.app import Auth
 
 COOKIE = "npimage_review_token"
@@ -32,12 +33,13 @@ def is_loopback(host: str) -> bool:
 
 
 def check_bind(host: str, token: str | None) -> None:
-    """Refuse (ValueError) to listen beyond loopback without a token, or with a weak one."""
+    """Refuse (InputError) to listen beyond loopback without a token, or with a weak one."""
     if token is not None and len(token) < MIN_TOKEN:
-        raise ValueError(f"the review token must have at least {MIN_TOKEN} characters")
+        raise InputError(f"the review token must have at least {MIN_TOKEN} characters",
+                         "e.g. --token $(openssl rand -hex 16)")
     if not is_loopback(host) and not token:
-        raise ValueError(f"refusing to listen on {host} without a token: pass --token or set "
-                         "NPIMAGE_REVIEW_TOKEN (or listen on 127.0.0.1)")
+        raise InputError(f"refusing to listen on {host} without a token",
+                         "pass --token or set NPIMAGE_REVIEW_TOKEN, or listen on 127.0.0.1")
 
 
 class LocalAuth(Auth):
