@@ -80,11 +80,3 @@ PRODUCT_MATCHES = pa.schema(
         ("rejected", pa.bool_()),  # a reviewer said "not the same" (npimage.review.store)
     ]
 )
-
-ALL = {
-    "catalog": CATALOG,
-    "signatures": SIGNATURES,
-    "rejects": REJECTS,
-    "image_matches": IMAGE_MATCHES,
-    "product_matches": PRODUCT_MATCHES,
-}

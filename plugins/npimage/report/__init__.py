@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from npimage.progress import StepProgress
 from npimage.report.data import connect, load_report_data
 from npimage.report.pages import PER_PAGE, Writer
 from npimage.report.thumbs import make_thumbnails, prune_thumbnails
@@ -27,14 +28,13 @@ __all__ = ["render_report"]
 #: Folders of `out_dir` a render owns: files in them it did not write are deleted.
 MANAGED = ("assets", "i", "p", "list", "search")
 
-Progress = Callable[[str, int, int], None]
 
 
 def render_report(
     warehouse: Path,
     client_id: str,
     out_dir: Path,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     *,
     per_page: int = PER_PAGE,
     workers: int | None = None,
@@ -67,7 +67,7 @@ def render_report(
     return out_dir / "index.html"
 
 
-def _decisions(data_dir: Path, client_id: str):
+def _decisions(data_dir: Path, client_id: str) -> Callable[[str, str, str], dict | None]:
     """decision_of(kind, a, b): the reviewers' decision in force for a pair, or None.
 
     Decisions live in the data dir beside the warehouse (npimage.review.store); a page
@@ -78,13 +78,14 @@ def _decisions(data_dir: Path, client_id: str):
     table = latest(data_dir, client_id)
     by_pair = {(r["kind"], r["item_id"], r["match_id"]): r for r in table.to_pylist()}
 
-    def decision_of(kind: str, a: str, b: str):
-        return by_pair.get((kind, *sorted((a, b))))
+    def decision_of(kind: str, a: str, b: str) -> dict | None:
+        first, second = sorted((a, b))
+        return by_pair.get((kind, first, second))
 
     return decision_of
 
 
-def _tick(progress: Progress | None, stage: str) -> None:
+def _tick(progress: StepProgress | None, stage: str) -> None:
     """Report a one-step stage as done."""
     if progress:
         progress(stage, 1, 1)
