@@ -767,9 +767,9 @@ def _skimage_photo(name: str) -> Image.Image:
     with Image.open(_skimage_dir() / name) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            flat = Image.new("RGB", im.size, (255, 255, 255))
-            flat.paste(im, (0, 0), im)
+            rgba = im.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, (0, 0), rgba)
             return flat
         return im.convert("RGB")
 
@@ -1063,7 +1063,8 @@ def plan_catalogue(n_products: int = 160, seed: int = 0) -> Plan:
     by_product: dict[int, list[ImageSpec]] = {}
     for s in specs:
         by_product.setdefault(s.product_key, []).append(s)
-    n_planted, planted, times_copied = round(n_products * 0.6), [], dict.fromkeys(by_product, 0)
+    planted: list[ImageSpec] = []
+    n_planted, times_copied = round(n_products * 0.6), dict.fromkeys(by_product, 0)
     edits = _edit_sequence(rng, n_planted)
     while len(planted) < n_planted:
         src_key = int(rng.choice([k for k, t in times_copied.items() if t < 2]))

@@ -58,7 +58,7 @@ def backend_dsn() -> str | None:
     nextpage_backend), or None when that connection is not defined."""
     conn_id = os.environ.get("NPIMAGE_REVIEW_CONN", "nextpage_backend")
     try:
-        from npimage.backend import airflow_dsn
+        from npimage.orchestration.connection import airflow_dsn
 
         return airflow_dsn(conn_id)
     except Exception as exc:  # no such connection: decisions stay in the data dir's log
