@@ -97,9 +97,11 @@ def images_loaded(driver) -> bool:
         ".every(i => i.complete && i.naturalWidth > 0)")
 
 
-def pair_ids(driver) -> tuple[str, str]:
-    el = driver.find_element("id", "pair")
-    return el.get_attribute("data-a"), el.get_attribute("data-b")
+def pair_ids(driver) -> tuple[str, str] | None:
+    """The pair shown, read in one script call (safe while a page is being replaced)."""
+    ids = driver.execute_script(
+        "var e = document.getElementById('pair'); return e ? [e.dataset.a, e.dataset.b] : null")
+    return tuple(ids) if ids else None
 
 
 def press(driver, key: str) -> None:
@@ -166,7 +168,7 @@ def test_review_loop(server, browser):
         before = pair_ids(browser)
         decided.append((before, decision))
         press(browser, key)
-        wait.until(lambda d, b=before: d.find_elements(By.ID, "pair") and pair_ids(d) != b)
+        wait.until(lambda d, b=before: pair_ids(d) not in (None, b))
         wait.until(images_loaded)
     rejected = decided[2][0]
     press(browser, "k")  # back to the rejected pair: its decision shows
