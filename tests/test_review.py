@@ -100,6 +100,8 @@ def test_components_match_breadth_first_search():
 
 def test_groups_are_the_components_of_same_and_retouched_pairs(data):
     c = client_for(data)
+    home = c.get("/")
+    assert home.status_code == 200 and f'href="/c/{CLIENT}"' in home.text
     summary = c.get(f"/api/c/{CLIENT}/summary").json()
     expected = sql_groups(data / "warehouse.duckdb")
     assert summary["groups"] == len(expected) > 0

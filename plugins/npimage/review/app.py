@@ -38,7 +38,8 @@ from pydantic import BaseModel
 from npimage.bands import BANDS
 from npimage.ingest.decode import ImageError
 from npimage.review import pictures, store
-from npimage.review.data import Pair, Queue, QueueCache, decisions_in_force
+from npimage.review.data import GROUP_BANDS, Pair, Queue, QueueCache, decisions_in_force
+from npimage.sqlfiles import load_sql
 
 log = logging.getLogger("npimage.review")
 
@@ -158,8 +159,10 @@ def create_app(config: ReviewConfig, auth: Auth) -> FastAPI:
         except FileNotFoundError as exc:
             raise HTTPException(503, str(exc)) from exc
         try:
-            rows = con.execute("SELECT * FROM client_summary ORDER BY client_id").fetchall()
-            cols = [d[0] for d in con.description]
+            cur = con.execute(load_sql("duckdb", "review_clients"),
+                              {"bands": list(GROUP_BANDS)})
+            rows = cur.fetchall()
+            cols = [d[0] for d in cur.description]
         finally:
             con.close()
         return render(request, "clients.html.j2", user,

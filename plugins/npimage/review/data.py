@@ -24,11 +24,13 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 
+from npimage.bands import BANDS
 from npimage.review import store
 from npimage.sqlfiles import load_sql
 from npimage.storage.runs import safe_name
 
-GROUP_BANDS = ("same", "retouched")
+#: Bands whose pairs are the same picture (copies, retouches): groups are made of them.
+GROUP_BANDS: tuple[str, ...] = tuple(b.name for b in BANDS[:2])  # same, retouched
 
 
 def connect(warehouse: Path, wait: float = 10.0) -> duckdb.DuckDBPyConnection:
@@ -167,8 +169,9 @@ def _image_pairs(con: duckdb.DuckDBPyConnection, client_id: str) -> list[Pair]:
     rows = con.execute(
         f"SELECT image_id, match_image_id, score, band, dah, ddh, dph, dfv, same_bytes, "
         f"{rejected}{extra_sql} FROM image_matches WHERE client_id = ? "
-        f"AND image_id < match_image_id AND band IN ('same', 'retouched') "
-        f"ORDER BY score DESC, image_id, match_image_id", [client_id]).fetchall()
+        f"AND image_id < match_image_id AND list_contains(?, band) "
+        f"ORDER BY score DESC, image_id, match_image_id",
+        [client_id, list(GROUP_BANDS)]).fetchall()
     return [Pair("image", r[0], r[1], float(r[2]), r[3], bool(r[9]), r[0], r[1],
                  components=dict(zip(("dah", "ddh", "dph", "dfv", "same_bytes"), r[4:9],
                                      strict=True)),
