@@ -5,6 +5,6 @@
 - `data`: groups (connected components of same/retouched pairs) and the review queue;
 - `pictures`: full-size pictures, difference overlay, which image to keep and why;
 - `app`: the FastAPI application (no Airflow import); `auth`/`serve`: the standalone
-  server (`npimage review`); `airflow_auth`: the glue used by the Airflow plugin
-  `plugins/npimage_review_plugin.py`. See docs/REVIEW.md.
+  server (`npimage review`). The Airflow glue is `npimage.orchestration.review`, used
+  by the plugin `plugins/npimage_review_plugin.py`. See docs/REVIEW.md.
 """

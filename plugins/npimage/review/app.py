@@ -3,7 +3,7 @@
     create_app(ReviewConfig(data_dir=...), auth)   -> FastAPI
 
 It knows nothing of Airflow: `auth` decides who the user is (npimage.review.auth for the
-standalone server, npimage.review.airflow_auth inside Airflow's web server). Pages:
+standalone server, npimage.orchestration.review inside Airflow's web server). Pages:
 
     /                          clients of the warehouse
     /c/{client}                groups of same/retouched images, product merge candidates
