@@ -7,15 +7,14 @@ a reviewer rejected ("not the same", column `rejected`) join no group. The produ
 candidates are the product pairs, each once. A `Queue` orders every pair a reviewer goes
 through: the groups' pairs (largest group first, best score first), then the products'.
 
-The warehouse is opened read-only for each load and closed at once, so a publish is
-never blocked for long; a load is cached until the client's published run changes.
+The warehouse is opened (views over the published files) for each load and closed at
+once; a load is cached until the client's pointer names another published run.
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,24 +26,19 @@ import pyarrow.parquet as pq
 from npimage.bands import BANDS
 from npimage.review import store
 from npimage.sqlfiles import load_sql
-from npimage.storage.runs import safe_name
 
 #: Bands whose pairs are the same picture (copies, retouches): groups are made of them.
 GROUP_BANDS: tuple[str, ...] = tuple(b.name for b in BANDS[:2])  # same, retouched
 
 
-def connect(warehouse: Path, wait: float = 10.0) -> duckdb.DuckDBPyConnection:
-    """A read-only connection; retried while a publish holds the file's write lock."""
-    if not warehouse.exists():
+def connect(warehouse: Path) -> duckdb.DuckDBPyConnection:
+    """A connection on the warehouse (npimage.storage.warehouse.connect): views over the
+    published runs' files as the pointers name them now; it never blocks a publish."""
+    from npimage.storage.warehouse import connect as connect_warehouse
+
+    if not Path(warehouse).exists():
         raise FileNotFoundError(f"no warehouse at {warehouse}: run `npimage run` first")
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            return duckdb.connect(str(warehouse), read_only=True)
-        except duckdb.IOException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return connect_warehouse(str(warehouse))
 
 
 def components(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
@@ -141,14 +135,25 @@ class Queue:
         return self._idx
 
 
+def _pointer(data_dir: Path, client_id: str) -> dict[str, Any] | None:
+    """The client's published-run pointer (storage.layout), or None."""
+    from npimage.storage.layout import Layout, read_json
+
+    try:
+        return read_json(Layout.of(str(data_dir)).pointer(client_id))
+    except (OSError, ValueError):
+        return None
+
+
 def product_names(data_dir: Path, client_id: str) -> dict[str, str]:
     """product_id -> name from the client's published run (product_names.parquet), if any."""
-    client_dir = Path(data_dir) / "clients" / safe_name(client_id)
-    try:
-        run_id = json.loads((client_dir / "current.json").read_text())["run_id"]
-    except (OSError, ValueError, KeyError):
+    from npimage.storage.layout import Layout
+
+    ref = _pointer(data_dir, client_id)
+    if not ref or "run_id" not in ref:
         return {}
-    path = client_dir / "runs" / safe_name(run_id) / "product_names.parquet"
+    path = Path(str(Layout.of(str(data_dir)).run_dir(client_id, ref["run_id"]))) / \
+        "product_names.parquet"
     if not path.exists():
         return {}
     t = pq.read_table(path, columns=["product_id", "name"])
@@ -253,16 +258,16 @@ def load_queue(warehouse: Path, data_dir: Path, client_id: str) -> Queue:
 
 
 class QueueCache:
-    """load_queue, cached per client until the warehouse file changes (a new publish)."""
+    """load_queue, cached per client until the client's pointer changes (a new publish)."""
 
     def __init__(self, warehouse: Path, data_dir: Path) -> None:
         self.warehouse = warehouse
         self.data_dir = data_dir
         self._lock = threading.Lock()
-        self._cache: dict[str, tuple[float, Queue]] = {}
+        self._cache: dict[str, tuple[str, Queue]] = {}
 
     def get(self, client_id: str) -> Queue:
-        stamp = self.warehouse.stat().st_mtime if self.warehouse.exists() else 0.0
+        stamp = json.dumps(_pointer(self.data_dir, client_id), sort_keys=True, default=str)
         with self._lock:
             hit = self._cache.get(client_id)
             if hit and hit[0] == stamp:

@@ -241,11 +241,18 @@ def truth_pairs(data_dir: Path, client_id: str) -> list[tuple[str, str, str]]:
     return out
 
 
+def empty_view(con: duckdb.DuckDBPyConnection) -> None:
+    """The view `decisions` with no row (a data dir whose log is not readable here)."""
+    con.register("_npimage_no_decisions", DECISION_SCHEMA.empty_table())
+    con.execute("CREATE OR REPLACE VIEW decisions AS SELECT * FROM _npimage_no_decisions")
+
+
 def attach_view(con: duckdb.DuckDBPyConnection, data_dir: Path) -> None:
     """(Re)create the warehouse view `decisions` over the log: every decision, history too.
 
     A view, not a table: the log is written by the review app at any time, and a publish
-    (which replaces the run tables) never touches it. Called by the warehouse publish.
+    (which switches the run tables) never touches it. Called wherever the warehouse's
+    views are built (npimage.storage.warehouse).
     """
     _ensure_seed(data_dir)
     glob = log_glob(data_dir).replace("'", "''")

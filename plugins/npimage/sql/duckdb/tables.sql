@@ -72,7 +72,3 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TIMESTAMPTZ,
     published_at TIMESTAMPTZ
 );
-
--- Reviewer flag (npimage.review): a pair rejected as "not the same" at or above its band.
-ALTER TABLE image_matches ADD COLUMN IF NOT EXISTS rejected BOOLEAN;
-ALTER TABLE product_matches ADD COLUMN IF NOT EXISTS rejected BOOLEAN;

@@ -4,12 +4,5 @@
 SELECT name
 FROM unnest(ARRAY['npimage_run', 'npimage_run_last_success', 'npimage_image_match',
                   'npimage_product_match', 'npimage_product_match_score',
-                  'npimage_band', 'npimage_decision']) AS name
-WHERE to_regclass(name) IS NULL
-UNION ALL
-SELECT t || '.rejected'
-FROM unnest(ARRAY['npimage_image_match', 'npimage_product_match']) AS t
-WHERE to_regclass(t) IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM information_schema.columns AS c
-                  WHERE c.table_name = t AND c.column_name = 'rejected'
-                    AND c.table_schema = current_schema());
+                  'npimage_band']) AS name
+WHERE to_regclass(name) IS NULL;
