@@ -32,9 +32,9 @@ MANIFEST_REQUIRED = ("image_id", "product_id", "uri")
 PRODUCT_NAMES = pa.schema([("product_id", pa.string()), ("name", pa.string())])
 
 
-def product_names_path(catalog: Path) -> Path:
+def product_names_path(catalog: Location) -> Location:
     """Where the product names of a catalog snapshot are kept (same run folder)."""
-    return Path(catalog).with_name("product_names.parquet")
+    return location(catalog).with_name("product_names.parquet")
 
 #: NextPage naming "<GTIN>_PIECE_<nn>", optionally prefixed by the image id ("266846 0764…").
 NEXTPAGE_NAME = re.compile(
