@@ -1,4 +1,4 @@
--- Version 3 of the backend tables: reviewers' decisions (npimage review, docs/REVIEW.md).
+-- Version 4 of the backend tables: reviewers' decisions (npimage review, docs/REVIEW.md).
 -- Reviewer flag: the pair was rejected as "not the same" at or above its band
 -- (npimage_decision); the row stays, it is no longer proposed.
 ALTER TABLE npimage_image_match ADD COLUMN IF NOT EXISTS rejected boolean DEFAULT false;
