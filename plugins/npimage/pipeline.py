@@ -153,6 +153,8 @@ def extract(ctx: RunContext, started_at: datetime | None = None) -> dict[str, An
                 resolve_db(ctx.source), ctx.client_id, catalog, previous_catalog=previous,
                 incremental=ctx.mode == "incremental" and baseline is not None)
         atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
+        backend.product_names(resolve_db(ctx.source), ctx.client_id,
+                              ctx.path("product_names.parquet"))
         from npimage.backend.families import extract_families
 
         extract_families(resolve_db(ctx.source), ctx.client_id, ctx.path("families.parquet"))
@@ -304,13 +306,18 @@ def merge(ctx: RunContext) -> dict[str, int]:
     if missing:
         raise RuntimeError(f"compare shards not computed: {missing[:5]}")
     baseline = _reusable_matches(ctx)
+    from npimage.review.store import rejected  # reviewers' "not the same" decisions
+
+    data_dir = Path(ctx.data_dir)
     images = merge_image_matches(
         match_files, baseline / "image_matches.parquet" if baseline else None,
         ctx.path("queries.parquet"), ctx.run_dir / "signatures", ctx.path("image_matches.parquet"),
-        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k, threshold=ctx.threshold)
+        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k, threshold=ctx.threshold,
+        rejected=rejected(data_dir, ctx.client_id, "image"))
     products = roll_up_products(ctx.path("image_matches.parquet"), ctx.path("catalog.parquet"),
                                 ctx.path("product_matches.parquet"), client_id=ctx.client_id,
-                                run_id=ctx.run_id)
+                                run_id=ctx.run_id,
+                                rejected=rejected(data_dir, ctx.client_id, "product"))
     return {"image_matches": images.num_rows, "product_matches": products.num_rows}
 
 

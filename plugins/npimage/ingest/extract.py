@@ -28,6 +28,14 @@ IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 )
 MANIFEST_REQUIRED = ("image_id", "product_id", "uri")
+#: Products' names, when the source has them (manifest column `name`, np_product.name):
+#: beside the catalog snapshot, for the review application.
+PRODUCT_NAMES = pa.schema([("product_id", pa.string()), ("name", pa.string())])
+
+
+def product_names_path(catalog: Location) -> Location:
+    """Where the product names of a catalog snapshot are kept (same run folder)."""
+    return location(catalog).with_name("product_names.parquet")
 
 #: Longest identifier kept (image, product, reference) and longest uri, in characters.
 #: Real ids are tens of characters and signed object-store URLs a few thousand; longer
@@ -92,6 +100,8 @@ class _Collector:
         self.rows: dict[str, list[Any]] = {n: [] for n in CATALOG.names}
         self.rejects: dict[str, list[Any]] = {n: [] for n in REJECTS.names}
         self.seen: set[str] = set()
+        self.names: dict[str, str] = {}  # product_id -> name (manifest column `name`)
+
         self.families: dict[str, str | None] | None = None  # product -> family (manifest)
 
     def reject(self, image_id: str | None, uri: str | None, reason: str) -> None:
@@ -110,6 +120,11 @@ class _Collector:
         values = (self.client_id, image_id, product_id, reference, uri, size, modified)
         for key, value in zip(CATALOG.names, values, strict=True):
             self.rows[key].append(value)
+
+    def name(self, product_id: str, name: str | None) -> None:
+        """Remember a product's name (the first non-empty one given wins)."""
+        if name and product_id not in self.names:
+            self.names[product_id] = name
 
     def family(self, product_id: str, family: str | None, lineno: int, uri: str) -> None:
         """Record a product's family (manifest `family` column); a conflicting later value
@@ -142,6 +157,8 @@ class _Collector:
         rej = pa.concat_tables([pa.table(self.rejects, schema=REJECTS), bad])
         write_table(cat, catalog)
         write_table(rej, rejects)
+        write_table(pa.table({"product_id": list(self.names), "name": list(self.names.values())},
+                             schema=PRODUCT_NAMES), product_names_path(catalog))
         return ExtractResult(catalog, rejects, cat.num_rows, rej.num_rows)
 
 
@@ -301,7 +318,8 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
         if missing:
             raise ValueError(
                 f"manifest {manifest}: missing column(s) {missing}; "
-                f"the header must contain {', '.join(MANIFEST_REQUIRED)} (and optionally reference)"
+                f"the header must contain {', '.join(MANIFEST_REQUIRED)} "
+                f"(and optionally reference, name)"
             )
         reader.fieldnames = header
         if "family" in header:
@@ -321,6 +339,8 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
                                                                                  (None, None))
             reference = (row.get("reference") or "").strip() or None
             out.add(image_id, product_id, reference, uri, size, modified)
+            out.name(product_id, (row.get("name") or "").strip() or None)
+
             if out.families is not None:
                 out.family(product_id, (row.get("family") or "").strip() or None, lineno, uri)
 
