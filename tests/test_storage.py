@@ -200,7 +200,7 @@ def tiny_disk(tmp_path: Path):
 
 def _fill(folder: Path) -> None:
     """Fill the file system of `folder` until it is full."""
-    with (folder / "filler").open("wb") as fh:
+    with (folder / "filler").open("wb", buffering=0) as fh:
         try:
             while True:
                 fh.write(b"\0" * 65536)
@@ -250,7 +250,8 @@ def _release_warehouse(root: Path) -> None:
     from npimage.sqlfiles import run_script
 
     for client, n in (("acme", 4), ("a/b", 2)):
-        files = run_files(str(root), client, "old1", n)
+        files = {table: [_as_release(con, table, p) for p in paths]
+                 for table, paths in run_files(str(root), client, "old1", n).items()}
         params = {"client_id": client, "run_id": "old1",
                   **{k: [str(p) for p in v] for k, v in files.items()}}
         params["catalog"] = params.pop("images")
@@ -261,6 +262,18 @@ def _release_warehouse(root: Path) -> None:
                     "$n_image_matches, $n_product_matches, $started_at, now())", rec)
         write_text_atomic(Layout.of(str(root)).pointer(client), '{"run_id": "old1"}')
     con.close()
+
+
+def _as_release(con: duckdb.DuckDBPyConnection, table: str, path: Path) -> Path:
+    """A copy of a run file with only the columns the release's `table` had."""
+    import pyarrow.parquet as pq
+
+    names = {r[0] for r in con.execute("SELECT column_name FROM information_schema.columns "
+                                       "WHERE table_name = ?", [table]).fetchall()}
+    data = pq.read_table(path)
+    out = Path(path).with_suffix(".release.parquet")
+    pq.write_table(data.select([c for c in data.column_names if c in names]), out)
+    return out
 
 
 def _all_rows(con: duckdb.DuckDBPyConnection) -> dict[str, list]:
@@ -281,7 +294,9 @@ def test_warehouse_of_the_release_is_migrated_in_place_without_losing_rows(tmp_p
     after = _all_rows(con)
     for table, rows in before.items():
         z = [r for r in after[table] if r[0] == "z"]
-        assert [r for r in after[table] if r[0] != "z"] == rows, table
+        width = len(rows[0])  # columns added by later migrations read as NULL
+        assert [r[:width] for r in after[table] if r[0] != "z"] == rows, table
+        assert all(v is None for r in after[table] if r[0] != "z" for v in r[width:]), table
         assert z, table
     assert (tmp_path / "warehouse.v1.duckdb").exists()
     assert con.execute("SELECT version FROM npimage_schema").fetchone()[0] == \
