@@ -15,6 +15,7 @@ a retried task rewrites its own files and a rerun of the same run gives the same
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 from airflow.sdk import Param, dag, get_current_context, task, teardown
@@ -23,6 +24,12 @@ from npimage.config import DEFAULT_FV_MODEL, Settings
 
 DEFAULTS = Settings()
 NEXTPAGE_CONN_ID = "nextpage_backend"
+#: Airflow pools sized by the deployment (include/pools.json, docs/SCALE.md): how many
+#: signature and compare tasks run at once across all workers and runs. A pool that does not
+#: exist keeps its tasks "scheduled" forever (Airflow 3.3), so the deployment creates them;
+#: NPIMAGE_POOL_*="" (in the dag-processor's environment) falls back to default_pool.
+SIGNATURES_POOL = os.environ.get("NPIMAGE_POOL_SIGNATURES", "npimage_signatures") or None
+COMPARE_POOL = os.environ.get("NPIMAGE_POOL_COMPARE", "npimage_compare") or None
 
 
 def _context(params: dict) -> dict:
@@ -83,7 +90,6 @@ def _take_client_lock(ctx: dict) -> None:
     dag_id="npimage_dedup",
     schedule=None,
     catchup=False,
-    max_active_tasks=4,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=20)},
     tags=["npimage"],
     doc_md=__doc__,
@@ -119,7 +125,7 @@ def npimage_dedup():
 
         return pipeline.plan(_ctx(ctx))
 
-    @task(max_active_tis_per_dag=2)
+    @task(pool=SIGNATURES_POOL)
     def signatures(ctx: dict, batch: str) -> dict:
         from npimage import pipeline
 
@@ -131,7 +137,7 @@ def npimage_dedup():
 
         return pipeline.consolidate(_ctx(ctx))
 
-    @task(max_active_tis_per_dag=2)
+    @task(pool=COMPARE_POOL)
     def compare(ctx: dict, shard: dict) -> str:
         from npimage import pipeline
 

@@ -1,0 +1,116 @@
+"""npimage_dedup on a real Airflow 3 CeleryExecutor cluster: two workers, then one killed.
+
+The cluster (tests/cluster.py) runs scheduler, api-server, dag-processor and two Celery
+workers from this venv, with the machine's Redis as broker and PostgreSQL as metadata DB.
+One undisturbed run must succeed with tasks on both workers and find the planted
+duplicates; a second run, whose worker is killed with SIGKILL (its whole process group:
+a host dying) while it computes signatures, must succeed within 2 minutes of the kill
+with the same tables as the undisturbed run.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import closing
+
+import pytest
+from cluster import PG_URL, REDIS_URL, Cluster
+from helpers import check_published_run, table_rows
+
+pytestmark = [pytest.mark.cluster, pytest.mark.postgres, pytest.mark.dag]
+
+DAG = "npimage_dedup"
+TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
+#: Seconds a run may take on a loaded 2-core machine (normally ~1 minute).
+RUN_TIMEOUT = 300
+#: The issue's bound: a run whose worker died succeeds within this many seconds of the kill.
+AFTER_KILL = 120
+
+
+def _reachable_or_skip() -> None:
+    """Skip (fail on CI) when the machine's Redis or PostgreSQL cannot be reached."""
+    import psycopg2
+    import redis
+
+    try:
+        with closing(redis.Redis.from_url(REDIS_URL, socket_timeout=5)) as r:
+            r.ping()
+        psycopg2.connect(PG_URL, connect_timeout=5).close()
+    except (redis.RedisError, psycopg2.OperationalError) as exc:
+        reason = f"Redis ({REDIS_URL}) or PostgreSQL ({PG_URL}) not reachable: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, small_demo):
+    _reachable_or_skip()
+    root = tmp_path_factory.mktemp("cluster")
+    c = Cluster(root, n_workers=2, concurrency=2, heartbeat_timeout=30,
+                pools={"npimage_signatures": 4, "npimage_compare": 4},
+                extra_env={"NPIMAGE_FV": "0", "NPIMAGE_BATCH_SIZE": "6",
+                           "NPIMAGE_SHARD_SIZE": "20"})
+    try:
+        c.start()
+        yield c
+    finally:
+        left = c.stop()
+        assert not left, f"processes left running after stop(): {left}"
+
+
+def _warehouse(c: Cluster, client: str) -> dict[str, list]:
+    """The client's published tables without run- and client-specific columns."""
+    wh = c.root / "data" / "warehouse.duckdb"
+    drop = ("run_id", "client_id")
+    out = {t: table_rows(wh, t, client, drop) for t in TABLES if t != "signatures"}
+    out["signatures"] = table_rows(wh, "signatures", client, (*drop, "computed_at"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def calm_run(cluster, small_demo):
+    run_id = cluster.trigger(DAG, {"client_id": "calm", "source": str(small_demo.manifest),
+                                   "fv": False})
+    state = cluster.wait_run(DAG, run_id, RUN_TIMEOUT)
+    return run_id, state
+
+
+def test_run_spreads_over_both_workers_and_finds_planted_duplicates(cluster, calm_run,
+                                                                     small_demo):
+    run_id, state = calm_run
+    assert state == "success", cluster.error(cluster.describe_run(DAG, run_id))
+    hosts = cluster.hostnames(DAG, run_id)
+    assert hosts == {"worker1", "worker2"}, cluster.describe_run(DAG, run_id)
+    n_batches = sum(t["task_id"] == "signatures" for t in cluster.task_instances(DAG, run_id))
+    assert n_batches >= 4, "the catalogue should make several signature batches"
+    result = check_published_run(cluster.root / "data" / "warehouse.duckdb", "calm",
+                                 small_demo.truth)
+    assert result["missed"] == 0, result["missed_rows"]
+
+
+def test_worker_killed_during_signatures_run_recovers_with_identical_tables(cluster, calm_run,
+                                                                          small_demo):
+    assert calm_run[1] == "success"
+    run_id = cluster.trigger(DAG, {"client_id": "storm", "source": str(small_demo.manifest),
+                                   "fv": False})
+
+    def running_signature_host() -> str | None:
+        cluster.check_alive()
+        return next((t["hostname"] for t in cluster.task_instances(DAG, run_id)
+                     if t["task_id"] == "signatures" and t["state"] == "running"
+                     and t["hostname"]), None)
+
+    victim = cluster.wait(running_signature_host, RUN_TIMEOUT, "a running signatures task",
+                          lambda: cluster.describe_run(DAG, run_id), every=0.2)
+    cluster.kill(victim)
+    killed_at = time.monotonic()
+    state = cluster.wait_run(DAG, run_id, AFTER_KILL + 120)
+    took = time.monotonic() - killed_at
+    detail = cluster.describe_run(DAG, run_id)
+    assert state == "success", cluster.error(detail)
+    assert took <= AFTER_KILL, f"run finished {took:.0f} s after the kill of {victim}\n{detail}"
+    retried = [t for t in cluster.task_instances(DAG, run_id) if t["try_number"] > 1]
+    assert retried, f"no task was retried after {victim} died\n{detail}"
+    assert _warehouse(cluster, "storm") == _warehouse(cluster, "calm")
