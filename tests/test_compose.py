@@ -70,7 +70,8 @@ def test_stack_is_a_celery_deployment_with_store_and_init(doc):
         assert env["NPIMAGE_DATA_DIR"].startswith("s3://")
         assert env["AWS_ENDPOINT_URL"] == "http://minio:9000"
         assert env["NPIMAGE_STATE_DSN"].startswith("postgresql://")
-        mounts = {v.split(":")[1] for v in services[name]["volumes"]}
+        mounts = {v.rsplit(":", 2)[1] if v.endswith(":ro") else v.rsplit(":", 1)[1]
+                  for v in services[name]["volumes"]}
         assert {"/opt/npimage/dags", "/opt/npimage/plugins", "/opt/airflow/logs",
                 "/opt/npimage/sources"} <= mounts
         assert services[name]["build"]["dockerfile"] == "include/Dockerfile"
