@@ -143,12 +143,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _airflow_env(project: Path, data_dir: Path) -> dict[str, str]:
+    from npimage.storage.store import is_remote
+
     env = dict(os.environ)
     env.setdefault("AIRFLOW_HOME", str(project / "airflow_home"))
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(project / "dags")
     env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(project / "plugins")
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    env["NPIMAGE_DATA_DIR"] = str(data_dir.resolve())
+    env["NPIMAGE_DATA_DIR"] = str(data_dir if is_remote(data_dir) else data_dir.resolve())
     return env
 
 
@@ -166,14 +168,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from npimage_demo.catalogue import build_demo_catalogue
 
     from npimage.quality.evaluate import planted_found
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import is_remote, scratch_dir, upload_tree
 
     settings = _settings(args)
     data_dir = settings.data_dir
-    demo = build_demo_catalogue(data_dir / "demo_catalogue", n_products=args.products)
+    target = Layout.of(data_dir).demo_dir
+    local = scratch_dir() / "demo_catalogue" if is_remote(target) else Path(target)
+    demo = build_demo_catalogue(local, n_products=args.products)
+    source = str(demo.manifest.resolve())
+    if is_remote(target):  # every worker must read it: the demo goes beside the data dir
+        upload_tree(local, target)
+        source = f"{target}/{demo.manifest.name}"
     print(f"demo catalogue: {demo.n_images} images, {demo.n_planted} planted duplicates "
-          f"-> {demo.manifest}")
+          f"-> {source}")
     if args.airflow:
-        conf = {"client_id": args.client, "source": str(demo.manifest.resolve()),
+        conf = {"client_id": args.client, "source": source,
                 "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
                 "threshold": settings.threshold}
         run_dag(conf, data_dir)
@@ -182,7 +192,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from npimage.pipeline import settings_context
         from npimage.runner import run_pipeline
 
-        ctx = settings_context(args.client, str(demo.manifest), new_run_id(), settings)
+        ctx = settings_context(args.client, source, new_run_id(), settings)
         info = run_pipeline(ctx, workers=args.workers)
     print_summary(info)
     print("\nplanted duplicates (pair original <-> copy found in both directions):")
@@ -197,25 +207,27 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
     """The summary.json of the client's last published run (written by publish)."""
-    from npimage.storage.runs import safe_name
+    from npimage.storage.layout import Layout
 
-    client_dir = settings.data_dir / "clients" / safe_name(client_id)
-    run_id = json.loads((client_dir / "current.json").read_text())["run_id"]
-    info = json.loads((client_dir / "runs" / safe_name(run_id) / "summary.json").read_text())
-    report = settings.data_dir / "reports" / safe_name(client_id) / "index.html"
+    layout = Layout.of(settings.data_dir)
+    info = json.loads((layout.published_run_dir(client_id) / "summary.json").read_text())
+    report = layout.report_dir(client_id) / "index.html"
     if report.exists():
-        info["report"] = str(report.resolve())
+        info["report"] = str(report)
     return info
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from npimage.report import render_report
-    from npimage.storage.runs import safe_name
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import is_remote, local_output_dir
 
     settings = _settings(args)
-    out = settings.data_dir / "reports" / safe_name(args.client)
-    path = render_report(settings.warehouse_path, args.client, out)
-    print(f"report: {Path(path).resolve()}")
+    out = Layout.of(settings.data_dir).report_dir(args.client)
+    with local_output_dir(out) as local:
+        render_report(settings.data_dir, args.client, local)
+    shown = out if is_remote(out) else Path(out).resolve()
+    print(f"report: {shown / 'index.html'}")
     return 0
 
 
