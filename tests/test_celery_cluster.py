@@ -1,7 +1,9 @@
 """npimage_dedup on a real Airflow 3 CeleryExecutor cluster: two workers, then one killed.
 
 The cluster (tests/cluster.py) runs scheduler, api-server, dag-processor and two Celery
-workers from this venv, with the machine's Redis as broker and PostgreSQL as metadata DB.
+workers from this venv, with the machine's Redis as broker and PostgreSQL as metadata DB
+(and for npimage's client locks, NPIMAGE_STATE_DSN). The data dir and the catalogue are on
+a moto S3 server (tests/s3.py): no task reads another task's local disk.
 One undisturbed run must succeed with tasks on both workers and find the planted
 duplicates; a second run, whose worker is killed with SIGKILL (its whole process group:
 a host dying) while it computes signatures, must succeed within 2 minutes of the kill
@@ -45,13 +47,27 @@ def _reachable_or_skip() -> None:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, small_demo):
+def bucket(s3_server):
+    """A bucket of the session's moto server for the cluster's data dir and catalogue."""
+    import uuid
+
+    import boto3
+
+    name = f"npimage-cluster-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
+    return f"s3://{name}"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, bucket):
     _reachable_or_skip()
     root = tmp_path_factory.mktemp("cluster")
     c = Cluster(root, n_workers=2, concurrency=2, heartbeat_timeout=30,
+                data_dir=f"{bucket}/data",
                 pools={"npimage_signatures": 4, "npimage_compare": 4},
                 extra_env={"NPIMAGE_FV": "0", "NPIMAGE_BATCH_SIZE": "6",
                            "NPIMAGE_SHARD_SIZE": "20"})
+    c.extra_env["NPIMAGE_STATE_DSN"] = c.db_url  # shared client locks, as docs/SCALE.md says
     try:
         c.start()
         yield c
@@ -60,9 +76,18 @@ def cluster(tmp_path_factory, small_demo):
         assert not left, f"processes left running after stop(): {left}"
 
 
+@pytest.fixture(scope="module")
+def source(bucket, small_demo) -> str:
+    """The demo catalogue uploaded to the bucket: its manifest's s3:// URL."""
+    from npimage.storage.store import location, upload_tree
+
+    upload_tree(small_demo.manifest.parent, location(f"{bucket}/catalogue"))
+    return f"{bucket}/catalogue/{small_demo.manifest.name}"
+
+
 def _warehouse(c: Cluster, client: str) -> dict[str, list]:
     """The client's published tables without run- and client-specific columns."""
-    wh = c.root / "data" / "warehouse.duckdb"
+    wh = c.data_dir
     drop = ("run_id", "client_id")
     out = {t: table_rows(wh, t, client, drop) for t in TABLES if t != "signatures"}
     out["signatures"] = table_rows(wh, "signatures", client, (*drop, "computed_at"))
@@ -70,8 +95,8 @@ def _warehouse(c: Cluster, client: str) -> dict[str, list]:
 
 
 @pytest.fixture(scope="module")
-def calm_run(cluster, small_demo):
-    run_id = cluster.trigger(DAG, {"client_id": "calm", "source": str(small_demo.manifest),
+def calm_run(cluster, source):
+    run_id = cluster.trigger(DAG, {"client_id": "calm", "source": source,
                                    "fv": False})
     state = cluster.wait_run(DAG, run_id, RUN_TIMEOUT)
     return run_id, state
@@ -85,15 +110,14 @@ def test_run_spreads_over_both_workers_and_finds_planted_duplicates(cluster, cal
     assert hosts == {"worker1", "worker2"}, cluster.describe_run(DAG, run_id)
     n_batches = sum(t["task_id"] == "signatures" for t in cluster.task_instances(DAG, run_id))
     assert n_batches >= 4, "the catalogue should make several signature batches"
-    result = check_published_run(cluster.root / "data" / "warehouse.duckdb", "calm",
-                                 small_demo.truth)
+    result = check_published_run(cluster.data_dir, "calm", small_demo.truth)
     assert result["missed"] == 0, result["missed_rows"]
 
 
 def test_worker_killed_during_signatures_run_recovers_with_identical_tables(cluster, calm_run,
-                                                                          small_demo):
+                                                                          source):
     assert calm_run[1] == "success"
-    run_id = cluster.trigger(DAG, {"client_id": "storm", "source": str(small_demo.manifest),
+    run_id = cluster.trigger(DAG, {"client_id": "storm", "source": source,
                                    "fv": False})
 
     def running_signature_host() -> str | None:
