@@ -74,7 +74,8 @@ def measure(n_workers: int, concurrency: int, manifest: Path, n_images: int, fv:
     if left:
         raise RuntimeError(f"processes left after stop: {left}")
     return {"workers": n_workers, "slots": slots, "images": n_images, "fv": fv,
-            "batches": n_batches, "run_s": round(wall, 1), "images_per_s": round(n_images / wall, 2),
+            "batches": n_batches, "run_s": round(wall, 1),
+            "images_per_s": round(n_images / wall, 2),
             "signatures_s": round(sig_wall, 1), "signature_task_s": round(sig_sum, 1),
             "signature_images_per_s": round(n_images / sig_wall, 2) if sig_wall else None,
             "hosts": hosts, "cluster_start_s": round(started, 1)}
