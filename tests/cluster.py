@@ -71,6 +71,7 @@ class Proc:
     popen: subprocess.Popen
     log: Path
     kind: str
+    killed: bool = False  # by kill(): its exit is expected
 
     def tail(self, lines: int = 25) -> str:
         try:
@@ -256,7 +257,7 @@ class Cluster:
 
     def check_alive(self) -> None:
         """Fail with the logs when a process that should run has exited."""
-        dead = [p for p in self.procs if not p.alive() and not getattr(p, "killed", False)]
+        dead = [p for p in self.procs if not p.alive() and not p.killed]
         if dead:
             raise self.error("exited: " + ", ".join(
                 f"{p.name} (code {p.popen.returncode})" for p in dead))
@@ -266,8 +267,8 @@ class Cluster:
         proc = next(p for p in self.procs if p.name == name)
         with suppress(ProcessLookupError):
             os.killpg(proc.popen.pid, signal.SIGKILL)
+        proc.killed = True
         proc.popen.wait(timeout=30)
-        proc.killed = True  # type: ignore[attr-defined]
 
     def stop(self) -> list[str]:
         """Stop every process group, drop the database, delete the broker keys.
