@@ -81,6 +81,59 @@ def measure(n_workers: int, concurrency: int, manifest: Path, n_images: int, fv:
             "hosts": hosts, "cluster_start_s": round(started, 1)}
 
 
+#: CPU seconds per image of the signature stage, grocery-store photos (348 px), from
+#: docs/FV.md "Speed" (quietest run, 2 cores): 412 img/s FV off, 89 img/s FV on.
+SIG_CPU_S = {False: 2 / 412, True: 2 / 89}
+#: CPU seconds of compare, from docs/BENCHMARKS.md (shipped default weights): a 1M x 1M
+#: backfill (FV off: hashes-only profile, 377 CPU s; FV on: dense, 144 CPU s at 100k x 100k
+#: x 100 pairs) and a 10k-new x 1M nightly (FV on: 287 CPU s; FV off: 7.3 CPU s).
+COMPARE_CPU_S = {("backfill", False): 377.0, ("backfill", True): 144.0 * 100,
+                 ("nightly", False): 7.3, ("nightly", True): 287.0}
+WORKLOADS = {"backfill": 1_000_000, "nightly": 10_000}
+
+
+def model(workers: list[int], efficiency: float, overhead_s: float, task_s: float,
+          cores: int = 2, batch_size: int = 256) -> list[dict]:
+    """Modelled wall time of a 1M backfill and a 10k-new x 1M nightly on `workers` workers.
+
+    Each worker has `cores` cores and as many task slots. Signatures: min(1024, n/batch)
+    tasks of one thread each, in rounds over all slots, each costing `task_s` (Airflow's
+    per-task cost, measured) plus its images' CPU, at the measured parallel `efficiency`.
+    Compare: one shard per worker (NPIMAGE_SHARD_SIZE = 1M / workers; the default 200 000
+    makes 5 shards, which leaves workers idle or adds a round), each task using its
+    worker's `cores` threads.
+    `overhead_s`: the run's serial part (extract, plan, consolidate, merge, publish, report,
+    measured on a small catalogue; their O(n) work at 1M is not measured and not included).
+    """
+    rows = []
+    for w in workers:
+        slots = w * cores
+        for kind, n_new in WORKLOADS.items():
+            for fv in (False, True):
+                tasks = min(1024, -(-n_new // batch_size))
+                per_task = task_s + (n_new / tasks) * SIG_CPU_S[fv] / efficiency
+                sig = -(-tasks // slots) * per_task
+                cmp = task_s + COMPARE_CPU_S[(kind, fv)] / (w * cores * efficiency)
+                total = overhead_s + sig + cmp
+                rows.append({"workers": w, "work": kind, "fv": fv, "signatures_s": round(sig),
+                             "compare_s": round(cmp), "total_s": round(total)})
+    return rows
+
+
+def print_model(rows: list[dict]) -> None:
+    print(f"{'workers':>7} {'work':>9} {'FV':>4} {'signatures':>11} {'compare':>9} "
+          f"{'total':>9}")
+    for r in rows:
+        print(f"{r['workers']:>7} {r['work']:>9} {'on' if r['fv'] else 'off':>4} "
+              f"{_hms(r['signatures_s']):>11} {_hms(r['compare_s']):>9} {_hms(r['total_s']):>9}")
+
+
+def _hms(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
@@ -88,7 +141,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--images", type=int, default=400, help="about this many images")
     ap.add_argument("--batch-size", type=int, default=50)
     ap.add_argument("--fv", action="store_true", help="with feature vectors (slower)")
+    ap.add_argument("--model", nargs=3, type=float,
+                    metavar=("EFFICIENCY", "OVERHEAD_S", "TASK_S"),
+                    help="only print the model for 1, 4, 16 workers from these figures")
     args = ap.parse_args(argv)
+    if args.model:
+        rows = model([1, 4, 16], *args.model)
+        print_model(rows)
+        print(json.dumps({"bench": "scale-model", "efficiency": args.model[0],
+                          "overhead_s": args.model[1], "task_s": args.model[2],
+                          "rows": rows}))
+        return
 
     from npimage_demo.catalogue import build_demo_catalogue
 
