@@ -78,11 +78,3 @@ PRODUCT_MATCHES = pa.schema(
         ("run_id", pa.string()),
     ]
 )
-
-ALL = {
-    "catalog": CATALOG,
-    "signatures": SIGNATURES,
-    "rejects": REJECTS,
-    "image_matches": IMAGE_MATCHES,
-    "product_matches": PRODUCT_MATCHES,
-}

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 
 from npimage.bands import band_codes
 from npimage.config import Settings
+from npimage.errors import UnknownClientError
 from npimage.ingest.decode import ImageError, decode, read_bytes
 from npimage.matching import compare as cmp
 from npimage.matching.hashing import image_hashes
@@ -54,9 +55,8 @@ def current_run(client_id: str, data_dir: Path) -> RunContext:
     layout = Layout.of(data_dir)
     run_dir = layout.published_run_dir(client_id)
     if run_dir is None:
-        raise FileNotFoundError(
-            f"client {client_id!r} has no published run under {data_dir} "
-            f"(run `npimage run --client {client_id} ...` first)")
+        raise UnknownClientError(f"client {client_id!r} has no published run under {data_dir}",
+                                 hint=f"run `npimage run --client {client_id} ...` first")
     return RunContext.from_dict(json.loads((run_dir / "context.json").read_text()))
 
 

@@ -119,6 +119,7 @@ class Layout:
 def read_json(path: Location) -> dict[str, Any] | None:
     """A JSON file's content, or None when it does not exist."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return data
     except FileNotFoundError:
         return None

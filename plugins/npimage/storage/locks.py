@@ -305,7 +305,7 @@ def _pg_schema(dsn: str) -> None:
         conn.close()
 
 
-def _row_holder(row: tuple) -> Holder:
+def _row_holder(row: tuple[Any, ...]) -> Holder:
     run_id, owner, pid, host, since, dag_id = row[:6]
     return Holder(run_id=run_id, owner=owner, pid=pid, host=host, since=since, dag_id=dag_id)
 
@@ -376,13 +376,14 @@ def _pg_acquire(dsn: str, key: str, client_id: str, run_id: str, owner: str,
     return ClientLock(key, holder, took_over, _on_release=on_release)
 
 
-def _pg_one(dsn: str, name: str, params: dict[str, Any]) -> tuple | None:
+def _pg_one(dsn: str, name: str, params: dict[str, Any]) -> tuple[Any, ...] | None:
     _pg_schema(dsn)
     conn = _pg_connect(dsn)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(load_sql("postgres", name), params)
-            return cur.fetchone()
+            row: tuple[Any, ...] | None = cur.fetchone()
+            return row
     finally:
         conn.close()
 

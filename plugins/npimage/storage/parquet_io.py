@@ -64,7 +64,7 @@ def read_metadata(path: Location) -> pq.FileMetaData:
 
 
 def num_rows(path: Location) -> int:
-    return read_metadata(path).num_rows
+    return int(read_metadata(path).num_rows)
 
 
 def column_names(path: Location) -> list[str]:
