@@ -170,7 +170,8 @@ def build_keras(sd: dict[str, np.ndarray]):  # -> keras.Model (lazy import)
 
 def _exportable(model):  # -> tf.Module (lazy import)
     """A tf.Module with the two entry points: __call__ (features) and logits."""
-    tf = tensorflow()
+    tensorflow()  # first: TensorFlow's start-up noise stays out of the task log
+    import tensorflow as tf
 
     spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
 
