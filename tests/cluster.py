@@ -151,9 +151,11 @@ class Cluster:
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
             # The deployment's failure detection (docs/SCALE.md): a dead worker's task is
             # noticed after the heartbeat timeout, a lost queued message after the queued one.
+            # Heartbeats at least 6 times per timeout, so a busy machine does not miss one.
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(self.heartbeat_timeout),
-            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "5",
-            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(2 * self.heartbeat_timeout),
+            "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": str(max(1, self.heartbeat_timeout // 6)),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+            "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT": str(max(60, 2 * self.heartbeat_timeout)),
             "AIRFLOW__SCHEDULER__TASK_QUEUED_TIMEOUT_CHECK_INTERVAL": "10",
             "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
             "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",

@@ -62,11 +62,11 @@ def bucket(s3_server):
 def cluster(tmp_path_factory, bucket):
     _reachable_or_skip()
     root = tmp_path_factory.mktemp("cluster")
-    c = Cluster(root, n_workers=2, concurrency=2, heartbeat_timeout=30,
+    c = Cluster(root, n_workers=2, concurrency=2, heartbeat_timeout=15,
                 data_dir=f"{bucket}/data",
                 pools={"npimage_signatures": 4, "npimage_compare": 4},
                 extra_env={"NPIMAGE_FV": "0", "NPIMAGE_BATCH_SIZE": "6",
-                           "NPIMAGE_SHARD_SIZE": "20"})
+                           "NPIMAGE_SHARD_SIZE": "30"})
     c.extra_env["NPIMAGE_STATE_DSN"] = c.db_url  # shared client locks, as docs/SCALE.md says
     try:
         c.start()
@@ -121,12 +121,16 @@ def test_worker_killed_during_signatures_run_recovers_with_identical_tables(clus
                                    "fv": False})
 
     def running_signature_host() -> str | None:
+        """The host of a running signatures task once a few batches are done (mid-stage)."""
         cluster.check_alive()
-        return next((t["hostname"] for t in cluster.task_instances(DAG, run_id)
-                     if t["task_id"] == "signatures" and t["state"] == "running"
-                     and t["hostname"]), None)
+        sigs = [t for t in cluster.task_instances(DAG, run_id) if t["task_id"] == "signatures"]
+        if sum(t["state"] == "success" for t in sigs) < 3:
+            return None
+        return next((t["hostname"] for t in sigs if t["state"] == "running" and t["hostname"]),
+                    None)
 
-    victim = cluster.wait(running_signature_host, RUN_TIMEOUT, "a running signatures task",
+    victim = cluster.wait(running_signature_host, RUN_TIMEOUT,
+                          "a running signatures task after 3 done",
                           lambda: cluster.describe_run(DAG, run_id), every=0.2)
     cluster.kill(victim)
     killed_at = time.monotonic()
