@@ -66,7 +66,7 @@ def cluster(tmp_path_factory, bucket):
                 data_dir=f"{bucket}/data",
                 pools={"npimage_signatures": 4, "npimage_compare": 4},
                 extra_env={"NPIMAGE_FV": "0", "NPIMAGE_BATCH_SIZE": "6",
-                           "NPIMAGE_SHARD_SIZE": "30"})
+                           "NPIMAGE_SHARD_SIZE": "60"})
     c.extra_env["NPIMAGE_STATE_DSN"] = c.db_url  # shared client locks, as docs/SCALE.md says
     try:
         c.start()
@@ -124,13 +124,13 @@ def test_worker_killed_during_signatures_run_recovers_with_identical_tables(clus
         """The host of a running signatures task once a few batches are done (mid-stage)."""
         cluster.check_alive()
         sigs = [t for t in cluster.task_instances(DAG, run_id) if t["task_id"] == "signatures"]
-        if sum(t["state"] == "success" for t in sigs) < 3:
+        if sum(t["state"] == "success" for t in sigs) < 5:
             return None
         return next((t["hostname"] for t in sigs if t["state"] == "running" and t["hostname"]),
                     None)
 
     victim = cluster.wait(running_signature_host, RUN_TIMEOUT,
-                          "a running signatures task after 3 done",
+                          "a running signatures task after 5 done",
                           lambda: cluster.describe_run(DAG, run_id), every=0.2)
     cluster.kill(victim)
     killed_at = time.monotonic()
