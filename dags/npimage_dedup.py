@@ -23,7 +23,7 @@ from airflow.sdk import Param, dag
 
 from npimage.config import DEFAULT_FV_MODEL, Settings
 from npimage.orchestration.connection import NEXTPAGE, NEXTPAGE_CONN_ID
-from npimage.orchestration.dag import build_stage_tasks
+from npimage.orchestration.dag import build_stage_tasks, record_failure
 
 DEFAULTS = Settings()
 
@@ -32,7 +32,8 @@ DEFAULTS = Settings()
     dag_id="npimage_dedup",
     schedule=None,
     catchup=False,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20)},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20),
+                  "on_failure_callback": record_failure},
     tags=["npimage"],
     doc_md=__doc__,
     params={
@@ -49,7 +50,13 @@ DEFAULTS = Settings()
                            description="lowest score kept; pairs below 0.82 are 'weak'"),
         "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
         "backend": Param("", type="string",
-                         description=f"load matches into: '' (none), '{NEXTPAGE}' or a URL"),
+                         description=f"load matches into: '' (none), '{NEXTPAGE}', "
+                         "'env:<VARIABLE>' or a URL (its password is never stored)"),
+        "allow_shrink": Param(False, type="boolean",
+                              description="publish even if most published images disappeared"),
+        "max_shrink": Param(0.5, type="number", minimum=0, maximum=1,
+                            description="largest share of the published images that may "
+                            "disappear or become unreadable"),
         "families": Param(DEFAULTS.families, type="boolean",
                           description="predict product families (when families are known "
                                       "and fv is on) and flag possibly misfiled products"),
