@@ -8,7 +8,7 @@ export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER := $(CURDIR)/plugins
 export AIRFLOW__CORE__LOAD_EXAMPLES := False
 
-.PHONY: venv demo test lint bench bench-full browser clean
+.PHONY: venv demo test lint bench bench-full bench-scale browser clean
 
 venv: $(STAMP)
 
@@ -47,6 +47,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/compare.py --n 100000 --m 100000
 	$(BIN)/python bench/compare.py --n 10000 --m 1000000
 	$(BIN)/python bench/signatures.py
+
+# Images/s against the number of Celery workers (a real Airflow cluster; docs/SCALE.md).
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py --workers 1 2 --images 400
 
 bench-full: bench
 	$(BIN)/python bench/compare.py --n 1000000 --m 1000000 --no-fv

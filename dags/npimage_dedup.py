@@ -32,7 +32,6 @@ DEFAULTS = Settings()
     dag_id="npimage_dedup",
     schedule=None,
     catchup=False,
-    max_active_tasks=4,
     default_args={"retries": 2, "retry_delay": timedelta(seconds=20),
                   "on_failure_callback": record_failure},
     tags=["npimage"],

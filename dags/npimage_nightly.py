@@ -5,6 +5,10 @@ nextpage_backend), then one npimage_dedup run is triggered per client, in increm
 mode: only the day's new and changed images are computed and compared against the
 client's whole catalogue, and the match tables are loaded back into the backend.
 A new client's first run is a backfill: trigger npimage_dedup with mode=full.
+
+The triggered runs are named after this nightly run's id (unique per trigger, with or
+without a logical date: scheduled, or by hand from the UI/CLI), so a second nightly on the
+same day starts its own runs; a retried trigger task skips the runs it already created.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ def npimage_nightly():
     TriggerDagRunOperator.partial(
         task_id="dedup_client",
         trigger_dag_id="npimage_dedup",
-        trigger_run_id="nightly__{{ ds_nodash }}__{{ ti.map_index }}",
+        trigger_run_id="nightly__{{ run_id }}__{{ ti.map_index }}",
+        skip_when_already_exists=True,
         wait_for_completion=False,
     ).expand(conf=list_clients())
 

@@ -110,6 +110,45 @@ def test_nightly_dag_triggers_one_incremental_run_per_active_client(
     assert all(c["mode"] == "incremental" and c["source"] == "nextpage" for c in confs)
 
 
+def test_nightly_by_hand_without_logical_date_twice_starts_distinct_runs(
+        airflow_db, pg_backend, monkeypatch):
+    """A manual nightly has no logical date; a second one the same day starts its own runs."""
+    from contextlib import closing
+
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from pg import pg_connect
+    from test_backend_pipeline import _url
+
+    with closing(pg_connect(pg_backend)) as conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO np_client VALUES ('east', 'East', true), ('west', 'West', true)")
+    monkeypatch.setenv("AIRFLOW_CONN_NEXTPAGE_BACKEND", _url(pg_backend))
+    nightly = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_nightly"]
+    for t in nightly.tasks:  # a failure shows at once, not after the retry delays
+        t.retries = 0
+    runs = [nightly.test(logical_date=None) for _ in range(2)]
+    assert [r.state for r in runs] == ["success", "success"]
+    assert all(r.logical_date is None for r in runs)
+    with create_session() as session:
+        children = {r.run_id: r.conf["client_id"] for r in session.query(DagRun).filter(
+            DagRun.dag_id == "npimage_dedup",
+            DagRun.run_id.in_([f"nightly__{n.run_id}__{i}" for n in runs for i in (0, 1)]))}
+    assert len(children) == 4, children
+    assert sorted(children.values()) == ["east", "east", "west", "west"]
+
+
+def test_dedup_dag_uses_pools_not_fixed_caps(dagbag):
+    dag = dagbag.dags["npimage_dedup"]
+    assert dag.task_dict["signatures"].pool == "npimage_signatures"
+    assert dag.task_dict["compare"].pool == "npimage_compare"
+    assert all(t.max_active_tis_per_dag is None for t in dag.tasks)
+    import json
+
+    pools = json.loads((ROOT / "include" / "pools.json").read_text())
+    assert {"npimage_signatures", "npimage_compare"} <= set(pools)
+
+
 def test_dag_run_on_an_s3_data_dir(airflow_db, small_demo, s3_bucket, pg_dsn):
     """The DAG with NPIMAGE_DATA_DIR=s3://… (moto) and its source on S3: every task reads
     the previous task's files from the store, the client lock lives in PostgreSQL and the

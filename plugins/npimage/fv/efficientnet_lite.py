@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npimage.fv.quiet import tensorflow
 from npimage.fv.torchfile import load_state_dict
 
 NAME = "efficientnet-lite0"
@@ -123,6 +124,7 @@ def check_keys(sd: dict[str, np.ndarray]) -> None:
 
 def build_keras(sd: dict[str, np.ndarray]):  # -> keras.Model (lazy import)
     """The Keras functional model, weights set: images in [0, 1] -> (features, logits)."""
+    tensorflow()  # first: TensorFlow's start-up noise stays out of the task log
     import keras
     from keras import layers
 
@@ -168,6 +170,7 @@ def build_keras(sd: dict[str, np.ndarray]):  # -> keras.Model (lazy import)
 
 def _exportable(model):  # -> tf.Module (lazy import)
     """A tf.Module with the two entry points: __call__ (features) and logits."""
+    tensorflow()  # first: TensorFlow's start-up noise stays out of the task log
     import tensorflow as tf
 
     spec = tf.TensorSpec([None, None, None, 3], tf.float32, name="images")
@@ -190,7 +193,7 @@ def _exportable(model):  # -> tf.Module (lazy import)
 
 def convert(target: Path, weights_sha256: str) -> None:
     """Convert the shipped weights into a SavedModel in the (new, empty) folder `target`."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     module = _exportable(build_keras(load_state_dict(weights_file())))
     signatures = {

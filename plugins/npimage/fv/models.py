@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image
 
 from npimage.fv import efficientnet_lite
+from npimage.fv.quiet import tensorflow
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def cpu_share() -> int:
 
 def configure_threads(threads: int | None = None) -> int:
     """Limit TensorFlow's thread pools to the task's CPU share (before TF starts running)."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     n = threads or cpu_share()
     try:
@@ -118,7 +119,7 @@ class HubExtractor:
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         """Model output for a uint8 batch [N, S, S, 3], as float32 [N, D]."""
-        import tensorflow as tf
+        tf = tensorflow()
 
         out = self._fn(tf.constant(pixels, dtype=tf.float32) / 255.0)
         if isinstance(out, dict):
@@ -142,7 +143,7 @@ class HubExtractor:
         fn = getattr(self._obj, "logits", None)
         if fn is None:
             raise AttributeError(f"{self.model_id} has no logits entry point")
-        import tensorflow as tf
+        tf = tensorflow()
 
         pixels = np.stack([fit_square(img, self.input_size, self.fit) for img in images])
         return np.asarray(fn(tf.constant(pixels, dtype=tf.float32) / 255.0), np.float32)
@@ -160,7 +161,7 @@ def _pick_output(outputs: dict) -> Any:
 
 def _declared_size(obj: Any) -> int | None:
     """A fixed square input size declared by the model's call or serving signature."""
-    import tensorflow as tf
+    tf = tensorflow()
 
     call = obj.__call__ if callable(obj) else None
     fns = list(getattr(call, "concrete_functions", None) or [])
@@ -255,6 +256,7 @@ def _hub_cache(cache_dir: Path) -> Iterator[None]:
 
 def _open(spec: str, cache_dir: Path, fit: str) -> HubExtractor:
     """Resolve `spec`, hub.load it and wrap it (no caching)."""
+    tensorflow()  # first: TensorFlow's start-up noise stays out of the task log
     import tensorflow_hub as hub
 
     configure_threads()

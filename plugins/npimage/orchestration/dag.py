@@ -8,14 +8,21 @@ over), the client's lock taken by the first task and released by a teardown.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from npimage.config import Settings
 from npimage.orchestration.connection import conn_ref
 from npimage.stages import STAGES, Stage
 
-#: DAG tasks of one mapped stage running at once (per DAG).
-MAPPED_ACTIVE_TASKS = 2
+#: Airflow pools sized by the deployment (include/pools.json, docs/SCALE.md): how many
+#: signature and compare tasks run at once across all workers and runs, instead of a fixed
+#: cap here. A pool that does not exist keeps its tasks "scheduled" forever (Airflow 3.3
+#: only logs a warning), so the deployment creates them; NPIMAGE_POOL_<STAGE>="" in the
+#: dag-processor's environment puts that stage in default_pool instead.
+POOLS: dict[str, str | None] = {
+    name: os.environ.get(f"NPIMAGE_POOL_{name.upper()}", f"npimage_{name}") or None
+    for name in ("signatures", "compare")}
 
 
 def run_context(params: dict[str, Any], run_id: str) -> dict[str, Any]:
@@ -105,8 +112,8 @@ def _stage_task(stage: Stage, first: bool, after_mapped: bool) -> Any:
     from npimage.orchestration.locks import take_client_lock
 
     kwargs: dict[str, Any] = {"task_id": stage.name}
-    if stage.mapped:
-        kwargs["max_active_tis_per_dag"] = MAPPED_ACTIVE_TASKS
+    if POOLS.get(stage.name):
+        kwargs["pool"] = POOLS[stage.name]
     if after_mapped:
         kwargs["trigger_rule"] = "none_failed"
 

@@ -1,0 +1,73 @@
+"""Import TensorFlow without its start-up noise in task logs.
+
+TensorFlow's C++ side writes to file descriptor 2 while it loads: oneDNN and CPU feature
+notices, "Could not find cuda drivers", and `E ... failed call to cuInit` on a machine
+without a GPU. Airflow shows stderr as ERROR lines, so every FV task log looked failed.
+TF_CPP_MIN_LOG_LEVEL does not silence these (they precede absl's initialisation), so the
+first import, and the device discovery that triggers cuInit, run with fd 2 captured; the
+known start-up lines are dropped and anything else is written back to stderr unchanged.
+
+NPIMAGE_TF_VERBOSE=1 keeps everything. Nothing global is changed besides fd 2 for the
+duration of the import (restored in a `finally`), so no environment variable leaks into
+the task or its children.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import tempfile
+import threading
+from types import ModuleType
+
+#: TensorFlow start-up lines that say nothing about this job (a CPU-only machine is normal).
+STARTUP_NOISE = re.compile(
+    r"All log messages before absl::InitializeLog|"
+    r"(port|cudart_stub|cpu_feature_guard|cuda_platform|cuda_dnn|cuda_fft|cuda_blas|"
+    r"cuda_executor|computation_placer|gpu_device)\.cc:\d+\]|"
+    r"To enable the following instructions:|rebuild TensorFlow with the appropriate|"
+    r"failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning")
+
+_LOCK = threading.Lock()
+
+
+def verbose() -> bool:
+    """Whether the user asked to see TensorFlow's start-up messages (NPIMAGE_TF_VERBOSE)."""
+    return os.environ.get("NPIMAGE_TF_VERBOSE", "").strip().lower() in ("1", "true", "yes")
+
+
+def tensorflow() -> ModuleType:
+    """The `tensorflow` module, imported (the first time) with its start-up noise removed."""
+    if "tensorflow" in sys.modules or verbose():
+        import tensorflow as tf
+
+        return tf
+    with _LOCK:
+        if "tensorflow" in sys.modules:
+            import tensorflow as tf
+
+            return tf
+        with tempfile.TemporaryFile() as captured:
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(captured.fileno(), 2)
+            try:
+                import tensorflow as tf
+
+                tf.config.list_physical_devices()  # device discovery: where cuInit complains
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                os.close(saved)
+            captured.seek(0)
+            _replay(captured.read().decode(errors="replace"))
+    return tf
+
+
+def _replay(text: str) -> None:
+    """Write back to stderr every captured line that is not known start-up noise."""
+    kept = [line for line in text.splitlines() if line.strip() and not STARTUP_NOISE.search(line)]
+    if kept:
+        sys.stderr.write("\n".join(kept) + "\n")
+        sys.stderr.flush()
