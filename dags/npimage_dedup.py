@@ -2,6 +2,8 @@
 
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
 catalogue shards) -> merge (image matches + product roll-up) -> publish -> report
+plan -> read_codes (mapped over the same batches) -> publish
+merge -> plan_text -> read_text (OCR, mapped, capped by text_max) -> publish
 -> release_lock (teardown: runs whatever happened before it)
 
 One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
@@ -34,7 +36,8 @@ def _context(params: dict) -> dict:
               "backend": _conn_ref(params["backend"])}
     settings = Settings().with_overrides(
         fv=bool(params["fv"]), fv_model=params["fv_model"] or None, top_k=int(params["top_k"]),
-        threshold=float(params["threshold"]), weights_file=params["weights"] or None)
+        threshold=float(params["threshold"]), weights_file=params["weights"] or None,
+        read=params.get("read") or None, text_max=params.get("text_max"))
     ctx = settings_context(params["client_id"], params["source"], run_id, settings,
                            mode=params["mode"], backend=params["backend"] or None)
     return ctx.to_dict()
@@ -101,6 +104,11 @@ def _take_client_lock(ctx: dict) -> None:
         "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
         "backend": Param("", type="string",
                          description="load matches into: '' (none), 'nextpage' or a URL"),
+        "read": Param(DEFAULTS.read, type="string",
+                      description="pack readers: codes, text (OCR of images in close pairs), "
+                      "text-all, comma-separated, or none"),
+        "text_max": Param(DEFAULTS.text_max, type="integer", minimum=0,
+                          description="OCR at most this many images per run (0 = no cap)"),
     },
 )
 def npimage_dedup():
@@ -125,6 +133,24 @@ def npimage_dedup():
 
         return pipeline.signatures(_ctx(ctx), batch)
 
+    @task(max_active_tis_per_dag=2)
+    def read_codes(ctx: dict, batch: str) -> dict:
+        from npimage import pipeline
+
+        return pipeline.read_codes(_ctx(ctx), batch)
+
+    @task
+    def plan_text(ctx: dict, merged: dict) -> list[str]:
+        from npimage import pipeline
+
+        return pipeline.plan_text(_ctx(ctx))
+
+    @task(max_active_tis_per_dag=2)
+    def read_text(ctx: dict, batch: str) -> dict:
+        from npimage import pipeline
+
+        return pipeline.read_text(_ctx(ctx), batch)
+
     @task(trigger_rule="none_failed")
     def consolidate(ctx: dict, batch_counts: list[dict] | None) -> list[dict]:
         from npimage import pipeline
@@ -143,8 +169,9 @@ def npimage_dedup():
 
         return pipeline.merge(_ctx(ctx))
 
-    @task
-    def publish(ctx: dict, merged: dict) -> dict:
+    @task(trigger_rule="none_failed")
+    def publish(ctx: dict, merged: dict, codes: list[dict] | None = None,
+                text: list[dict] | None = None) -> dict:
         from npimage import pipeline
 
         return pipeline.publish(_ctx(ctx))
@@ -169,7 +196,9 @@ def npimage_dedup():
     shards = consolidate(ctx, batch_counts)
     shard_files = compare.partial(ctx=ctx).expand(shard=shards)
     merged = merge(ctx, shard_files)
-    report(ctx, publish(ctx, merged)) >> release_lock()
+    codes = read_codes.partial(ctx=ctx).expand(batch=batches)
+    text = read_text.partial(ctx=ctx).expand(batch=plan_text(ctx, merged))
+    report(ctx, publish(ctx, merged, codes, text)) >> release_lock()
 
 
 npimage_dedup()

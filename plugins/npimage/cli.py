@@ -40,6 +40,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threshold", type=float, help="lowest score kept (default 0.82)")
     p.add_argument("--weights", help="JSON weights file (npimage fit-weights writes one)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--read", help="pack readers: codes, text (OCR of images in close pairs), "
+                   "text-all, comma-separated, or none (default: codes)")
+    p.add_argument("--text-max", type=int, help="OCR at most N images this run (default: no cap)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,7 +104,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings().with_overrides(
         data_dir=args.data_dir, fv=False if getattr(args, "no_fv", False) else None,
         fv_model=getattr(args, "fv_model", None), top_k=getattr(args, "top_k", None),
-        threshold=getattr(args, "threshold", None), weights_file=getattr(args, "weights", None))
+        threshold=getattr(args, "threshold", None), weights_file=getattr(args, "weights", None),
+        read=getattr(args, "read", None), text_max=getattr(args, "text_max", None))
 
 
 def print_summary(info: dict[str, Any]) -> None:

@@ -32,6 +32,8 @@ from npimage.matching import compare as cmp
 from npimage.matching.merge import merge_image_matches, roll_up_products
 from npimage.matching.scoring import Scorer, load_weights
 from npimage.progress import Progress
+from npimage.reading import stage as reading
+from npimage.reading.stage import parse_read
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import read_parts, read_table, write_table
 from npimage.storage.runs import RunContext, atomic_write_text
@@ -270,6 +272,27 @@ def merge(ctx: RunContext) -> dict[str, int]:
     return {"image_matches": images.num_rows, "product_matches": products.num_rows}
 
 
+# -- pack reading (npimage.reading.stage) -------------------------------------------------
+
+def read_codes(ctx: RunContext, batch: str) -> dict[str, int]:
+    """Codes (barcodes, DataMatrix, QR) of one planned batch -> reading/codes/."""
+    n = pq.read_metadata(batch).num_rows
+    with Progress(n, f"codes {Path(batch).name}", "img") as progress:
+        return reading.read_codes(ctx, batch, progress)
+
+
+def plan_text(ctx: RunContext) -> list[str]:
+    """Batches of images to OCR (after merge: chosen from the close pairs)."""
+    return reading.plan_text(ctx)
+
+
+def read_text(ctx: RunContext, batch: str) -> dict[str, int]:
+    """Printed text of one OCR batch -> reading/text/."""
+    n = pq.read_metadata(batch).num_rows
+    with Progress(n, f"text {Path(batch).name}", "img") as progress:
+        return reading.read_text(ctx, batch, progress)
+
+
 # -- publish -----------------------------------------------------------------------------
 
 def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
@@ -323,6 +346,9 @@ def publish(ctx: RunContext, started_at: datetime | None = None,
         "n_product_matches": pq.read_metadata(files["product_matches"]).num_rows,
         "started_at": started_at or datetime.now(UTC),
     }
+    reading_files = reading.finish(ctx)  # image_codes, image_text, image_reads
+    files.update(reading_files)
+    info["reading"] = reading.counts(ctx)
     backend_url = ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
 
     def load_backend() -> None:
@@ -337,7 +363,8 @@ def publish(ctx: RunContext, started_at: datetime | None = None,
         if extracted.exists():  # carries the watermark the next incremental run starts from
             run_info.update(json.loads(extracted.read_text()))
         backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
-                             files["image_matches"], files["product_matches"], run_info)
+                             files["image_matches"], files["product_matches"], run_info,
+                             reading={k: reading_files[k] for k in ("image_codes", "image_text")})
 
     publish_warehouse(ctx.settings.warehouse_path, files, run, before_commit=load_backend)
     atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))
@@ -361,4 +388,6 @@ def settings_context(client_id: str, source: str, run_id: str, settings: Setting
     return RunContext(client_id=client_id, run_id=run_id, source=str(source), mode=mode,
                       data_dir=str(settings.data_dir), fv=settings.fv, fv_model=settings.fv_model,
                       top_k=settings.top_k, threshold=settings.threshold,
-                      weights_file=settings.weights_file, backend=backend)
+                      weights_file=settings.weights_file, backend=backend,
+                      read=",".join(parse_read(settings.read)) or "none",
+                      text_max=settings.text_max)

@@ -52,10 +52,12 @@ def _run_stages(ctx: RunContext, workers: int | None, report: bool) -> dict[str,
     pipeline.extract(ctx)
     batches = pipeline.plan(ctx)
     results = _map(pipeline.signatures, ctx, batches, n)
+    _map(pipeline.read_codes, ctx, batches, n)
     computed = sum(r["computed"] for r in results)
     shards = pipeline.consolidate(ctx)
     _map(pipeline.compare_shard, ctx, shards, n)
     pipeline.merge(ctx)
+    _map(pipeline.read_text, ctx, pipeline.plan_text(ctx), n)
     info = pipeline.publish(ctx, started_at=started, computed=computed)
     info["signatures_computed"] = computed
     info["signatures_reused"] = sum(r["reused"] for r in results)

@@ -25,7 +25,7 @@ from npimage.backend.arrowpg import copy_parquet
 from npimage.backend.connection import Db, connection, transaction
 from npimage.backend.runs import record_run_end, run_params, upsert_run
 from npimage.backend.schema import apply_schema
-from npimage.schemas import IMAGE_MATCHES, PRODUCT_MATCHES
+from npimage.schemas import IMAGE_CODES, IMAGE_MATCHES, IMAGE_TEXT, PRODUCT_MATCHES
 from npimage.sqlfiles import load_sql
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,8 @@ LOCK_CLASS = 0x6E70
 
 def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
                  product_matches: Path, run_info: dict[str, Any] | None = None,
-                 batch_rows: int = 50_000) -> dict[str, Any]:
+                 batch_rows: int = 50_000,
+                 reading: dict[str, Path] | None = None) -> dict[str, Any]:
     """Replace the client's rows of npimage_image_match and npimage_product_match.
 
     The Parquet files follow npimage.schemas.IMAGE_MATCHES and PRODUCT_MATCHES and may
@@ -45,7 +46,9 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
     details). The npimage_* tables are created first when missing. Returns the client,
     run, status and loaded row counts. On failure the
     previous matches stay and the error is raised after marking the run 'failed' (when
-    `db` is a DSN, or a connection still alive).
+    `db` is a DSN, or a connection still alive). `reading` (optional: image_codes and
+    image_text Parquet paths) also replaces npimage_image_code and npimage_image_text in
+    the same transaction.
     """
     for path in (image_matches, product_matches):
         if not path.is_file():
@@ -54,7 +57,7 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
         with connection(db) as conn:
             apply_schema(conn)
             counts = _load(conn, client_id, run_id, image_matches, product_matches, run_info,
-                           batch_rows)
+                           batch_rows, reading)
     except Exception as exc:
         _record_failure(db, client_id, run_id, exc)
         raise
@@ -63,7 +66,7 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
 
 def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
           image_matches: Path, product_matches: Path, run_info: dict[str, Any] | None,
-          batch_rows: int) -> dict[str, int]:
+          batch_rows: int, reading: dict[str, Path] | None = None) -> dict[str, int]:
     """The load's one transaction: stage, lock, swap, mark the run; the loaded counts."""
     with transaction(conn) as cur:
         cur.execute(load_sql("postgres", "load_stage"))
@@ -77,9 +80,25 @@ def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
                     {"lock_class": LOCK_CLASS, "client_id": client_id})
         cur.execute(load_sql("postgres", "load_replace"), {"client_id": client_id})
         counts = {"n_image_matches": n_image, "n_product_matches": n_product}
+        if reading:
+            counts.update(_load_reading(cur, client_id, reading, batch_rows))
         upsert_run(cur, run_params(client_id, run_id, "success", {**(run_info or {}),
                                                                     **counts}))
     return counts
+
+
+def _load_reading(cur: psycopg2.extensions.cursor, client_id: str, reading: dict[str, Path],
+                  batch_rows: int) -> dict[str, int]:
+    """Pack reading (npimage.reading): stage and swap the client's codes and text lines."""
+    cur.execute(load_sql("postgres", "load_stage_reading"))
+    n_codes = copy_parquet(cur, reading["image_codes"], IMAGE_CODES,
+                           load_sql("postgres", "load_copy_image_code"), batch_rows,
+                           _only_client(client_id, reading["image_codes"]))
+    n_text = copy_parquet(cur, reading["image_text"], IMAGE_TEXT,
+                          load_sql("postgres", "load_copy_image_text"), batch_rows,
+                          _only_client(client_id, reading["image_text"]))
+    cur.execute(load_sql("postgres", "load_replace_reading"), {"client_id": client_id})
+    return {"n_image_codes": n_codes, "n_image_text": n_text}
 
 
 def _only_client(client_id: str, path: Path) -> Callable[[pa.Table], None]:

@@ -51,6 +51,8 @@ class RunContext:
     threshold: float
     weights_file: str | None = None
     backend: str | None = None
+    read: str = "codes"  # pack readers (npimage.reading.stage.parse_read)
+    text_max: int = 0  # OCR cap of one run, 0 = none
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -76,6 +78,7 @@ class RunContext:
         return Settings().with_overrides(
             data_dir=self.data_dir, fv=self.fv, fv_model=self.fv_model,
             top_k=self.top_k, threshold=self.threshold, weights_file=self.weights_file,
+            read=self.read, text_max=self.text_max,
         )
 
     @property

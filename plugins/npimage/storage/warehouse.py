@@ -19,6 +19,8 @@ import duckdb
 from npimage.sqlfiles import load_sql, run_script
 
 TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
+#: Pack-reading tables (npimage.reading), replaced by their own script when a run has them.
+READING_TABLES = ("image_codes", "image_text", "image_reads")
 
 
 @contextmanager
@@ -67,6 +69,8 @@ def publish(warehouse: Path, files: dict[str, Path], run: dict[str, Any],
             con.execute("BEGIN TRANSACTION")
             try:
                 run_script(con, load_sql("duckdb", "replace_client"), params)
+                if all(name in paths for name in READING_TABLES):  # pack reading
+                    run_script(con, load_sql("duckdb", "replace_client_reading"), params)
                 run_script(con, load_sql("duckdb", "record_run"), run)
                 if before_commit is not None:
                     before_commit()

@@ -1,0 +1,85 @@
+"""Printed text on a picture (offline OCR with RapidOCR's ONNX models): lines, tokens, quantities.
+
+Each line keeps its text, the recogniser's confidence and its box in the picture's
+pixels; tokens are the line's words normalised for search (NFKC, lower case, accents
+dropped) and quantities the amounts parsed from it (npimage.reading.quantities).
+Large pictures are read at most OCR_MAX_SIDE pixels on their long side: packs print
+their strength large, and the detector's cost grows with the area.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass, field
+from functools import cache
+
+import numpy as np
+
+from npimage.reading.quantities import Quantity, parse_quantities
+
+#: Long side (pixels) pictures are shrunk to before OCR.
+OCR_MAX_SIDE = 1280
+#: Lines the recogniser is less sure of are dropped.
+MIN_CONFIDENCE = 0.5
+
+
+@dataclass(frozen=True)
+class TextLine:
+    """One line of printed text."""
+
+    text: str
+    confidence: float
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in pixels of the picture
+    tokens: tuple[str, ...] = ()
+    quantities: tuple[Quantity, ...] = field(default=())
+
+
+@cache
+def _engine() -> object:
+    from rapidocr_onnxruntime import RapidOCR
+
+    return RapidOCR()
+
+
+def reader_version() -> str:
+    from importlib.metadata import version
+
+    return f"rapidocr-onnxruntime {version('rapidocr-onnxruntime')}"
+
+
+def tokens(text: str) -> tuple[str, ...]:
+    """Search tokens of a line: NFKC, accents dropped, lower case, split on non-alphanumerics
+    (decimal points and commas inside numbers kept, commas read as points)."""
+    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", text))
+    text = "".join(c for c in text if not unicodedata.combining(c)).lower()
+    text = re.sub(r"(?<=\d),(?=\d)", ".", text)
+    return tuple(t for t in re.findall(r"\d+(?:\.\d+)?|[^\W\d_]+|%", text) if t)
+
+
+def _resize(rgb: np.ndarray) -> tuple[np.ndarray, float]:
+    h, w = rgb.shape[:2]
+    scale = min(1.0, OCR_MAX_SIDE / max(h, w))
+    if scale == 1.0:
+        return rgb, 1.0
+    import cv2
+
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
+
+
+def read_text(rgb: np.ndarray) -> list[TextLine]:
+    """The text lines of an RGB (H, W, 3) uint8 picture, top to bottom."""
+    small, scale = _resize(rgb)
+    result, _ = _engine()(small)  # type: ignore[operator]
+    lines = []
+    for points, text, confidence in result or []:
+        conf = float(confidence)
+        text = str(text).strip()
+        if not text or conf < MIN_CONFIDENCE:
+            continue
+        xs = [p[0] / scale for p in points]
+        ys = [p[1] / scale for p in points]
+        box = (int(min(xs)), int(min(ys)), round(max(xs)), round(max(ys)))
+        lines.append(TextLine(text, conf, box, tokens(text), tuple(parse_quantities(text))))
+    return sorted(lines, key=lambda ln: (ln.box[1], ln.box[0]))
