@@ -101,7 +101,7 @@ def _decode(gray: np.ndarray, scale: float) -> list[Code]:
             continue
         gs1 = r.content_type == zxingcpp.ContentType.GS1
         symbology, gtin, note = interpret(name, r.text, gs1)
-        box = tuple(int(round(v / scale)) for v in _box(r.position))
+        box = tuple(round(v / scale) for v in _box(r.position))
         found.setdefault((symbology, r.text), Code(symbology, r.text, gtin, box, gs1, note))
     return list(found.values())
 
