@@ -68,18 +68,45 @@ def _resize(rgb: np.ndarray) -> tuple[np.ndarray, float]:
     return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA), scale
 
 
+#: Word boxes closer than this many line heights on one line are joined into one line
+#: (the detector often cuts "400 mg" into "400" and "mg").
+JOIN_GAP = 1.0
+
+
+def _join_words(words: list[tuple[str, float, tuple[float, float, float, float]]]
+                ) -> list[tuple[str, float, tuple[float, float, float, float]]]:
+    """Words (text, confidence, box) joined into lines: same row, small horizontal gaps."""
+    lines: list[list] = []
+    for text, conf, box in sorted(words, key=lambda w: (w[2][0], w[2][1])):
+        x0, y0, x1, y1 = box
+        for line in lines:
+            lx0, ly0, lx1, ly1 = line[2]
+            overlap = min(y1, ly1) - max(y0, ly0)
+            height = min(y1 - y0, ly1 - ly0)
+            if overlap >= 0.5 * height and -height <= x0 - lx1 <= JOIN_GAP * height:
+                line[0] += " " + text
+                line[1] = min(line[1], conf)
+                line[2] = (min(lx0, x0), min(ly0, y0), max(lx1, x1), max(ly1, y1))
+                break
+        else:
+            lines.append([text, conf, box])
+    return [(t, c, b) for t, c, b in lines]
+
+
 def read_text(rgb: np.ndarray) -> list[TextLine]:
     """The text lines of an RGB (H, W, 3) uint8 picture, top to bottom."""
     small, scale = _resize(rgb)
     result, _ = _engine()(small)  # type: ignore[operator]
-    lines = []
+    words = []
     for points, text, confidence in result or []:
-        conf = float(confidence)
         text = str(text).strip()
-        if not text or conf < MIN_CONFIDENCE:
+        if not text or float(confidence) < MIN_CONFIDENCE:
             continue
         xs = [p[0] / scale for p in points]
         ys = [p[1] / scale for p in points]
-        box = (int(min(xs)), int(min(ys)), round(max(xs)), round(max(ys)))
+        words.append((text, float(confidence), (min(xs), min(ys), max(xs), max(ys))))
+    lines = []
+    for text, conf, (x0, y0, x1, y1) in _join_words(words):
+        box = (int(x0), int(y0), round(x1), round(y1))
         lines.append(TextLine(text, conf, box, tokens(text), tuple(parse_quantities(text))))
     return sorted(lines, key=lambda ln: (ln.box[1], ln.box[0]))
