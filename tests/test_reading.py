@@ -11,8 +11,8 @@ import duckdb
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image, ImageDraw, ImageFont
 from pg import pg_connect
+from PIL import Image, ImageDraw, ImageFont
 
 from npimage.config import Settings
 from npimage.pipeline import settings_context
