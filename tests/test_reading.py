@@ -58,6 +58,7 @@ from npimage.runner import run_pipeline
     ("100 IU/ml", ["100 IU/ml"]),
     ("250 mg/5 ml", ["250 mg/5 ml"]),
     ("21G x 40 mm", ["21 G", "40 mm"]),
+    ("21Gx 40 mm", ["21 G", "40 mm"]),
     ("Amoxicillin 500 mg, 20 tablets", ["500 mg"]),
     ("Glucose 5 % 500 ml", ["5 %", "500 ml"]),
     ("Store below 25 C", []),
@@ -69,6 +70,13 @@ from npimage.runner import run_pipeline
 ])
 def test_parse_quantities(text, expected):
     assert [str(q) for q in parse_quantities(text)] == expected
+
+
+def test_ocr_fixes_before_parsing():
+    from npimage.reading.text import ocr_fixes
+
+    assert [str(q) for q in parse_quantities(ocr_fixes("1001U/ml"))] == ["100 IU/ml"]
+    assert ocr_fixes("100 IU/ml 5 mg") == "100 IU/ml 5 mg"
 
 
 def test_quantity_values_and_same_amount():

@@ -239,6 +239,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     settings = _settings(args)
     result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))
     print(json.dumps(result.as_dict(), indent=2) if args.json else format_evaluation(result))
+    reading_truth = Path(args.truth).with_name("reading_truth.csv")
+    if reading_truth.is_file():  # pack reading: the demo writes it beside truth.csv
+        from npimage.quality.reading_eval import (
+            evaluate_reading,
+            format_reading,
+            load_reading_truth,
+        )
+
+        ev = evaluate_reading(settings.warehouse_path, args.client,
+                              load_reading_truth(reading_truth))
+        print(json.dumps(ev.as_dict(), indent=2) if args.json else "\n" + format_reading(ev))
     return 0
 
 

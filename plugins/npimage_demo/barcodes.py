@@ -7,8 +7,8 @@ what each picture prints: its GTIN, its strength, and whether that GTIN disagree
 the catalogue.
 
 - `draw_barcode(draw, box, gtin)`: EAN-13 (GTIN-13, or GTIN-14 with indicator 0) or
-  ITF-14, centred on `box`, grown past it (within the picture) when the box is too
-  small for PREFERRED_MODULE-pixel bars, upright when the picture is too narrow.
+  ITF-14 in `box`, or along the picture's bottom (right) edge when the box is too small
+  for PREFERRED_MODULE-pixel bars.
 - `printed_gtin(gtin)`: the GTIN the artwork of a product carries. For about
   INJECTED_SHARE of products it is another valid GTIN (a pack printed with a wrong
   code: the catalogue error the GTIN check must find).
@@ -95,26 +95,34 @@ def _runs(modules: str) -> list[str]:
 
 def draw_barcode(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, float],
                  gtin: str) -> None:
-    """Draw `gtin` as a scannable EAN-13 or ITF-14 with its digits, centred on `box`.
+    """Draw `gtin` as a scannable EAN-13 or ITF-14 with its digits.
 
-    The symbol gets whole-pixel bars of PREFERRED_MODULE pixels (more when the box is
-    wider); when the picture is too narrow for that it is drawn upright along the
-    picture's height if that fits, else with the largest module that fits (>= 1).
+    In `box` when it holds bars of PREFERRED_MODULE pixels; else as a strip along the
+    bottom edge of the picture (where packshots have backdrop, not print), or upright
+    along the right edge when the picture is too narrow, or, when neither fits, along
+    the bottom with the widest bars that fit. Bars are whole pixels.
     """
     img: Image.Image = draw._image  # type: ignore[attr-defined]
     x0, y0, x1, y1 = box
     units = 113 if symbology(gtin) == "EAN-13" else 166
-    module = max(PREFERRED_MODULE, int((x1 - x0) / units))
-    height = max(round(y1 - y0), 18 * module)
-    vertical = units * module > img.width - 4 and units * module <= img.height - 4
-    if not vertical:
+    in_box = int((x1 - x0) / units) >= PREFERRED_MODULE
+    module = int((x1 - x0) / units) if in_box else PREFERRED_MODULE
+    vertical = not in_box and units * module > img.width - 4 and units * module <= img.height - 4
+    if not in_box and not vertical:
         module = min(module, max(1, (img.width - 4) // units))
-    sym = _symbol(gtin, module, height)
+    height = round(y1 - y0) if in_box else round(min(max(y1 - y0, 16 * module),
+                                                     0.16 * img.height))
+    sym = _symbol(gtin, module, max(height, 12 * module))
     if vertical:
         sym = sym.rotate(90, expand=True)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    left = max(0, min(round(cx - sym.width / 2), img.width - sym.width))
-    top = max(0, min(round(cy - sym.height / 2), img.height - sym.height))
+        left, top = img.width - sym.width - 2, round((img.height - sym.height) / 2)
+    elif in_box:
+        left, top = round((x0 + x1 - sym.width) / 2), round(y0)
+    else:
+        left = round((x0 + x1 - sym.width) / 2)
+        top = img.height - sym.height - 2
+    left = max(0, min(left, img.width - sym.width))
+    top = max(0, min(top, img.height - sym.height))
     img.paste(sym, (left, top))
 
 

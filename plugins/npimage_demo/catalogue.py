@@ -137,7 +137,7 @@ _SOLUTIONS = (
         "Chlorhexidine",
         "Ringer lactate",
     ),
-    ("10 ml", "250 ml", "500 ml", "0.9 %", "5 %", "2 %", "100 IU/ml", "1000 IU", "5 ml", "1 l"),
+    ("10 ml", "250 ml", "500 ml", "0.9 %", "5 %", "2 %", "100 IU/ml", "1000 IU", "5 ml", "1 L"),
     ("1 bottle", "10 ampoules", "12 vials", "20 bags", "6 bottles", "50 ampoules"),
 )
 _DEVICES = (

@@ -42,7 +42,7 @@ _UNIT_RE = "|".join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True
 _DEN_RE = "|".join(sorted(_DENOMINATORS, key=len, reverse=True))
 _PATTERN = re.compile(
     rf"(?<![\w.,])(?P<a>{_NUM})(?:\s*[x×*]\s*(?P<b>{_NUM}))?\s*(?P<unit>{_UNIT_RE})"
-    rf"(?:\s*/\s*(?P<dnum>{_NUM})?\s*(?P<den>{_DEN_RE}))?(?![\w%])",
+    rf"(?:\s*/\s*(?P<dnum>{_NUM})?\s*(?P<den>{_DEN_RE}))?(?=$|[^\w%]|x\s*\d)",
     re.IGNORECASE,
 )
 

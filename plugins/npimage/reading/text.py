@@ -37,9 +37,11 @@ class TextLine:
 
 @cache
 def _engine() -> object:
+    """RapidOCR without its 180-degree line classifier (it turned an upright "0.9 %" into
+    "%60" on the demo's packs), one thread per process (mapped tasks run side by side)."""
     from rapidocr_onnxruntime import RapidOCR
 
-    return RapidOCR()
+    return RapidOCR(use_cls=False, intra_op_num_threads=1, inter_op_num_threads=1)
 
 
 def reader_version() -> str:
@@ -55,6 +57,11 @@ def tokens(text: str) -> tuple[str, ...]:
     text = "".join(c for c in text if not unicodedata.combining(c)).lower()
     text = re.sub(r"(?<=\d),(?=\d)", ".", text)
     return tuple(t for t in re.findall(r"\d+(?:\.\d+)?|[^\W\d_]+|%", text) if t)
+
+
+def ocr_fixes(text: str) -> str:
+    """Undo OCR confusions that change amounts: "1001U/ml" (I read as 1) -> "100 IU/ml"."""
+    return re.sub(r"(\d)[1lI|]U\b", r"\1 IU", text)
 
 
 def _resize(rgb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -108,5 +115,6 @@ def read_text(rgb: np.ndarray) -> list[TextLine]:
     lines = []
     for text, conf, (x0, y0, x1, y1) in _join_words(words):
         box = (int(x0), int(y0), round(x1), round(y1))
-        lines.append(TextLine(text, conf, box, tokens(text), tuple(parse_quantities(text))))
+        amounts = tuple(parse_quantities(ocr_fixes(text)))
+        lines.append(TextLine(text, conf, box, tokens(text), amounts))
     return sorted(lines, key=lambda ln: (ln.box[1], ln.box[0]))
