@@ -248,3 +248,20 @@ def test_backend_gets_codes_and_flags_catalogue_errors(read_run, small_demo, pg_
         flagged = {r[0] for r in cur.fetchall()}
     expected = {i for i, r in _truth(small_demo).items() if r["gtin_mismatch"] == "1"}
     assert flagged == expected
+
+
+def test_report_image_page_shows_codes_and_catalogue_errors(read_run, small_demo, tmp_path):
+    from npimage.report import render_report
+    from npimage.report.data import page_path
+
+    data, _ = read_run
+    render_report(data / "warehouse.duckdb", "acme", tmp_path / "report")
+    truth = _truth(small_demo)
+    wrong = sorted(i for i, r in truth.items() if r["gtin_mismatch"] == "1")[0]
+    right = sorted(i for i, r in truth.items() if r["printed_gtin"] and
+                   r["gtin_mismatch"] == "0")[0]
+    page = (tmp_path / "report" / page_path("i", wrong)).read_text()
+    assert 'class="code-box"' in page and "Catalogue error" in page
+    assert truth[wrong]["printed_gtin"] in page and truth[wrong]["reference_gtin"] in page
+    page = (tmp_path / "report" / page_path("i", right)).read_text()
+    assert 'class="code-box"' in page and "Catalogue error" not in page
