@@ -121,6 +121,10 @@ def print_summary(info: dict[str, Any]) -> None:
         counts = info[key]
         text = "  ".join(f"{name} {counts.get(name, 0)}" for name, _ in BANDS)
         print(f"  {label:<17} {sum(counts.values())}  ({text})")
+    if info.get("reading"):
+        r = info["reading"]
+        print(f"  pack reading      {r.get('image_codes', 0)} codes, "
+              f"{r.get('image_text', 0)} text lines")
     print(f"  warehouse         {info['warehouse']}")
     print(f"  run files         {info['run_dir']}")
     if info.get("report"):
@@ -174,7 +178,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.airflow:
         conf = {"client_id": args.client, "source": str(demo.manifest.resolve()),
                 "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
-                "threshold": settings.threshold}
+                "threshold": settings.threshold, "read": settings.read,
+                "text_max": settings.text_max}
         run_dag(conf, data_dir)
         info = _published_summary(settings, args.client)
     else:
@@ -191,7 +196,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {r.kind:<12}{r.total:>8}{r.found:>8}{r.in_band:>9}")
         total = [total[0] + r.total, total[1] + r.found, total[2] + r.in_band]
     print(f"  {'all':<12}{total[0]:>8}{total[1]:>8}{total[2]:>9}")
+    _print_reading(settings, args.client, demo.truth.with_name("reading_truth.csv"))
     return 0
+
+
+def _print_reading(settings: Settings, client_id: str, reading_truth: Path) -> None:
+    """Pack reading against the demo's reading truth (codes, strengths, catalogue check)."""
+    from npimage.quality.reading_eval import evaluate_reading, format_reading, load_reading_truth
+
+    if reading_truth.is_file():
+        ev = evaluate_reading(settings.warehouse_path, client_id,
+                              load_reading_truth(reading_truth))
+        print()
+        print(format_reading(ev))
 
 
 def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
