@@ -2,33 +2,23 @@
 
 Both steps are SQL (sql/duckdb/merge_image_matches.sql, product_matches.sql) run by an
 in-memory DuckDB over Arrow tables: the per-image top-k, the symmetric closure, ranks and
-bands are set operations that SQL states plainly.
+bands are set operations that SQL states plainly. The bands and the threshold come from
+npimage.bands (a relation and a float32 parameter), the one definition Python shares.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from npimage.config import BANDS
+from npimage.bands import DEFAULT_THRESHOLD, bands_table, sql_params
 from npimage.matching.compare import MATCH_COLUMNS
 from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES, SIGNATURES
 from npimage.sqlfiles import load_sql, run_script
 from npimage.storage.parquet_io import read_table, write_table
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    image_matches: int
-    product_matches: int
-
-
-def _band_params() -> dict[str, float]:
-    return {name: lower for name, lower in BANDS}
 
 
 def _read_shards(paths: list[Path]) -> pa.Table:
@@ -37,15 +27,22 @@ def _read_shards(paths: list[Path]) -> pa.Table:
 
 
 def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, signatures: Path,
-                        out: Path, *, client_id: str, run_id: str, top_k: int) -> pa.Table:
-    """Combine this run's shard results with the kept prior matches; write image_matches."""
+                        out: Path, *, client_id: str, run_id: str, top_k: int,
+                        threshold: float = DEFAULT_THRESHOLD) -> pa.Table:
+    """Combine this run's shard results with the kept prior matches; write image_matches.
+
+    Pairs below `threshold` are dropped (compared as float32, like compare does); each
+    kept pair is labelled with its band (npimage.bands), `weak` below the lowest band.
+    """
     con = duckdb.connect()
+    con.register("bands", bands_table())
     con.register("new_pairs", _read_shards(shards))
     prior_table = read_table(prior, IMAGE_MATCHES) if prior else IMAGE_MATCHES.empty_table()
     con.register("prior_matches", prior_table.select(MATCH_COLUMNS.names))
     con.register("queries", pq.read_table(queries, columns=["image_id"]))
     con.register("present", read_table(signatures, SIGNATURES).select(["image_id"]))
-    params = {"client_id": client_id, "run_id": run_id, "top_k": top_k, **_band_params()}
+    params = {"client_id": client_id, "run_id": run_id, "top_k": top_k,
+              **sql_params(threshold)}
     result = run_script(con, load_sql("duckdb", "merge_image_matches"), params).to_arrow_table()
     write_table(result, out, IMAGE_MATCHES)
     return result
@@ -55,9 +52,10 @@ def roll_up_products(image_matches: Path, catalog: Path, out: Path, *, client_id
                      run_id: str) -> pa.Table:
     """Product matches from image matches (sql/duckdb/product_matches.sql)."""
     con = duckdb.connect()
+    con.register("bands", bands_table())
     con.register("image_matches", read_table(image_matches, IMAGE_MATCHES))
     con.register("catalog", read_table(catalog, CATALOG).select(["image_id", "product_id"]))
-    params = {"client_id": client_id, "run_id": run_id, **_band_params()}
+    params = {"client_id": client_id, "run_id": run_id}
     result = run_script(con, load_sql("duckdb", "product_matches"), params).to_arrow_table()
     write_table(result, out, PRODUCT_MATCHES)
     return result
