@@ -66,6 +66,8 @@ from npimage.runner import run_pipeline
     ("size M", []),
     ("3-0", []),
     ("Vitamin D3", []),
+    ("Amoxicillin400mg", ["400 mg"]),  # OCR dropped the space
+    ("Metformin1g", ["1 g"]),
     ("REF 5mgX", []),  # a unit glued to a word is not a unit
 ])
 def test_parse_quantities(text, expected):

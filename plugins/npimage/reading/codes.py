@@ -8,7 +8,8 @@ a wrong GTIN costs more than a missing one, so doubtful reads carry no GTIN and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from functools import cache
 
 import numpy as np
@@ -83,10 +84,12 @@ def interpret(symbology: str, text: str, gs1: bool) -> tuple[str, str | None, st
     return symbology, None, "no GTIN"
 
 
-#: Pictures whose long side is at most this are read again at twice their size when the
-#: first pass finds nothing: bars under ~2 pixels wide (small or downsized packshots)
-#: often decode once interpolated.
+#: Pictures whose long side is at most this are also read upscaled when the first pass
+#: finds nothing or only thin-barred codes: bars under ~2 pixels (small or downsized
+#: packshots) often decode once interpolated.
 UPSCALE_BELOW = 1600
+#: Upscaled pictures stay under this long side (pixels).
+UPSCALED_MAX = 3200
 
 
 def _decode(gray: np.ndarray, scale: float) -> list[Code]:
@@ -108,47 +111,62 @@ def _decode(gray: np.ndarray, scale: float) -> list[Code]:
 
 #: Modules (narrow bars) per symbol width, to tell how many pixels a bar had.
 _MODULES = {"EAN-13": 95, "UPC-A": 95, "EAN-8": 67, "ITF-14": 135}
-#: Linear codes whose bars were thinner than this (pixels) must decode the same text twice.
-CONFIRM_BELOW = 2.5
+#: Linear codes whose bars were thinner than this (pixels of the picture) are voted on.
+THIN_BARS = 2.0
+#: Resamplings (factor, OpenCV interpolation) a small picture is read at besides 1:1.
+_RESAMPLINGS = ((2.0, "INTER_CUBIC"), (3.0, "INTER_LINEAR"), (4.0, "INTER_CUBIC"))
 
 
-def _fine(code: Code, scale: float) -> bool:
-    """Whether a linear code's bars were thin (pixels at the decoded scale)."""
+def _thin(code: Code) -> bool:
+    """Whether a linear code's bars were thin (pixels of the picture)."""
     n = _MODULES.get(code.symbology)
-    return n is not None and (code.box[2] - code.box[0]) * scale / n < CONFIRM_BELOW
+    return n is not None and (code.box[2] - code.box[0]) / n < THIN_BARS
 
 
-def _confirm(codes: list[Code], gray: np.ndarray, scale: float) -> list[Code]:
-    """Drop the GTIN of thin-barred reads that another resampling does not decode alike.
-
-    A check digit lets one misread in ten through; a misread at 1-2 pixels per bar is
-    not rare, and a wrong GTIN costs more than a missing one.
-    """
-    thin = [c for c in codes if c.gtin and _fine(c, scale)]
-    if not thin:
-        return codes
+def _upscaled(gray: np.ndarray, factor: float, interpolation: str) -> np.ndarray:
     import cv2
 
-    factor = 3.0 if scale > 1 else 2.0
-    interp = cv2.INTER_LINEAR if scale > 1 else cv2.INTER_CUBIC
-    again = {c.text for c in _decode(cv2.resize(gray, None, fx=factor, fy=factor,
-                                                interpolation=interp), factor)}
-    return [c if c not in thin or c.text in again else
-            Code(c.symbology, c.text, None, c.box, c.gs1, "unconfirmed thin-bar read")
-            for c in codes]
+    return cv2.resize(gray, None, fx=factor, fy=factor,
+                      interpolation=getattr(cv2, interpolation))
+
+
+def _vote(runs: list[list[Code]]) -> list[Code]:
+    """Codes of several resamplings of one picture; linear codes' GTINs by majority.
+
+    A check digit lets one misread in ten through, and at 1-2 pixels per bar misreads
+    happen and even recur across resamplings. A linear code keeps its GTIN only when at
+    least two resamplings decode its text and more of them decode it than any other text
+    of its symbology; the others keep their text, without a GTIN.
+    """
+    votes = Counter((c.symbology, c.text) for run in runs for c in {(x.symbology, x.text): x
+                                                                     for x in run}.values())
+    first: dict[tuple[str, str], Code] = {}
+    for run in runs:
+        for c in run:
+            first.setdefault((c.symbology, c.text), c)
+    out = []
+    for key, c in first.items():
+        if c.gtin and c.symbology in _MODULES:
+            rivals = max((v for k, v in votes.items() if k[0] == key[0] and k != key),
+                         default=0)
+            if votes[key] < 2 or votes[key] <= rivals:
+                c = replace(c, gtin=None, note=f"thin bars: {votes[key]} of {len(runs)} reads "
+                            f"agree, {rivals} for another text")
+        out.append(c)
+    return out
 
 
 def read_codes(gray: np.ndarray) -> list[Code]:
     """Every code zxing-cpp decodes in a grayscale (H, W) uint8 picture, deduplicated.
 
-    Boxes are in the picture's pixels, codes sorted top to bottom. A thin-barred linear
-    code keeps its GTIN only when a second resampling decodes the same text.
+    Boxes are in the picture's pixels, codes sorted top to bottom. A small picture where
+    the first pass finds nothing, or only thin-barred codes, is also read upscaled, and
+    its linear codes' GTINs are decided by a vote of the resamplings (see _vote).
     """
-    codes, scale = _decode(gray, 1.0), 1.0
-    if not codes and max(gray.shape) <= UPSCALE_BELOW:
-        import cv2
-
-        scale = 2.0
-        codes = _decode(cv2.resize(gray, None, fx=2, fy=2, interpolation=cv2.INTER_CUBIC), 2.0)
-    codes = _confirm(codes, gray, scale)
+    codes = _decode(gray, 1.0)
+    side = max(gray.shape)
+    if side <= UPSCALE_BELOW and (not codes or any(_thin(c) for c in codes if c.gtin)):
+        runs = [codes] + [_decode(_upscaled(gray, f, interp), f)
+                          for f, interp in _RESAMPLINGS if side * f <= UPSCALED_MAX]
+        codes = _vote(runs)
     return sorted(codes, key=lambda c: (c.box[1], c.box[0]))

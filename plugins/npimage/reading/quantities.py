@@ -6,7 +6,8 @@ IU; ML -> ml; a capital G is a needle gauge, 21G, not grams), with decimal comma
 as decimal points, dimensions (`10 x 20 cm`) as
 two values, and concentrations (`100 IU/ml`, `250 mg/5 ml`) as one unit with its
 denominator. `Quantity.base` converts to one unit per dimension (mass in mg, volume in
-ml, length in mm) so that "1 g" and "1000 mg" compare equal.
+ml, length in mm) so that "1 g" and "1000 mg" compare equal. A number may follow letters
+("Amoxicillin400mg": OCR often drops the space), never a digit or a decimal point.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ _NUM = r"\d+(?:[.,]\d+)?"
 _UNIT_RE = "|".join(sorted((re.escape(u) for u in _UNITS), key=len, reverse=True))
 _DEN_RE = "|".join(sorted(_DENOMINATORS, key=len, reverse=True))
 _PATTERN = re.compile(
-    rf"(?<![\w.,])(?P<a>{_NUM})(?:\s*[x×*]\s*(?P<b>{_NUM}))?\s*(?P<unit>{_UNIT_RE})"
+    rf"(?<![\d.,])(?P<a>{_NUM})(?:\s*[x×*]\s*(?P<b>{_NUM}))?\s*(?P<unit>{_UNIT_RE})"
     rf"(?:\s*/\s*(?P<dnum>{_NUM})?\s*(?P<den>{_DEN_RE}))?(?=$|[^\w%]|x\s*\d)",
     re.IGNORECASE,
 )
