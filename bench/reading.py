@@ -206,8 +206,8 @@ def main(argv: list[str] | None = None) -> int:
     for row in ev.wrong_rows:
         print(f"  WRONG GTIN {row}")
     ev2 = evaluate_reading(settings.warehouse_path, "bench", truth)
-    print("\nafter the nightly (all images; catalogue check on the whole catalogue)")
-    print(format_reading(ev2).split("\n")[-1])
+    print("\nafter the nightly (all images of the catalogue)")
+    print(format_reading(ev2))
     resized_codes(args.work / "demo", truth, 0.5, args.workers)
     code_set(args.workers)
     return 0
