@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -49,3 +52,14 @@ def check_published_run(warehouse: Path, client: str, truth: Path) -> dict[str, 
         if band is None or BAND_RANK[band] > BAND_RANK[r["expected_band"]]:
             missed.append((r["image_id"], r["kind"], band))
     return {"planted": len(planted), "missed": len(missed), "missed_rows": missed}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            prefix: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    """`npimage ARGS` as a real process (this checkout's code first on the path);
+    `prefix` is a command the process runs under (e.g. setpriv)."""
+    plugins = str(Path(__file__).resolve().parents[1] / "plugins")
+    full = {**os.environ, **(env or {})}
+    full["PYTHONPATH"] = os.pathsep.join(p for p in (plugins, full.get("PYTHONPATH")) if p)
+    return subprocess.run([*prefix, sys.executable, "-m", "npimage.cli", *args], env=full,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 from helpers import check_published_run, table_rows
 
-TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
+from npimage.storage.warehouse import TABLES
 
 
 @pytest.fixture(scope="module")
@@ -48,20 +48,22 @@ def test_dag_files_do_not_import_tensorflow_at_parse_time():
 
 @pytest.fixture(scope="module")
 def dag_runs(airflow_db, small_demo, tmp_path_factory):
-    """Two real DAG runs on the small demo catalogue: full, then incremental."""
-    import os
+    """Two real DAG runs on the small demo catalogue: full, then incremental.
 
+    NPIMAGE_DATA_DIR is set for these runs only (restored after: no leak into other tests).
+    """
     from airflow.dag_processing.dagbag import DagBag
 
     data = tmp_path_factory.mktemp("dagdata")
-    os.environ["NPIMAGE_DATA_DIR"] = str(data)
-    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
-    conf = {"client_id": "dagclient", "source": str(small_demo.manifest), "fv": False,
-            "read": "codes,text", "text_max": 2}  # pack reading: OCR of 2 images per run
-    first = dag.test(run_conf=conf)
-    wh = data / "warehouse.duckdb"
-    tables = {t: table_rows(wh, t, "dagclient") for t in (*TABLES, "image_codes")}
-    second = dag.test(run_conf={**conf, "mode": "incremental"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPIMAGE_DATA_DIR", str(data))
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
+        conf = {"client_id": "dagclient", "source": str(small_demo.manifest), "fv": False,
+                "read": "codes,text", "text_max": 2}  # pack reading: OCR of 2 images a run
+        first = dag.test(run_conf=conf)
+        wh = data / "warehouse.duckdb"
+        tables = {t: table_rows(wh, t, "dagclient") for t in (*TABLES, "image_codes")}
+        second = dag.test(run_conf={**conf, "mode": "incremental"})
     return data, first, second, tables
 
 

@@ -31,8 +31,8 @@ from npimage.pipeline import settings_context
 from npimage.runner import run_pipeline
 from npimage.storage import locks
 from npimage.storage.runs import RunContext
+from npimage.storage.warehouse import TABLES
 
-TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
 NPIMAGE = str(Path(sys.executable).with_name("npimage"))
 
 

@@ -13,8 +13,7 @@ from npimage.cli import main
 from npimage.config import Settings
 from npimage.pipeline import settings_context
 from npimage.runner import run_pipeline
-
-TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
+from npimage.storage.warehouse import TABLES
 
 
 def _ctx(data_dir, source, run_id, mode="full", client="acme"):

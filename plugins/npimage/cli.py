@@ -7,20 +7,26 @@
     npimage evaluate --client C --truth FILE [--data-dir D]
     npimage fit-weights --client C --truth FILE [--out weights.json] [--data-dir D] [--step 0.05]
     npimage nearest IMAGE --client C [--data-dir D] [--top-k 10] [--threshold T]
+    npimage --version
+
+A problem you can fix is reported in one line (what went wrong, what to do) with a
+non-zero exit code; see `main`.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
-import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import npimage
 from npimage.bands import LABELS, WEAK
 from npimage.config import Settings
 from npimage.errors import UserError
@@ -30,8 +36,59 @@ from npimage.storage.runs import MODES, new_run_id
 log = logging.getLogger("npimage")
 
 
+CLIENT_HELP = ("client id: partitions every table and names the client's folder in the "
+               "data dir")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that suggest the closest flag or sub-command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_with_suggestion(self, message)} "
+                     f"(see {self.prog} --help)\n")
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of a parser and of its sub-commands."""
+    out = list(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _flags(sub)
+    return out
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    return [name for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+
+
+def _with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """`message` with "did you mean ...?" for a mistyped flag or sub-command (difflib)."""
+    words: list[str] = []
+    candidates: list[str] = []
+    if message.startswith("unrecognized arguments: "):
+        words = [w.split("=")[0] for w in message.removeprefix("unrecognized arguments: ").split()
+                 if w.startswith("-")]
+        candidates = _flags(parser)
+    elif (m := re.search(r"invalid choice: '([^']*)'", message)) and _commands(parser):
+        words, candidates = [m.group(1)], _commands(parser)
+    hints = [close[0] for w in words
+             if (close := difflib.get_close_matches(w, candidates, n=1, cutoff=0.6))]
+    if hints:
+        return f"{message}; did you mean {' '.join(hints)}?"
+    return message
+
+
+def _client(p: argparse.ArgumentParser, required: bool = True, default: str | None = None
+            ) -> None:
+    p.add_argument("--client", required=required, default=default,
+                   help=CLIENT_HELP + (f" (default: {default})" if default else ""))
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="where runs, the warehouse and reports go (default: data/)")
+    p.add_argument("--data-dir", help="where runs, the warehouse and reports go (default: data/, "
+                                      "or NPIMAGE_DATA_DIR)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -50,12 +107,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npimage", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="npimage", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"npimage {npimage.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="deduplicate one client's images")
-    run.add_argument("--client", required=True, help="client id (partitions every table)")
+    _client(run)
     run.add_argument("--source", required=True,
                      help="folder of images, manifest CSV, or postgresql:// NextPage backend")
     run.add_argument("--mode", choices=MODES, default="full",
@@ -64,15 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
     _run_args(run)
 
-    demo = sub.add_parser("demo", help="build the demo catalogue and deduplicate it")
+    demo = sub.add_parser("demo", help="build the demo catalogue and deduplicate it "
+                                       "(needs the demo extra: pip install 'npimage[demo]')")
     demo.add_argument("--airflow", action="store_true",
                       help="run the real Airflow DAG (airflow dags test) instead of in-process")
-    demo.add_argument("--products", type=int, default=160)
-    demo.add_argument("--client", default="demo")
+    demo.add_argument("--products", type=int, default=160, help="products drawn (default 160)")
+    _client(demo, required=False, default="demo")
     _run_args(demo)
 
     ev = sub.add_parser("evaluate", help="precision/recall of a published run against truth")
-    ev.add_argument("--client", required=True)
+    _client(ev)
     ev.add_argument("--truth", required=True,
                     help="CSV: image_id,match_image_id,label (pairs) or image_id,group_id (groups)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -80,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit-weights",
                          help="fit the score's weights and curves on a published run and truth")
-    fit.add_argument("--client", required=True)
+    _client(fit)
     fit.add_argument("--truth", required=True,
                      help="CSV: image_id,group_id[,source,kind,expected_band,product,query] "
                           "or image_id,match_image_id,label (see docs/QUALITY.md)")
@@ -90,13 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(fit)
 
     rep = sub.add_parser("report", help="render the HTML review report from the warehouse")
-    rep.add_argument("--client", required=True)
+    _client(rep)
     _common(rep)
 
     near = sub.add_parser("nearest", help="the nearest images of one picture in a client's "
                                           "last published run, with scores and components")
     near.add_argument("image", help="path or fsspec URL of the picture")
-    near.add_argument("--client", required=True)
+    _client(near)
     near.add_argument("--top-k", type=int, default=10, help="images shown (default 10)")
     near.add_argument("--threshold", type=float,
                       help="lowest score shown (default: the run's threshold)")
@@ -113,13 +172,13 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def print_summary(info: dict[str, Any]) -> None:
-    """Human-readable end of a run: counts per band and where the results are."""
+    """Human-readable end of a run: what was computed, found, stored and loaded, and where."""
     print(f"\nclient {info['client_id']}  run {info['run_id']}")
     print(f"  images            {info['images']}")
     print(f"  rejects           {info['rejects']}")
     if "signatures_computed" in info:
         print(f"  signatures        {info['signatures_computed']} computed, "
-              f"{info.get('signatures_reused', 0)} reused")
+              f"{info.get('signatures_reused', 0)} reused (bytes unchanged since the last run)")
     for label, key in (("image pairs", "image_pairs_by_band"),
                        ("product pairs", "product_pairs_by_band")):
         counts = info[key]
@@ -130,6 +189,13 @@ def print_summary(info: dict[str, Any]) -> None:
         r = info["reading"]
         print(f"  pack reading      {r.get('image_codes', 0)} codes, "
               f"{r.get('image_text', 0)} text lines")
+    rows = info.get("image_match_rows")
+    print("                    pairs are counted once; the tables hold both directions"
+          + (f" ({rows} image_matches rows)" if rows is not None else ""))
+    if info.get("postgresql"):
+        pg = info["postgresql"]
+        print(f"  postgresql        {pg['image_match_rows']} image-match and "
+              f"{pg['product_match_rows']} product-match rows loaded into {pg['database']}")
     print(f"  warehouse         {info['warehouse']}")
     print(f"  run files         {info['run_dir']}")
     if info.get("report"):
@@ -150,26 +216,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _airflow_env(project: Path, data_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("AIRFLOW_HOME", str(project / "airflow_home"))
-    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(project / "dags")
-    env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(project / "plugins")
-    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    env["NPIMAGE_DATA_DIR"] = str(data_dir.resolve())
-    return env
-
-
-def run_dag(conf: dict[str, Any], data_dir: Path) -> None:
-    """Run the npimage_dedup DAG for real with `airflow dags test` (SQLite metadata)."""
-    project = Path(__file__).resolve().parents[2]
-    env = _airflow_env(project, data_dir)
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([airflow, "dags", "test", "npimage_dedup", "--conf", json.dumps(conf)],
-                   env=env, check=True)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from npimage_demo.catalogue import build_demo_catalogue
 
@@ -185,6 +231,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
                 "threshold": settings.threshold, "read": settings.read,
                 "text_max": settings.text_max}
+        from npimage.orchestration.local import run_dag
+
         run_dag(conf, data_dir)
         info = _published_summary(settings, args.client)
     else:
@@ -290,25 +338,44 @@ COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report, "evaluate": 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    """Run one command; a problem the user can fix is one line on stderr, never a traceback.
+
+    Exit codes: 0 done, 1 an unexpected error (with its traceback: a bug), 2 a usage or
+    input error, 3 refused (another run of the client in flight), 4 a service
+    unreachable, 130 interrupted (Ctrl-C).
+    """
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("npimage: interrupted (Ctrl-C); nothing new was published, the last published "
+              "run is unchanged", file=sys.stderr)
+        return 130
     except UserError as exc:
         print(f"npimage: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"npimage: error: {exc}", file=sys.stderr)
-        return 2
     except RunInProgress as exc:  # refused before writing anything: try again later
         print(f"npimage: refused: {exc}", file=sys.stderr)
         return 3
+    except (FileNotFoundError, ValueError, LookupError) as exc:
+        print(f"npimage: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        print(f"npimage: error: permission denied: {exc.filename or exc}", file=sys.stderr)
+        return 2
     except subprocess.CalledProcessError as exc:
         print(f"npimage: error: {Path(exc.cmd[0]).name} {' '.join(exc.cmd[1:3])} failed "
               f"(exit {exc.returncode}); its log above says which task failed and why",
               file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (KeyError quotes stripped)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from npimage.bands import BANDS as BANDS  # re-exported for old imports: use npimage.bands
 from npimage.bands import DEFAULT_THRESHOLD
@@ -52,7 +53,7 @@ class Settings:
 
     def with_overrides(self, **kwargs: object) -> Settings:
         """A copy with the non-None keyword arguments applied."""
-        clean = {k: v for k, v in kwargs.items() if v is not None}
+        clean: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
         if "data_dir" in clean:
             clean["data_dir"] = Path(str(clean["data_dir"]))
         return replace(self, **clean)

@@ -39,6 +39,8 @@ from npimage.matching.queries import (
     weights_digest,
 )
 from npimage.matching.scoring import Scorer, load_weights
+from npimage.orchestration.connection import is_backend_url, resolve_db
+from npimage.preflight import check_run, where
 from npimage.progress import Progress
 from npimage.reading import stage as reading
 from npimage.reading.stage import parse_read
@@ -48,23 +50,6 @@ from npimage.storage.runs import RunContext, atomic_write_text
 from npimage.storage.warehouse import publish as publish_warehouse
 
 log = logging.getLogger("npimage")
-
-#: A source or backend naming an Airflow connection instead of a URL (no secret in XCom).
-AIRFLOW_CONN_PREFIX = "airflow-conn:"
-
-
-def is_backend_url(source: str) -> bool:
-    return source.startswith(("postgresql://", "postgres://", AIRFLOW_CONN_PREFIX))
-
-
-def resolve_db(url: str) -> str:
-    """A libpq DSN for a postgresql:// URL or an `airflow-conn:<conn_id>` reference."""
-    if url.startswith(AIRFLOW_CONN_PREFIX):
-        from npimage.backend import airflow_dsn
-
-        return airflow_dsn(url.removeprefix(AIRFLOW_CONN_PREFIX))
-    return url
-
 
 # -- extract -----------------------------------------------------------------------------
 
@@ -86,6 +71,7 @@ def extract(ctx: RunContext) -> dict[str, Any]:
     context.json records the run's settings, weights digest and real start time, which
     publish reads back: the DAG and `npimage run` record the same facts.
     """
+    check_run(ctx, data_dir=False)  # the databases answer before anything is computed
     context = {**_match_context(ctx), "started_at": _started_at(ctx)}
     atomic_write_text(ctx.path("context.json"), json.dumps(context, indent=2))
     if is_backend_url(ctx.source):
@@ -255,9 +241,10 @@ def read_text(ctx: RunContext, batch: str) -> dict[str, int]:
 
 # -- publish -----------------------------------------------------------------------------
 
-def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
+def _count_by_band(table_path: Path, images: bool) -> dict[str, int]:
+    """Pairs per band, each pair counted once (the tables hold both directions)."""
     t = pq.read_table(table_path, columns=["band", *(
-        ["image_id", "match_image_id"] if pairs_once else ["product_id", "match_product_id"])])
+        ["image_id", "match_image_id"] if images else ["product_id", "match_product_id"])])
     a, b = t.column(1), t.column(2)
     t = t.filter(pc.less(a, b))
     counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(t["band"]).flatten()],
@@ -289,6 +276,7 @@ def summary(ctx: RunContext) -> dict[str, Any]:
         "signatures_computed": counts["computed"],
         "signatures_reused": counts["reused"],
         "rejects": pq.read_metadata(ctx.path("rejects.parquet")).num_rows,
+        "image_match_rows": pq.read_metadata(ctx.path("image_matches.parquet")).num_rows,
         "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
         "product_pairs_by_band": _count_by_band(ctx.path("product_matches.parquet"), False),
         "run_dir": str(ctx.run_dir),
@@ -308,7 +296,7 @@ def _run_started_at(ctx: RunContext) -> datetime:
 def publish(ctx: RunContext) -> dict[str, Any]:
     """Load the run into the warehouse (and backend, if any); make it the client's baseline."""
     info = summary(ctx)
-    files = {
+    files: dict[str, Any] = {
         "catalog": ctx.path("catalog.parquet"),
         "signatures": [str(p) for p in sorted((ctx.run_dir / "signatures").glob("shard-*"))],
         "rejects": ctx.path("rejects.parquet"),
@@ -341,9 +329,13 @@ def publish(ctx: RunContext) -> dict[str, Any]:
                                         "n_image_matches", "n_product_matches", "mode")}
         if extracted.exists():  # carries the watermark the next incremental run starts from
             run_info.update(json.loads(extracted.read_text()))
-        backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
-                             files["image_matches"], files["product_matches"], run_info,
-                             reading={k: reading_files[k] for k in ("image_codes", "image_text")})
+        loaded = backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
+                                      files["image_matches"], files["product_matches"],
+                                      run_info, reading={k: reading_files[k] for k in
+                                                         ("image_codes", "image_text")})
+        info["postgresql"] = {"database": where(resolve_db(backend_url)),
+                              "image_match_rows": loaded["n_image_matches"],
+                              "product_match_rows": loaded["n_product_matches"]}
 
     publish_warehouse(ctx.settings.warehouse_path, files, run, before_commit=load_backend)
     atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))
@@ -363,10 +355,17 @@ def report(ctx: RunContext) -> str:
 
 def settings_context(client_id: str, source: str, run_id: str, settings: Settings,
                      mode: str = "full", backend: str | None = None) -> RunContext:
-    """A RunContext from settings (CLI and DAG share this)."""
+    """A RunContext from settings (CLI and DAG share this).
+
+    Everything a worker needs is read here, once: workers use ctx.settings, which takes
+    these values from the context and never reads the environment again for them.
+    """
     return RunContext(client_id=client_id, run_id=run_id, source=str(source), mode=mode,
                       data_dir=str(settings.data_dir), fv=settings.fv, fv_model=settings.fv_model,
                       top_k=settings.top_k, threshold=settings.threshold,
                       weights_file=settings.weights_file, backend=backend,
                       read=",".join(parse_read(settings.read)) or "none",
-                      text_max=settings.text_max)
+                      text_max=settings.text_max,
+                      batch_size=settings.batch_size, shard_size=settings.shard_size,
+                      block_size=settings.block_size, max_pixels=settings.max_pixels,
+                      read_timeout=settings.read_timeout)

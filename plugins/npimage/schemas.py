@@ -79,13 +79,6 @@ PRODUCT_MATCHES = pa.schema(
     ]
 )
 
-ALL = {
-    "catalog": CATALOG,
-    "signatures": SIGNATURES,
-    "rejects": REJECTS,
-    "image_matches": IMAGE_MATCHES,
-    "product_matches": PRODUCT_MATCHES,
-}
 
 # -- pack reading (npimage.reading): codes and printed text per image ---------------------
 
@@ -142,4 +135,3 @@ IMAGE_READS = pa.schema(
     ]
 )
 
-ALL.update(image_codes=IMAGE_CODES, image_text=IMAGE_TEXT, image_reads=IMAGE_READS)

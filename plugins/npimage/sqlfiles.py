@@ -10,6 +10,10 @@ import os
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
 
 _DEFAULT_DIR = Path(__file__).resolve().parent / "sql"
 
@@ -38,7 +42,8 @@ def split_statements(script: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def run_script(con, script: str, params: dict):
+def run_script(con: duckdb.DuckDBPyConnection, script: str, params: dict[str, Any]
+               ) -> duckdb.DuckDBPyRelation | None:
     """Execute each statement of a script with the named parameters it uses.
 
     DuckDB binds parameters one statement at a time and refuses unused ones, so each
@@ -50,3 +55,13 @@ def run_script(con, script: str, params: dict):
         used = {name: params[name] for name in _PARAM.findall(statement)}
         result = con.sql(statement, params=used or None)
     return result
+
+
+def query_script(con: duckdb.DuckDBPyConnection, script: str, params: dict[str, Any]
+                 ) -> pa.Table:
+    """The Arrow result of a script whose last statement is a query (see run_script)."""
+    result = run_script(con, script, params)
+    if result is None:
+        raise ValueError("the SQL script ends without a query")
+    table: pa.Table = result.to_arrow_table()
+    return table

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image, ImageDraw
 
@@ -102,7 +103,7 @@ def draw_barcode(draw: ImageDraw.ImageDraw, box: tuple[float, float, float, floa
     along the right edge when the picture is too narrow, or, when neither fits, along
     the bottom with the widest bars that fit. Bars are whole pixels.
     """
-    img: Image.Image = draw._image  # type: ignore[attr-defined]
+    img: Image.Image = draw._image
     x0, y0, x1, y1 = box
     units = 113 if symbology(gtin) == "EAN-13" else 166
     in_box = int((x1 - x0) / units) >= PREFERRED_MODULE
@@ -131,7 +132,7 @@ def _shows_strength(template: str, view: str) -> bool:
     return template != "photo" and (view == "front" or template == "blister")
 
 
-def reading_truth(plan: object) -> list[Sequence[str]]:
+def reading_truth(plan: Any) -> list[Sequence[str]]:
     """Rows of reading_truth.csv for a catalogue plan (npimage_demo.catalogue.Plan).
 
     printed_gtin: GTIN-14 of the code the picture prints ('' for photos); reference_gtin:
@@ -139,10 +140,10 @@ def reading_truth(plan: object) -> list[Sequence[str]]:
     (a planted duplicate shows its source's pack; injected: a pack printed with a wrong
     code); strength: the dosage printed on the picture ('' when it prints none).
     """
-    products = plan.products  # type: ignore[attr-defined]
-    specs = {s.image_id: s for s in plan.images}  # type: ignore[attr-defined]
-    rows = []
-    for spec in plan.images:  # type: ignore[attr-defined]
+    products = plan.products
+    specs = {s.image_id: s for s in plan.images}
+    rows: list[Sequence[str]] = []
+    for spec in plan.images:
         shown = specs[spec.source] if spec.source else spec
         p_shown, p_ref = products[shown.product_key], products[spec.product_key]
         ref = p_ref.gtin.zfill(14)

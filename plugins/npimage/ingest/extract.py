@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -72,8 +73,8 @@ class _Collector:
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
-        self.rows: dict[str, list] = {n: [] for n in CATALOG.names}
-        self.rejects: dict[str, list] = {n: [] for n in REJECTS.names}
+        self.rows: dict[str, list[Any]] = {n: [] for n in CATALOG.names}
+        self.rejects: dict[str, list[Any]] = {n: [] for n in REJECTS.names}
         self.seen: set[str] = set()
 
     def reject(self, image_id: str | None, uri: str | None, reason: str) -> None:

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from npimage.bands import DEFAULT_THRESHOLD, bands_table, sql_params
 from npimage.matching.compare import MATCH_COLUMNS
 from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES, SIGNATURES
-from npimage.sqlfiles import load_sql, run_script
+from npimage.sqlfiles import load_sql, query_script
 from npimage.storage.parquet_io import read_table, write_table
 
 
@@ -43,7 +43,7 @@ def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, s
     con.register("present", read_table(signatures, SIGNATURES).select(["image_id"]))
     params = {"client_id": client_id, "run_id": run_id, "top_k": top_k,
               **sql_params(threshold)}
-    result = run_script(con, load_sql("duckdb", "merge_image_matches"), params).to_arrow_table()
+    result = query_script(con, load_sql("duckdb", "merge_image_matches"), params)
     write_table(result, out, IMAGE_MATCHES)
     return result
 
@@ -56,6 +56,6 @@ def roll_up_products(image_matches: Path, catalog: Path, out: Path, *, client_id
     con.register("image_matches", read_table(image_matches, IMAGE_MATCHES))
     con.register("catalog", read_table(catalog, CATALOG).select(["image_id", "product_id"]))
     params = {"client_id": client_id, "run_id": run_id}
-    result = run_script(con, load_sql("duckdb", "product_matches"), params).to_arrow_table()
+    result = query_script(con, load_sql("duckdb", "product_matches"), params)
     write_table(result, out, PRODUCT_MATCHES)
     return result

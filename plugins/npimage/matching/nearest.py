@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from npimage.bands import band_codes
 from npimage.config import Settings
+from npimage.errors import UnknownClientError
 from npimage.ingest.decode import ImageError, decode, read_bytes
 from npimage.matching import compare as cmp
 from npimage.matching.hashing import image_hashes
@@ -54,9 +55,8 @@ def current_run(client_id: str, data_dir: Path) -> RunContext:
     client_dir = data_dir / "clients" / safe_name(client_id)
     pointer = client_dir / "current.json"
     if not pointer.is_file():
-        raise FileNotFoundError(
-            f"client {client_id!r} has no published run under {data_dir} "
-            f"(run `npimage run --client {client_id} ...` first)")
+        raise UnknownClientError(f"client {client_id!r} has no published run under {data_dir}",
+                                 hint=f"run `npimage run --client {client_id} ...` first")
     run_id = json.loads(pointer.read_text())["run_id"]
     context = client_dir / "runs" / safe_name(run_id) / "context.json"
     return RunContext.from_dict(json.loads(context.read_text()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, replace
 from functools import cache
+from typing import Any
 
 import numpy as np
 
@@ -42,7 +43,7 @@ class Code:
 
 
 @cache
-def _formats() -> object:
+def _formats() -> Any:
     import zxingcpp
 
     f = zxingcpp.BarcodeFormat
@@ -56,8 +57,8 @@ def reader_version() -> str:
     return f"zxing-cpp {version('zxing-cpp')}"
 
 
-def _box(position: object) -> tuple[int, int, int, int]:
-    pts = [(p.x, p.y) for p in (position.top_left, position.top_right,  # type: ignore[attr-defined]
+def _box(position: Any) -> tuple[int, int, int, int]:
+    pts = [(p.x, p.y) for p in (position.top_left, position.top_right,
                                 position.bottom_right, position.bottom_left)]
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
     return min(xs), min(ys), max(xs), max(ys)
@@ -104,7 +105,8 @@ def _decode(gray: np.ndarray, scale: float) -> list[Code]:
             continue
         gs1 = r.content_type == zxingcpp.ContentType.GS1
         symbology, gtin, note = interpret(name, r.text, gs1)
-        box = tuple(round(v / scale) for v in _box(r.position))
+        x0, y0, x1, y1 = _box(r.position)
+        box = (round(x0 / scale), round(y0 / scale), round(x1 / scale), round(y1 / scale))
         found.setdefault((symbology, r.text), Code(symbology, r.text, gtin, box, gs1, note))
     return list(found.values())
 

@@ -74,16 +74,10 @@ def _versions() -> dict[str, str]:
 
 # -- one image ---------------------------------------------------------------------------
 
-def _code_rows(base: dict, gray: np.ndarray, scale: float) -> list[dict]:
+def _code_rows(base: dict, gray: np.ndarray) -> list[dict]:
     from npimage.reading.codes import read_codes
 
-    rows = []
-    for seq, code in enumerate(read_codes(gray)):
-        d = code.as_dict()
-        for k in ("x0", "y0", "x1", "y1"):
-            d[k] = round(d[k] * scale)
-        rows.append({**base, "seq": seq, **d})
-    return rows
+    return [{**base, "seq": seq, **code.as_dict()} for seq, code in enumerate(read_codes(gray))]
 
 
 def _text_rows(base: dict, rgb: np.ndarray) -> list[dict]:
@@ -115,7 +109,7 @@ def read_image(uri: str, reader: str, *, max_pixels: int, read_timeout: float,
     if reader == "codes":
         gray = np.ascontiguousarray(
             (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.uint8))
-        return sha, (img.width, img.height), _code_rows(base, gray, 1.0)
+        return sha, (img.width, img.height), _code_rows(base, gray)
     return sha, (img.width, img.height), _text_rows(base, rgb)
 
 

@@ -15,9 +15,9 @@ creating and deleting files is slow, this keeps a nightly re-render cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
+from npimage.progress import StepProgress
 from npimage.report.data import connect, load_report_data
 from npimage.report.pages import PER_PAGE, Writer
 from npimage.report.thumbs import make_thumbnails, prune_thumbnails
@@ -27,14 +27,13 @@ __all__ = ["render_report"]
 #: Folders of `out_dir` a render owns: files in them it did not write are deleted.
 MANAGED = ("assets", "i", "p", "list", "search")
 
-Progress = Callable[[str, int, int], None]
 
 
 def render_report(
     warehouse: Path,
     client_id: str,
     out_dir: Path,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     *,
     per_page: int = PER_PAGE,
     workers: int | None = None,
@@ -66,7 +65,7 @@ def render_report(
     return out_dir / "index.html"
 
 
-def _tick(progress: Progress | None, stage: str) -> None:
+def _tick(progress: StepProgress | None, stage: str) -> None:
     """Report a one-step stage as done."""
     if progress:
         progress(stage, 1, 1)

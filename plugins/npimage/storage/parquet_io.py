@@ -39,10 +39,6 @@ def read_table(path: Path, schema: pa.Schema | None = None) -> pa.Table:
     return table.select(schema.names).cast(schema) if schema is not None else table
 
 
-def empty(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
 def read_parts(folder: Path, schema: pa.Schema, pattern: str = "*.parquet",
                columns: list[str] | None = None, ids: list[str] | None = None) -> pa.Table:
     """Read the Parquet parts of a folder (sorted by name) as one table of `schema`.

@@ -53,6 +53,13 @@ class RunContext:
     backend: str | None = None
     read: str = "codes"  # pack readers (npimage.reading.stage.parse_read)
     text_max: int = 0  # OCR cap of one run, 0 = none
+    #: Work sizes and limits, read once from Settings where the run is set up and carried
+    #: to every worker (None only in contexts saved before they were carried).
+    batch_size: int | None = None
+    shard_size: int | None = None
+    block_size: int | None = None
+    max_pixels: int | None = None
+    read_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -75,10 +82,14 @@ class RunContext:
 
     @property
     def settings(self) -> Settings:
+        """The run's settings: what the context carries, not the worker's environment."""
         return Settings().with_overrides(
             data_dir=self.data_dir, fv=self.fv, fv_model=self.fv_model,
             top_k=self.top_k, threshold=self.threshold, weights_file=self.weights_file,
             read=self.read, text_max=self.text_max,
+            batch_size=self.batch_size, shard_size=self.shard_size,
+            block_size=self.block_size, max_pixels=self.max_pixels,
+            read_timeout=self.read_timeout,
         )
 
     @property
