@@ -156,4 +156,4 @@ def reading_truth(plan: Any) -> list[Sequence[str]]:
         strength = p_shown.dosage if _shows_strength(p_shown.template, shown.view) else ""
         rows.append((spec.image_id, printed.zfill(14), symbology(printed), ref,
                      str(int(mismatch)), str(int(injected and spec.source is None)), strength))
-    return sorted(rows)
+    return sorted(rows, key=lambda r: r[0])
