@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from npimage.errors import InputError
 from npimage.schemas import CATALOG, IMAGE_CODES, IMAGE_READS, IMAGE_TEXT, SIGNATURES
 from npimage.storage.parquet_io import read_parts, read_table, write_table
 from npimage.storage.runs import RunContext
@@ -49,7 +50,8 @@ def parse_read(value: str | Iterable[str] | None) -> tuple[str, ...]:
     items = [v for v in items if v and v != "none"]
     bad = [v for v in items if v not in READERS]
     if bad:
-        raise ValueError(f"unknown reader(s) {bad}: choose from {', '.join(READERS)} or none")
+        raise InputError(f"unknown reader(s) {bad} in --read",
+                         hint=f"choose from {', '.join(READERS)}, comma-separated, or none")
     return tuple(dict.fromkeys(items))
 
 
