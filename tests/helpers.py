@@ -15,9 +15,17 @@ from npimage.bands import LABELS
 BAND_RANK = {name: i for i, name in enumerate(LABELS)}
 
 
-def table_rows(warehouse: Path, table: str, client: str, drop: tuple[str, ...] = ("run_id",)):
+def connect(warehouse: Path | str) -> duckdb.DuckDBPyConnection:
+    """The warehouse of a data dir (local or s3://) or of its warehouse.duckdb."""
+    from npimage.storage.warehouse import connect as connect_warehouse
+
+    return connect_warehouse(str(warehouse))
+
+
+def table_rows(warehouse: Path | str, table: str, client: str,
+               drop: tuple[str, ...] = ("run_id",)):
     """Rows of a warehouse table for a client, sorted, without run-specific columns."""
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = connect(warehouse)
     try:
         cols = [c for c in con.table(table).columns if c not in drop]
         rows = con.execute(
@@ -28,9 +36,9 @@ def table_rows(warehouse: Path, table: str, client: str, drop: tuple[str, ...] =
     return rows
 
 
-def check_published_run(warehouse: Path, client: str, truth: Path) -> dict[str, int]:
+def check_published_run(warehouse: Path | str, client: str, truth: Path) -> dict[str, int]:
     """The invariants every run must hold, and the planted duplicates found in band."""
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = connect(warehouse)
     try:
         pairs = {(a, b): band for a, b, band in con.execute(
             "SELECT image_id, match_image_id, band FROM image_matches WHERE client_id = $c",

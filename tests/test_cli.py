@@ -220,3 +220,15 @@ def test_the_demo_without_its_extra_says_how_to_install_it(tmp_path):
         "npimage: error: the demo catalogue needs scikit-image, which is not installed "
         "(install the demo extra: pip install 'npimage[demo]')")
     assert not (tmp_path / "data" / "demo_catalogue").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="the empty-source guard (EmptySourceError, raised by "
+                   "extract) comes from helper hardening (#13); drop this mark when it lands")
+def test_an_empty_source_is_one_line(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run_cli("run", "--client", "e", "--source", str(empty), "--data-dir",
+                   str(tmp_path / "data"), "--no-fv", "--no-report")
+    assert proc.returncode == 2
+    last = _error_line(proc)
+    assert last.startswith("npimage: error: ") and ("empty" in last or "no image" in last)

@@ -118,3 +118,20 @@ def test_nightly_dag_triggers_one_incremental_run_per_active_client(
             DagRun.dag_id == "npimage_dedup", DagRun.run_id.like("nightly__%")).all()]
     assert sorted(c["client_id"] for c in confs) == ["north", "south"]
     assert all(c["mode"] == "incremental" and c["source"] == "nextpage" for c in confs)
+
+
+def test_a_dag_run_records_its_real_start(dag_runs):
+    """Was: a DAG run's runs.started_at was its publish time (publish got no start)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    data, first, _, _ = dag_runs
+    with create_session() as session:
+        ends = dict(session.query(TaskInstance.task_id, TaskInstance.end_date).filter(
+            TaskInstance.dag_id == "npimage_dedup", TaskInstance.run_id == first.run_id,
+            TaskInstance.task_id.in_(["extract", "publish"])).all())
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+    started = con.execute("SELECT started_at FROM runs WHERE run_id = $r",
+                          {"r": first.run_id}).fetchone()[0]
+    con.close()
+    assert first.start_date <= started <= ends["extract"] < ends["publish"]

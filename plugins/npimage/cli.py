@@ -185,10 +185,6 @@ def print_summary(info: dict[str, Any]) -> None:
         text = "  ".join(f"{name} {counts.get(name, 0)}" for name in LABELS
                          if name != WEAK or counts.get(name))
         print(f"  {label:<17} {sum(counts.values())}  ({text})")
-    if info.get("reading"):
-        r = info["reading"]
-        print(f"  pack reading      {r.get('image_codes', 0)} codes, "
-              f"{r.get('image_text', 0)} text lines")
     rows = info.get("image_match_rows")
     print("                    pairs are counted once; the tables hold both directions"
           + (f" ({rows} image_matches rows)" if rows is not None else ""))
@@ -196,6 +192,10 @@ def print_summary(info: dict[str, Any]) -> None:
         pg = info["postgresql"]
         print(f"  postgresql        {pg['image_match_rows']} image-match and "
               f"{pg['product_match_rows']} product-match rows loaded into {pg['database']}")
+    if info.get("reading"):
+        r = info["reading"]
+        print(f"  pack reading      {r.get('image_codes', 0)} codes, "
+              f"{r.get('image_text', 0)} text lines")
     print(f"  warehouse         {info['warehouse']}")
     print(f"  run files         {info['run_dir']}")
     if info.get("report"):
@@ -220,14 +220,22 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from npimage_demo.catalogue import build_demo_catalogue
 
     from npimage.quality.evaluate import planted_found
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import is_remote, scratch_dir, upload_tree
 
     settings = _settings(args)
     data_dir = settings.data_dir
-    demo = build_demo_catalogue(data_dir / "demo_catalogue", n_products=args.products)
+    target = Layout.of(data_dir).demo_dir
+    local = scratch_dir() / "demo_catalogue" if is_remote(target) else Path(target)
+    demo = build_demo_catalogue(local, n_products=args.products)
+    source = str(demo.manifest.resolve())
+    if is_remote(target):  # every worker must read it: the demo goes beside the data dir
+        upload_tree(local, target)
+        source = f"{target}/{demo.manifest.name}"
     print(f"demo catalogue: {demo.n_images} images, {demo.n_planted} planted duplicates "
-          f"-> {demo.manifest}")
+          f"-> {source}")
     if args.airflow:
-        conf = {"client_id": args.client, "source": str(demo.manifest.resolve()),
+        conf = {"client_id": args.client, "source": source,
                 "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
                 "threshold": settings.threshold, "read": settings.read,
                 "text_max": settings.text_max}
@@ -239,7 +247,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         from npimage.pipeline import settings_context
         from npimage.runner import run_pipeline
 
-        ctx = settings_context(args.client, str(demo.manifest), new_run_id(), settings)
+        ctx = settings_context(args.client, source, new_run_id(), settings)
         info = run_pipeline(ctx, workers=args.workers)
     print_summary(info)
     print("\nplanted duplicates (pair original <-> copy found in both directions):")
@@ -266,25 +274,30 @@ def _print_reading(settings: Settings, client_id: str, reading_truth: Path) -> N
 
 def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
     """The summary.json of the client's last published run (written by publish)."""
-    from npimage.storage.runs import safe_name
+    from npimage.storage.layout import Layout
 
-    client_dir = settings.data_dir / "clients" / safe_name(client_id)
-    run_id = json.loads((client_dir / "current.json").read_text())["run_id"]
-    info = json.loads((client_dir / "runs" / safe_name(run_id) / "summary.json").read_text())
-    report = settings.data_dir / "reports" / safe_name(client_id) / "index.html"
+    layout = Layout.of(settings.data_dir)
+    run_dir = layout.published_run_dir(client_id)
+    if run_dir is None:
+        raise RuntimeError(f"the DAG run published nothing for client {client_id!r}")
+    info = json.loads((run_dir / "summary.json").read_text())
+    report = layout.report_dir(client_id) / "index.html"
     if report.exists():
-        info["report"] = str(report.resolve())
+        info["report"] = str(report)
     return info
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from npimage.report import render_report
-    from npimage.storage.runs import safe_name
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import is_remote, local_output_dir
 
     settings = _settings(args)
-    out = settings.data_dir / "reports" / safe_name(args.client)
-    path = render_report(settings.warehouse_path, args.client, out)
-    print(f"report: {Path(path).resolve()}")
+    out = Layout.of(settings.data_dir).report_dir(args.client)
+    with local_output_dir(out) as local:
+        render_report(settings.data_dir, args.client, local)
+    shown = out if is_remote(out) else Path(out).resolve()
+    print(f"report: {shown / 'index.html'}")
     return 0
 
 

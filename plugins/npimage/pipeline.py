@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -21,7 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from npimage.bands import LABELS
 from npimage.config import Settings
@@ -45,8 +45,16 @@ from npimage.progress import Progress
 from npimage.reading import stage as reading
 from npimage.reading.stage import parse_read
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
-from npimage.storage.parquet_io import read_table, write_table
+from npimage.storage.parquet_io import list_parts, num_rows, read_table, write_table
 from npimage.storage.runs import RunContext, atomic_write_text
+from npimage.storage.store import (
+    local_copy,
+    local_file,
+    local_output,
+    local_output_dir,
+    location,
+)
+from npimage.storage.warehouse import display as warehouse_display
 from npimage.storage.warehouse import publish as publish_warehouse
 
 log = logging.getLogger("npimage")
@@ -78,10 +86,11 @@ def extract(ctx: RunContext) -> dict[str, Any]:
         from npimage import backend  # psycopg2 only when needed
 
         baseline = ctx.baseline_dir()
-        ext = backend.extract_catalog(
-            resolve_db(ctx.source), ctx.client_id, ctx.path("catalog.parquet"),
-            previous_catalog=baseline / "catalog.parquet" if baseline else None,
-            incremental=ctx.mode == "incremental" and baseline is not None)
+        with local_copy(baseline / "catalog.parquet" if baseline else None) as previous, \
+                local_output(ctx.path("catalog.parquet")) as catalog:
+            ext = backend.extract_catalog(
+                resolve_db(ctx.source), ctx.client_id, catalog, previous_catalog=previous,
+                incremental=ctx.mode == "incremental" and baseline is not None)
         atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
         write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
         log.info("extract: %d images from the backend (%d changed, %d deleted)",
@@ -133,13 +142,13 @@ def _extractor(spec: str, cache_dir: str) -> FeatureExtractor:
 def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
     """Signatures of one planned batch -> sig_batches/, sig_rejects/ and sig_counts/."""
     settings = ctx.settings
-    name = Path(batch).name
+    name = location(batch).name
     extractor = _extractor(ctx.fv_model, str(settings.model_cache)) if ctx.fv else None
     baseline = _baseline_for_increment(ctx)
-    n = pq.read_metadata(batch).num_rows
+    n = num_rows(batch)
     with Progress(n, f"signatures {name}", "img") as progress:
         result = compute_batch(
-            Path(batch), baseline / "signatures" if baseline else None,
+            location(batch), baseline / "signatures" if baseline else None,
             ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
             extractor=extractor, max_pixels=settings.max_pixels,
             read_timeout=settings.read_timeout, progress=progress)
@@ -182,10 +191,10 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
     """Top-k of every query against one catalogue shard -> matches/shard-i.parquet."""
     settings = ctx.settings
     scorer = Scorer(load_weights(ctx.weights_file), ctx.fv)
-    qtable = pq.read_table(ctx.path("queries.parquet"))
+    qtable = read_table(ctx.path("queries.parquet"))
     queries = cmp.arrays_from_table(qtable, ctx.fv)
     queries.rows = qtable["row"].to_numpy()
-    part = pq.read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"))
+    part = read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"))
     catalogue = cmp.arrays_from_table(part, ctx.fv, first_row=shard["first_row"])
     with Progress(len(queries) * len(catalogue), f"compare shard {shard['shard']}",
                   "pairs") as progress:
@@ -202,7 +211,7 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
 
 def merge(ctx: RunContext) -> dict[str, int]:
     """Image matches (merged shards + kept baseline pairs) and their product roll-up."""
-    shards = sorted((ctx.run_dir / "signatures").glob("shard-*.parquet"))
+    shards = list_parts(ctx.run_dir / "signatures", "shard-*.parquet")
     match_files = [ctx.run_dir / "matches" / p.name for p in shards]
     missing = [p.name for p in match_files if not p.exists()]
     if missing:
@@ -222,8 +231,7 @@ def merge(ctx: RunContext) -> dict[str, int]:
 
 def read_codes(ctx: RunContext, batch: str) -> dict[str, int]:
     """Codes (barcodes, DataMatrix, QR) of one planned batch -> reading/codes/."""
-    n = pq.read_metadata(batch).num_rows
-    with Progress(n, f"codes {Path(batch).name}", "img") as progress:
+    with Progress(num_rows(batch), f"codes {location(batch).name}", "img") as progress:
         return reading.read_codes(ctx, batch, progress)
 
 
@@ -234,8 +242,7 @@ def plan_text(ctx: RunContext) -> list[str]:
 
 def read_text(ctx: RunContext, batch: str) -> dict[str, int]:
     """Printed text of one OCR batch -> reading/text/."""
-    n = pq.read_metadata(batch).num_rows
-    with Progress(n, f"text {Path(batch).name}", "img") as progress:
+    with Progress(num_rows(batch), f"text {location(batch).name}", "img") as progress:
         return reading.read_text(ctx, batch, progress)
 
 
@@ -243,7 +250,7 @@ def read_text(ctx: RunContext, batch: str) -> dict[str, int]:
 
 def _count_by_band(table_path: Path, images: bool) -> dict[str, int]:
     """Pairs per band, each pair counted once (the tables hold both directions)."""
-    t = pq.read_table(table_path, columns=["band", *(
+    t = read_table(table_path, columns=["band", *(
         ["image_id", "match_image_id"] if images else ["product_id", "match_product_id"])])
     a, b = t.column(1), t.column(2)
     t = t.filter(pc.less(a, b))
@@ -255,7 +262,7 @@ def _count_by_band(table_path: Path, images: bool) -> dict[str, int]:
 def _signature_counts(ctx: RunContext) -> dict[str, int]:
     """Signatures computed and reused by this run's planned batches (sig_counts/)."""
     total = {"computed": 0, "reused": 0}
-    for batch in sorted((ctx.run_dir / "plan").glob("batch-*.parquet")):
+    for batch in list_parts(ctx.run_dir / "plan", "batch-*.parquet"):
         counts = ctx.run_dir / "sig_counts" / f"{batch.stem}.json"
         if counts.exists():
             data = json.loads(counts.read_text())
@@ -265,22 +272,21 @@ def _signature_counts(ctx: RunContext) -> dict[str, int]:
 
 def summary(ctx: RunContext) -> dict[str, Any]:
     """Counts of the run's result files, for logs, XCom and the CLI's final message."""
-    sig_rows = sum(pq.read_metadata(p).num_rows
-                   for p in (ctx.run_dir / "signatures").glob("shard-*.parquet"))
+    sig_rows = sum(num_rows(p) for p in list_parts(ctx.run_dir / "signatures", "shard-*.parquet"))
     counts = _signature_counts(ctx)
     return {
         "client_id": ctx.client_id,
         "run_id": ctx.run_id,
-        "images": pq.read_metadata(ctx.path("catalog.parquet")).num_rows,
+        "images": num_rows(ctx.path("catalog.parquet")),
         "signatures": sig_rows,
         "signatures_computed": counts["computed"],
         "signatures_reused": counts["reused"],
-        "rejects": pq.read_metadata(ctx.path("rejects.parquet")).num_rows,
-        "image_match_rows": pq.read_metadata(ctx.path("image_matches.parquet")).num_rows,
+        "rejects": num_rows(ctx.path("rejects.parquet")),
+        "image_match_rows": num_rows(ctx.path("image_matches.parquet")),
         "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
         "product_pairs_by_band": _count_by_band(ctx.path("product_matches.parquet"), False),
         "run_dir": str(ctx.run_dir),
-        "warehouse": str(ctx.settings.warehouse_path.resolve()),
+        "warehouse": warehouse_display(ctx.data_dir),
     }
 
 
@@ -294,14 +300,19 @@ def _run_started_at(ctx: RunContext) -> datetime:
 
 
 def publish(ctx: RunContext) -> dict[str, Any]:
-    """Load the run into the warehouse (and backend, if any); make it the client's baseline."""
+    """Publish the run into the warehouse (and backend, if any): the client's new baseline.
+
+    The commit is the client's pointer (`storage.warehouse.publish`); a backend load runs
+    around it, in one PostgreSQL transaction that commits only once the pointer is written.
+    Anything after the commit (summary.json) cannot make a published run fail.
+    """
     info = summary(ctx)
-    files: dict[str, Any] = {
-        "catalog": ctx.path("catalog.parquet"),
-        "signatures": [str(p) for p in sorted((ctx.run_dir / "signatures").glob("shard-*"))],
-        "rejects": ctx.path("rejects.parquet"),
-        "image_matches": ctx.path("image_matches.parquet"),
-        "product_matches": ctx.path("product_matches.parquet"),
+    tables = {
+        "images": [ctx.path("catalog.parquet")],
+        "signatures": list_parts(ctx.run_dir / "signatures", "shard-*.parquet"),
+        "rejects": [ctx.path("rejects.parquet")],
+        "image_matches": [ctx.path("image_matches.parquet")],
+        "product_matches": [ctx.path("product_matches.parquet")],
     }
     run = {
         "client_id": ctx.client_id, "run_id": ctx.run_id, "mode": ctx.mode,
@@ -309,18 +320,19 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         "threshold": ctx.threshold, "weights": load_weights(ctx.weights_file).source,
         "n_images": info["images"], "n_rejects": info["rejects"],
         "n_computed": info["signatures_computed"],
-        "n_image_matches": pq.read_metadata(files["image_matches"]).num_rows,
-        "n_product_matches": pq.read_metadata(files["product_matches"]).num_rows,
+        "n_image_matches": num_rows(tables["image_matches"][0]),
+        "n_product_matches": num_rows(tables["product_matches"][0]),
         "started_at": _run_started_at(ctx),
     }
-    reading_files = reading.finish(ctx)  # image_codes, image_text, image_reads
-    files.update(reading_files)
+    reading_files = reading.finish(ctx)  # pack reading: image_codes, image_text, image_reads
+    tables.update({name: [path] for name, path in reading_files.items()})
     info["reading"] = reading.counts(ctx)
     backend_url = ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
 
-    def load_backend() -> None:
-        """Runs inside the warehouse transaction: a failed load rolls the warehouse back."""
+    def load_backend(commit: Callable[[], None]) -> None:
+        """The backend load; it calls `commit` (the pointer write) just before its COMMIT."""
         if not backend_url:
+            commit()
             return
         from npimage import backend
 
@@ -329,17 +341,23 @@ def publish(ctx: RunContext) -> dict[str, Any]:
                                         "n_image_matches", "n_product_matches", "mode")}
         if extracted.exists():  # carries the watermark the next incremental run starts from
             run_info.update(json.loads(extracted.read_text()))
-        loaded = backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
-                                      files["image_matches"], files["product_matches"],
-                                      run_info, reading={k: reading_files[k] for k in
-                                                         ("image_codes", "image_text")})
+        with local_file(tables["image_matches"][0]) as images, \
+                local_file(tables["product_matches"][0]) as products:
+            loaded = backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
+                                          images, products, run_info, before_commit=commit,
+                                          reading={k: reading_files[k] for k in
+                                                   ("image_codes", "image_text")})
         info["postgresql"] = {"database": where(resolve_db(backend_url)),
                               "image_match_rows": loaded["n_image_matches"],
                               "product_match_rows": loaded["n_product_matches"]}
 
-    publish_warehouse(ctx.settings.warehouse_path, files, run, before_commit=load_backend)
-    atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))
-    atomic_write_text(ctx.path("summary.json"), json.dumps(info, indent=2, default=str))
+    publish_warehouse(ctx.data_dir, ctx.client_id, ctx.run_id, tables, run,
+                      around_commit=load_backend)
+    try:
+        atomic_write_text(ctx.path("summary.json"), json.dumps(info, indent=2, default=str))
+    except OSError as exc:  # published already: a full disk here is only a warning
+        log.warning("run %s is published, but its summary.json was not written: %s",
+                    ctx.run_id, exc)
     return info
 
 
@@ -349,8 +367,10 @@ def report(ctx: RunContext) -> str:
     """Render the static HTML review report of the client from the warehouse."""
     from npimage.report import render_report
 
-    out = Path(ctx.data_dir) / "reports" / ctx.client_dir.name
-    return str(render_report(ctx.settings.warehouse_path, ctx.client_id, out))
+    out = ctx.layout.report_dir(ctx.client_id)
+    with local_output_dir(out) as local:
+        render_report(ctx.layout.root, ctx.client_id, local)
+    return str(out / "index.html")
 
 
 def settings_context(client_id: str, source: str, run_id: str, settings: Settings,

@@ -22,6 +22,19 @@ CONNECT_TIMEOUT = 5
 
 def check_data_dir(data_dir: Path | str) -> None:
     """The data dir exists (or can be made) and a file can be written in it."""
+    from npimage.storage.store import is_remote, location
+
+    root = location(data_dir)
+    if is_remote(root):  # an object store: write and delete a probe object
+        probe_obj = root / f".npimage-write-check-{os.getpid()}"
+        try:
+            root.fs.pipe_file(probe_obj.path, b"")
+            root.fs.rm_file(probe_obj.path)
+        except Exception as exc:
+            raise DataDirError(f"data dir {root} is not writable: {type(exc).__name__}: {exc}",
+                               hint="check the bucket and the AWS_* variables "
+                                    "(AWS_ENDPOINT_URL, credentials)") from None
+        return
     path = Path(data_dir)
     try:
         path.mkdir(parents=True, exist_ok=True)

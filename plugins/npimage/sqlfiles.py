@@ -57,6 +57,29 @@ def run_script(con: duckdb.DuckDBPyConnection, script: str, params: dict[str, An
     return result
 
 
+_MIGRATION = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """(version, name) of the schema migrations sql/<dialect>/migrations/NNNN_name.sql, in order.
+
+    Version 1 is the baseline (duckdb/tables.sql, postgres/schema.sql as of the release
+    of commit 3b8234e); migration files start at 0002. `load_sql(dialect, name)` reads one.
+    """
+    folder = sql_dir() / dialect / "migrations"
+    found = sorted((int(m.group(1)), f"migrations/{p.stem}") for p in folder.glob("*.sql")
+                   if (m := _MIGRATION.match(p.name)))
+    versions = [v for v, _ in found]
+    if len(set(versions)) != len(versions) or any(v < 2 for v in versions):
+        raise ValueError(f"{folder}: migration numbers must be unique and start at 0002")
+    return found
+
+
+def schema_version(dialect: str) -> int:
+    """The schema version this npimage writes: the last migration's number (1 without)."""
+    return max([1, *(v for v, _ in migrations(dialect))])
+
+
 def query_script(con: duckdb.DuckDBPyConnection, script: str, params: dict[str, Any]
                  ) -> pa.Table:
     """The Arrow result of a script whose last statement is a query (see run_script)."""

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from npimage.bands import DEFAULT_THRESHOLD, bands_table, sql_params
 from npimage.matching.compare import MATCH_COLUMNS
 from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES, SIGNATURES
 from npimage.sqlfiles import load_sql, query_script
 from npimage.storage.parquet_io import read_table, write_table
+from npimage.storage.store import location
 
 
 def _read_shards(paths: list[Path]) -> pa.Table:
-    tables = [pq.read_table(p).cast(MATCH_COLUMNS) for p in paths if Path(p).exists()]
+    tables = [read_table(p).cast(MATCH_COLUMNS) for p in map(location, paths) if p.exists()]
     return pa.concat_tables(tables) if tables else MATCH_COLUMNS.empty_table()
 
 
@@ -39,7 +39,7 @@ def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, s
     con.register("new_pairs", _read_shards(shards))
     prior_table = read_table(prior, IMAGE_MATCHES) if prior else IMAGE_MATCHES.empty_table()
     con.register("prior_matches", prior_table.select(MATCH_COLUMNS.names))
-    con.register("queries", pq.read_table(queries, columns=["image_id"]))
+    con.register("queries", read_table(queries, columns=["image_id"]))
     con.register("present", read_table(signatures, SIGNATURES).select(["image_id"]))
     params = {"client_id": client_id, "run_id": run_id, "top_k": top_k,
               **sql_params(threshold)}

@@ -16,12 +16,14 @@ from typing import Any
 
 def airflow_env(project: Path, data_dir: Path) -> dict[str, str]:
     """The environment of the `airflow` commands: this project's DAGs, plugins, data dir."""
+    from npimage.storage.store import is_remote
+
     env = dict(os.environ)
     env.setdefault("AIRFLOW_HOME", str(project / "airflow_home"))
     env["AIRFLOW__CORE__DAGS_FOLDER"] = str(project / "dags")
     env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(project / "plugins")
     env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    env["NPIMAGE_DATA_DIR"] = str(data_dir.resolve())
+    env["NPIMAGE_DATA_DIR"] = str(data_dir if is_remote(data_dir) else data_dir.resolve())
     return env
 
 

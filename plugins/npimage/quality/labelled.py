@@ -5,13 +5,11 @@ Truth files are read by npimage.quality.truth (the one reader, shared with evalu
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from npimage.bands import BANDS
 from npimage.errors import UnknownClientError
@@ -60,26 +58,27 @@ class Labelled:
 
 def run_files(data_dir: Path, client_id: str) -> tuple[str, Path]:
     """(run_id, run folder) of the client's last published run."""
-    from npimage.storage.runs import safe_name
+    from npimage.storage.layout import Layout
 
-    client_dir = Path(data_dir) / "clients" / safe_name(client_id)
-    pointer = client_dir / "current.json"
-    if not pointer.is_file():
+    layout = Layout.of(data_dir)
+    ref = layout.read_pointer(client_id)
+    if ref is None:
         raise UnknownClientError(f"no published run for client {client_id!r} in {data_dir}",
                                  hint="run `npimage run --client ...` first, or check "
                                       "--client and --data-dir")
-    run_id = json.loads(pointer.read_text())["run_id"]
-    return run_id, client_dir / "runs" / safe_name(run_id)
+    return ref["run_id"], layout.run_dir(client_id, ref["run_id"])
 
 
 def read_run(data_dir: Path, client_id: str) -> tuple[pa.Table, dict[str, str], str]:
     """(signatures, {image_id: product_id}, run_id) of the client's published run."""
     run_id, run_dir = run_files(data_dir, client_id)
-    shards = sorted((run_dir / "signatures").glob("shard-*.parquet"))
+    from npimage.storage.parquet_io import list_parts, read_table
+
+    shards = list_parts(run_dir / "signatures", "shard-*.parquet")
     if not shards:
         raise ValueError(f"run {run_id} of {client_id!r} has no signatures in {run_dir}")
-    sigs = pa.concat_tables([pq.read_table(p) for p in shards])
-    cat = pq.read_table(run_dir / "catalog.parquet", columns=["image_id", "product_id"])
+    sigs = pa.concat_tables([read_table(p) for p in shards])
+    cat = read_table(run_dir / "catalog.parquet", columns=["image_id", "product_id"])
     products = dict(zip(cat["image_id"].to_pylist(), cat["product_id"].to_pylist(),
                         strict=True))
     return sigs, products, run_id

@@ -46,14 +46,14 @@ def render_report(
     one per core). Raises LookupError when the client has no image in the warehouse.
     """
     out_dir = Path(out_dir)
-    with connect(Path(warehouse)) as con:
+    with connect(warehouse) as con:
         data = load_report_data(con, client_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The connection is closed while thumbnails are made (slow): no lock held meanwhile.
     make_thumbnails(data.images, out_dir, progress, workers)
     writer = Writer(out_dir, data, per_page=per_page, progress=progress)
     writer.assets()
-    with connect(Path(warehouse)) as con:
+    with connect(warehouse) as con:
         writer.image_pages(con)
         writer.product_pages(con)
     writer.search_index()

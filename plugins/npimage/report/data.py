@@ -125,11 +125,17 @@ class ReportData:
         return sorted({i.run_id for i in self.images if i.run_id})
 
 
-def connect(warehouse: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection: the report never writes to, nor locks out, the warehouse."""
-    if not Path(warehouse).is_file():
+def connect(warehouse: Path | str) -> duckdb.DuckDBPyConnection:
+    """A read-only connection: the report never writes to, nor locks out, the warehouse.
+
+    `warehouse` is a warehouse.duckdb or a data dir (local or s3://...).
+    """
+    from npimage.storage.warehouse import connect as connect_warehouse
+
+    where = str(warehouse)
+    if "://" not in where and where.endswith(".duckdb") and not Path(where).is_file():
         raise FileNotFoundError(f"warehouse not found: {warehouse}")
-    return duckdb.connect(str(warehouse), read_only=True)
+    return connect_warehouse(where)
 
 
 def _query(con: duckdb.DuckDBPyConnection, name: str, **params: object) -> list[tuple]:

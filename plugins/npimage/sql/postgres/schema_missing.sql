@@ -4,8 +4,7 @@
 SELECT name
 FROM unnest(ARRAY['npimage_run', 'npimage_run_last_success', 'npimage_image_match',
                   'npimage_product_match', 'npimage_product_match_score',
-                  'npimage_band', 'npimage_image_code', 'npimage_image_code_gtin',
-                  'npimage_image_text']) AS name
+                  'npimage_band']) AS name
 WHERE to_regclass(name) IS NULL
 UNION ALL  -- the catalogue-check view, once NextPage's tables exist
 SELECT 'npimage_catalogue_gtin_mismatch'
