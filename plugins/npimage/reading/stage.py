@@ -21,18 +21,17 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from npimage.errors import InputError
 from npimage.schemas import CATALOG, IMAGE_CODES, IMAGE_READS, IMAGE_TEXT, SIGNATURES
-from npimage.storage.parquet_io import read_parts, read_table, write_table
+from npimage.storage.parquet_io import num_rows, read_parts, read_table, write_table
 from npimage.storage.runs import RunContext
+from npimage.storage.store import Location, location, write_text_atomic
 
 log = logging.getLogger("npimage")
 
@@ -59,11 +58,11 @@ def readers(ctx: RunContext) -> tuple[str, ...]:
     return parse_read(getattr(ctx, "read", DEFAULT_READ))
 
 
-def _dir(ctx: RunContext) -> Path:
+def _dir(ctx: RunContext) -> Location:
     return ctx.run_dir / "reading"
 
 
-def _prior(ctx: RunContext) -> Path | None:
+def _prior(ctx: RunContext) -> Location | None:
     """The last published run folder, when this run may reuse its reads (incremental)."""
     return ctx.baseline_dir() if ctx.mode == "incremental" else None
 
@@ -115,7 +114,7 @@ def read_image(uri: str, reader: str, *, max_pixels: int, read_timeout: float,
     return sha, (img.width, img.height), _text_rows(base, rgb)
 
 
-def _reuse(prior: Path | None, reader: str, ids: list[str]) -> tuple[dict, pa.Table | None]:
+def _reuse(prior: Location | None, reader: str, ids: list[str]) -> tuple[dict, pa.Table | None]:
     """Prior reads of these ids: {image_id: read row} and the prior result rows."""
     if prior is None or not (prior / "image_reads.parquet").exists() or not ids:
         return {}, None
@@ -129,7 +128,7 @@ def _reuse(prior: Path | None, reader: str, ids: list[str]) -> tuple[dict, pa.Ta
     return {r["image_id"]: r for r in reads.to_pylist()}, rows
 
 
-def _read_batch(ctx: RunContext, batch: Path, reader: str,
+def _read_batch(ctx: RunContext, batch: Location, reader: str,
                 progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Read one batch of catalog rows with one reader; write result and read rows."""
     settings = ctx.settings
@@ -185,7 +184,7 @@ def read_codes(ctx: RunContext, batch: str,
     """Codes of the images of one planned batch (the signature batches)."""
     if "codes" not in readers(ctx):
         return {"read": 0, "reused": 0, "failed": 0, "found": 0}
-    return _read_batch(ctx, Path(batch), "codes", progress)
+    return _read_batch(ctx, location(batch), "codes", progress)
 
 
 def _text_wanted(ctx: RunContext, sigs: pa.Table) -> list[str]:
@@ -195,8 +194,8 @@ def _text_wanted(ctx: RunContext, sigs: pa.Table) -> list[str]:
         return sorted(sigs["image_id"].to_pylist())
     if "text" not in chosen:
         return []
-    matches = pq.read_table(ctx.run_dir / "image_matches.parquet",
-                            columns=["image_id", "match_image_id", "band"])
+    matches = read_table(ctx.run_dir / "image_matches.parquet").select(
+        ["image_id", "match_image_id", "band"])
     close = matches.filter(pc.is_in(matches["band"], pa.array(TEXT_BANDS)))
     ids = set(close["image_id"].to_pylist()) | set(close["match_image_id"].to_pylist())
     return sorted(ids)
@@ -240,7 +239,7 @@ def plan_text(ctx: RunContext) -> list[str]:
         path = folder / f"batch-{k:05d}.parquet"
         write_table(rows.slice(start, size), path, CATALOG)
         batches.append(str(path))
-    (folder / "plan.json").write_text(json.dumps(
+    write_text_atomic(folder / "plan.json", json.dumps(
         {"wanted": len(wanted), "reused": len(wanted) - len(todo) - left, "planned": len(todo),
          "left_for_next_runs": left}))
     log.info("plan_text: %d images want OCR, %d reused, %d planned in %d batches, %d left "
@@ -252,10 +251,10 @@ def plan_text(ctx: RunContext) -> list[str]:
 def read_text(ctx: RunContext, batch: str,
               progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """OCR of the images of one text batch."""
-    return _read_batch(ctx, Path(batch), "text", progress)
+    return _read_batch(ctx, location(batch), "text", progress)
 
 
-def finish(ctx: RunContext) -> dict[str, Path]:
+def finish(ctx: RunContext) -> dict[str, Location]:
     """The run's image_codes, image_text and image_reads Parquet files (for publish).
 
     This run's reads, plus the baseline's reads of images whose sha256 is unchanged and
@@ -298,6 +297,6 @@ def finish(ctx: RunContext) -> dict[str, Path]:
 
 def counts(ctx: RunContext) -> dict[str, Any]:
     """Rows of the finished reading files (for the summary)."""
-    return {name: pq.read_metadata(ctx.run_dir / f"{name}.parquet").num_rows
+    return {name: num_rows(ctx.run_dir / f"{name}.parquet")
             for name in ("image_codes", "image_text")
             if (ctx.run_dir / f"{name}.parquet").exists()}
