@@ -5,7 +5,7 @@ stage one item of an earlier stage's output (a batch path, a shard). Stages run 
 order of STAGES; each starts when the one before it is done.
 
     extract -> plan -> signatures(batch) x B -> read_codes(batch) x B -> consolidate
-            -> compare(shard) x S -> merge -> plan_text -> read_text(batch) x T
+            -> compare(shard) x S -> merge -> families -> plan_text -> read_text(batch) x T
             -> publish -> report
 
 This module imports nothing heavy (the DAG file reads it at parse time): the stage
@@ -57,6 +57,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("consolidate", "consolidate"),
     Stage("compare", "compare_shard", over="consolidate"),
     Stage("merge", "merge"),
+    Stage("families", "families"),
     Stage("plan_text", "plan_text"),  # pack reading: OCR of the images in close pairs
     Stage("read_text", "read_text", over="plan_text"),
     Stage("publish", "publish"),
