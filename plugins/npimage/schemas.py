@@ -62,6 +62,7 @@ IMAGE_MATCHES = pa.schema(
         ("dfv", pa.float32()),
         ("same_bytes", pa.bool_()),
         ("run_id", pa.string()),
+        ("rejected", pa.bool_()),  # a reviewer said "not the same" (npimage.review.store)
     ]
 )
 
@@ -76,6 +77,7 @@ PRODUCT_MATCHES = pa.schema(
         ("best_image_id", pa.string()),
         ("best_match_image_id", pa.string()),
         ("run_id", pa.string()),
+        ("rejected", pa.bool_()),  # a reviewer said "not the same" (npimage.review.store)
     ]
 )
 

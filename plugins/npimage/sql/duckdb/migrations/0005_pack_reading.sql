@@ -1,4 +1,4 @@
--- Version 4 of the warehouse: what the packs say (npimage.reading, issue #11). Boxes are in
+-- Version 5 of the warehouse: what the packs say (npimage.reading, issue #11). Boxes are in
 -- pixels of the picture as read (image_reads.width x height). Views: views.sql
 -- (catalogue_gtin_mismatch).
 CREATE TABLE image_codes (

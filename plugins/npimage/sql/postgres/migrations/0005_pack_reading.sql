@@ -1,4 +1,4 @@
--- Version 4 of the backend tables: what the packs say (npimage.reading, issue #11).
+-- Version 5 of the backend tables: what the packs say (npimage.reading, issue #11).
 -- Codes and printed text read on each image, loaded with
 -- the match tables in the same transaction. Boxes are in pixels of the picture as read.
 CREATE TABLE IF NOT EXISTS npimage_image_code (
