@@ -2,8 +2,9 @@
 
 One task per stage of npimage.stages.STAGES (the sequence `npimage run` follows too):
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
-catalogue shards) -> merge (image matches + product roll-up) -> families -> publish -> report
--> release_lock (teardown: runs whatever happened before it)
+catalogue shards) -> merge (image matches + product roll-up) -> families -> publish -> report,
+with the pack readers: read_codes (mapped over the signature batches) and plan_text ->
+read_text (OCR, mapped, after families) -> release_lock (teardown: runs whatever happened before it)
 
 One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
 refuses, without retries, while another run of the client is in flight; the teardown
@@ -57,6 +58,11 @@ DEFAULTS = Settings()
         "max_shrink": Param(0.5, type="number", minimum=0, maximum=1,
                             description="largest share of the published images that may "
                             "disappear or become unreadable"),
+        "read": Param(DEFAULTS.read, type="string",
+                      description="pack readers: codes, text (OCR of images in close pairs), "
+                      "text-all, comma-separated, or none"),
+        "text_max": Param(DEFAULTS.text_max, type="integer", minimum=0,
+                          description="OCR at most this many images per run (0 = no cap)"),
         "families": Param(DEFAULTS.families, type="boolean",
                           description="predict product families (when families are known "
                                       "and fv is on) and flag possibly misfiled products"),

@@ -28,9 +28,13 @@ def test_dag_shape(dagbag):
                                "families"}
     assert {t.task_id for t in dag.tasks} == {
         "extract", "plan", "signatures", "consolidate", "compare", "merge", "families",
-        "publish", "report", "release_lock"}
+        "publish", "report", "release_lock", "read_codes", "plan_text", "read_text"}
     assert dag.task_dict["families"].upstream_task_ids == {"extract", "merge"}
     assert dag.task_dict["signatures"].upstream_task_ids == {"extract", "plan"}
+    assert dag.task_dict["read_codes"].upstream_task_ids == {"extract", "plan", "signatures"}
+    assert dag.task_dict["consolidate"].upstream_task_ids == {"extract", "read_codes"}
+    assert dag.task_dict["publish"].upstream_task_ids == {"extract", "read_text"}
+    assert {"read", "text_max"} <= set(dag.params)
     assert all(t.retries >= 1 for t in dag.tasks)
 
 
@@ -56,10 +60,11 @@ def dag_runs(airflow_db, small_demo, tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("NPIMAGE_DATA_DIR", str(data))
         dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
-        conf = {"client_id": "dagclient", "source": str(small_demo.manifest), "fv": False}
+        conf = {"client_id": "dagclient", "source": str(small_demo.manifest), "fv": False,
+                "read": "codes,text", "text_max": 2}  # pack reading: OCR of 2 images a run
         first = dag.test(run_conf=conf)
         wh = data / "warehouse.duckdb"
-        tables = {t: table_rows(wh, t, "dagclient") for t in TABLES}
+        tables = {t: table_rows(wh, t, "dagclient") for t in (*TABLES, "image_codes")}
         second = dag.test(run_conf={**conf, "mode": "incremental"})
     return data, first, second, tables
 
@@ -70,13 +75,20 @@ def test_dag_run_publishes_planted_duplicates(dag_runs, small_demo):
     result = check_published_run(data / "warehouse.duckdb", "dagclient", small_demo.truth)
     assert result["missed"] == 0, result["missed_rows"]
     assert (data / "reports").is_dir()
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+    reads = dict(con.execute("SELECT reader, count(*) FROM image_reads "
+                             "WHERE client_id = 'dagclient' GROUP BY reader").fetchall())
+    con.close()
+    # the warehouse holds the incremental run: 2 images OCR'd by each run (text_max), the
+    # first run's 2 reused, and every image's codes
+    assert reads == {"codes": small_demo.n_images, "text": 4}
 
 
 def test_incremental_dag_run_computes_nothing_and_keeps_tables(dag_runs):
     data, _, second, before = dag_runs
     assert second.state == "success"
     wh = data / "warehouse.duckdb"
-    assert {t: table_rows(wh, t, "dagclient") for t in TABLES} == before
+    assert {t: table_rows(wh, t, "dagclient") for t in (*TABLES, "image_codes")} == before
     con = duckdb.connect(str(wh), read_only=True)
     computed = con.execute("SELECT mode, n_computed FROM runs WHERE client_id = 'dagclient' "
                            "ORDER BY published_at").fetchall()

@@ -320,7 +320,7 @@ def test_a_new_column_reads_as_null_from_older_files(tmp_path: Path,
     shutil.copytree(sqlfiles.sql_dir(), sql)
     (sql / "duckdb" / "migrations" / "0099_verified.sql").write_text(
         "ALTER TABLE image_matches ADD COLUMN verified BOOLEAN;\n"
-        "CREATE TABLE image_codes (client_id VARCHAR NOT NULL, image_id VARCHAR, code VARCHAR);")
+        "CREATE TABLE image_notes (client_id VARCHAR NOT NULL, image_id VARCHAR, code VARCHAR);")
     monkeypatch.setenv("NPIMAGE_SQL_DIR", str(sql))
     for f in (sqlfiles.load_sql, warehouse.table_columns):
         f.cache_clear()
@@ -328,7 +328,7 @@ def test_a_new_column_reads_as_null_from_older_files(tmp_path: Path,
         con = warehouse.connect(str(tmp_path))
         assert con.execute("SELECT count(*), count(verified) FROM image_matches").fetchone() \
             == (3, 0)
-        assert con.execute("SELECT count(*) FROM image_codes").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM image_notes").fetchone() == (0,)
         assert con.execute("SELECT version FROM npimage_schema").fetchone() == (99,)
     finally:
         monkeypatch.delenv("NPIMAGE_SQL_DIR")

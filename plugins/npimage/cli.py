@@ -107,6 +107,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "below 0.82 are labelled 'weak')")
     p.add_argument("--weights", help="JSON weights file (npimage fit-weights writes one)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--read", help="pack readers: codes, text (OCR of images in close pairs), "
+                   "text-all, comma-separated, or none (default: codes)")
+    p.add_argument("--text-max", type=int, help="OCR at most N images this run (default: no cap)")
     p.add_argument("--no-families", action="store_true",
                    help="skip the family stage (on by default when families are known and "
                         "FV is on: a manifest `family` column or np_product.family)")
@@ -202,6 +205,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         data_dir=args.data_dir, fv=False if getattr(args, "no_fv", False) else None,
         fv_model=getattr(args, "fv_model", None), top_k=getattr(args, "top_k", None),
         threshold=getattr(args, "threshold", None), weights_file=getattr(args, "weights", None),
+        read=getattr(args, "read", None), text_max=getattr(args, "text_max", None),
         families=False if getattr(args, "no_families", False) else None)
 
 
@@ -228,6 +232,10 @@ def print_summary(info: dict[str, Any]) -> None:
         pg = info["postgresql"]
         print(f"  postgresql        {pg['image_match_rows']} image-match and "
               f"{pg['product_match_rows']} product-match rows loaded into {pg['database']}")
+    if info.get("reading"):
+        r = info["reading"]
+        print(f"  pack reading      {r.get('image_codes', 0)} codes, "
+              f"{r.get('image_text', 0)} text lines")
     if info.get("family_predictions"):
         print(f"  families          {info['family_predictions']} products predicted, "
               f"{info.get('possibly_misfiled', 0)} possibly misfiled")
@@ -273,7 +281,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if args.airflow:
         conf = {"client_id": args.client, "source": source,
                 "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
-                "threshold": settings.threshold}
+                "threshold": settings.threshold, "read": settings.read,
+                "text_max": settings.text_max}
         from npimage.orchestration.local import run_dag
 
         run_dag(conf, data_dir)
@@ -292,7 +301,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
         print(f"  {r.kind:<12}{r.total:>8}{r.found:>8}{r.in_band:>9}")
         total = [total[0] + r.total, total[1] + r.found, total[2] + r.in_band]
     print(f"  {'all':<12}{total[0]:>8}{total[1]:>8}{total[2]:>9}")
+    _print_reading(settings, args.client, demo.truth.with_name("reading_truth.csv"))
     return 0
+
+
+def _print_reading(settings: Settings, client_id: str, reading_truth: Path) -> None:
+    """Pack reading against the demo's reading truth (codes, strengths, catalogue check)."""
+    from npimage.quality.reading_eval import evaluate_reading, format_reading, load_reading_truth
+
+    if reading_truth.is_file():
+        ev = evaluate_reading(settings.warehouse_path, client_id,
+                              load_reading_truth(reading_truth))
+        print()
+        print(format_reading(ev))
 
 
 def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
@@ -382,6 +403,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("evaluate needs --client and --truth (or --families / --grocery)")
     result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))
     print(json.dumps(result.as_dict(), indent=2) if args.json else format_evaluation(result))
+    reading_truth = Path(args.truth).with_name("reading_truth.csv")
+    if reading_truth.is_file():  # pack reading: the demo writes it beside truth.csv
+        from npimage.quality.reading_eval import (
+            evaluate_reading,
+            format_reading,
+            load_reading_truth,
+        )
+
+        ev = evaluate_reading(settings.warehouse_path, args.client,
+                              load_reading_truth(reading_truth))
+        print(json.dumps(ev.as_dict(), indent=2) if args.json else "\n" + format_reading(ev))
     return 0
 
 

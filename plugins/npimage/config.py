@@ -44,6 +44,9 @@ class Settings:
     block_size: int = field(default_factory=lambda: int(_env("BLOCK_SIZE", "2048")))
     max_pixels: int = field(default_factory=lambda: int(_env("MAX_PIXELS", str(250_000_000))))
     read_timeout: float = field(default_factory=lambda: float(_env("READ_TIMEOUT", "30")))
+    # pack reading (npimage.reading.stage): readers to run, and the OCR cap of one run
+    read: str = field(default_factory=lambda: _env("READ", "codes"))
+    text_max: int = field(default_factory=lambda: int(_env("TEXT_MAX", "0")))
 
     @property
     def warehouse_path(self) -> Path:

@@ -44,6 +44,8 @@ from npimage.matching.scoring import Scorer, load_weights
 from npimage.orchestration.connection import is_backend_url, resolve_db
 from npimage.preflight import check_run, where
 from npimage.progress import Progress
+from npimage.reading import stage as reading
+from npimage.reading.stage import parse_read
 from npimage.redact import redact_dsn
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import (
@@ -321,6 +323,25 @@ def merge(ctx: RunContext) -> dict[str, int]:
     return {"image_matches": images.num_rows, "product_matches": products.num_rows}
 
 
+# -- pack reading (npimage.reading.stage) -------------------------------------------------
+
+def read_codes(ctx: RunContext, batch: str) -> dict[str, int]:
+    """Codes (barcodes, DataMatrix, QR) of one planned batch -> reading/codes/."""
+    with Progress(num_rows(batch), f"codes {location(batch).name}", "img") as progress:
+        return reading.read_codes(ctx, batch, progress)
+
+
+def plan_text(ctx: RunContext) -> list[str]:
+    """Batches of images to OCR (after merge: chosen from the close pairs)."""
+    return reading.plan_text(ctx)
+
+
+def read_text(ctx: RunContext, batch: str) -> dict[str, int]:
+    """Printed text of one OCR batch -> reading/text/."""
+    with Progress(num_rows(batch), f"text {location(batch).name}", "img") as progress:
+        return reading.read_text(ctx, batch, progress)
+
+
 # -- families ----------------------------------------------------------------------------
 
 def families(ctx: RunContext) -> dict[str, Any]:
@@ -433,6 +454,9 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         "n_product_matches": num_rows(tables["product_matches"][0]),
         "started_at": _run_started_at(ctx),
     }
+    reading_files = reading.finish(ctx)  # pack reading: image_codes, image_text, image_reads
+    tables.update({name: [path] for name, path in reading_files.items()})
+    info["reading"] = reading.counts(ctx)
     backend_url = backend_of(ctx)
 
     def load_backend(commit: Callable[[], None]) -> None:
@@ -452,7 +476,9 @@ def publish(ctx: RunContext) -> dict[str, Any]:
                 local_copy(families if families.exists() else None) as predictions:
             loaded = backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
                                           images, products, run_info, before_commit=commit,
-                                          family_predictions=predictions)
+                                          family_predictions=predictions,
+                                          reading={k: reading_files[k] for k in
+                                                   ("image_codes", "image_text")})
         info["postgresql"] = {"database": where(resolve_db(backend_url)),
                               "image_match_rows": loaded["n_image_matches"],
                               "product_match_rows": loaded["n_product_matches"]}
@@ -491,6 +517,8 @@ def settings_context(client_id: str, source: str, run_id: str, settings: Setting
                       data_dir=str(settings.data_dir), fv=settings.fv, fv_model=settings.fv_model,
                       top_k=settings.top_k, threshold=settings.threshold,
                       weights_file=settings.weights_file, backend=backend,
+                      read=",".join(parse_read(settings.read)) or "none",
+                      text_max=settings.text_max,
                       batch_size=settings.batch_size, shard_size=settings.shard_size,
                       block_size=settings.block_size, max_pixels=settings.max_pixels,
                       read_timeout=settings.read_timeout, families=settings.families,

@@ -81,6 +81,62 @@ PRODUCT_MATCHES = pa.schema(
     ]
 )
 
+
+# -- pack reading (npimage.reading): codes and printed text per image ---------------------
+
+#: One row per code read on an image (box in pixels of the stored picture).
+IMAGE_CODES = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("image_id", pa.string()),
+        ("sha256", pa.string()),
+        ("seq", pa.int32()),
+        ("symbology", pa.string()),
+        ("text", pa.string()),
+        ("gtin", pa.string()),  # GTIN-14, only when its check digit holds
+        ("gs1", pa.bool_()),
+        ("x0", pa.int32()),
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),
+        ("note", pa.string()),
+    ]
+)
+
+#: One row per line of printed text (OCR).
+IMAGE_TEXT = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("image_id", pa.string()),
+        ("sha256", pa.string()),
+        ("line", pa.int32()),
+        ("text", pa.string()),
+        ("confidence", pa.float32()),
+        ("x0", pa.int32()),
+        ("y0", pa.int32()),
+        ("x1", pa.int32()),
+        ("y1", pa.int32()),
+        ("tokens", pa.string()),  # normalised words, space-separated
+        ("quantities", pa.string()),  # JSON list of {value, value2, unit, per, text}
+        ("strengths", pa.string()),  # the quantities, canonical, '; '-separated
+    ]
+)
+
+#: One row per (image, reader) that ran: tells "read, nothing found" from "not read".
+IMAGE_READS = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("image_id", pa.string()),
+        ("sha256", pa.string()),
+        ("reader", pa.string()),  # codes | text
+        ("version", pa.string()),  # decoder / OCR package and version
+        ("n_found", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("computed_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 # -- families (#18) ----------------------------------------------------------------------
 
 #: The family of each product, part of the catalogue snapshot (families.parquet of a run).

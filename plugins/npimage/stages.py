@@ -4,8 +4,9 @@ Each stage is a function of `npimage.pipeline` taking the run context, and for a
 stage one item of an earlier stage's output (a batch path, a shard). Stages run in the
 order of STAGES; each starts when the one before it is done.
 
-    extract -> plan -> signatures(batch) x B -> consolidate -> compare(shard) x S
-            -> merge -> families -> publish -> report
+    extract -> plan -> signatures(batch) x B -> read_codes(batch) x B -> consolidate
+            -> compare(shard) x S -> merge -> families -> plan_text -> read_text(batch) x T
+            -> publish -> report
 
 This module imports nothing heavy (the DAG file reads it at parse time): the stage
 functions are looked up by name only when a stage runs. To add a stage, write its
@@ -52,10 +53,13 @@ STAGES: tuple[Stage, ...] = (
     Stage("extract", "extract"),
     Stage("plan", "plan"),
     Stage("signatures", "signatures", over="plan"),
+    Stage("read_codes", "read_codes", over="plan"),  # pack reading: codes of the same batches
     Stage("consolidate", "consolidate"),
     Stage("compare", "compare_shard", over="consolidate"),
     Stage("merge", "merge"),
     Stage("families", "families"),
+    Stage("plan_text", "plan_text"),  # pack reading: OCR of the images in close pairs
+    Stage("read_text", "read_text", over="plan_text"),
     Stage("publish", "publish"),
     Stage("report", "report", required=False),
 )

@@ -21,6 +21,8 @@ What `build_demo_catalogue(out_dir)` writes:
   manifest's folder, image_id = file stem, product_id = product code, reference = GTIN,
   family = the product's template: box, bottle, blister, label or photo; name = the
   product's name as a PIM shows it).
+- `reading_truth.csv`: what each picture prints (its barcode's GTIN, its strength) and
+  whether that GTIN disagrees with the manifest's reference (npimage_demo.barcodes).
 - `truth.csv`: `image_id,group_id,kind,expected_band`. group_id names the source picture
   (the image_id of the original): all planted copies of a picture share it, and every
   other picture is alone in its group. kind is original | lookalike (an original whose
@@ -49,7 +51,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, PngImagePlugin
 
-from npimage_demo import require_scikit_image
+from npimage_demo import barcodes, require_scikit_image
 
 RGB = tuple[int, int, int]
 Box = tuple[float, float, float, float]
@@ -137,7 +139,7 @@ _SOLUTIONS = (
         "Chlorhexidine",
         "Ringer lactate",
     ),
-    ("10 ml", "250 ml", "500 ml", "0.9 %", "5 %", "2 %", "100 IU/ml", "1000 IU", "5 ml", "1 l"),
+    ("10 ml", "250 ml", "500 ml", "0.9 %", "5 %", "2 %", "100 IU/ml", "1000 IU", "5 ml", "1 L"),
     ("1 bottle", "10 ampoules", "12 vials", "20 bags", "6 bottles", "50 ampoules"),
 )
 _DEVICES = (
@@ -379,48 +381,12 @@ def itf14_widths(code: str) -> list[int]:
     return [*widths, 5, 2, 2]
 
 
-def _dark_runs(modules: str) -> list[tuple[int, int]]:
-    """(start, end) module indices of each run of dark modules; guards stay separate bars."""
-    runs: list[tuple[int, int]] = []
-    for i, m in enumerate(modules):
-        if m != "1":
-            continue
-        if runs and runs[-1][1] == i and i not in (2, 46, 48, 92, 94):
-            runs[-1] = (runs[-1][0], i + 1)
-        else:
-            runs.append((i, i + 1))
-    return runs
-
-
 def _draw_barcode(draw: ImageDraw.ImageDraw, box: Box, gtin: str) -> None:
-    """Draw the product's barcode with its digits in `box` (EAN-13, or ITF-14 for GTIN-14)."""
-    x0, y0, x1, y1 = box
-    draw.rectangle(box, fill=(255, 255, 255))
-    text_h = (y1 - y0) * 0.2
-    bar_y1 = y1 - text_h * 1.1
-    if len(gtin) == 14 and gtin[0] != "0":
-        widths = itf14_widths(gtin)
-        unit = (x1 - x0) * 0.84 / sum(widths)
-        x = x0 + (x1 - x0) * 0.08
-        bearer = max(2.0, unit * 2)
-        draw.rectangle((x0 + 2, y0 + 2, x1 - 2, bar_y1), outline=(0, 0, 0), width=int(bearer))
-        for i, w in enumerate(widths):
-            if i % 2 == 0:
-                bx1 = max(x, x + w * unit - 1)
-                draw.rectangle((x, y0 + bearer * 2, bx1, bar_y1 - bearer * 2), fill=(0, 0, 0))
-            x += w * unit
-        _text_center(draw, gtin, (x0, bar_y1, x1, y1), (0, 0, 0))
-        return
-    code = gtin[-13:]
-    unit = (x1 - x0) / 113  # 95 modules + quiet zones of 11 and 7
-    for start, end in _dark_runs(ean13_modules(code)):
-        long = start in (0, 2, 46, 48, 92, 94)  # guard bars reach into the digits
-        by1 = bar_y1 + (text_h * 0.6 if long else 0)
-        bx0, bx1 = x0 + (11 + start) * unit, x0 + (11 + end) * unit - 1
-        draw.rectangle((bx0, y0 + text_h * 0.3, max(bx0, bx1), by1), fill=(0, 0, 0))
-    _text_center(draw, code[0], (x0, bar_y1, x0 + 10 * unit, y1), (0, 0, 0))
-    _text_center(draw, code[1:7], (x0 + 14 * unit, bar_y1, x0 + 56 * unit, y1), (0, 0, 0))
-    _text_center(draw, code[7:], (x0 + 61 * unit, bar_y1, x0 + 103 * unit, y1), (0, 0, 0))
+    """Draw the product's barcode with its digits in `box` (EAN-13, or ITF-14 for GTIN-14).
+
+    The pack prints `barcodes.printed_gtin(gtin)`: for a few products a wrong code.
+    """
+    barcodes.draw_barcode(draw, box, barcodes.printed_gtin(gtin))
 
 
 # ------------------------------------------------------------------- drawing aids
@@ -1148,6 +1114,8 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0) ->
         ("image_id", "group_id", "kind", "expected_band"),
         [(s.image_id, s.group_id, s.kind, EXPECTED_BAND[s.kind]) for s in ordered],
     )
+    _write_csv(out_dir / "reading_truth.csv", barcodes.READING_TRUTH_HEADER,
+               barcodes.reading_truth(plan))
     n_planted = sum(s.source is not None for s in plan.images)
     return DemoCatalogue(manifest, truth, len(plan.images), n_planted)
 

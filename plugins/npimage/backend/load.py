@@ -25,7 +25,7 @@ from npimage.backend.arrowpg import copy_parquet
 from npimage.backend.connection import Db, connection, transaction
 from npimage.backend.runs import record_run_end, run_params, upsert_run
 from npimage.backend.schema import apply_schema
-from npimage.schemas import IMAGE_MATCHES, PRODUCT_MATCHES
+from npimage.schemas import IMAGE_CODES, IMAGE_MATCHES, IMAGE_TEXT, PRODUCT_MATCHES
 from npimage.sqlfiles import load_sql
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,8 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
                  product_matches: Path, run_info: dict[str, Any] | None = None,
                  batch_rows: int = 50_000,
                  before_commit: Callable[[], None] | None = None,
-                 family_predictions: Path | None = None) -> dict[str, Any]:
+                 family_predictions: Path | None = None,
+                 reading: dict[str, Path] | None = None) -> dict[str, Any]:
     """Replace the client's rows of npimage_image_match and npimage_product_match.
 
     The Parquet files follow npimage.schemas.IMAGE_MATCHES and PRODUCT_MATCHES and may
@@ -52,6 +53,8 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
     `db` is a DSN, or a connection still alive). `before_commit` runs inside the load's
     transaction just before its COMMIT (the warehouse publish): if it raises, the load
     rolls back.
+    `reading` (optional: image_codes and image_text Parquet paths) also replaces
+    npimage_image_code and npimage_image_text in the same transaction.
     """
     for path in (image_matches, product_matches):
         if not path.is_file():
@@ -60,7 +63,7 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
         with connection(db) as conn:
             apply_schema(conn)
             counts = _load(conn, client_id, run_id, image_matches, product_matches, run_info,
-                           batch_rows, before_commit, family_predictions)
+                           batch_rows, before_commit, family_predictions, reading)
     except Exception as exc:
         _record_failure(db, client_id, run_id, exc)
         raise
@@ -70,7 +73,8 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
 def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
           image_matches: Path, product_matches: Path, run_info: dict[str, Any] | None,
           batch_rows: int, before_commit: Callable[[], None] | None = None,
-          family_predictions: Path | None = None) -> dict[str, int]:
+          family_predictions: Path | None = None,
+          reading: dict[str, Path] | None = None) -> dict[str, int]:
     """The load's one transaction: stage, lock, swap, mark the run; the loaded counts."""
     with transaction(conn) as cur:
         cur.execute(load_sql("postgres", "load_stage"))
@@ -84,6 +88,8 @@ def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
                     {"lock_class": LOCK_CLASS, "client_id": client_id})
         cur.execute(load_sql("postgres", "load_replace"), {"client_id": client_id})
         counts = {"n_image_matches": n_image, "n_product_matches": n_product}
+        if reading:
+            counts.update(_load_reading(cur, client_id, reading, batch_rows))
         if family_predictions is not None:
             from npimage.backend.families import load_family_stage
 
@@ -94,6 +100,20 @@ def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
         if before_commit is not None:
             before_commit()
     return counts
+
+
+def _load_reading(cur: psycopg2.extensions.cursor, client_id: str, reading: dict[str, Path],
+                  batch_rows: int) -> dict[str, int]:
+    """Pack reading (npimage.reading): stage and swap the client's codes and text lines."""
+    cur.execute(load_sql("postgres", "load_stage_reading"))
+    n_codes = copy_parquet(cur, reading["image_codes"], IMAGE_CODES,
+                           load_sql("postgres", "load_copy_image_code"), batch_rows,
+                           _only_client(client_id, reading["image_codes"]))
+    n_text = copy_parquet(cur, reading["image_text"], IMAGE_TEXT,
+                          load_sql("postgres", "load_copy_image_text"), batch_rows,
+                          _only_client(client_id, reading["image_text"]))
+    cur.execute(load_sql("postgres", "load_replace_reading"), {"client_id": client_id})
+    return {"n_image_codes": n_codes, "n_image_text": n_text}
 
 
 def _only_client(client_id: str, path: Path) -> Callable[[pa.Table], None]:

@@ -43,6 +43,7 @@ def apply_schema(db: Db) -> int:
                 if number > version:
                     cur.execute(load_sql("postgres", name))
                     cur.execute(load_sql("postgres", "schema_version_set"), {"version": number})
+            cur.execute(load_sql("postgres", "catalogue_check_view"))  # pack reading
             if version < latest:
                 log.info("backend tables at schema version %d (were %d)", latest, version)
         table = bands_table().to_pylist()  # the named bands, then `weak` (lower 0)

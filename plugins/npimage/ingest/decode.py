@@ -375,3 +375,34 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
     work.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
     return Decoded(width=width, height=height, rgb=work)
 
+
+
+#: Long side of the picture the pack readers get (barcodes need their full resolution).
+READ_SIZE = 3072
+
+
+def decode_for_reading(data: bytes, max_pixels: int, max_side: int = READ_SIZE) -> Decoded:
+    """Like `decode`, but at full resolution up to `max_side` pixels on the long side.
+
+    The pack readers (npimage.reading) need the pixels of bars and small print, which the
+    512-pixel working copy of `decode` has lost. Same checks, same orientation.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            img = _open(data, max_pixels)
+            orientation = _orientation(img)
+            img.draft(None, (max_side, max_side))
+            img.load()
+            work = _to_rgb(img)
+    except ImageError:
+        raise
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
+            ZeroDivisionError, MemoryError) as exc:
+        raise ImageError(f"corrupt or truncated image: {type(exc).__name__}: {exc}") from exc
+    if orientation in _UPRIGHT:
+        work = work.transpose(_UPRIGHT[orientation])
+    work.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return Decoded(width=work.width, height=work.height, rgb=work)

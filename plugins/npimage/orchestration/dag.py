@@ -36,6 +36,7 @@ def run_context(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     settings = Settings().with_overrides(
         fv=bool(params["fv"]), fv_model=params["fv_model"] or None, top_k=int(params["top_k"]),
         threshold=float(params["threshold"]), weights_file=params["weights"] or None,
+        read=params.get("read") or None, text_max=params.get("text_max"),
         families=bool(params.get("families", True)))
     ctx = settings_context(params["client_id"], source, run_id, settings,
                            mode=params["mode"], backend=backend or None,
@@ -166,6 +167,8 @@ def build_stage_tasks() -> None:
             ctx = outputs[stage.name] = task_fn()
         elif stage.over is not None:
             outputs[stage.name] = task_fn.partial(ctx=ctx).expand(item=outputs[stage.over])
+            if stage.over != previous.name:  # e.g. read_codes over plan, after signatures
+                outputs[previous.name] >> outputs[stage.name]
         else:
             outputs[stage.name] = task_fn(ctx, after=outputs[previous.name])
         previous = stage

@@ -42,6 +42,7 @@ from npimage.report.data import (
     product_matches_for,
 )
 from npimage.report.families import suggestions_for
+from npimage.report.reading import packs_for
 
 HERE = Path(__file__).parent
 PER_PAGE = 200
@@ -287,6 +288,7 @@ class Writer:
             found = image_matches_for(
                 con, self.data.client_id, part[0].image_id, part[-1].image_id
             )
+            packs = packs_for(con, self.data.client_id, part[0].image_id, part[-1].image_id)
             for n, img in enumerate(part, start=start):
                 self.write(
                     img.page,
@@ -294,6 +296,7 @@ class Writer:
                     tab="images",
                     img=img,
                     matches=found.get(img.image_id, []),
+                    pack=packs.get(img.image_id),
                     prev=images[n - 1] if n else None,
                     next=images[n + 1] if n + 1 < len(images) else None,
                 )

@@ -40,6 +40,8 @@ class RunContext:
     threshold: float
     weights_file: str | None = None
     backend: str | None = None
+    read: str = "codes"  # pack readers (npimage.reading.stage.parse_read)
+    text_max: int = 0  # OCR cap of one run, 0 = none
     #: Work sizes and limits, read once from Settings where the run is set up and carried
     #: to every worker (None only in contexts saved before they were carried).
     batch_size: int | None = None
@@ -80,6 +82,7 @@ class RunContext:
         return Settings().with_overrides(
             data_dir=self.data_dir, fv=self.fv, fv_model=self.fv_model,
             top_k=self.top_k, threshold=self.threshold, weights_file=self.weights_file,
+            read=self.read, text_max=self.text_max,
             batch_size=self.batch_size, shard_size=self.shard_size,
             block_size=self.block_size, max_pixels=self.max_pixels,
             read_timeout=self.read_timeout,

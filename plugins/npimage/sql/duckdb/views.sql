@@ -48,3 +48,31 @@ SELECT r.client_id, r.run_id, r.mode, r.fv_model, r.published_at,
          WHERE p.client_id = r.client_id AND p.product_id < p.match_product_id) AS product_pairs
 FROM runs AS r
 WHERE r.published_at = (SELECT max(published_at) FROM runs AS q WHERE q.client_id = r.client_id);
+
+-- GTIN-14 of a code when it is a valid GTIN-8/12/13/14 (GS1 check digit), else NULL.
+CREATE OR REPLACE MACRO npimage_gtin14(code) AS (
+    CASE WHEN regexp_full_match(trim(code), '[0-9]{8}|[0-9]{12,14}')
+          AND (10 - list_sum(list_transform(range(1, 14),
+                   lambda i: CAST(substr(lpad(trim(code), 14, '0'), i, 1) AS INTEGER)
+                        * CASE WHEN i % 2 = 1 THEN 3 ELSE 1 END)) % 10) % 10
+              = CAST(substr(lpad(trim(code), 14, '0'), 14, 1) AS INTEGER)
+         THEN lpad(trim(code), 14, '0') END
+);
+
+-- Catalogue errors: images whose codes carry GTINs, none of them the GTIN of the image's
+-- reference (np_reference.gtin from the backend, or the manifest's `reference`). Only
+-- references that are valid GTINs are checked; images with no GTIN read are not listed.
+CREATE OR REPLACE VIEW catalogue_gtin_mismatch AS
+WITH read_gtins AS (
+    SELECT client_id, image_id, list(DISTINCT gtin ORDER BY gtin) AS image_gtins,
+           list(DISTINCT symbology ORDER BY symbology) AS symbologies
+    FROM image_codes WHERE gtin IS NOT NULL
+    GROUP BY client_id, image_id
+)
+SELECT i.client_id, i.image_id, i.product_id, i.reference,
+       npimage_gtin14(i.reference) AS reference_gtin, g.image_gtins, g.symbologies
+FROM images AS i
+JOIN read_gtins AS g ON g.client_id = i.client_id AND g.image_id = i.image_id
+WHERE npimage_gtin14(i.reference) IS NOT NULL
+  AND NOT list_contains(g.image_gtins, npimage_gtin14(i.reference))
+ORDER BY i.client_id, i.image_id;

@@ -6,4 +6,9 @@ FROM unnest(ARRAY['npimage_run', 'npimage_run_last_success', 'npimage_image_matc
                   'npimage_product_match', 'npimage_product_match_score',
                   'npimage_band', 'npimage_family_prediction',
                   'npimage_family_prediction_misfiled']) AS name
-WHERE to_regclass(name) IS NULL;
+WHERE to_regclass(name) IS NULL
+
+UNION ALL  -- the catalogue-check view, once NextPage's tables exist
+SELECT 'npimage_catalogue_gtin_mismatch'
+WHERE to_regclass('np_reference') IS NOT NULL AND to_regclass('np_image') IS NOT NULL
+  AND to_regclass('npimage_catalogue_gtin_mismatch') IS NULL;

@@ -1,0 +1,217 @@
+"""Pack reading: speed of each reader, its share of a backfill and a nightly, and quality.
+
+Everything is generated here (nothing downloaded): the demo catalogue (npimage_demo,
+with its reading_truth.csv) and the rendered code set (npimage_demo.codeset).
+
+1. Backfill: a full run of the demo catalogue minus 10 % of its images, FV off unless
+   --fv, with `--read codes,text-all` (OCR of every image, to measure it on all); each
+   stage timed, mapped stages on `--workers` processes.
+2. Nightly: an incremental run that adds the 10 % back, `--read codes,text`.
+3. Quality (docs/QUALITY.md targets) from the backfill's warehouse + the nightly:
+   EAN-13 read exactly at native size, wrong GTINs, printed strengths read exactly,
+   catalogue check (mismatches listed, false alarms); then codes after a 50 % resize
+   of every picture; then the rendered code set by symbology x module size.
+
+    .venv/bin/python bench/reading.py [--work bench/out/reading] [--products 160]
+                                      [--workers 2] [--fv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "plugins"))
+
+from npimage_demo.catalogue import build_demo_catalogue  # noqa: E402
+
+from npimage import pipeline  # noqa: E402
+from npimage.config import Settings  # noqa: E402
+from npimage.quality.reading_eval import (  # noqa: E402
+    evaluate_reading,
+    format_reading,
+    load_reading_truth,
+)
+from npimage.reading.codes import read_codes  # noqa: E402
+
+MAPPED = {"signatures", "read_codes", "compare", "read_text"}
+
+
+def _map(fn, ctx, items, workers):  # type: ignore[no-untyped-def]
+    if workers <= 1 or len(items) <= 1:
+        return [fn(ctx, i) for i in items]
+    import multiprocessing as mp
+
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=mp.get_context("spawn")) as p:
+        return list(p.map(fn, [ctx] * len(items), items))
+
+
+def timed_run(ctx, workers: int) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Seconds per stage of one run (the runner's order, reading stages included)."""
+    t: dict[str, float] = {}
+
+    def clock(name, fn):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        out = fn()
+        t[name] = t.get(name, 0.0) + time.perf_counter() - t0
+        return out
+
+    clock("extract", lambda: pipeline.extract(ctx))
+    batches = clock("plan", lambda: pipeline.plan(ctx))
+    clock("signatures", lambda: _map(pipeline.signatures, ctx, batches, workers))
+    clock("read_codes", lambda: _map(pipeline.read_codes, ctx, batches, workers))
+    shards = clock("consolidate", lambda: pipeline.consolidate(ctx))
+    clock("compare", lambda: _map(pipeline.compare_shard, ctx, shards, workers))
+    clock("merge", lambda: pipeline.merge(ctx))
+    text = clock("plan_text", lambda: pipeline.plan_text(ctx))
+    clock("read_text", lambda: _map(pipeline.read_text, ctx, text, workers))
+    clock("publish", lambda: pipeline.publish(ctx))
+    return t
+
+
+def _count(run_dir: Path, reader: str) -> int:
+    import pyarrow.parquet as pq
+
+    files = list((run_dir / "reading" / "reads").glob(f"{reader}-*.parquet"))
+    return sum(pq.read_metadata(f).num_rows for f in files)
+
+
+def _stage_table(name: str, t: dict[str, float], n_images: int, n_codes: int,
+                 n_text: int) -> None:
+    total = sum(t.values())
+    print(f"\n{name}: {n_images} images in the run, {total:.1f} s in all")
+    print("| stage | s | share | images | images/s |")
+    print("|---|---:|---:|---:|---:|")
+    per = {"signatures": n_images, "read_codes": n_codes, "read_text": n_text}
+    for stage, s in t.items():
+        n = per.get(stage)
+        rate = f"{n / s:.1f}" if n and s > 0 else ""
+        print(f"| {stage} | {s:.1f} | {100 * s / total:.0f} % | {n if n is not None else ''} "
+              f"| {rate} |")
+
+
+def _subset_manifest(manifest: Path, out: Path, keep: float) -> int:
+    rows = list(csv.DictReader(manifest.open()))
+    kept = [r for i, r in enumerate(rows) if (i * 7919) % 100 < keep * 100]
+    with out.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in kept:
+            w.writerow({**r, "uri": str(manifest.parent / r["uri"])})
+    return len(kept)
+
+
+def _read_resized(args: tuple[str, str, float]) -> tuple[str, set[str]]:
+    image_id, path, scale = args
+    with Image.open(path) as im:
+        g = im.convert("L")
+    g = g.resize((max(1, round(g.width * scale)), max(1, round(g.height * scale))),
+                 Image.Resampling.LANCZOS)
+    return image_id, {c.gtin for c in read_codes(np.asarray(g)) if c.gtin}
+
+
+def resized_codes(demo_dir: Path, truth: dict, scale: float, workers: int) -> None:
+    rows = list(csv.DictReader((demo_dir / "manifest.csv").open()))
+    jobs = [(r["image_id"], str(demo_dir / r["uri"]), scale) for r in rows]
+    with ProcessPoolExecutor(workers) as pool:
+        got = dict(pool.map(_read_resized, jobs, chunksize=8))
+    stats: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    wrong = 0
+    for image_id, gtins in got.items():
+        t = truth[image_id]
+        wrong += bool(gtins - {t["printed_gtin"]})
+        if t["printed_gtin"]:
+            stats[t["symbology"]][0] += 1
+            stats[t["symbology"]][1] += gtins == {t["printed_gtin"]}
+    print(f"\ncodes after a {scale:.0%} resize (LANCZOS) of every demo picture")
+    print("| symbology | printed | read exactly | share |")
+    print("|---|---:|---:|---:|")
+    for sym, (n, ok) in sorted(stats.items()):
+        print(f"| {sym} | {n} | {ok} | {100 * ok / n:.1f} % |")
+    print(f"wrong GTINs: {wrong}")
+
+
+def code_set(workers: int) -> None:
+    from npimage_demo.codeset import cases
+
+    stats: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0, 0])
+    by_rot: dict[tuple[str, int], list[int]] = defaultdict(lambda: [0, 0])
+    for case in cases(seed=0):
+        gray = np.asarray(Image.open(io.BytesIO(case.jpeg)).convert("L"))
+        gtins = {c.gtin for c in read_codes(gray) if c.gtin}
+        k = (case.symbology, case.module)
+        stats[k][0] += 1
+        stats[k][1] += gtins == {case.gtin}
+        stats[k][2] += bool(gtins - {case.gtin})
+        by_rot[(case.symbology, case.rotation)][0] += 1
+        by_rot[(case.symbology, case.rotation)][1] += gtins == {case.gtin}
+    print("\nrendered code set (zxing-cpp writer; 5 rotations x 3 JPEG qualities per cell)")
+    print("| symbology | px/module | cases | read exactly | wrong GTIN |")
+    print("|---|---:|---:|---:|---:|")
+    for (sym, m), (n, ok, bad) in sorted(stats.items()):
+        print(f"| {sym} | {m} | {n} | {ok} ({100 * ok / n:.0f} %) | {bad} |")
+    print("| symbology | rotation | cases | read exactly |")
+    print("|---|---:|---:|---:|")
+    for (sym, r), (n, ok) in sorted(by_rot.items()):
+        print(f"| {sym} | {r} | {n} | {ok} ({100 * ok / n:.0f} %) |")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "reading")
+    ap.add_argument("--products", type=int, default=160)
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--fv", action="store_true", help="feature vectors on (slower signatures)")
+    args = ap.parse_args(argv)
+    shutil.rmtree(args.work, ignore_errors=True)
+    demo = build_demo_catalogue(args.work / "demo", n_products=args.products)
+    truth = load_reading_truth(args.work / "demo" / "reading_truth.csv")
+    base = args.work / "base.csv"
+    n_base = _subset_manifest(demo.manifest, base, 0.9)
+    print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
+          f"demo {demo.n_images} images, backfill {n_base}, nightly +{demo.n_images - n_base}")
+    settings = Settings().with_overrides(data_dir=args.work / "data", fv=args.fv)
+    ctx = pipeline.settings_context("bench", str(base), "backfill",
+                                    settings.with_overrides(read="codes,text-all"))
+    t = timed_run(ctx, args.workers)
+    _stage_table("backfill (full, --read codes,text-all)", t, n_base,
+                 _count(ctx.run_dir, "codes"), _count(ctx.run_dir, "text"))
+    ev = evaluate_reading(settings.warehouse_path, "bench", truth)
+    ctx2 = pipeline.settings_context("bench", str(demo.manifest), "nightly",
+                                     settings.with_overrides(read="codes,text"),
+                                     mode="incremental")
+    t2 = timed_run(ctx2, args.workers)
+    _stage_table("nightly (incremental, --read codes,text)", t2, demo.n_images - n_base,
+                 _count(ctx2.run_dir, "codes"), _count(ctx2.run_dir, "text"))
+    plan = json.loads((ctx2.run_dir / "reading" / "text_plan" / "plan.json").read_text()) \
+        if (ctx2.run_dir / "reading" / "text_plan" / "plan.json").exists() else {}
+    print(f"nightly OCR plan: {plan}")
+    print("\nquality on the backfill (codes at native size, OCR of every picture)")
+    print(format_reading(ev))
+    for image_id, printed, found in ev.strength_misses[:15]:
+        print(f"  strength miss {image_id}: printed {printed!r}, read {found!r}")
+    for row in ev.wrong_rows:
+        print(f"  WRONG GTIN {row}")
+    ev2 = evaluate_reading(settings.warehouse_path, "bench", truth)
+    print("\nafter the nightly (all images of the catalogue)")
+    print(format_reading(ev2))
+    resized_codes(args.work / "demo", truth, 0.5, args.workers)
+    code_set(args.workers)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""The pack-reading stages of a run: codes per planned batch, OCR for the images that need it.
+
+    plan batches --read_codes(batch) x B-->  reading/codes/, reading/reads/codes-*
+    merge --> plan_text --> read_text(batch) x T --> reading/text/, reading/reads/text-*
+    publish --> finish (image_codes, image_text, image_reads .parquet in the run folder)
+
+What is read is `ctx.read` (a comma list): `codes` (every new or changed image: cheap),
+`text` (OCR of the images in close pairs, band very_similar or better: the pairs whose
+products may differ only by the printed strength), `text-all` (OCR of every image),
+or `none`. `ctx.text_max` caps the OCR of one run (0: no cap); the images left over are
+read by the next runs, since reads are kept per image and reused while its sha256 and
+the reader's version are unchanged. Every function takes a RunContext and works without
+Airflow; the DAG maps read_codes and read_text over their batches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from npimage.errors import InputError
+from npimage.schemas import CATALOG, IMAGE_CODES, IMAGE_READS, IMAGE_TEXT, SIGNATURES
+from npimage.storage.parquet_io import num_rows, read_parts, read_table, write_table
+from npimage.storage.runs import RunContext
+from npimage.storage.store import Location, location, write_text_atomic
+
+log = logging.getLogger("npimage")
+
+READERS = ("codes", "text", "text-all")
+#: Bands whose pairs get their images read by OCR with `--read text`.
+TEXT_BANDS = ("same", "retouched", "very_similar")
+DEFAULT_READ = "codes"
+
+
+def parse_read(value: str | Iterable[str] | None) -> tuple[str, ...]:
+    """The readers of a `--read` value: 'codes,text', 'none', '' (= none); unknown names refused."""
+    if value is None:
+        value = DEFAULT_READ
+    items = [v.strip() for v in (value.split(",") if isinstance(value, str) else value)]
+    items = [v for v in items if v and v != "none"]
+    bad = [v for v in items if v not in READERS]
+    if bad:
+        raise InputError(f"unknown reader(s) {bad} in --read",
+                         hint=f"choose from {', '.join(READERS)}, comma-separated, or none")
+    return tuple(dict.fromkeys(items))
+
+
+def readers(ctx: RunContext) -> tuple[str, ...]:
+    return parse_read(getattr(ctx, "read", DEFAULT_READ))
+
+
+def _dir(ctx: RunContext) -> Location:
+    return ctx.run_dir / "reading"
+
+
+def _prior(ctx: RunContext) -> Location | None:
+    """The last published run folder, when this run may reuse its reads (incremental)."""
+    return ctx.baseline_dir() if ctx.mode == "incremental" else None
+
+
+def _versions() -> dict[str, str]:
+    from npimage.reading import codes, text
+
+    return {"codes": codes.reader_version(), "text": text.reader_version()}
+
+
+# -- one image ---------------------------------------------------------------------------
+
+def _code_rows(base: dict, gray: np.ndarray) -> list[dict]:
+    from npimage.reading.codes import read_codes
+
+    return [{**base, "seq": seq, **code.as_dict()} for seq, code in enumerate(read_codes(gray))]
+
+
+def _text_rows(base: dict, rgb: np.ndarray) -> list[dict]:
+    from npimage.reading.text import read_text
+
+    rows = []
+    for i, ln in enumerate(read_text(rgb)):
+        x0, y0, x1, y1 = ln.box
+        rows.append({**base, "line": i, "text": ln.text, "confidence": ln.confidence,
+                     "x0": x0, "y0": y0, "x1": x1, "y1": y1, "tokens": " ".join(ln.tokens),
+                     "quantities": json.dumps([q.as_dict() for q in ln.quantities]),
+                     "strengths": "; ".join(str(q) for q in ln.quantities)})
+    return rows
+
+
+def read_image(uri: str, reader: str, *, max_pixels: int, read_timeout: float,
+               base: dict | None = None) -> tuple[str, tuple[int, int], list[dict]]:
+    """(sha256, (width, height), rows) of one image for one reader ('codes' or 'text').
+
+    Raises npimage.ingest.decode.ImageError for an image that cannot be read.
+    """
+    from npimage.ingest.decode import decode_for_reading, read_bytes
+
+    data = read_bytes(uri, read_timeout)
+    sha = hashlib.sha256(data).hexdigest()
+    img = decode_for_reading(data, max_pixels)
+    rgb = np.asarray(img.rgb)
+    base = {**(base or {}), "sha256": sha}
+    if reader == "codes":
+        gray = np.ascontiguousarray(
+            (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.uint8))
+        return sha, (img.width, img.height), _code_rows(base, gray)
+    return sha, (img.width, img.height), _text_rows(base, rgb)
+
+
+def _reuse(prior: Location | None, reader: str, ids: list[str]) -> tuple[dict, pa.Table | None]:
+    """Prior reads of these ids: {image_id: read row} and the prior result rows."""
+    if prior is None or not (prior / "image_reads.parquet").exists() or not ids:
+        return {}, None
+    reads = read_table(prior / "image_reads.parquet", IMAGE_READS)
+    reads = reads.filter(pc.and_(pc.equal(reads["reader"], reader),
+                                 pc.is_in(reads["image_id"], pa.array(ids, pa.string()))))
+    table = "image_codes" if reader == "codes" else "image_text"
+    schema = IMAGE_CODES if reader == "codes" else IMAGE_TEXT
+    rows = read_table(prior / f"{table}.parquet", schema)
+    rows = rows.filter(pc.is_in(rows["image_id"], pa.array(ids, pa.string())))
+    return {r["image_id"]: r for r in reads.to_pylist()}, rows
+
+
+def _read_batch(ctx: RunContext, batch: Location, reader: str,
+                progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Read one batch of catalog rows with one reader; write result and read rows."""
+    settings = ctx.settings
+    kind = "codes" if reader == "codes" else "text"
+    schema = IMAGE_CODES if kind == "codes" else IMAGE_TEXT
+    cat = read_table(batch, CATALOG).to_pylist()
+    version = _versions()[kind]
+    prior_reads, prior_rows = _reuse(_prior(ctx), kind, [r["image_id"] for r in cat])
+    out_rows: list[dict] = []
+    reads: list[dict] = []
+    keep_prior: list[str] = []
+    failed = 0
+    now = datetime.now(UTC)
+    for r in cat:
+        base = {"client_id": r["client_id"], "image_id": r["image_id"]}
+        try:
+            old = prior_reads.get(r["image_id"])
+            if old is not None and old["version"] == version:
+                from npimage.ingest.decode import read_bytes
+
+                sha = hashlib.sha256(read_bytes(r["uri"], settings.read_timeout)).hexdigest()
+                if sha == old["sha256"]:
+                    reads.append(old)
+                    keep_prior.append(r["image_id"])
+                    continue
+            sha, (w, h), rows = read_image(r["uri"], kind, max_pixels=settings.max_pixels,
+                                           read_timeout=settings.read_timeout, base=base)
+        except Exception as exc:
+            failed += 1
+            log.warning("%s: %s not read: %s", kind, r["image_id"], exc)
+            continue
+        finally:
+            if progress:
+                progress(1)
+        out_rows.extend(rows)
+        reads.append({**base, "sha256": sha, "reader": kind, "version": version,
+                      "n_found": len(rows), "width": w, "height": h, "computed_at": now})
+    table = pa.Table.from_pylist(out_rows, schema=schema)
+    if prior_rows is not None and keep_prior:
+        kept = prior_rows.filter(pc.is_in(prior_rows["image_id"], pa.array(keep_prior)))
+        table = pa.concat_tables([table, kept.cast(schema)])
+    write_table(table, _dir(ctx) / kind / batch.name, schema)
+    write_table(pa.Table.from_pylist(reads, schema=IMAGE_READS),
+                _dir(ctx) / "reads" / f"{kind}-{batch.name}", IMAGE_READS)
+    return {"read": len(reads) - len(keep_prior), "reused": len(keep_prior), "failed": failed,
+            "found": table.num_rows}
+
+
+# -- stages ------------------------------------------------------------------------------
+
+def read_codes(ctx: RunContext, batch: str,
+               progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Codes of the images of one planned batch (the signature batches)."""
+    if "codes" not in readers(ctx):
+        return {"read": 0, "reused": 0, "failed": 0, "found": 0}
+    return _read_batch(ctx, location(batch), "codes", progress)
+
+
+def _text_wanted(ctx: RunContext, sigs: pa.Table) -> list[str]:
+    """Image ids that this run's settings want read by OCR, in a stable order."""
+    chosen = readers(ctx)
+    if "text-all" in chosen:
+        return sorted(sigs["image_id"].to_pylist())
+    if "text" not in chosen:
+        return []
+    matches = read_table(ctx.run_dir / "image_matches.parquet").select(
+        ["image_id", "match_image_id", "band"])
+    close = matches.filter(pc.is_in(matches["band"], pa.array(TEXT_BANDS)))
+    ids = set(close["image_id"].to_pylist()) | set(close["match_image_id"].to_pylist())
+    return sorted(ids)
+
+
+def plan_text(ctx: RunContext) -> list[str]:
+    """Batches (Parquet of catalog rows) of images to OCR this run; needs merged matches.
+
+    Images already read by the baseline with the same sha256 and OCR version are reused
+    (finish carries their rows); the rest are read, at most `ctx.text_max` (0: all).
+    """
+    folder = _dir(ctx) / "text_plan"
+    for stale in folder.glob("batch-*.parquet"):
+        stale.unlink()
+    sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                      columns=["image_id", "sha256"])
+    wanted = _text_wanted(ctx, sigs)
+    if not wanted:
+        return []
+    sha = dict(zip(sigs["image_id"].to_pylist(), sigs["sha256"].to_pylist(), strict=True))
+    prior = _prior(ctx)
+    done: set[str] = set()
+    if prior is not None and (prior / "image_reads.parquet").exists():
+        version = _versions()["text"]
+        for r in read_table(prior / "image_reads.parquet", IMAGE_READS).to_pylist():
+            if r["reader"] == "text" and r["version"] == version and sha.get(r["image_id"]) == \
+                    r["sha256"]:
+                done.add(r["image_id"])
+    todo = [i for i in wanted if i not in done]
+    cap = int(getattr(ctx, "text_max", 0) or 0)
+    left = max(0, len(todo) - cap) if cap else 0
+    if cap:
+        todo = todo[:cap]
+    catalog = read_table(ctx.run_dir / "catalog.parquet", CATALOG)
+    rows = catalog.filter(pc.is_in(catalog["image_id"], pa.array(todo, pa.string())))
+    settings = ctx.settings
+    size = max(1, min(settings.batch_size, 64),
+               math.ceil(rows.num_rows / settings.max_batches))
+    batches = []
+    for k, start in enumerate(range(0, rows.num_rows, size)):
+        path = folder / f"batch-{k:05d}.parquet"
+        write_table(rows.slice(start, size), path, CATALOG)
+        batches.append(str(path))
+    write_text_atomic(folder / "plan.json", json.dumps(
+        {"wanted": len(wanted), "reused": len(wanted) - len(todo) - left, "planned": len(todo),
+         "left_for_next_runs": left}))
+    log.info("plan_text: %d images want OCR, %d reused, %d planned in %d batches, %d left "
+             "(text_max)", len(wanted), len(wanted) - len(todo) - left, len(todo), len(batches),
+             left)
+    return batches
+
+
+def read_text(ctx: RunContext, batch: str,
+              progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """OCR of the images of one text batch."""
+    return _read_batch(ctx, location(batch), "text", progress)
+
+
+def finish(ctx: RunContext) -> dict[str, Location]:
+    """The run's image_codes, image_text and image_reads Parquet files (for publish).
+
+    This run's reads, plus the baseline's reads of images whose sha256 is unchanged and
+    that this run did not read again; images no longer in the run's signatures drop out.
+    """
+    sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                      columns=["image_id", "sha256"])
+    current = dict(zip(sigs["image_id"].to_pylist(), sigs["sha256"].to_pylist(), strict=True))
+    plan_names = {p.name for p in (ctx.run_dir / "plan").glob("batch-*.parquet")}
+    text_names = {p.name for p in (_dir(ctx) / "text_plan").glob("batch-*.parquet")}
+    reads = [read_table(_dir(ctx) / "reads" / f"codes-{n}", IMAGE_READS) for n in plan_names]
+    reads += [read_table(_dir(ctx) / "reads" / f"text-{n}", IMAGE_READS) for n in text_names]
+    codes = [read_table(_dir(ctx) / "codes" / n, IMAGE_CODES) for n in plan_names]
+    texts = [read_table(_dir(ctx) / "text" / n, IMAGE_TEXT) for n in text_names]
+    fresh = pa.concat_tables([IMAGE_READS.empty_table(), *reads])
+    seen = {(i, k) for i, k in zip(fresh["image_id"].to_pylist(), fresh["reader"].to_pylist(),
+                                    strict=True)}
+    baseline = ctx.baseline_dir()
+    if baseline is not None and (baseline / "image_reads.parquet").exists():
+        old = read_table(baseline / "image_reads.parquet", IMAGE_READS).to_pylist()
+        keep = [r for r in old if (r["image_id"], r["reader"]) not in seen
+                and current.get(r["image_id"]) == r["sha256"]]
+        fresh = pa.concat_tables([fresh, pa.Table.from_pylist(keep, schema=IMAGE_READS)])
+        for reader, parts, schema in (("codes", codes, IMAGE_CODES), ("text", texts, IMAGE_TEXT)):
+            ids = pa.array([r["image_id"] for r in keep if r["reader"] == reader], pa.string())
+            rows = read_table(baseline / f"image_{reader}.parquet", schema)
+            parts.append(rows.filter(pc.is_in(rows["image_id"], ids)))
+    out = {}
+    for name, parts, schema in (("image_codes", codes, IMAGE_CODES),
+                                ("image_text", texts, IMAGE_TEXT)):
+        table = pa.concat_tables([schema.empty_table(), *parts])
+        alive = pc.is_in(table["image_id"], pa.array(list(current), pa.string()))
+        out[name] = write_table(table.filter(alive).sort_by([("image_id", "ascending")]),
+                                ctx.run_dir / f"{name}.parquet", schema)
+    alive = pc.is_in(fresh["image_id"], pa.array(list(current), pa.string()))
+    out["image_reads"] = write_table(fresh.filter(alive), ctx.run_dir / "image_reads.parquet",
+                                     IMAGE_READS)
+    return out
+
+
+def counts(ctx: RunContext) -> dict[str, Any]:
+    """Rows of the finished reading files (for the summary)."""
+    return {name: num_rows(ctx.run_dir / f"{name}.parquet")
+            for name in ("image_codes", "image_text")
+            if (ctx.run_dir / f"{name}.parquet").exists()}

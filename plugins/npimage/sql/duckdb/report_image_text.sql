@@ -1,0 +1,5 @@
+-- Report: printed text read on the images of one page set. Parameters: $client, $first, $last.
+SELECT image_id, text, confidence, strengths, x0, y0, x1, y1
+FROM image_text
+WHERE client_id = $client AND image_id BETWEEN $first AND $last
+ORDER BY image_id, line;
