@@ -249,6 +249,29 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
     return str(out)
 
 
+# -- verify ------------------------------------------------------------------------------
+
+def verify(ctx: RunContext) -> dict[str, int]:
+    """Check the close pairs of the compare shards in detail -> verified.parquet
+    (npimage.matching.verify): variants of one template move below `retouched`."""
+    from npimage.matching.verify import verify_matches
+
+    shards = sorted((ctx.run_dir / "matches").glob("shard-*.parquet"))
+    matches = pa.concat_tables([pq.read_table(p).cast(cmp.MATCH_COLUMNS) for p in shards]) \
+        if shards else cmp.MATCH_COLUMNS.empty_table()
+    ids = sorted(set(matches["image_id"].to_pylist()) | set(matches["match_image_id"].to_pylist()))
+    sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                      columns=["image_id", "detail"], ids=ids)
+    details = dict(zip(sigs["image_id"].to_pylist(), sigs["detail"].to_pylist(), strict=True))
+    with Progress(matches.num_rows, "verify", "pairs"):
+        verified = verify_matches(matches, details)
+    write_table(verified, ctx.path("verified.parquet"))
+    moved = int(pc.sum(pc.cast(pc.not_equal(
+        verified["verify_reason"], "detail identical"), pa.int64())).as_py() or 0)
+    log.info("verify: %d pairs checked, %d with a finding", verified.num_rows // 2, moved // 2)
+    return {"verified_pairs": verified.num_rows // 2, "findings": moved // 2}
+
+
 # -- merge -------------------------------------------------------------------------------
 
 def merge(ctx: RunContext) -> dict[str, int]:
@@ -263,7 +286,8 @@ def merge(ctx: RunContext) -> dict[str, int]:
     images = merge_image_matches(
         match_files, baseline / "image_matches.parquet" if incremental else None,
         ctx.path("queries.parquet"), ctx.run_dir / "signatures", ctx.path("image_matches.parquet"),
-        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k)
+        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k,
+        verified=ctx.path("verified.parquet"))
     products = roll_up_products(ctx.path("image_matches.parquet"), ctx.path("catalog.parquet"),
                                 ctx.path("product_matches.parquet"), client_id=ctx.client_id,
                                 run_id=ctx.run_id)

@@ -55,6 +55,7 @@ def _run_stages(ctx: RunContext, workers: int | None, report: bool) -> dict[str,
     computed = sum(r["computed"] for r in results)
     shards = pipeline.consolidate(ctx)
     _map(pipeline.compare_shard, ctx, shards, n)
+    pipeline.verify(ctx)
     pipeline.merge(ctx)
     info = pipeline.publish(ctx, started_at=started, computed=computed)
     info["signatures_computed"] = computed

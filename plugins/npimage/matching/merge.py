@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from npimage.config import BANDS
@@ -36,13 +37,37 @@ def _read_shards(paths: list[Path]) -> pa.Table:
     return pa.concat_tables(tables) if tables else MATCH_COLUMNS.empty_table()
 
 
-def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, signatures: Path,
-                        out: Path, *, client_id: str, run_id: str, top_k: int) -> pa.Table:
-    """Combine this run's shard results with the kept prior matches; write image_matches."""
+def _verified(shards: pa.Table, verified: Path | None) -> pa.Table:
+    """Compare's pairs with the verification applied: score = verified score where the pair
+    was checked, score_before = compare's score, verified, verify_reason."""
     con = duckdb.connect()
-    con.register("new_pairs", _read_shards(shards))
+    con.register("shards", shards)
+    ver = pq.read_table(verified) if verified is not None and Path(verified).exists() else None
+    if ver is None:
+        return con.execute("SELECT *, score AS score_before, false AS verified, "
+                           "CAST(NULL AS VARCHAR) AS verify_reason FROM shards").to_arrow_table()
+    con.register("ver", ver)
+    return con.execute(
+        """SELECT s.image_id, s.match_image_id, coalesce(v.score, s.score) AS score,
+                  s.dah, s.ddh, s.dph, s.dfv, s.same_bytes, s.score AS score_before,
+                  v.image_id IS NOT NULL AS verified, v.verify_reason
+           FROM shards AS s LEFT JOIN ver AS v
+             ON v.image_id = s.image_id AND v.match_image_id = s.match_image_id""").to_arrow_table()
+
+
+def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, signatures: Path,
+                        out: Path, *, client_id: str, run_id: str, top_k: int,
+                        verified: Path | None = None) -> pa.Table:
+    """Combine this run's shard results (with their verification) with the kept prior
+    matches; write image_matches."""
+    con = duckdb.connect()
+    con.register("new_pairs", _verified(_read_shards(shards), verified))
     prior_table = read_table(prior, IMAGE_MATCHES) if prior else IMAGE_MATCHES.empty_table()
-    con.register("prior_matches", prior_table.select(MATCH_COLUMNS.names))
+    prior_table = prior_table.set_column(  # rows of older runs: score_before = score
+        prior_table.schema.get_field_index("score_before"), "score_before",
+        pc.coalesce(prior_table["score_before"], prior_table["score"]))
+    con.register("prior_matches", prior_table.select(
+        [*MATCH_COLUMNS.names, "score_before", "verified", "verify_reason"]))
     con.register("queries", pq.read_table(queries, columns=["image_id"]))
     con.register("present", read_table(signatures, SIGNATURES).select(["image_id"]))
     params = {"client_id": client_id, "run_id": run_id, "top_k": top_k, **_band_params()}

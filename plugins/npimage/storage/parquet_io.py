@@ -36,7 +36,16 @@ def read_table(path: Path, schema: pa.Schema | None = None) -> pa.Table:
             raise FileNotFoundError(path)
         return schema.empty_table()
     table = pq.read_table(path)
-    return table.select(schema.names).cast(schema) if schema is not None else table
+    return conform(table, schema) if schema is not None else table
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with the columns of `schema`, in order and cast; columns a file written by an
+    older version lacks (added later, nullable) read as nulls."""
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(schema.names).cast(schema)
 
 
 def empty(schema: pa.Schema) -> pa.Table:

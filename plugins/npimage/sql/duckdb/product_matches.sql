@@ -4,7 +4,8 @@
 -- Relations: image_matches (this run, merged), catalog(image_id, product_id).
 -- Parameters: $client_id, $run_id, $same, $retouched, $very_similar.
 WITH pairs AS (
-    SELECT a.product_id, b.product_id AS match_product_id, m.score, m.image_id, m.match_image_id
+    SELECT a.product_id, b.product_id AS match_product_id, m.score, m.image_id, m.match_image_id,
+           m.score_before, m.verify_reason
     FROM image_matches AS m
     JOIN catalog AS a ON a.image_id = m.image_id
     JOIN catalog AS b ON b.image_id = m.match_image_id
@@ -24,7 +25,9 @@ SELECT
     CAST(count(*) AS INTEGER) AS n_image_pairs,
     first(image_id ORDER BY score DESC, image_id, match_image_id) AS best_image_id,
     first(match_image_id ORDER BY score DESC, image_id, match_image_id) AS best_match_image_id,
-    $run_id AS run_id
+    $run_id AS run_id,
+    CAST(first(score_before ORDER BY score DESC, image_id, match_image_id) AS FLOAT) AS score_before,
+    first(verify_reason ORDER BY score DESC, image_id, match_image_id) AS verify_reason
 FROM pairs
 GROUP BY product_id, match_product_id
 ORDER BY product_id, score DESC, match_product_id

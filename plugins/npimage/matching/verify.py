@@ -1,0 +1,450 @@
+"""Verification of close pairs: look at the detail the hashes and the global FV cannot see.
+
+Why: two strengths of one pack template ("0.9 %" and "250 ml") have identical 64-bit
+hashes and FV cosines of 0.997, so compare calls them the same image. This stage takes
+the pairs compare scored high, compares a small aligned picture of each image region by
+region, and moves a pair down the bands when one region differs (another strength,
+barcode, name or accent colour), or up to `retouched` when the only difference is
+geometric (crop, rotation, mirror, margins) that the hashes punish.
+
+The local-detail signature (`detail_signature`, stored with the other signatures):
+a DETAIL_SIDE x DETAIL_SIDE grey thumbnail (luma) and a CHROMA_SIDE x CHROMA_SIDE thumbnail
+of the two chroma channels, uint8, squashed to a square like the hashes: 128*128 + 2*32*32
+= 18 432 bytes raw per image (less in Parquet).
+
+Per pair (`verify`):
+1. photometric normalisation (each thumbnail to zero mean, unit deviation: tone changes
+   vanish), then at identity and mirrored, vectorised over the batch: the difference map,
+   smoothed over a window the size of a printed word, and its peak = `peak`;
+2. the pairs that are not clean at identity are aligned one by one (OpenCV ECC, an affine
+   transform from the content boxes of both pictures, straight and mirrored), then step 1
+   again on the overlap;
+3. verdict from the residual: clean -> the same picture (kept; lifted to `retouched` when
+   the alignment was geometric); one region or a few differ -> a variant (moved below
+   0.95, with the kind of region: text, colour, ...); an opaque patch over the picture
+   -> a sticker (kept as a retouch).
+
+Every check returns (cap, floor, reason) per pair; further checks (codes and text read
+from the packs) can be appended to CHECKS without touching this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+#: Side of the grey detail thumbnail (pixels) and of the chroma thumbnail.
+DETAIL_SIDE = 128
+CHROMA_SIDE = 32
+DETAIL_BYTES = DETAIL_SIDE * DETAIL_SIDE + 2 * CHROMA_SIDE * CHROMA_SIDE
+#: Version of the detail signature: stored signatures of another version are recomputed.
+DETAIL_VERSION = 1
+
+
+#: A pixel is content when it differs by more than this from the backdrop of its row and
+#: of its column (the picture's border pixels); rows/columns need CONTENT_SHARE of them.
+BACKDROP_TOLERANCE = 24
+CONTENT_SHARE = 0.01
+#: Margin kept around the content box, as a share of its size.
+BOX_MARGIN = 0.02
+
+
+def content_box(rgb: Image.Image) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of what stands out from the backdrop (margins dropped).
+
+    The backdrop of a row is the mean of its two end pixels, of a column its two end pixels
+    (a studio gradient or plain white); a pixel far from both is content. A picture without
+    a backdrop (a photo) keeps its whole frame.
+    """
+    small = rgb.copy()
+    small.thumbnail((160, 160), Image.Resampling.BOX)
+    a = np.asarray(small, dtype=np.int16)
+    h, w = a.shape[:2]
+    rows = (a[:, :2].mean(axis=1) + a[:, -2:].mean(axis=1)) / 2
+    cols = (a[:2].mean(axis=0) + a[-2:].mean(axis=0)) / 2
+    far = ((np.abs(a - rows[:, None]).max(-1) > BACKDROP_TOLERANCE)
+           & (np.abs(a - cols[None]).max(-1) > BACKDROP_TOLERANCE))
+    ys = np.flatnonzero(far.mean(axis=1) > CONTENT_SHARE)
+    xs = np.flatnonzero(far.mean(axis=0) > CONTENT_SHARE)
+    if len(ys) < h * 0.1 or len(xs) < w * 0.1:
+        return (0, 0, rgb.width, rgb.height)
+    my, mx = BOX_MARGIN * (ys[-1] - ys[0] + 1), BOX_MARGIN * (xs[-1] - xs[0] + 1)
+    sx, sy = rgb.width / w, rgb.height / h
+    return (max(0, int((xs[0] - mx) * sx)), max(0, int((ys[0] - my) * sy)),
+            min(rgb.width, int(np.ceil((xs[-1] + 1 + mx) * sx))),
+            min(rgb.height, int(np.ceil((ys[-1] + 1 + my) * sy))))
+
+
+def detail_signature(rgb: Image.Image) -> bytes:
+    """Luma thumbnail (DETAIL_SIDE^2) then Cb and Cr thumbnails (CHROMA_SIDE^2 each), uint8,
+    of the content box (so a pack fills the thumbnail whatever its margins)."""
+    ycc = rgb.crop(content_box(rgb)).convert("YCbCr")
+    y = ycc.getchannel(0).resize((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BOX)
+    c = ycc.resize((CHROMA_SIDE, CHROMA_SIDE), Image.Resampling.BOX)
+    cb, cr = c.getchannel(1), c.getchannel(2)
+    return y.tobytes() + cb.tobytes() + cr.tobytes()
+
+
+def unpack_details(details: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(grey (n, S, S) uint8, chroma (n, C, C, 2) uint8) from stored detail signatures."""
+    raw = np.frombuffer(b"".join(details), np.uint8).reshape(len(details), DETAIL_BYTES)
+    g = DETAIL_SIDE * DETAIL_SIDE
+    grey = raw[:, :g].reshape(-1, DETAIL_SIDE, DETAIL_SIDE)
+    c = CHROMA_SIDE * CHROMA_SIDE
+    chroma = np.stack([raw[:, g:g + c], raw[:, g + c:]], axis=-1).reshape(
+        -1, CHROMA_SIDE, CHROMA_SIDE, 2)
+    return grey, chroma
+
+
+# -- the visual check ------------------------------------------------------------------------
+
+#: Blur (sigma, thumbnail pixels) applied to both thumbnails before differencing, and the
+#: stronger blur tried on either side (a resize or a sharper source changes the fine grain).
+BLUR = 0.7
+BLUR_EQUALISE = 1.3
+#: Side of the window (pixels of the 128 thumbnail: about a printed word) the difference is
+#: averaged over; its peak is the pair's grey residual.
+WINDOW = 2
+CHROMA_WINDOW = 2
+
+
+@dataclass(frozen=True)
+class VisualParams:
+    """Thresholds of the visual check (fitted on one range of edits, see bench/verify.py)."""
+
+    #: grey residual (units of the pictures' deviation) up to which a pair is the same picture
+    grey_clean: float = 1.1
+    #: chroma residual (levels of Cb/Cr above the pair's median) up to which colours agree
+    chroma_clean: float = 25.0
+    #: identity residual above which alignment is tried
+    align_above: float = 0.5
+    #: largest share of the picture a sticker may cover
+    sticker_area: float = 0.08
+    #: a sticker adds edges: its side of the changed area has this many times the other's
+    sticker_edges: float = 3.0
+    #: score a variant is capped at (below `retouched`)
+    variant_cap: float = 0.93
+    #: score a geometric retouch is lifted to (inside `retouched`)
+    geometric_floor: float = 0.955
+
+
+def _norm(g: np.ndarray) -> np.ndarray:
+    """Each thumbnail to zero mean and unit deviation (float32): tone changes vanish."""
+    g = g.astype(np.float32)
+    m = g.mean(axis=(-2, -1), keepdims=True)
+    s = g.std(axis=(-2, -1), keepdims=True) + 1.0
+    return (g - m) / s
+
+
+def _box(x: np.ndarray, w: int) -> np.ndarray:
+    """Mean over every w x w window of a stack of maps (valid windows only), by cumsums."""
+    c = np.pad(x, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2)
+    return (c[:, w:, w:] - c[:, :-w, w:] - c[:, w:, :-w] + c[:, :-w, :-w]) / (w * w)
+
+
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.GaussianBlur(i, (0, 0), sigma) for i in x]) if len(x) else x
+
+
+def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(peak, map) of the windowed grey difference of normalised stacks a and b (n, S, S).
+
+    Both are blurred by BLUR; each side is also tried with BLUR_EQUALISE and the pair keeps
+    the combination with the least mean difference (a resized copy has less fine grain).
+    `valid` (n, S, S) masks pixels outside the overlap of an alignment.
+    """
+    a7, b7 = _blur(a, BLUR), _blur(b, BLUR)
+    cands = np.stack([np.abs(a7 - b7), np.abs(_blur(a, BLUR_EQUALISE) - b7),
+                      np.abs(a7 - _blur(b, BLUR_EQUALISE))])
+    if valid is not None:
+        cands *= valid[None]
+    best = cands.mean(axis=(2, 3)).argmin(0)
+    d = cands[best, np.arange(len(best))]
+    m = _box(d, WINDOW)
+    return m.max(axis=(1, 2)), m
+
+
+def chroma_residual(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(peak, map) of the windowed chroma distance above the pair's median (a global cast
+    from a tone change or white balance is not a local colour change)."""
+    d = np.hypot(*(a.astype(np.float32) - b.astype(np.float32)).transpose(3, 0, 1, 2))
+    d = d - np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
+    m = _box(d, CHROMA_WINDOW)
+    return m.max(axis=(1, 2)), m
+
+
+def _ecc(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """Affine warp (2x3, float32) taking b onto a by ECC, coarse to fine; None if it fails."""
+    import cv2
+
+    warp = np.eye(2, 3, dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4)
+    try:
+        for scale in (0.5, 1.0):
+            size = (round(a.shape[1] * scale), round(a.shape[0] * scale))
+            sa = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
+            sb = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
+            if scale == 1.0:
+                warp[:, 2] *= 2
+            _, warp = cv2.findTransformECC(sa, sb, warp, cv2.MOTION_AFFINE, criteria, None, 5)
+    except cv2.error:
+        return None
+    return warp
+
+
+def _warp(img: np.ndarray, warp: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """img warped onto the reference frame (warp found at `scale` times this size), and the
+    mask of pixels that came from inside img (eroded by one pixel)."""
+    import cv2
+
+    w = warp.copy()
+    w[:, 2] *= scale
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    size = (img.shape[1], img.shape[0])
+    out = cv2.warpAffine(img, w, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    ones = np.ones(img.shape[:2], np.float32)
+    valid = cv2.warpAffine(ones, w, size, flags=flags, borderValue=0.0) > 0.999
+    valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    return out, valid
+
+
+def _is_geometric(warp: np.ndarray | None, mirrored: bool) -> bool:
+    """Did the alignment move the picture by more than resampling jitter?"""
+    if mirrored:
+        return True
+    if warp is None:
+        return False
+    lin = warp[:, :2] - np.eye(2)
+    return bool(np.abs(lin).max() > 0.01 or np.abs(warp[:, 2]).max() > 0.75)
+
+
+@dataclass
+class VisualResult:
+    """Per pair: residuals after the best alignment, and how the pair was aligned."""
+
+    grey: np.ndarray  # float32, grey residual peak
+    chroma: np.ndarray  # float32, chroma residual peak
+    mirrored: np.ndarray  # bool
+    geometric: np.ndarray  # bool: aligned by a real transform (crop, rotation, margins)
+    aligned: np.ndarray  # bool: ECC was run
+    grey_map: np.ndarray  # (n, S-W+1, S-W+1) windowed grey difference
+    chroma_map: np.ndarray
+    a: np.ndarray = field(repr=False)  # normalised grey of a (n, S, S)
+    b: np.ndarray = field(repr=False)  # normalised grey of b in a's frame
+    ca: np.ndarray = field(repr=False)
+    cb: np.ndarray = field(repr=False)
+
+
+def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
+                    params: VisualParams) -> VisualResult:
+    """Residuals of pairs of detail thumbnails, aligning (straight or mirrored) those that
+    differ at identity. Vectorised over pairs except the per-pair ECC alignment."""
+    a, b = _norm(ga), _norm(gb)
+    bf = b[:, :, ::-1]
+    mirrored = np.abs(a - bf).mean(axis=(1, 2)) < 0.75 * np.abs(a - b).mean(axis=(1, 2))
+    b = np.where(mirrored[:, None, None], bf, b).copy()
+    cb = np.where(mirrored[:, None, None, None], cb[:, :, ::-1], cb).copy()
+    grey, gmap = grey_residual(a, b)
+    chroma, cmap = chroma_residual(ca, cb)
+    n = len(a)
+    geometric, aligned = mirrored.copy(), np.zeros(n, bool)
+    todo = np.flatnonzero(grey > params.align_above)
+    if len(todo):
+        wb, valid, wc = b[todo].copy(), np.ones((len(todo), *a.shape[1:]), np.float32), \
+            cb[todo].copy()
+        moved = np.zeros(len(todo), bool)
+        for j, i in enumerate(todo):
+            warp = _ecc(_blur(a[i:i + 1], 1.0)[0], _blur(b[i:i + 1], 1.0)[0])
+            if warp is None:
+                continue
+            wb[j], v = _warp(b[i], warp)
+            valid[j] = v
+            wc[j] = _warp(cb[i].astype(np.float32), warp, CHROMA_SIDE / DETAIL_SIDE)[0]
+            moved[j] = _is_geometric(warp, False)
+        aligned[todo] = True
+        g2, m2 = grey_residual(a[todo], wb, valid)
+        c2, cm2 = chroma_residual(ca[todo], wc)
+        better = g2 < grey[todo]
+        sel = todo[better]
+        grey[sel], gmap[sel], b[sel] = g2[better], m2[better], wb[better]
+        chroma[sel], cmap[sel], cb[sel] = c2[better], cm2[better], wc[better]
+        geometric[sel] |= moved[better]
+    return VisualResult(grey, chroma, mirrored, geometric, aligned, gmap, cmap, a, b, ca, cb)
+
+
+# -- verdicts ----------------------------------------------------------------------------------
+
+#: Reasons a check gives (stored in verify_reason; the report shows them on the match card).
+SAME_DETAIL = "detail identical"
+GEOMETRIC = "same picture after alignment (crop, rotation or margins)"
+MIRROR = "mirror image"
+STICKER = "a patch covers one area (sticker)"
+TEXT = "one region differs (text)"
+CODE = "one region differs (barcode)"
+COLOUR = "colour differs in a small area"
+SEVERAL = "several regions differ"
+#: Share of the thumbnail a changed area may cover and still be "one region".
+ONE_REGION = 0.12
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one check says of each pair: the highest score it allows (1 = no cap), the
+    lowest it vouches for (0 = none), and why ("" when it has nothing to say)."""
+
+    cap: np.ndarray
+    floor: np.ndarray
+    reason: np.ndarray  # object (str)
+
+
+def _region_kind(r: VisualResult, i: int, params: VisualParams) -> tuple[str, bool]:
+    """(reason, sticker?) of a pair whose residual is not clean: where and how it differs."""
+    grey_bad = r.grey_map[i] > params.grey_clean
+    if not grey_bad.any():
+        return COLOUR, False
+    area = grey_bad.mean()
+    ys, xs = np.nonzero(grey_bad)
+    h = WINDOW // 2
+    sl = (slice(ys.min(), ys.max() + 2 * h), slice(xs.min(), xs.max() + 2 * h))
+    pa_, pb = r.a[i][sl], r.b[i][sl]
+    ea = np.abs(np.diff(pa_, axis=1)).sum() + np.abs(np.diff(pa_, axis=0)).sum()
+    eb = np.abs(np.diff(pb, axis=1)).sum() + np.abs(np.diff(pb, axis=0)).sum()
+    box_share = (sl[0].stop - sl[0].start) * (sl[1].stop - sl[1].start) / r.a[i].size
+    if (not r.geometric[i] and box_share <= params.sticker_area
+            and max(ea, eb) > params.sticker_edges * max(min(ea, eb), 1e-3)):
+        return STICKER, True  # edges added on one side only: a label stuck on the picture
+    if area > ONE_REGION:
+        return SEVERAL, False
+    gx = np.abs(np.diff(pa_, axis=1)).sum() + np.abs(np.diff(pb, axis=1)).sum()
+    gy = np.abs(np.diff(pa_, axis=0)).sum() + np.abs(np.diff(pb, axis=0)).sum()
+    return (CODE if gx > 3 * gy else TEXT), False
+
+
+def visual_check(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
+                 params: VisualParams | None = None) -> tuple[CheckResult, VisualResult]:
+    """The visual check of pairs of detail thumbnails (see the module docstring)."""
+    params = params or VisualParams()
+    r = compare_details(ga, ca, gb, cb, params)
+    n = len(r.grey)
+    cap, floor = np.ones(n, np.float32), np.zeros(n, np.float32)
+    reason = np.full(n, SAME_DETAIL, dtype=object)
+    clean = (r.grey <= params.grey_clean) & (r.chroma <= params.chroma_clean)
+    geo = clean & r.geometric
+    floor[geo] = params.geometric_floor
+    reason[geo] = GEOMETRIC
+    reason[clean & r.mirrored] = MIRROR
+    for i in np.flatnonzero(~clean):  # only pairs that differ: a few region statistics each
+        why, sticker = _region_kind(r, i, params)
+        reason[i] = why
+        if not sticker:
+            cap[i] = params.variant_cap
+    return CheckResult(cap, floor, reason), r
+
+
+#: A check takes the pairs' detail signatures (a side, b side) and says what it can.
+Check = Callable[[Sequence[bytes], Sequence[bytes]], CheckResult]
+
+
+def visual(details_a: Sequence[bytes], details_b: Sequence[bytes]) -> CheckResult:
+    """The visual check on stored detail signatures."""
+    ga, ca = unpack_details(details_a)
+    gb, cb = unpack_details(details_b)
+    return visual_check(ga, ca, gb, cb)[0]
+
+
+#: The checks run on every verified pair, in order. Another check (codes and text read from
+#: the packs) is one more function here; the pair keeps the lowest cap and the first reason
+#: of the check that capped it.
+CHECKS: list[Check] = [visual]
+
+#: Pairs are verified from this score up (`very_similar` and better: a variant may score
+#: 0.90-0.95 when its other strength also moves a hash bit or two), and from this FV cosine
+#: up (a mirror or a 10 % crop keeps the FV but not the hashes).
+VERIFY_FROM = 0.90
+VERIFY_FV_FROM = 0.92
+
+
+def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarray, np.ndarray]:
+    """Verified scores and reasons: the lowest cap of any check, else the highest floor."""
+    n = len(score)
+    cap = np.ones(n, np.float32)
+    floor = np.zeros(n, np.float32)
+    reason = np.full(n, "", dtype=object)
+    for res in results:
+        capped = res.cap < cap
+        reason[capped] = res.reason[capped]
+        cap = np.minimum(cap, res.cap)
+        floor = np.maximum(floor, res.floor)
+    for res in results:  # reasons of pairs no check capped: the first that said something
+        empty = (reason == "") & (res.reason != "")
+        reason[empty] = res.reason[empty]
+    out = np.where(cap < 1, np.minimum(score, cap), np.maximum(score, floor))
+    return out.astype(np.float32), reason
+
+
+def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
+                 checks: Sequence[Check] | None = None, chunk: int = 2048
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Run the checks over pairs (chunks bound memory); (verified score, reason) per pair."""
+    checks = CHECKS if checks is None else checks
+    scores, reasons = [], []
+    for s in range(0, len(score), chunk):
+        part = slice(s, s + chunk)
+        results = [c(details_a[part], details_b[part]) for c in checks]
+        v, r = combine(score[part], results)
+        scores.append(v)
+        reasons.append(r)
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros(0, object)
+    return np.concatenate(scores), np.concatenate(reasons)
+
+
+# -- the stage -----------------------------------------------------------------------------------
+
+def _verified_schema():
+    """What the verify stage writes: one row per direction of every checked pair."""
+    import pyarrow as pa
+
+    return pa.schema([("image_id", pa.string()), ("match_image_id", pa.string()),
+                      ("score", pa.float32()), ("verify_reason", pa.string())])
+
+
+def pairs_to_verify(matches):
+    """Unordered pairs of compare's output that the stage checks: score >= VERIFY_FROM or
+    FV cosine >= VERIFY_FV_FROM, not byte-identical. (image_id < match_image_id, best score.)"""
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("m", matches)
+    return con.execute(
+        """SELECT least(image_id, match_image_id) AS a, greatest(image_id, match_image_id) AS b,
+                  max(score) AS score
+           FROM m
+           WHERE (score >= $s OR coalesce(dfv, 0) >= $f) AND NOT coalesce(same_bytes, false)
+             AND image_id <> match_image_id
+           GROUP BY 1, 2 ORDER BY 1, 2""",
+        {"s": VERIFY_FROM, "f": VERIFY_FV_FROM}).to_arrow_table()
+
+
+def verify_matches(matches, details: dict[str, bytes | None]):
+    """The verified rows (both directions) of compare's matches, given detail signatures by
+    image id. A pair whose image lacks a detail signature is left as it was (not verified)."""
+    import pyarrow as pa
+
+    pairs = pairs_to_verify(matches)
+    a, b = pairs["a"].to_pylist(), pairs["b"].to_pylist()
+    keep = [i for i in range(len(a)) if details.get(a[i]) and details.get(b[i])
+            and len(details[a[i]]) == DETAIL_BYTES and len(details[b[i]]) == DETAIL_BYTES]
+    score = pairs["score"].to_numpy(zero_copy_only=False)[keep].astype(np.float32)
+    ia, ib = [a[i] for i in keep], [b[i] for i in keep]
+    verified, reason = verify_pairs(score, [details[i] for i in ia], [details[i] for i in ib])
+    verified = np.round(verified, 6)
+    return pa.table({"image_id": ia + ib, "match_image_id": ib + ia,
+                     "score": np.concatenate([verified, verified]),
+                     "verify_reason": list(reason) + list(reason)}, schema=_verified_schema())
