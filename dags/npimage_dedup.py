@@ -1,7 +1,7 @@
 """npimage_dedup: deduplicate one client's product images, triggered per client.
 
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
-catalogue shards) -> merge (image matches + product roll-up) -> publish -> report
+catalogue shards) -> verify (close pairs in detail) -> merge (image matches + product roll-up) -> publish -> report
 -> release_lock (teardown: runs whatever happened before it)
 
 One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
@@ -138,7 +138,14 @@ def npimage_dedup():
         return pipeline.compare_shard(_ctx(ctx), shard)
 
     @task
-    def merge(ctx: dict, shard_files: list[str]) -> dict:
+    def verify(ctx: dict, shard_files: list[str]) -> dict:
+        """Close pairs checked in detail (variants of one template leave `same`)."""
+        from npimage import pipeline
+
+        return pipeline.verify(_ctx(ctx))
+
+    @task
+    def merge(ctx: dict, verified: dict) -> dict:
         from npimage import pipeline
 
         return pipeline.merge(_ctx(ctx))
@@ -168,7 +175,7 @@ def npimage_dedup():
     batch_counts = signatures.partial(ctx=ctx).expand(batch=batches)
     shards = consolidate(ctx, batch_counts)
     shard_files = compare.partial(ctx=ctx).expand(shard=shards)
-    merged = merge(ctx, shard_files)
+    merged = merge(ctx, verify(ctx, shard_files))
     report(ctx, publish(ctx, merged)) >> release_lock()
 
 

@@ -141,7 +141,7 @@ def test_truth_groups_kinds_and_bands(
     built: demo.DemoCatalogue, tables: dict[str, dict[str, str]]
 ) -> None:
     header, truth = _rows(built.truth)
-    assert header == ["image_id", "group_id", "kind", "expected_band"]
+    assert header == ["image_id", "group_id", "kind", "expected_band", "edit", "family_id"]
     assert {r["image_id"] for r in truth} == set(tables)
     planted = 0
     for r in truth:

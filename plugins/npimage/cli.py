@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--airflow", action="store_true",
                       help="run the real Airflow DAG (airflow dags test) instead of in-process")
     demo.add_argument("--products", type=int, default=160)
+    demo.add_argument("--variant-families", type=int, default=12,
+                      help="families of packshots on white (one template, another strength, "
+                      "barcode, name or colour) with edits of each; 0: none")
     demo.add_argument("--client", default="demo")
     _run_args(demo)
 
@@ -164,7 +167,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     data_dir = settings.data_dir
-    demo = build_demo_catalogue(data_dir / "demo_catalogue", n_products=args.products)
+    demo = build_demo_catalogue(data_dir / "demo_catalogue", n_products=args.products,
+                                variant_families=args.variant_families)
     print(f"demo catalogue: {demo.n_images} images, {demo.n_planted} planted duplicates "
           f"-> {demo.manifest}")
     if args.airflow:
@@ -230,11 +234,20 @@ def cmd_fit_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from npimage.quality.evaluate import evaluate, format_evaluation, load_truth
+    from dataclasses import asdict
+
+    from npimage.quality.evaluate import (by_kind, evaluate, format_by_kind, format_evaluation,
+                                          load_truth)
 
     settings = _settings(args)
     result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))
-    print(json.dumps(result.as_dict(), indent=2) if args.json else format_evaluation(result))
+    kinds = by_kind(settings.warehouse_path, args.client, Path(args.truth))
+    if args.json:
+        print(json.dumps({**result.as_dict(), "by_kind": [asdict(k) for k in kinds]}, indent=2))
+    else:
+        print(format_evaluation(result))
+        if kinds:
+            print(format_by_kind(kinds))
     return 0
 
 
