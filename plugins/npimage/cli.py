@@ -236,8 +236,13 @@ def cmd_fit_weights(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
-    from npimage.quality.evaluate import (by_kind, evaluate, format_by_kind, format_evaluation,
-                                          load_truth)
+    from npimage.quality.evaluate import (
+        by_kind,
+        evaluate,
+        format_by_kind,
+        format_evaluation,
+        load_truth,
+    )
 
     settings = _settings(args)
     result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))

@@ -1152,7 +1152,7 @@ def _family_id(p: Product) -> str:
     return "" if p.photo is not None else f"layout-{p.layout_seed}"
 
 
-def _variant_rows(images_dir: Path, n: int, seed: int, used: set[str]):  # noqa: ANN202
+def _variant_rows(images_dir: Path, n: int, seed: int, used: set[str]):
     """The variant families' files and rows (npimage_demo.variants), none when n is 0."""
     from npimage_demo.variants import VariantRows, add_variant_families
 
