@@ -27,8 +27,7 @@ import pyarrow as pa
 from PIL import Image, ImageDraw
 
 from npimage import schemas
-from npimage.config import BANDS
-from npimage.matching.scoring import band_codes
+from npimage.bands import BANDS, band_codes
 from npimage.report import render_report
 
 CLIENT = "bench"

@@ -1,7 +1,9 @@
 """npimage_dedup: deduplicate one client's product images, triggered per client.
 
+One task per stage of npimage.stages.STAGES (the sequence `npimage run` follows too):
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
-catalogue shards) -> verify (close pairs in detail) -> merge (image matches + product roll-up) -> publish -> report
+catalogue shards) -> verify (close pairs in detail) -> merge (image matches + product
+roll-up) -> publish -> report
 -> release_lock (teardown: runs whatever happened before it)
 
 One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
@@ -20,6 +22,7 @@ from datetime import timedelta
 from airflow.sdk import Param, dag, get_current_context, task, teardown
 
 from npimage.config import DEFAULT_FV_MODEL, Settings
+from npimage.stages import STAGES, Stage
 
 DEFAULTS = Settings()
 NEXTPAGE_CONN_ID = "nextpage_backend"
@@ -97,71 +100,14 @@ def _take_client_lock(ctx: dict) -> None:
         "fv_model": Param(DEFAULT_FV_MODEL, type="string",
                           description="TF Hub handle/URL, SavedModel folder or efficientnet-lite0"),
         "top_k": Param(DEFAULTS.top_k, type="integer", minimum=1, maximum=1000),
-        "threshold": Param(DEFAULTS.threshold, type="number", exclusiveMinimum=0, maximum=1),
+        "threshold": Param(DEFAULTS.threshold, type="number", exclusiveMinimum=0, maximum=1,
+                           description="lowest score kept; pairs below 0.82 are 'weak'"),
         "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
         "backend": Param("", type="string",
                          description="load matches into: '' (none), 'nextpage' or a URL"),
     },
 )
 def npimage_dedup():
-    @task
-    def extract() -> dict:
-        from npimage import pipeline
-
-        ctx = _context(get_current_context()["params"])
-        _take_client_lock(ctx)
-        pipeline.extract(_ctx(ctx))
-        return ctx
-
-    @task
-    def plan(ctx: dict) -> list[str]:
-        from npimage import pipeline
-
-        return pipeline.plan(_ctx(ctx))
-
-    @task(max_active_tis_per_dag=2)
-    def signatures(ctx: dict, batch: str) -> dict:
-        from npimage import pipeline
-
-        return pipeline.signatures(_ctx(ctx), batch)
-
-    @task(trigger_rule="none_failed")
-    def consolidate(ctx: dict, batch_counts: list[dict] | None) -> list[dict]:
-        from npimage import pipeline
-
-        return pipeline.consolidate(_ctx(ctx))
-
-    @task(max_active_tis_per_dag=2)
-    def compare(ctx: dict, shard: dict) -> str:
-        from npimage import pipeline
-
-        return pipeline.compare_shard(_ctx(ctx), shard)
-
-    @task
-    def verify(ctx: dict, shard_files: list[str]) -> dict:
-        """Close pairs checked in detail (variants of one template leave `same`)."""
-        from npimage import pipeline
-
-        return pipeline.verify(_ctx(ctx))
-
-    @task
-    def merge(ctx: dict, verified: dict) -> dict:
-        from npimage import pipeline
-
-        return pipeline.merge(_ctx(ctx))
-
-    @task
-    def publish(ctx: dict, merged: dict) -> dict:
-        from npimage import pipeline
-
-        return pipeline.publish(_ctx(ctx))
-
-    @task
-    def report(ctx: dict, published: dict) -> str:
-        from npimage import pipeline
-
-        return pipeline.report(_ctx(ctx))
-
     @teardown
     def release_lock() -> bool:
         """Release the client's lock if this run holds it (not when it was refused)."""
@@ -170,13 +116,57 @@ def npimage_dedup():
         run = _ctx(_context(get_current_context()["params"]))
         return locks.release(run.client_dir, run.run_id)
 
-    ctx = extract()
-    batches = plan(ctx)
-    batch_counts = signatures.partial(ctx=ctx).expand(batch=batches)
-    shards = consolidate(ctx, batch_counts)
-    shard_files = compare.partial(ctx=ctx).expand(shard=shards)
-    merged = merge(ctx, verify(ctx, shard_files))
-    report(ctx, publish(ctx, merged)) >> release_lock()
+    ctx = None
+    outputs: dict = {}
+    previous: Stage | None = None
+    for stage in STAGES:
+        task_fn = _stage_task(stage, first=previous is None, after_mapped=bool(
+            previous and previous.mapped))
+        if previous is None:
+            ctx = outputs[stage.name] = task_fn()
+        elif stage.mapped:
+            outputs[stage.name] = task_fn.partial(ctx=ctx).expand(item=outputs[stage.over])
+        else:
+            outputs[stage.name] = task_fn(ctx, after=outputs[previous.name])
+        previous = stage
+    outputs[previous.name] >> release_lock()
+
+
+def _stage_task(stage: Stage, first: bool, after_mapped: bool):
+    """The TaskFlow task of one declared stage (a thin call of its npimage function).
+
+    The first stage builds the run context from the params and takes the client's lock,
+    and returns the context (the XCom every later task receives). A mapped stage runs once
+    per item; the stage after a mapped one also runs when the mapping was empty.
+    """
+    kwargs: dict = {"task_id": stage.name}
+    if stage.mapped:
+        kwargs["max_active_tis_per_dag"] = 2
+    if after_mapped:
+        kwargs["trigger_rule"] = "none_failed"
+
+    if first:
+        @task(**kwargs)
+        def start() -> dict:
+            ctx = _context(get_current_context()["params"])
+            _take_client_lock(ctx)
+            stage.resolve()(_ctx(ctx))
+            return ctx
+
+        return start
+
+    if stage.mapped:
+        @task(**kwargs)
+        def each(ctx: dict, item):
+            return stage.resolve()(_ctx(ctx), item)
+
+        return each
+
+    @task(**kwargs)
+    def once(ctx: dict, after=None):
+        return stage.resolve()(_ctx(ctx))
+
+    return once
 
 
 npimage_dedup()

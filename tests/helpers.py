@@ -7,9 +7,9 @@ from pathlib import Path
 
 import duckdb
 
-from npimage.config import BANDS
+from npimage.bands import LABELS
 
-BAND_RANK = {name: i for i, (name, _) in enumerate(BANDS)}
+BAND_RANK = {name: i for i, name in enumerate(LABELS)}
 
 
 def table_rows(warehouse: Path, table: str, client: str, drop: tuple[str, ...] = ("run_id",)):

@@ -37,7 +37,7 @@ from npimage.backend import (
     seed_source,
 )
 from npimage.backend.load import LOCK_CLASS
-from npimage.config import BANDS, band_of
+from npimage.bands import BANDS, band_of
 from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES
 from npimage.storage.parquet_io import write_table
 
@@ -178,7 +178,8 @@ def test_apply_schema_is_idempotent_and_lists_bands(pg_backend: str) -> None:
         apply_schema(other)
         load.rollback()
     bands = sql(pg_backend, "SELECT band, lower_bound, rank FROM npimage_band ORDER BY rank")
-    assert [(b, _f32(lo)) for b, lo, _ in bands] == [(b, _f32(lo)) for b, lo in BANDS]
+    assert [(b, _f32(lo)) for b, lo, _ in bands] == [
+        *((b, _f32(lo)) for b, lo in BANDS), ("weak", 0.0)]
 
 
 # ---------------------------------------------------------------- extract

@@ -21,7 +21,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from npimage.config import BANDS, Settings
+from npimage.bands import LABELS, WEAK
+from npimage.config import Settings
+from npimage.errors import UserError
 from npimage.storage.locks import RunInProgress
 from npimage.storage.runs import MODES, new_run_id
 
@@ -37,7 +39,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-fv", action="store_true", help="hashes only: faster, less recall")
     p.add_argument("--fv-model", help="TF Hub handle/URL, SavedModel folder or efficientnet-lite0")
     p.add_argument("--top-k", type=int, help="nearest images kept per image (default 10)")
-    p.add_argument("--threshold", type=float, help="lowest score kept (default 0.82)")
+    p.add_argument("--threshold", type=float,
+                   help="lowest score kept (default 0.82, the lowest band; pairs kept "
+                        "below 0.82 are labelled 'weak')")
     p.add_argument("--weights", help="JSON weights file (npimage fit-weights writes one)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
 
@@ -118,7 +122,8 @@ def print_summary(info: dict[str, Any]) -> None:
     for label, key in (("image pairs", "image_pairs_by_band"),
                        ("product pairs", "product_pairs_by_band")):
         counts = info[key]
-        text = "  ".join(f"{name} {counts.get(name, 0)}" for name, _ in BANDS)
+        text = "  ".join(f"{name} {counts.get(name, 0)}" for name in LABELS
+                         if name != WEAK or counts.get(name))
         print(f"  {label:<17} {sum(counts.values())}  ({text})")
     print(f"  warehouse         {info['warehouse']}")
     print(f"  run files         {info['run_dir']}")
@@ -276,6 +281,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
         return COMMANDS[args.command](args)
+    except UserError as exc:
+        print(f"npimage: error: {exc}", file=sys.stderr)
+        return exc.exit_code
     except (FileNotFoundError, ValueError) as exc:
         print(f"npimage: error: {exc}", file=sys.stderr)
         return 2

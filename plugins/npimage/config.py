@@ -11,13 +11,8 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-#: Lower bounds of the score bands, best first (the POC's meaning of each band).
-BANDS: tuple[tuple[str, float], ...] = (
-    ("same", 0.99),  # same image: copy, recompression, resize
-    ("retouched", 0.95),  # same image, slightly retouched
-    ("very_similar", 0.90),  # very similar product
-    ("similar", 0.82),  # fairly similar
-)
+from npimage.bands import BANDS as BANDS  # re-exported for old imports: use npimage.bands
+from npimage.bands import DEFAULT_THRESHOLD
 
 DEFAULT_FV_MODEL = "efficientnet-lite0"
 
@@ -35,7 +30,8 @@ class Settings:
     fv_model: str = field(default_factory=lambda: _env("FV_MODEL", DEFAULT_FV_MODEL))
     weights_file: str | None = field(default_factory=lambda: os.environ.get("NPIMAGE_WEIGHTS"))
     top_k: int = field(default_factory=lambda: int(_env("TOP_K", "10")))
-    threshold: float = field(default_factory=lambda: float(_env("THRESHOLD", "0.82")))
+    threshold: float = field(
+        default_factory=lambda: float(_env("THRESHOLD", str(DEFAULT_THRESHOLD))))
     batch_size: int = field(default_factory=lambda: int(_env("BATCH_SIZE", "256")))
     max_batches: int = 1024  # Airflow's map-entry limit: batches grow past it
     shard_size: int = field(default_factory=lambda: int(_env("SHARD_SIZE", "200000")))
@@ -58,10 +54,3 @@ class Settings:
             clean["data_dir"] = Path(str(clean["data_dir"]))
         return replace(self, **clean)
 
-
-def band_of(score: float) -> str | None:
-    """Name of the band a score falls in, or None below the lowest band."""
-    for name, lower in BANDS:
-        if score >= lower:
-            return name
-    return None

@@ -1,8 +1,10 @@
-"""The stages of a run, as functions of a RunContext: what the DAG tasks and the CLI call.
+"""The stage functions of a run, as functions of a RunContext: what the DAG tasks and
+`npimage run` call, in the order declared once in npimage.stages.STAGES.
 
-Each stage reads the files of the stages before it from the run folder and writes its
-own, replacing rather than appending, so any stage can be retried and gives the same
-files. Only small values (paths, counts) are returned.
+Each function only orchestrates: it finds the run's files and calls the library
+(ingest/, matching/, storage/). Each stage reads the files of the stages before it from
+the run folder and writes its own, replacing rather than appending, so any stage can be
+retried and gives the same files. Only small values (paths, counts) are returned.
 
     extract -> plan -> signatures(batch) x B -> consolidate -> compare(shard) x S
             -> merge (image matches + product roll-up) -> publish -> report
@@ -10,10 +12,8 @@ files. Only small values (paths, counts) are returned.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -23,26 +23,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from npimage.config import BANDS, Settings
+from npimage.bands import LABELS
+from npimage.config import Settings
 from npimage.fv import FeatureExtractor, load_extractor
+from npimage.ingest.consolidate import all_signatures, batch_outputs, shard_rows, write_shards
 from npimage.ingest.extract import extract_catalog
 from npimage.ingest.plan import plan_batches
 from npimage.ingest.signatures import compute_batch
 from npimage.matching import compare as cmp
 from npimage.matching.merge import merge_image_matches, roll_up_products
+from npimage.matching.queries import (
+    incremental_query_ids,
+    query_table,
+    same_match_settings,
+    weights_digest,
+)
 from npimage.matching.scoring import Scorer, load_weights
 from npimage.progress import Progress
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
-from npimage.storage.parquet_io import read_parts, read_table, write_table
+from npimage.storage.parquet_io import read_table, write_table
 from npimage.storage.runs import RunContext, atomic_write_text
 from npimage.storage.warehouse import publish as publish_warehouse
 
 log = logging.getLogger("npimage")
-
-#: Settings that change what matches mean: when one differs from the baseline run's,
-#: an incremental run compares every image again.
-MATCH_SETTINGS = ("fv", "fv_model", "top_k", "threshold", "weights_file")
-
 
 #: A source or backend naming an Airflow connection instead of a URL (no secret in XCom).
 AIRFLOW_CONN_PREFIX = "airflow-conn:"
@@ -63,9 +66,25 @@ def resolve_db(url: str) -> str:
 
 # -- extract -----------------------------------------------------------------------------
 
+def _started_at(ctx: RunContext) -> str:
+    """The run's start: kept from an earlier attempt of extract in this run folder."""
+    try:
+        return json.loads(ctx.path("context.json").read_text())["started_at"]
+    except (OSError, ValueError, KeyError):
+        return datetime.now(UTC).isoformat()
+
+
+def _match_context(ctx: RunContext) -> dict[str, Any]:
+    return {**ctx.to_dict(), "weights_digest": weights_digest(ctx.weights_file)}
+
+
 def extract(ctx: RunContext) -> dict[str, Any]:
-    """Catalogue the source into catalog.parquet (+ extract rejects); save the context."""
-    context = {**ctx.to_dict(), "weights_digest": _weights_digest(ctx)}
+    """Catalogue the source into catalog.parquet (+ extract rejects); save the context.
+
+    context.json records the run's settings, weights digest and real start time, which
+    publish reads back: the DAG and `npimage run` record the same facts.
+    """
+    context = {**_match_context(ctx), "started_at": _started_at(ctx)}
     atomic_write_text(ctx.path("context.json"), json.dumps(context, indent=2))
     if is_backend_url(ctx.source):
         from npimage import backend  # psycopg2 only when needed
@@ -96,18 +115,12 @@ def _baseline_for_increment(ctx: RunContext) -> Path | None:
     return baseline
 
 
-def _weights_digest(ctx: RunContext) -> str:
-    """Digest of the weights in force: refitting into the same file changes it."""
-    return hashlib.sha256(load_weights(ctx.weights_file).to_json().encode()).hexdigest()[:16]
-
-
-def _same_match_settings(ctx: RunContext, baseline: Path) -> bool:
-    try:
-        old = json.loads((baseline / "context.json").read_text())
-    except (OSError, ValueError):
-        return False
-    new = {**ctx.to_dict(), "weights_digest": _weights_digest(ctx)}
-    return all(old.get(k) == new.get(k) for k in (*MATCH_SETTINGS, "weights_digest"))
+def _reusable_matches(ctx: RunContext) -> Path | None:
+    """The baseline whose matches this run keeps: incremental with the same match settings."""
+    baseline = _baseline_for_increment(ctx)
+    if baseline is None or not same_match_settings(_match_context(ctx), baseline):
+        return None
+    return baseline
 
 
 def plan(ctx: RunContext) -> list[str]:
@@ -130,7 +143,7 @@ def _extractor(spec: str, cache_dir: str) -> FeatureExtractor:
 
 
 def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
-    """Signatures of one planned batch -> sig_batches/ and sig_rejects/ Parquet."""
+    """Signatures of one planned batch -> sig_batches/, sig_rejects/ and sig_counts/."""
     settings = ctx.settings
     name = Path(batch).name
     extractor = _extractor(ctx.fv_model, str(settings.model_cache)) if ctx.fv else None
@@ -142,86 +155,34 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
             ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
             extractor=extractor, max_pixels=settings.max_pixels,
             read_timeout=settings.read_timeout, progress=progress)
+    atomic_write_text(ctx.path(f"sig_counts/{Path(name).stem}.json"),
+                      json.dumps(result.as_dict()))
     return result.as_dict()
 
 
 # -- consolidate -------------------------------------------------------------------------
 
-def _batch_outputs(ctx: RunContext, folder: str, schema: pa.Schema) -> pa.Table:
-    """This run's outputs of the planned batches only (stale files of older plans ignored)."""
-    names = [p.name for p in sorted((ctx.run_dir / "plan").glob("batch-*.parquet"))]
-    tables = [read_table(ctx.run_dir / folder / n, schema) for n in names
-              if (ctx.run_dir / folder / n).exists()]
-    missing = [n for n in names if not (ctx.run_dir / folder / n).exists()]
-    if missing:
-        raise RuntimeError(f"signature batches not computed: {missing[:5]}")
-    return pa.concat_tables(tables) if tables else schema.empty_table()
-
-
-def _query_ids(ctx: RunContext, fresh: pa.Table, sigs: pa.Table,
-               baseline: Path | None) -> pa.Array | None:
-    """Images to compare this run: None (all of them) unless incremental.
-
-    Incremental queries: new and changed images, plus every image whose stored top-k
-    lost a member (deleted or changed), since its next-best match is not stored. The
-    other images keep their lists and only gain the queries that now belong in them.
-    """
-    if baseline is None or not _same_match_settings(ctx, baseline):
-        return None
-    old = read_parts(baseline / "signatures", SIGNATURES,
-                     columns=["image_id", "sha256", "fv_model"])
-    old_key = dict(zip(old["image_id"].to_pylist(),
-                       zip(old["sha256"].to_pylist(), old["fv_model"].to_pylist(), strict=True),
-                       strict=True))
-    changed = {i for i, sha, model in zip(fresh["image_id"].to_pylist(),
-                                          fresh["sha256"].to_pylist(),
-                                          fresh["fv_model"].to_pylist(), strict=True)
-               if old_key.get(i) != (sha, model)}
-    gone = set(old_key) - set(sigs["image_id"].to_pylist())
-    prior = pq.read_table(baseline / "image_matches.parquet",
-                          columns=["image_id", "match_image_id"])
-    lost = pc.is_in(prior["match_image_id"], pa.array(sorted(changed | gone), pa.string()))
-    affected = set(prior.filter(lost)["image_id"].to_pylist()) - gone
-    return pa.array(sorted(changed | affected), pa.string())
-
-
 def consolidate(ctx: RunContext) -> list[dict[str, int]]:
-    """Build the run's full signature set, its rejects and its queries; return the shards.
+    """The run's full signature set in shards, its rejects and its queries; returns the shards.
 
-    Signatures = this run's batches + (incremental) the baseline's rows of unchanged images
-    still in the catalogue, sorted by image_id and cut into shards of M for compare.
+    See npimage.ingest.consolidate (signatures, shards) and npimage.matching.queries.
     """
     settings = ctx.settings
     catalog = read_table(ctx.path("catalog.parquet"), CATALOG)
-    fresh = _batch_outputs(ctx, "sig_batches", SIGNATURES)
-    planned = read_parts(ctx.run_dir / "plan", CATALOG, "batch-*.parquet", columns=["image_id"])
-    baseline = _baseline_for_increment(ctx)
-    parts = [fresh]
-    if baseline is not None:
-        unplanned = pc.invert(pc.is_in(catalog["image_id"], planned["image_id"]))
-        kept_ids = catalog.filter(unplanned)["image_id"].to_pylist()
-        parts.append(read_parts(baseline / "signatures", SIGNATURES, ids=kept_ids))
-    sigs = pa.concat_tables(parts).sort_by("image_id")
+    fresh = batch_outputs(ctx.run_dir, "sig_batches", SIGNATURES)
+    sigs = all_signatures(ctx.run_dir, catalog, fresh, _baseline_for_increment(ctx))
     rejects = pa.concat_tables([read_table(ctx.path("extract_rejects.parquet"), REJECTS),
-                                _batch_outputs(ctx, "sig_rejects", REJECTS)])
+                                batch_outputs(ctx.run_dir, "sig_rejects", REJECTS)])
     write_table(rejects, ctx.path("rejects.parquet"), REJECTS)
 
-    query_ids = _query_ids(ctx, fresh, sigs, baseline)
-    rows = pa.array(range(sigs.num_rows), pa.int64())
-    queries = sigs.append_column("row", rows)
-    if query_ids is not None:
-        queries = queries.filter(pc.is_in(queries["image_id"], query_ids))
-    write_table(queries, ctx.path("queries.parquet"))
+    baseline = _reusable_matches(ctx)
+    query_ids = incremental_query_ids(fresh, sigs, baseline) if baseline else None
+    queries = query_table(sigs, query_ids)
+    write_table(queries.drop_columns(["detail"]), ctx.path("queries.parquet"))
     atomic_write_text(ctx.path("queries.json"), json.dumps({"all_images": query_ids is None}))
 
-    shard_rows = max(settings.shard_size, math.ceil(sigs.num_rows / settings.max_batches))
-    for stale in (ctx.run_dir / "signatures").glob("shard-*.parquet"):
-        stale.unlink()
-    shards = []
-    for i, start in enumerate(range(0, max(sigs.num_rows, 1), shard_rows)):
-        write_table(sigs.slice(start, shard_rows), ctx.path(f"signatures/shard-{i:05d}.parquet"),
-                    SIGNATURES)
-        shards.append({"shard": i, "first_row": start})
+    rows = shard_rows(sigs.num_rows, settings.shard_size, settings.max_batches)
+    shards = write_shards(sigs, ctx.run_dir / "signatures", rows)
     log.info("consolidate: %d signatures in %d shard(s), %d queries, %d rejects",
              sigs.num_rows, len(shards), queries.num_rows, rejects.num_rows)
     return shards
@@ -236,7 +197,8 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
     qtable = pq.read_table(ctx.path("queries.parquet"))
     queries = cmp.arrays_from_table(qtable, ctx.fv)
     queries.rows = qtable["row"].to_numpy()
-    part = pq.read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"))
+    part = pq.read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"),
+                         columns=[n for n in SIGNATURES.names if n != "detail"])
     catalogue = cmp.arrays_from_table(part, ctx.fv, first_row=shard["first_row"])
     with Progress(len(queries) * len(catalogue), f"compare shard {shard['shard']}",
                   "pairs") as progress:
@@ -254,17 +216,19 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
 def verify(ctx: RunContext) -> dict[str, int]:
     """Check the close pairs of the compare shards in detail -> verified.parquet
     (npimage.matching.verify): variants of one template move below `retouched`."""
-    from npimage.matching.verify import verify_matches
+    from npimage.matching.verify import pairs_to_verify, verify_matches
+    from npimage.storage.parquet_io import read_parts
 
     shards = sorted((ctx.run_dir / "matches").glob("shard-*.parquet"))
     matches = pa.concat_tables([pq.read_table(p).cast(cmp.MATCH_COLUMNS) for p in shards]) \
         if shards else cmp.MATCH_COLUMNS.empty_table()
-    ids = sorted(set(matches["image_id"].to_pylist()) | set(matches["match_image_id"].to_pylist()))
+    pairs = pairs_to_verify(matches)
+    ids = sorted(set(pairs["a"].to_pylist()) | set(pairs["b"].to_pylist()))
     sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
                       columns=["image_id", "detail"], ids=ids)
     details = dict(zip(sigs["image_id"].to_pylist(), sigs["detail"].to_pylist(), strict=True))
-    with Progress(matches.num_rows, "verify", "pairs"):
-        verified = verify_matches(matches, details)
+    with Progress(pairs.num_rows, "verify", "pairs"):
+        verified = verify_matches(pairs, details)
     write_table(verified, ctx.path("verified.parquet"))
     moved = int(pc.sum(pc.cast(pc.not_equal(
         verified["verify_reason"], "detail identical"), pa.int64())).as_py() or 0)
@@ -281,12 +245,11 @@ def merge(ctx: RunContext) -> dict[str, int]:
     missing = [p.name for p in match_files if not p.exists()]
     if missing:
         raise RuntimeError(f"compare shards not computed: {missing[:5]}")
-    baseline = _baseline_for_increment(ctx)
-    incremental = baseline is not None and _same_match_settings(ctx, baseline)
+    baseline = _reusable_matches(ctx)
     images = merge_image_matches(
-        match_files, baseline / "image_matches.parquet" if incremental else None,
+        match_files, baseline / "image_matches.parquet" if baseline else None,
         ctx.path("queries.parquet"), ctx.run_dir / "signatures", ctx.path("image_matches.parquet"),
-        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k,
+        client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k, threshold=ctx.threshold,
         verified=ctx.path("verified.parquet"))
     products = roll_up_products(ctx.path("image_matches.parquet"), ctx.path("catalog.parquet"),
                                 ctx.path("product_matches.parquet"), client_id=ctx.client_id,
@@ -303,21 +266,32 @@ def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
     t = t.filter(pc.less(a, b))
     counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(t["band"]).flatten()],
                       strict=True)) if t.num_rows else {}
-    return {name: counts.get(name, 0) for name, _ in BANDS}
+    return {name: counts.get(name, 0) for name in LABELS}
+
+
+def _signature_counts(ctx: RunContext) -> dict[str, int]:
+    """Signatures computed and reused by this run's planned batches (sig_counts/)."""
+    total = {"computed": 0, "reused": 0}
+    for batch in sorted((ctx.run_dir / "plan").glob("batch-*.parquet")):
+        counts = ctx.run_dir / "sig_counts" / f"{batch.stem}.json"
+        if counts.exists():
+            data = json.loads(counts.read_text())
+            total = {k: total[k] + int(data[k]) for k in total}
+    return total
 
 
 def summary(ctx: RunContext) -> dict[str, Any]:
     """Counts of the run's result files, for logs, XCom and the CLI's final message."""
     sig_rows = sum(pq.read_metadata(p).num_rows
                    for p in (ctx.run_dir / "signatures").glob("shard-*.parquet"))
-    computed = sum(pq.read_metadata(p).num_rows
-                   for p in (ctx.run_dir / "sig_batches").glob("*.parquet"))
+    counts = _signature_counts(ctx)
     return {
         "client_id": ctx.client_id,
         "run_id": ctx.run_id,
         "images": pq.read_metadata(ctx.path("catalog.parquet")).num_rows,
         "signatures": sig_rows,
-        "signatures_computed_or_checked": computed,
+        "signatures_computed": counts["computed"],
+        "signatures_reused": counts["reused"],
         "rejects": pq.read_metadata(ctx.path("rejects.parquet")).num_rows,
         "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
         "product_pairs_by_band": _count_by_band(ctx.path("product_matches.parquet"), False),
@@ -326,8 +300,16 @@ def summary(ctx: RunContext) -> dict[str, Any]:
     }
 
 
-def publish(ctx: RunContext, started_at: datetime | None = None,
-            computed: int | None = None) -> dict[str, Any]:
+def _run_started_at(ctx: RunContext) -> datetime:
+    """When extract began this run (context.json); now when that record is missing."""
+    try:
+        started = json.loads(ctx.path("context.json").read_text())["started_at"]
+        return datetime.fromisoformat(started)
+    except (OSError, ValueError, KeyError):
+        return datetime.now(UTC)
+
+
+def publish(ctx: RunContext) -> dict[str, Any]:
     """Load the run into the warehouse (and backend, if any); make it the client's baseline."""
     info = summary(ctx)
     files = {
@@ -342,10 +324,10 @@ def publish(ctx: RunContext, started_at: datetime | None = None,
         "fv_model": ctx.fv_model if ctx.fv else None, "top_k": ctx.top_k,
         "threshold": ctx.threshold, "weights": load_weights(ctx.weights_file).source,
         "n_images": info["images"], "n_rejects": info["rejects"],
-        "n_computed": computed if computed is not None else info["signatures_computed_or_checked"],
+        "n_computed": info["signatures_computed"],
         "n_image_matches": pq.read_metadata(files["image_matches"]).num_rows,
         "n_product_matches": pq.read_metadata(files["product_matches"]).num_rows,
-        "started_at": started_at or datetime.now(UTC),
+        "started_at": _run_started_at(ctx),
     }
     backend_url = ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
 

@@ -1,8 +1,9 @@
 """Run the whole pipeline in one process tree, without a scheduler (`npimage run`).
 
-Stages run in the DAG's order; signature batches and compare shards, the mapped tasks of
-the DAG, run on a pool of worker processes here (one per core by default). Workers are
-spawned, not forked, so TensorFlow is only ever imported inside them.
+Stages run in the order declared in npimage.stages.STAGES, as in the DAG; the mapped
+stages (signature batches, compare shards: the mapped tasks of the DAG) run on a pool
+of worker processes here (one per core by default). Workers are spawned, not forked,
+so TensorFlow is only ever imported inside them.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import multiprocessing as mp
 import os
 from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from datetime import UTC, datetime
 from typing import Any
 
-from npimage import pipeline
+from npimage.stages import STAGES, Stage
 from npimage.storage.locks import client_run_lock
 from npimage.storage.runs import RunContext
 
@@ -47,23 +47,34 @@ def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = Tru
 
 
 def _run_stages(ctx: RunContext, workers: int | None, report: bool) -> dict[str, Any]:
-    started = datetime.now(UTC)
+    """Each declared stage in turn; returns publish's summary (+ the report's path)."""
     n = _workers(workers)
-    pipeline.extract(ctx)
-    batches = pipeline.plan(ctx)
-    results = _map(pipeline.signatures, ctx, batches, n)
-    computed = sum(r["computed"] for r in results)
-    shards = pipeline.consolidate(ctx)
-    _map(pipeline.compare_shard, ctx, shards, n)
-    pipeline.verify(ctx)
-    pipeline.merge(ctx)
-    info = pipeline.publish(ctx, started_at=started, computed=computed)
-    info["signatures_computed"] = computed
-    info["signatures_reused"] = sum(r["reused"] for r in results)
+    outputs: dict[str, Any] = {}
+    for stage in STAGES:
+        if stage.name == "report" and not report:
+            continue
+        outputs[stage.name] = _run_stage(stage, ctx, outputs, n)
+    info = dict(outputs["publish"])
     if report:
-        try:
-            info["report"] = pipeline.report(ctx)
-        except Exception as exc:  # the matches are published; a report failure is not fatal
-            log.exception("report failed")
-            info["report_error"] = f"{type(exc).__name__}: {exc}"
+        info.update(_report_outcome(outputs["report"]))
     return info
+
+
+def _run_stage(stage: Stage, ctx: RunContext, outputs: dict[str, Any], workers: int) -> Any:
+    """One stage: mapped over an earlier stage's items, or once; optional ones never raise."""
+    fn = stage.resolve()
+    try:
+        if stage.over is not None:
+            return _map(fn, ctx, list(outputs[stage.over]), workers)
+        return fn(ctx)
+    except Exception as exc:
+        if stage.required:
+            raise
+        log.exception("%s failed", stage.name)  # the matches are published: not fatal
+        return exc
+
+
+def _report_outcome(result: Any) -> dict[str, Any]:
+    if isinstance(result, Exception):
+        return {"report_error": f"{type(result).__name__}: {result}"}
+    return {"report": result}

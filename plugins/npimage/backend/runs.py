@@ -18,14 +18,14 @@ import psycopg2.extras
 
 from npimage.backend.connection import Db, connection, transaction
 from npimage.backend.schema import apply_schema
-from npimage.config import BANDS
+from npimage.bands import BANDS
 from npimage.sqlfiles import load_sql
 
 STATUSES = ("running", "success", "failed")
 #: run_info keys stored in their own npimage_run columns; any other key goes to `details`.
 RUN_COLUMNS = ("mode", "started_at", "n_images", "n_changed", "n_deleted",
                "n_image_matches", "n_product_matches", "model", "thresholds", "watermark")
-#: Keys gathered into `thresholds` (with config.BANDS) when run_info has no thresholds.
+#: Keys gathered into `thresholds` (with npimage.bands.BANDS) when run_info has no thresholds.
 THRESHOLD_KEYS = ("threshold", "top_k", "weights")
 _MAX_ERROR = 4000
 _JSON_DUMPS = partial(json.dumps, default=str)  # datetimes and paths as text

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from npimage.backend.arrowpg import copy_parquet
 from npimage.backend.connection import Db, connection, transaction
-from npimage.config import BANDS
+from npimage.bands import bands_table
 from npimage.schemas import CATALOG
 from npimage.sqlfiles import load_sql
 
@@ -18,7 +18,7 @@ _SEED = pa.schema([f for f in CATALOG if f.name != "size_bytes"])
 
 def apply_schema(db: Db) -> None:
     """Create npimage_run, npimage_image_match, npimage_product_match and npimage_band if
-    absent, and set npimage_band from config.BANDS.
+    absent, and set npimage_band from npimage.bands (every label, `weak` last).
 
     Idempotent, and safe while loads run: once the tables exist it runs no DDL (which
     would lock the tables that loads write).
@@ -27,9 +27,10 @@ def apply_schema(db: Db) -> None:
         cur.execute(load_sql("postgres", "schema_missing"))
         if cur.fetchall():
             cur.execute(load_sql("postgres", "schema"))
-        for rank, (band, lower) in enumerate(BANDS, start=1):
+        table = bands_table().to_pylist()  # the named bands, then `weak` (lower 0)
+        for rank, row in enumerate(table, start=1):
             cur.execute(load_sql("postgres", "band_upsert"),
-                        {"band": band, "lower_bound": lower, "rank": rank})
+                        {"band": row["band"], "lower_bound": row["lower"], "rank": rank})
 
 
 def create_source_schema(db: Db) -> None:

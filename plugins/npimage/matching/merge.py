@@ -2,12 +2,12 @@
 
 Both steps are SQL (sql/duckdb/merge_image_matches.sql, product_matches.sql) run by an
 in-memory DuckDB over Arrow tables: the per-image top-k, the symmetric closure, ranks and
-bands are set operations that SQL states plainly.
+bands are set operations that SQL states plainly. The bands and the threshold come from
+npimage.bands (a relation and a float32 parameter), the one definition Python shares.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -15,21 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from npimage.config import BANDS
+from npimage.bands import DEFAULT_THRESHOLD, bands_table, sql_params
 from npimage.matching.compare import MATCH_COLUMNS
-from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES, SIGNATURES
+from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES
 from npimage.sqlfiles import load_sql, run_script
 from npimage.storage.parquet_io import read_table, write_table
-
-
-@dataclass(frozen=True)
-class MergeResult:
-    image_matches: int
-    product_matches: int
-
-
-def _band_params() -> dict[str, float]:
-    return {name: lower for name, lower in BANDS}
 
 
 def _read_shards(paths: list[Path]) -> pa.Table:
@@ -57,10 +47,16 @@ def _verified(shards: pa.Table, verified: Path | None) -> pa.Table:
 
 def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, signatures: Path,
                         out: Path, *, client_id: str, run_id: str, top_k: int,
+                        threshold: float = DEFAULT_THRESHOLD,
                         verified: Path | None = None) -> pa.Table:
-    """Combine this run's shard results (with their verification) with the kept prior
-    matches; write image_matches."""
+    """Combine this run's shard results (with their verification, `verified`: the verify
+    stage's file) with the kept prior matches; write image_matches.
+
+    Pairs below `threshold` are dropped (compared as float32, like compare does); each
+    kept pair is labelled with its band (npimage.bands), `weak` below the lowest band.
+    """
     con = duckdb.connect()
+    con.register("bands", bands_table())
     con.register("new_pairs", _verified(_read_shards(shards), verified))
     prior_table = read_table(prior, IMAGE_MATCHES) if prior else IMAGE_MATCHES.empty_table()
     prior_table = prior_table.set_column(  # rows of older runs: score_before = score
@@ -69,8 +65,9 @@ def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, s
     con.register("prior_matches", prior_table.select(
         [*MATCH_COLUMNS.names, "score_before", "verified", "verify_reason"]))
     con.register("queries", pq.read_table(queries, columns=["image_id"]))
-    con.register("present", read_table(signatures, SIGNATURES).select(["image_id"]))
-    params = {"client_id": client_id, "run_id": run_id, "top_k": top_k, **_band_params()}
+    con.register("present", pq.read_table(signatures, columns=["image_id"]))
+    params = {"client_id": client_id, "run_id": run_id, "top_k": top_k,
+              **sql_params(threshold)}
     result = run_script(con, load_sql("duckdb", "merge_image_matches"), params).to_arrow_table()
     write_table(result, out, IMAGE_MATCHES)
     return result
@@ -80,9 +77,10 @@ def roll_up_products(image_matches: Path, catalog: Path, out: Path, *, client_id
                      run_id: str) -> pa.Table:
     """Product matches from image matches (sql/duckdb/product_matches.sql)."""
     con = duckdb.connect()
+    con.register("bands", bands_table())
     con.register("image_matches", read_table(image_matches, IMAGE_MATCHES))
     con.register("catalog", read_table(catalog, CATALOG).select(["image_id", "product_id"]))
-    params = {"client_id": client_id, "run_id": run_id, **_band_params()}
+    params = {"client_id": client_id, "run_id": run_id}
     result = run_script(con, load_sql("duckdb", "product_matches"), params).to_arrow_table()
     write_table(result, out, PRODUCT_MATCHES)
     return result

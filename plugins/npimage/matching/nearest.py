@@ -20,11 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from npimage.bands import band_codes
 from npimage.config import Settings
 from npimage.ingest.decode import ImageError, decode, read_bytes
 from npimage.matching import compare as cmp
 from npimage.matching.hashing import image_hashes
-from npimage.matching.scoring import Scorer, band_codes, load_weights
+from npimage.matching.scoring import Scorer, load_weights
 from npimage.schemas import SIGNATURES
 from npimage.storage.parquet_io import read_parts
 from npimage.storage.runs import RunContext, safe_name

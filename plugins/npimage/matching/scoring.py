@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 
-from npimage.config import BANDS
 from npimage.matching.hashing import HASH_BITS
 
 COMPONENTS = ("dah", "ddh", "dph", "dfv")
@@ -187,10 +186,3 @@ class Scorer:
             s = s + self.fv_term(cos)
         return s
 
-
-def band_codes(scores: np.ndarray) -> np.ndarray:
-    """Band name of each score ('' below the lowest band), vectorised."""
-    out = np.full(scores.shape, "", dtype=object)
-    for name, lower in reversed(BANDS):
-        out[scores >= lower] = name
-    return out

@@ -432,12 +432,12 @@ def pairs_to_verify(matches):
         {"s": VERIFY_FROM, "f": VERIFY_FV_FROM}).to_arrow_table()
 
 
-def verify_matches(matches, details: dict[str, bytes | None]):
-    """The verified rows (both directions) of compare's matches, given detail signatures by
-    image id. A pair whose image lacks a detail signature is left as it was (not verified)."""
+def verify_matches(pairs, details: dict[str, bytes | None]):
+    """The verified rows (both directions) of a pairs_to_verify table, given detail
+    signatures by image id. A pair whose image lacks a detail signature is left as it was
+    (not verified)."""
     import pyarrow as pa
 
-    pairs = pairs_to_verify(matches)
     a, b = pairs["a"].to_pylist(), pairs["b"].to_pylist()
     keep = [i for i in range(len(a)) if details.get(a[i]) and details.get(b[i])
             and len(details[a[i]]) == DETAIL_BYTES and len(details[b[i]]) == DETAIL_BYTES]

@@ -22,10 +22,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from npimage.config import BANDS
+from npimage.bands import BANDS, LABELS
 from npimage.storage.warehouse import connect_readonly
 
-_BAND_RANK = {name: i for i, (name, _) in enumerate(BANDS)}
+_BAND_RANK = {name: i for i, name in enumerate(LABELS)}
 _NEGATIVE_LABELS = {"0", "false", "no", "n", "different", "negative", ""}
 
 Pair = tuple[str, str]

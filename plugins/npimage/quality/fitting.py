@@ -55,7 +55,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from npimage.config import BANDS
+from npimage.bands import BANDS
 from npimage.matching.hashing import HASH_BITS
 from npimage.matching.scoring import COMPONENTS, HASH_COMPONENTS, Curve, Scorer, Weights, dumps
 

@@ -29,7 +29,7 @@ import duckdb
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
 import npimage
-from npimage.config import BANDS
+from npimage.bands import BANDS
 from npimage.report import search
 from npimage.report.data import (
     ImageMatch,
@@ -53,6 +53,7 @@ BAND_WORDS = {
     "retouched": "Same image, retouched",
     "very_similar": "Very similar product",
     "similar": "Fairly similar",
+    "weak": "Weak (below the bands)",
     None: "No match",
 }
 #: Band filters of the index pages: (slug, label); "none" is "no match at all".
@@ -62,6 +63,7 @@ FILTERS = (
     ("retouched", "Retouched"),
     ("very_similar", "Very similar"),
     ("similar", "Fairly similar"),
+    ("weak", "Weak"),
     ("none", "No match"),
 )
 COMPONENTS = (
@@ -119,9 +121,9 @@ def _level(value: float) -> str:
     Judged on the value as shown (3 decimals), so a bar never disagrees with its number.
     """
     shown = round(value, 3)
-    if shown >= BANDS[1][1]:
+    if shown >= BANDS[1].lower:
         return "lv-hi"
-    return "lv-mid" if shown >= BANDS[-1][1] else "lv-lo"
+    return "lv-mid" if shown >= BANDS[-1].lower else "lv-lo"
 
 
 def make_env() -> Environment:
@@ -141,7 +143,7 @@ def make_env() -> Environment:
         components=_components,
         level=_level,
         missing_thumb=MISSING,
-        lowest_band=f"{BANDS[-1][1]:.2f} ({BAND_WORDS[BANDS[-1][0]].lower()})",
+        lowest_band=f"{BANDS[-1].lower:.2f} ({BAND_WORDS[BANDS[-1].name].lower()})",
         products_home=list_href("products", 1),
         rejects_home=list_href("rejects", 1),
         version=npimage.__version__,

@@ -7,8 +7,9 @@
 --   prior_matches(same columns)
 --       image_matches of the last published run (empty in full mode);
 --   queries(image_id)   images compared this run (their old rows are replaced);
---   present(image_id)   images with a signature in this run (rows of others are dropped).
--- Parameters: $client_id, $run_id, $top_k, $same, $retouched, $very_similar, $similar.
+--   present(image_id)   images with a signature in this run (rows of others are dropped);
+--   bands(band, lower)  the labels and float32 lower limits (npimage.bands.bands_table).
+-- Parameters: $client_id, $run_id, $top_k, $threshold (a float32 value: npimage.bands).
 -- Result: both directions of each pair; per image its top-k plus any image that has it in
 -- its own top-k (so a pair never shows in one direction only); rank 1 = best.
 WITH fresh AS (
@@ -48,29 +49,28 @@ closed AS (
                score_before, verified, verify_reason FROM best
     )
     QUALIFY row_number() OVER (PARTITION BY image_id, match_image_id ORDER BY score DESC) = 1
+),
+kept_pairs AS (
+    SELECT * REPLACE (CAST(score AS FLOAT) AS score) FROM closed
+    WHERE CAST(score AS FLOAT) >= CAST($threshold AS FLOAT)
 )
 SELECT
     $client_id AS client_id,
-    image_id,
-    match_image_id,
-    CAST(row_number() OVER (PARTITION BY image_id ORDER BY score DESC, match_image_id) AS INTEGER)
-        AS rank,
-    CAST(score AS FLOAT) AS score,
-    CASE
-        WHEN score >= $same THEN 'same'
-        WHEN score >= $retouched THEN 'retouched'
-        WHEN score >= $very_similar THEN 'very_similar'
-        ELSE 'similar'
-    END AS band,
-    CAST(dah AS FLOAT) AS dah,
-    CAST(ddh AS FLOAT) AS ddh,
-    CAST(dph AS FLOAT) AS dph,
-    CAST(dfv AS FLOAT) AS dfv,
-    same_bytes,
+    k.image_id,
+    k.match_image_id,
+    CAST(row_number() OVER (PARTITION BY k.image_id ORDER BY k.score DESC, k.match_image_id)
+         AS INTEGER) AS rank,
+    k.score,
+    b.band,
+    CAST(k.dah AS FLOAT) AS dah,
+    CAST(k.ddh AS FLOAT) AS ddh,
+    CAST(k.dph AS FLOAT) AS dph,
+    CAST(k.dfv AS FLOAT) AS dfv,
+    k.same_bytes,
     $run_id AS run_id,
-    CAST(score_before AS FLOAT) AS score_before,
-    coalesce(verified, false) AS verified,
-    verify_reason
-FROM closed
-WHERE score >= $similar
-ORDER BY image_id, rank
+    CAST(k.score_before AS FLOAT) AS score_before,
+    coalesce(k.verified, false) AS verified,
+    k.verify_reason
+FROM kept_pairs AS k
+ASOF LEFT JOIN bands AS b ON k.score >= b.lower
+ORDER BY k.image_id, rank

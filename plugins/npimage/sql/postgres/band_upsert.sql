@@ -1,4 +1,4 @@
--- Keep npimage_band in step with npimage.config.BANDS (one row per call).
+-- Keep npimage_band in step with npimage.bands.bands_table() (one row per call).
 INSERT INTO npimage_band (band, lower_bound, rank)
 VALUES (%(band)s, %(lower_bound)s, %(rank)s)
 ON CONFLICT (band) DO UPDATE
