@@ -73,7 +73,7 @@ def unchanged_mask(catalog: pa.Table, prior_catalog: pa.Table, prior_sigs: pa.Ta
 def _prior_signature_keys(folder: Path) -> pa.Table:
     """image_id, fv_model and detail_ok (a detail signature of this version) of stored
     signatures; the detail bytes are measured by the reader, never held."""
-    from npimage.matching.verify import DETAIL_BYTES
+    from npimage.matching.verify import DETAIL_BYTES, DETAIL_VERSION
 
     files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
     if not files:
@@ -81,7 +81,8 @@ def _prior_signature_keys(folder: Path) -> pa.Table:
                          "fv_model": pa.array([], pa.string()),
                          "detail_ok": pa.array([], pa.bool_())})
     detail = ds.field("detail")
-    ok = pc.fill_null(pc.equal(pc.binary_length(detail), DETAIL_BYTES), False)
+    ok = pc.fill_null(pc.and_(pc.equal(pc.binary_length(detail), DETAIL_BYTES), pc.equal(
+        pc.binary_slice(detail, 0, 1), pa.scalar(bytes([DETAIL_VERSION]), pa.binary()))), False)
     return ds.dataset(files, schema=SIGNATURES, format="parquet").to_table(
         columns={"image_id": ds.field("image_id"), "fv_model": ds.field("fv_model"),
                  "detail_ok": ok})

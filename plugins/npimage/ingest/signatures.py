@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 from npimage.fv import FeatureExtractor
 from npimage.ingest.decode import ImageError, decode, read_bytes
 from npimage.matching.hashing import image_hashes
-from npimage.matching.verify import DETAIL_BYTES, detail_signature
+from npimage.matching.verify import detail_signature, is_current
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import read_parts, read_table, write_table
 
@@ -43,7 +43,7 @@ class BatchResult:
 
 def _current_detail(row: dict) -> bool:
     """Does a stored signature carry a detail signature of this version (else recompute)?"""
-    return row.get("detail") is not None and len(row["detail"]) == DETAIL_BYTES
+    return is_current(row.get("detail"))
 
 
 def _prior_rows(prior: Path | None, ids: list[str]) -> dict[str, dict]:
