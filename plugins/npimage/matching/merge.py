@@ -34,10 +34,10 @@ def _verified(shards: pa.Table, verified: Path | None) -> pa.Table:
     con.register("shards", shards)
     ver = pq.read_table(verified) if verified is not None and Path(verified).exists() else None
     if ver is None:
-        return con.execute("SELECT *, score AS score_before, false AS verified, "
+        return con.sql("SELECT *, score AS score_before, false AS verified, "
                            "CAST(NULL AS VARCHAR) AS verify_reason FROM shards").to_arrow_table()
     con.register("ver", ver)
-    return con.execute(
+    return con.sql(
         """SELECT s.image_id, s.match_image_id, coalesce(v.score, s.score) AS score,
                   s.dah, s.ddh, s.dph, s.dfv, s.same_bytes, s.score AS score_before,
                   v.image_id IS NOT NULL AS verified, v.verify_reason

@@ -138,8 +138,10 @@ class VisualParams:
     grey_clean: float = 1.1
     #: chroma residual (levels of Cb/Cr above the pair's median) up to which colours agree
     chroma_clean: float = 25.0
-    #: identity residual above which alignment is tried
-    align_above: float = 0.5
+    #: alignment is tried when the identity residual is above grey_clean over more than this
+    #: share of the picture (a misalignment shows along every edge; one changed region
+    #: of an aligned pair does not need it)
+    align_share: float = 0.004
     #: largest share of the picture a sticker may cover
     sticker_area: float = 0.08
     #: score a variant is capped at (below `retouched`)
@@ -193,7 +195,15 @@ def chroma_residual(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarra
     d = np.hypot(*(a.astype(np.float32) - b.astype(np.float32)).transpose(3, 0, 1, 2))
     d = d - np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
     m = _box(d, CHROMA_WINDOW)
+    # a grey picture (a grey-level copy, a 1-bit mode) has no colour to compare
+    grey = np.minimum(_colourless(a), _colourless(b))
+    m[grey] = 0.0
     return m.max(axis=(1, 2)), m
+
+
+def _colourless(c: np.ndarray) -> np.ndarray:
+    """Per thumbnail: no pixel more than 3 levels from neutral chroma (a grey picture)."""
+    return np.abs(c.astype(np.int16) - 128).max(axis=(1, 2, 3)) <= 3
 
 
 def _ecc(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -271,7 +281,8 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     chroma, cmap = chroma_residual(ca, cb)
     n = len(a)
     geometric, aligned = mirrored.copy(), np.zeros(n, bool)
-    todo = np.flatnonzero(grey > params.align_above)
+    spread = (gmap > params.grey_clean).mean(axis=(1, 2))
+    todo = np.flatnonzero((grey > params.grey_clean) & (spread > params.align_share))
     if len(todo):
         wb, valid, wc = b[todo].copy(), np.ones((len(todo), *a.shape[1:]), np.float32), \
             cb[todo].copy()
@@ -401,6 +412,13 @@ def visual_check(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
     `moved_box`: pairs whose content boxes sit differently in their frames (margins)."""
     params = params or VisualParams()
     r = compare_details(ga, ca, gb, cb, params)
+    return verdicts(r, params, moved_box), r
+
+
+def verdicts(r: VisualResult, params: VisualParams, moved_box: np.ndarray | None = None
+             ) -> CheckResult:
+    """Cap, floor and reason of compared pairs (cheap: bench/verify.py fits the thresholds
+    by calling it on one comparison with many VisualParams)."""
     n = len(r.grey)
     moved_box = np.zeros(n, bool) if moved_box is None else moved_box
     cap, floor = np.ones(n, np.float32), np.zeros(n, np.float32)
@@ -415,19 +433,24 @@ def visual_check(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
         reason[i] = why
         if not sticker:
             cap[i] = params.variant_cap
-    return CheckResult(cap, floor, reason), r
+    return CheckResult(cap, floor, reason)
 
 
 #: A check takes the pairs' detail signatures (a side, b side) and says what it can.
 Check = Callable[[Sequence[bytes], Sequence[bytes]], CheckResult]
 
 
-def visual(details_a: Sequence[bytes], details_b: Sequence[bytes]) -> CheckResult:
+def moved_boxes(details_a: Sequence[bytes], details_b: Sequence[bytes]) -> np.ndarray:
+    """Pairs whose content boxes sit differently in their frames (added or cut margins)."""
+    return np.abs(content_boxes(details_a) - content_boxes(details_b)).max(axis=1) > BOX_MOVED
+
+
+def visual(details_a: Sequence[bytes], details_b: Sequence[bytes],
+           params: VisualParams | None = None) -> CheckResult:
     """The visual check on stored detail signatures."""
     ga, ca = unpack_details(details_a)
     gb, cb = unpack_details(details_b)
-    moved = np.abs(content_boxes(details_a) - content_boxes(details_b)).max(axis=1) > BOX_MOVED
-    return visual_check(ga, ca, gb, cb, moved_box=moved)[0]
+    return visual_check(ga, ca, gb, cb, params, moved_boxes(details_a, details_b))[0]
 
 
 #: The checks run on every verified pair, in order. Another check (codes and text read from
@@ -494,14 +517,14 @@ def pairs_to_verify(matches):
 
     con = duckdb.connect()
     con.register("m", matches)
-    return con.execute(
+    return con.sql(
         """SELECT least(image_id, match_image_id) AS a, greatest(image_id, match_image_id) AS b,
                   max(score) AS score
            FROM m
            WHERE (score >= $s OR coalesce(dfv, 0) >= $f) AND NOT coalesce(same_bytes, false)
              AND image_id <> match_image_id
            GROUP BY 1, 2 ORDER BY 1, 2""",
-        {"s": VERIFY_FROM, "f": VERIFY_FV_FROM}).to_arrow_table()
+        params={"s": VERIFY_FROM, "f": VERIFY_FV_FROM}).to_arrow_table()
 
 
 def verify_matches(pairs, details: dict[str, bytes | None]):
