@@ -224,9 +224,12 @@ def verify(ctx: RunContext) -> dict[str, int]:
         if shards else cmp.MATCH_COLUMNS.empty_table()
     pairs = pairs_to_verify(matches)
     ids = sorted(set(pairs["a"].to_pylist()) | set(pairs["b"].to_pylist()))
-    sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
-                      columns=["image_id", "detail"], ids=ids)
-    details = dict(zip(sigs["image_id"].to_pylist(), sigs["detail"].to_pylist(), strict=True))
+    details: dict[str, bytes | None] = {}
+    if ids:
+        sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                          columns=["image_id", "detail"], ids=ids)
+        details = dict(zip(sigs["image_id"].to_pylist(), sigs["detail"].to_pylist(),
+                           strict=True))
     with Progress(pairs.num_rows, "verify", "pairs"):
         verified = verify_matches(pairs, details)
     write_table(verified, ctx.path("verified.parquet"))

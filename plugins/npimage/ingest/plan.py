@@ -81,8 +81,9 @@ def _prior_signature_keys(folder: Path) -> pa.Table:
                          "fv_model": pa.array([], pa.string()),
                          "detail_ok": pa.array([], pa.bool_())})
     detail = ds.field("detail")
-    ok = pc.fill_null(pc.and_(pc.equal(pc.binary_length(detail), DETAIL_BYTES), pc.equal(
-        pc.binary_slice(detail, 0, 1), pa.scalar(bytes([DETAIL_VERSION]), pa.binary()))), False)
+    ok = pc.coalesce(pc.and_kleene(pc.equal(pc.binary_length(detail), DETAIL_BYTES), pc.equal(
+        pc.binary_slice(detail, 0, 1), pa.scalar(bytes([DETAIL_VERSION]), pa.binary()))),
+        pa.scalar(False))
     return ds.dataset(files, schema=SIGNATURES, format="parquet").to_table(
         columns={"image_id": ds.field("image_id"), "fv_model": ds.field("fv_model"),
                  "detail_ok": ok})
