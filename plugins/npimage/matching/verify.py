@@ -123,7 +123,7 @@ def unpack_details(details: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
 #: Blur (sigma, thumbnail pixels) applied to both thumbnails before differencing, and the
 #: stronger blur tried on either side (a resize or a sharper source changes the fine grain).
 BLUR = 0.7
-BLUR_EQUALISE = 1.3
+BLUR_EQUALISE = (1.3, 2.0)
 #: Side of the window (pixels of the 128 thumbnail: about a printed word) the difference is
 #: averaged over; its peak is the pair's grey residual.
 WINDOW = 2
@@ -135,13 +135,13 @@ class VisualParams:
     """Thresholds of the visual check (fitted on one range of edits, see bench/verify.py)."""
 
     #: grey residual (units of the pictures' deviation) up to which a pair is the same picture
-    grey_clean: float = 1.1
+    grey_clean: float = 0.9
     #: chroma residual (levels of Cb/Cr above the pair's median) up to which colours agree
-    chroma_clean: float = 25.0
+    chroma_clean: float = 20.0
     #: alignment is tried when the identity residual is above grey_clean over more than this
     #: share of the picture (a misalignment shows along every edge; one changed region
     #: of an aligned pair does not need it)
-    align_share: float = 0.004
+    align_share: float = 0.0
     #: largest share of the picture a sticker may cover
     sticker_area: float = 0.08
     #: score a variant is capped at (below `retouched`)
@@ -156,6 +156,15 @@ def _norm(g: np.ndarray) -> np.ndarray:
     m = g.mean(axis=(-2, -1), keepdims=True)
     s = g.std(axis=(-2, -1), keepdims=True) + 1.0
     return (g - m) / s
+
+
+def _renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Normalise again over the overlap only (margins brought in by a warp, or cut off,
+    would shift the mean and deviation of the whole thumbnail)."""
+    n = valid.sum(axis=(1, 2), keepdims=True) + 1e-6
+    m = (x * valid).sum(axis=(1, 2), keepdims=True) / n
+    sd = np.sqrt((((x - m) * valid) ** 2).sum(axis=(1, 2), keepdims=True) / n) + 1e-3
+    return ((x - m) / sd).astype(np.float32)
 
 
 def _box(x: np.ndarray, w: int) -> np.ndarray:
@@ -179,8 +188,10 @@ def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
     `valid` (n, S, S) masks pixels outside the overlap of an alignment.
     """
     a7, b7 = _blur(a, BLUR), _blur(b, BLUR)
-    cands = np.stack([np.abs(a7 - b7), np.abs(_blur(a, BLUR_EQUALISE) - b7),
-                      np.abs(a7 - _blur(b, BLUR_EQUALISE))])
+    cands = [np.abs(a7 - b7)]
+    for sigma in BLUR_EQUALISE:
+        cands += [np.abs(_blur(a, sigma) - b7), np.abs(a7 - _blur(b, sigma))]
+    cands = np.stack(cands)
     if valid is not None:
         cands *= valid[None]
     best = cands.mean(axis=(2, 3)).argmin(0)
@@ -189,14 +200,19 @@ def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
     return m.max(axis=(1, 2)), m
 
 
-def chroma_residual(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(peak, map) of the windowed chroma distance above the pair's median (a global cast
-    from a tone change or white balance is not a local colour change)."""
+    from a tone change or white balance is not a local colour change). `valid` (n, S, S)
+    masks, at the grey thumbnail's size, what lies outside the overlap of an alignment."""
     d = np.hypot(*(a.astype(np.float32) - b.astype(np.float32)).transpose(3, 0, 1, 2))
+    if valid is not None:
+        k = DETAIL_SIDE // CHROMA_SIDE
+        d *= valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
     d = d - np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
     m = _box(d, CHROMA_WINDOW)
     # a grey picture (a grey-level copy, a 1-bit mode) has no colour to compare
-    grey = np.minimum(_colourless(a), _colourless(b))
+    grey = _colourless(a) | _colourless(b)
     m[grey] = 0.0
     return m.max(axis=(1, 2)), m
 
@@ -211,15 +227,18 @@ def _ecc(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     import cv2
 
     warp = np.eye(2, 3, dtype=np.float32)
-    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4)
+    coarse = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4)
+    fine = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
     try:
-        for scale in (0.5, 1.0):
-            size = (round(a.shape[1] * scale), round(a.shape[0] * scale))
-            sa = cv2.resize(a, size, interpolation=cv2.INTER_AREA)
-            sb = cv2.resize(b, size, interpolation=cv2.INTER_AREA)
-            if scale == 1.0:
-                warp[:, 2] *= 2
-            _, warp = cv2.findTransformECC(sa, sb, warp, cv2.MOTION_AFFINE, criteria, None, 5)
+        # half size, smoothed: converges from identity over crops, turns and margins
+        size = (a.shape[1] // 2, a.shape[0] // 2)
+        sa = cv2.resize(cv2.GaussianBlur(a, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
+        sb = cv2.resize(cv2.GaussianBlur(b, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
+        _, warp = cv2.findTransformECC(sa, sb, warp, cv2.MOTION_AFFINE, coarse, None, 5)
+        warp[:, 2] *= 2
+        # full size, barely smoothed: the smoothing biases the scale by ~0.5 %, which
+        # leaves every edge of the picture a fraction of a pixel off
+        _, warp = cv2.findTransformECC(a, b, warp, cv2.MOTION_AFFINE, fine, None, 3)
     except cv2.error:
         return None
     return warp
@@ -288,7 +307,7 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
             cb[todo].copy()
         moved = np.zeros(len(todo), bool)
         for j, i in enumerate(todo):
-            warp = _ecc(_blur(a[i:i + 1], 1.0)[0], _blur(b[i:i + 1], 1.0)[0])
+            warp = _ecc(a[i], b[i])
             if warp is None:
                 continue
             wb[j], v = _warp(b[i], warp)
@@ -296,11 +315,13 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
             wc[j] = _warp(cb[i].astype(np.float32), warp, CHROMA_SIDE / DETAIL_SIDE)[0]
             moved[j] = _is_geometric(warp, False)
         aligned[todo] = True
-        g2, m2 = grey_residual(a[todo], wb, valid)
-        c2, cm2 = chroma_residual(ca[todo], wc)
+        aa = _renorm(a[todo], valid)
+        wb = _renorm(wb, valid)
+        g2, m2 = grey_residual(aa, wb, valid)
+        c2, cm2 = chroma_residual(ca[todo], wc, valid)
         better = g2 < grey[todo]
         sel = todo[better]
-        grey[sel], gmap[sel], b[sel] = g2[better], m2[better], wb[better]
+        grey[sel], gmap[sel], b[sel], a[sel] = g2[better], m2[better], wb[better], aa[better]
         chroma[sel], cmap[sel], cb[sel] = c2[better], cm2[better], wc[better]
         geometric[sel] |= moved[better]
     return VisualResult(grey, chroma, mirrored, geometric, aligned, gmap, cmap, a, b, ca, cb)
@@ -326,6 +347,8 @@ STICKER_FLAT = 0.5
 LEVEL_CHANGE = 0.5
 #: ... or is a saturated colour (chroma distance from grey, levels) over a neutral area.
 STICKER_SATURATION = 35.0
+#: ... or has this many times the other side's edges (its outline and print).
+STICKER_EDGES = 1.5
 NEUTRAL = 15.0
 
 
@@ -363,6 +386,13 @@ def _is_sticker(pa_: np.ndarray, pb: np.ndarray) -> bool:
     return fy < STICKER_FLAT or _edges(x) > 2.0 * max(_edges(y), 1e-3)
 
 
+def _adds_edges(pa_: np.ndarray, pb: np.ndarray) -> bool:
+    """Does one side of a changed patch carry far more edges than the other (a label's
+    outline and print over a photo), where changed text or bars keep about as many?"""
+    ea, eb = _edges(pa_), _edges(pb)
+    return max(ea, eb) >= STICKER_EDGES * max(min(ea, eb), 1e-3)
+
+
 def _colour_patch(ca: np.ndarray, cb: np.ndarray) -> bool:
     """Is one side of a changed patch mostly a saturated colour (a yellow or red label)
     where the other side is mostly neutral (a white label, a grey backdrop)?"""
@@ -391,7 +421,8 @@ def _region_kind(r: VisualResult, i: int, params: VisualParams) -> tuple[str, bo
         f = CHROMA_SIDE / DETAIL_SIDE
         cs = (slice(int(y0 * f), int(np.ceil((y0 + h + WINDOW) * f))),
               slice(int(x0 * f), int(np.ceil((x0 + w + WINDOW) * f))))
-        if small and (_is_sticker(pa_, pb) or _colour_patch(r.ca[i][cs], r.cb[i][cs])):
+        if small and (_is_sticker(pa_, pb) or _adds_edges(pa_, pb)
+                      or _colour_patch(r.ca[i][cs], r.cb[i][cs])):
             kinds.append(STICKER)
             continue
         gx = np.abs(np.diff(pa_, axis=1)).sum() + np.abs(np.diff(pb, axis=1)).sum()
