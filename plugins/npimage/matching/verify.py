@@ -349,6 +349,10 @@ LEVEL_CHANGE = 0.5
 STICKER_SATURATION = 35.0
 #: ... or has this many times the other side's edges (its outline and print).
 STICKER_EDGES = 1.5
+#: ... and its level stands out by this much (units of deviation) from a ring of RING
+#: pixels around it, more than the other side's does.
+STANDS_OUT = 0.4
+RING = 3
 NEUTRAL = 15.0
 
 
@@ -386,11 +390,31 @@ def _is_sticker(pa_: np.ndarray, pb: np.ndarray) -> bool:
     return fy < STICKER_FLAT or _edges(x) > 2.0 * max(_edges(y), 1e-3)
 
 
-def _adds_edges(pa_: np.ndarray, pb: np.ndarray) -> bool:
-    """Does one side of a changed patch carry far more edges than the other (a label's
-    outline and print over a photo), where changed text or bars keep about as many?"""
-    ea, eb = _edges(pa_), _edges(pb)
-    return max(ea, eb) >= STICKER_EDGES * max(min(ea, eb), 1e-3)
+def _pasted(a: np.ndarray, b: np.ndarray, sl: tuple[slice, slice]) -> bool:
+    """Is one side of the changed patch `sl` an object pasted on the picture: far more
+    edges than the other side (a label's outline and print), and a level that stands out
+    from the ring of pixels around the patch where the other side's does not? Changed text
+    on a label keeps the label's level inside and around, and about as many edges."""
+    ea, eb = _edges(a[sl]), _edges(b[sl])
+    if max(ea, eb) < STICKER_EDGES * max(min(ea, eb), 1e-3):
+        return False
+    x, y = (a, b) if ea >= eb else (b, a)
+    h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+    if (max(ea, eb) >= 2 * STICKER_EDGES * max(min(ea, eb), 1e-3) and w >= 1.2 * h
+            and _flat_share(y[sl])[0] < STICKER_FLAT + 0.1):
+        return True  # a wide label over busy detail (a photo): the print and outline added
+    (y0, y1), (x0, x1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
+    ring = np.zeros(a.shape, bool)
+    ring[max(0, y0 - RING):y1 + RING, max(0, x0 - RING):x1 + RING] = True
+    ring[sl] = False
+    if not ring.any():
+        return False
+
+    def stands_out(img: np.ndarray) -> float:
+        return abs(float(np.median(img[sl])) - float(np.median(img[ring])))
+
+    sx, sy = stands_out(x), stands_out(y)
+    return sx >= STANDS_OUT and sx - sy >= STANDS_OUT / 2
 
 
 def _colour_patch(ca: np.ndarray, cb: np.ndarray) -> bool:
@@ -421,7 +445,7 @@ def _region_kind(r: VisualResult, i: int, params: VisualParams) -> tuple[str, bo
         f = CHROMA_SIDE / DETAIL_SIDE
         cs = (slice(int(y0 * f), int(np.ceil((y0 + h + WINDOW) * f))),
               slice(int(x0 * f), int(np.ceil((x0 + w + WINDOW) * f))))
-        if small and (_is_sticker(pa_, pb) or _adds_edges(pa_, pb)
+        if small and (_is_sticker(pa_, pb) or _pasted(r.a[i], r.b[i], sl)
                       or _colour_patch(r.ca[i][cs], r.cb[i][cs])):
             kinds.append(STICKER)
             continue
