@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from npimage.bands import round_scores
 from npimage.matching import compare as cmp
 from npimage.matching.scoring import Scorer, load_weights
 
@@ -153,7 +154,7 @@ def brute_force(cat: cmp.SignatureArrays, q_idx: np.ndarray, scorer: Scorer, top
         score = scorer.score(ham, cos).astype(np.float32)
         score[(q.sha[:, None] == c.sha[None, :]) & (q.size[:, None] == c.size[None, :])] = 1.0
         score[q.rows[:, None] == c.rows[None, :]] = -1.0
-        score = np.round(score, cmp.SCORE_DECIMALS)
+        score = round_scores(score)
         qi, ci = np.nonzero(score >= threshold)
         found_q.append(qi)
         found_c.append(ci + s)

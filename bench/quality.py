@@ -253,6 +253,7 @@ def cross_validate(ls, full, opt, seed: int) -> list[dict]:
     as candidates)."""
     from npimage.matching.scoring import Scorer
     from npimage.quality import fitting
+    from npimage.quality.curves import classes
 
     fold = group_folds(ls, seed)
     out = []
@@ -260,7 +261,7 @@ def cross_validate(ls, full, opt, seed: int) -> list[dict]:
         t0 = time.perf_counter()
         held = fitting.fit(ls.restrict(fold != k), opt).weights
         test = ls.restrict(fold == k)
-        data = fitting.classes(test, opt)
+        data = classes(test, opt)
         for label, w in (("fitted on the other half", held), ("fitted on all", full)):
             for use_fv in (True, False):
                 m = fitting.measure(test, Scorer(w, use_fv), data)
@@ -339,7 +340,7 @@ def quality_table(columns: list[tuple[str, object]]) -> str:
 
 def kind_table(m) -> str:
     """Markdown: per kind of labelled pair, how many reach each band."""
-    from npimage.quality.fitting import BAND_NAMES
+    from npimage.quality.labelled import BAND_NAMES
 
     names = (*BAND_NAMES, "below")
     rows = ["| kind | pairs | must reach | recall | " + " | ".join(names) + " |",
@@ -440,13 +441,15 @@ def main(argv: list[str] | None = None) -> int:
 def evaluate_and_fit(args: argparse.Namespace) -> int:
     """Steps 3-5 on a built and run evaluation set; prints the tables."""
     from npimage.quality import fitting
+    from npimage.quality.curves import classes
     from npimage.quality.evaluate import planted_found
+    from npimage.quality.labelled import run_files
 
     t0 = time.perf_counter()
     ls = labelled(args.work)
     opt = fitting.FitOptions(seed=args.seed)
     result = fitting.fit(ls, opt, source="bench/quality.py")
-    run_id = fitting.run_files(args.work / "data", CLIENT)[0]
+    run_id = run_files(args.work / "data", CLIENT)[0]
     models = sorted({str(m) for m in fitting.read_run(args.work / "data", CLIENT)[0]["fv_model"]
                      .to_pylist() if m})
     result.record = {**fit_record(args, run_id, models[0] if models else None), **result.record}
@@ -460,7 +463,7 @@ def evaluate_and_fit(args: argparse.Namespace) -> int:
         default = REPO / "plugins" / "npimage" / "weights" / "default.json"
         default.write_text(out.read_text(encoding="utf-8"), encoding="utf-8")
         print(f"wrote {default}")
-    data = fitting.classes(ls, opt)
+    data = classes(ls, opt)
     columns = [(name, fitting.measure(ls, sc, data)) for name, sc in scorers(result.weights)]
     print(f"\n{len(ls)} images, {len(ls.pos[0])} labelled pairs of one photo, "
           f"{len(data.neg)} pairs of different photos, {data.cand.n_queries} top-1 queries\n")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import Param, dag, task
 
-NEXTPAGE_CONN_ID = "nextpage_backend"
+from npimage.orchestration.connection import NEXTPAGE, NEXTPAGE_CONN_ID
 
 
 @dag(
@@ -29,11 +29,11 @@ def npimage_nightly():
     @task
     def list_clients(params: dict | None = None) -> list[dict]:
         """One npimage_dedup conf per active client of the backend."""
-        from npimage.backend import airflow_dsn, list_clients
+        from npimage.backend import list_clients
+        from npimage.orchestration.connection import airflow_dsn
 
-        ref = "nextpage"
-        return [{"client_id": c, "source": ref, "backend": ref, "mode": "incremental",
-                 "fv": bool(params["fv"])}
+        return [{"client_id": c, "source": NEXTPAGE, "backend": NEXTPAGE,
+                 "mode": "incremental", "fv": bool(params["fv"])}
                 for c in list_clients(airflow_dsn(NEXTPAGE_CONN_ID))]
 
     TriggerDagRunOperator.partial(

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import csv
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import duckdb
@@ -12,9 +15,17 @@ from npimage.bands import LABELS
 BAND_RANK = {name: i for i, name in enumerate(LABELS)}
 
 
-def table_rows(warehouse: Path, table: str, client: str, drop: tuple[str, ...] = ("run_id",)):
+def connect(warehouse: Path | str) -> duckdb.DuckDBPyConnection:
+    """The warehouse of a data dir (local or s3://) or of its warehouse.duckdb."""
+    from npimage.storage.warehouse import connect as connect_warehouse
+
+    return connect_warehouse(str(warehouse))
+
+
+def table_rows(warehouse: Path | str, table: str, client: str,
+               drop: tuple[str, ...] = ("run_id",)):
     """Rows of a warehouse table for a client, sorted, without run-specific columns."""
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = connect(warehouse)
     try:
         cols = [c for c in con.table(table).columns if c not in drop]
         rows = con.execute(
@@ -25,9 +36,9 @@ def table_rows(warehouse: Path, table: str, client: str, drop: tuple[str, ...] =
     return rows
 
 
-def check_published_run(warehouse: Path, client: str, truth: Path) -> dict[str, int]:
+def check_published_run(warehouse: Path | str, client: str, truth: Path) -> dict[str, int]:
     """The invariants every run must hold, and the planted duplicates found in band."""
-    con = duckdb.connect(str(warehouse), read_only=True)
+    con = connect(warehouse)
     try:
         pairs = {(a, b): band for a, b, band in con.execute(
             "SELECT image_id, match_image_id, band FROM image_matches WHERE client_id = $c",
@@ -49,3 +60,14 @@ def check_published_run(warehouse: Path, client: str, truth: Path) -> dict[str, 
         if band is None or BAND_RANK[band] > BAND_RANK[r["expected_band"]]:
             missed.append((r["image_id"], r["kind"], band))
     return {"planted": len(planted), "missed": len(missed), "missed_rows": missed}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
+            prefix: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
+    """`npimage ARGS` as a real process (this checkout's code first on the path);
+    `prefix` is a command the process runs under (e.g. setpriv)."""
+    plugins = str(Path(__file__).resolve().parents[1] / "plugins")
+    full = {**os.environ, **(env or {})}
+    full["PYTHONPATH"] = os.pathsep.join(p for p in (plugins, full.get("PYTHONPATH")) if p)
+    return subprocess.run([*prefix, sys.executable, "-m", "npimage.cli", *args], env=full,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)

@@ -25,7 +25,6 @@ import pytest
 from pg import pg_connect
 
 from npimage.backend import (
-    airflow_dsn,
     apply_schema,
     extract_catalog,
     get_run,
@@ -38,6 +37,7 @@ from npimage.backend import (
 )
 from npimage.backend.load import LOCK_CLASS
 from npimage.bands import BANDS, band_of
+from npimage.orchestration.connection import airflow_dsn
 from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES
 from npimage.storage.parquet_io import write_table
 

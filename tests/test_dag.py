@@ -7,7 +7,7 @@ import pytest
 from conftest import ROOT
 from helpers import check_published_run, table_rows
 
-TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
+from npimage.storage.warehouse import TABLES
 
 
 @pytest.fixture(scope="module")
@@ -44,19 +44,21 @@ def test_dag_files_do_not_import_tensorflow_at_parse_time():
 
 @pytest.fixture(scope="module")
 def dag_runs(airflow_db, small_demo, tmp_path_factory):
-    """Two real DAG runs on the small demo catalogue: full, then incremental."""
-    import os
+    """Two real DAG runs on the small demo catalogue: full, then incremental.
 
+    NPIMAGE_DATA_DIR is set for these runs only (restored after: no leak into other tests).
+    """
     from airflow.dag_processing.dagbag import DagBag
 
     data = tmp_path_factory.mktemp("dagdata")
-    os.environ["NPIMAGE_DATA_DIR"] = str(data)
-    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
-    conf = {"client_id": "dagclient", "source": str(small_demo.manifest), "fv": False}
-    first = dag.test(run_conf=conf)
-    wh = data / "warehouse.duckdb"
-    tables = {t: table_rows(wh, t, "dagclient") for t in TABLES}
-    second = dag.test(run_conf={**conf, "mode": "incremental"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPIMAGE_DATA_DIR", str(data))
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
+        conf = {"client_id": "dagclient", "source": str(small_demo.manifest), "fv": False}
+        first = dag.test(run_conf=conf)
+        wh = data / "warehouse.duckdb"
+        tables = {t: table_rows(wh, t, "dagclient") for t in TABLES}
+        second = dag.test(run_conf={**conf, "mode": "incremental"})
     return data, first, second, tables
 
 
@@ -104,3 +106,20 @@ def test_nightly_dag_triggers_one_incremental_run_per_active_client(
             DagRun.dag_id == "npimage_dedup", DagRun.run_id.like("nightly__%")).all()]
     assert sorted(c["client_id"] for c in confs) == ["north", "south"]
     assert all(c["mode"] == "incremental" and c["source"] == "nextpage" for c in confs)
+
+
+def test_a_dag_run_records_its_real_start(dag_runs):
+    """Was: a DAG run's runs.started_at was its publish time (publish got no start)."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    data, first, _, _ = dag_runs
+    with create_session() as session:
+        ends = dict(session.query(TaskInstance.task_id, TaskInstance.end_date).filter(
+            TaskInstance.dag_id == "npimage_dedup", TaskInstance.run_id == first.run_id,
+            TaskInstance.task_id.in_(["extract", "publish"])).all())
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+    started = con.execute("SELECT started_at FROM runs WHERE run_id = $r",
+                          {"r": first.run_id}).fetchone()[0]
+    con.close()
+    assert first.start_date <= started <= ends["extract"] < ends["publish"]

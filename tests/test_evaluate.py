@@ -7,6 +7,7 @@ import csv
 import duckdb
 import pytest
 
+from npimage.errors import UnknownClientError
 from npimage.quality.evaluate import (
     Truth,
     _prf_by_band,
@@ -76,7 +77,7 @@ def test_evaluate_a_published_run(small_demo, tmp_path):
     assert overall.recall == 1.0 and overall.positives > 0
     assert ev.retrieval["recall@10"] == 1.0
     assert {m.name: m for m in ev.products}["all stored"].recall == 1.0
-    with pytest.raises(ValueError, match="no published run"):
+    with pytest.raises(UnknownClientError, match="no published run"):
         evaluate(tmp_path / "warehouse.duckdb", "nobody", load_truth(groups))
     # per kind, before and after verification (issue #12): every planted picture counted
     kinds = by_kind(tmp_path / "warehouse.duckdb", "ev", small_demo.truth)

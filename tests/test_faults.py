@@ -31,8 +31,8 @@ from npimage.pipeline import settings_context
 from npimage.runner import run_pipeline
 from npimage.storage import locks
 from npimage.storage.runs import RunContext
+from npimage.storage.warehouse import TABLES
 
-TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
 NPIMAGE = str(Path(sys.executable).with_name("npimage"))
 
 
@@ -207,11 +207,11 @@ def test_failed_publish_keeps_the_previous_warehouse(small_demo, tmp_path):
     ctx = _ctx(tmp_path, _changed_catalogue(small_demo, tmp_path / "changed"), "r2")
     _stages_until_merge(ctx)
     _poison(ctx.path("product_matches.parquet"))
-    with pytest.raises(duckdb.Error, match="bad score"):
-        pipeline.publish(ctx)  # images .. image_matches replaced, then product_matches fails
+    with pytest.raises(ValueError, match="score is VARCHAR"):
+        pipeline.publish(ctx)  # the files are checked before the commit: refused
     assert _warehouse(tmp_path, drop=()) == before  # rolled back: nothing of r2 is visible
     assert _warehouse(tmp_path, "other", drop=()) == other
-    assert json.loads(ctx.current_pointer.read_text()) == {"run_id": "r1"}
+    assert json.loads(ctx.current_pointer.read_text())["run_id"] == "r1"
     pipeline.merge(ctx)  # the fault repaired, the retried publish goes through
     pipeline.publish(ctx)
     after = _warehouse(tmp_path, drop=())
@@ -224,12 +224,12 @@ from npimage import pipeline
 from npimage.storage import warehouse
 from npimage.storage.runs import RunContext
 
-def hang():
+def hang(commit):
     print("in transaction", flush=True)
-    time.sleep(600)  # killed here: every table replaced, nothing committed
+    time.sleep(600)  # killed here: files checked, the pointer not yet written
 
-def publish(path, files, run, before_commit=None):
-    warehouse.publish(path, files, run, before_commit=hang)
+def publish(data_dir, client_id, run_id, tables, run, around_commit=None):
+    warehouse.publish(data_dir, client_id, run_id, tables, run, around_commit=hang)
 
 pipeline.publish_warehouse = publish
 pipeline.publish(RunContext.from_dict(json.loads(sys.argv[1])))
@@ -238,7 +238,7 @@ pipeline.publish(RunContext.from_dict(json.loads(sys.argv[1])))
 
 def test_publish_killed_inside_its_transaction_keeps_the_previous_warehouse(small_demo,
                                                                            tmp_path):
-    """NEEDS PATCH (warehouse.py: before_commit): the hook this test hangs the publish in."""
+    """The publish hangs in its around_commit hook (where the backend load runs) and dies."""
     run_pipeline(_ctx(tmp_path, small_demo.manifest, "r1"), workers=1, report=False)
     before = _warehouse(tmp_path, drop=())
     ctx = _ctx(tmp_path, _changed_catalogue(small_demo, tmp_path / "changed"), "r2")
@@ -252,7 +252,7 @@ def test_publish_killed_inside_its_transaction_keeps_the_previous_warehouse(smal
         _, err = proc.communicate(timeout=60)
     assert line == "in transaction", err
     assert _warehouse(tmp_path, drop=()) == before  # readable, and still r1
-    assert json.loads(ctx.current_pointer.read_text()) == {"run_id": "r1"}
+    assert json.loads(ctx.current_pointer.read_text())["run_id"] == "r1"
     pipeline.publish(ctx)  # the retried task
     assert len(_warehouse(tmp_path)["images"]) == len(before["images"]) - 1
 
@@ -302,7 +302,7 @@ def test_failed_backend_load_keeps_the_previous_backend_rows(backend_fault):
     assert backend_fault["before"]["backend"]["npimage_image_match"]
     assert backend_fault["after"]["backend"] == backend_fault["before"]["backend"]
     ctx = backend_fault["ctx"]
-    assert json.loads(ctx.current_pointer.read_text()) == {"run_id": "r1"}
+    assert json.loads(ctx.current_pointer.read_text())["run_id"] == "r1"
 
 
 @pytest.mark.postgres

@@ -21,7 +21,10 @@ from npimage.matching.scoring import (
     Weights,
     load_weights,
 )
+from npimage.quality import curves as qcurves
 from npimage.quality import fitting
+from npimage.quality import pairs as qpairs
+from npimage.quality import search as qsearch
 
 BANDS = {"same": 0.99, "retouched": 0.95}
 
@@ -82,23 +85,23 @@ FAST = fitting.FitOptions(floors=(0.5, 0.8), same_quantiles=(0.01,),
 # -- pieces -------------------------------------------------------------------------------
 
 def test_simplex_covers_the_grid():
-    w = fitting.simplex(0.05, True)
+    w = qsearch.simplex(0.05, True)
     assert w.shape == (1771, 4) and np.allclose(w.sum(axis=1), 1)
     assert len(np.unique(w, axis=0)) == 1771
-    h = fitting.simplex(0.05, False)
+    h = qsearch.simplex(0.05, False)
     assert h.shape == (231, 4) and np.all(h[:, 3] == 0) and np.allclose(h.sum(axis=1), 1)
 
 
 def test_curve_knots_are_increasing_even_when_classes_overlap():
     # retouched p5 below the 99.99th percentile of different products: the knots must
     # still increase, the 0.95 knot moving above the 0.90 one
-    curve = fitting.curve_knots([0.5, 0.8, 0.9, 0.85, 0.97], floor=0.75, is_hash=True)
+    curve = qcurves.curve_knots([0.5, 0.8, 0.9, 0.85, 0.97], floor=0.75, is_hash=True)
     xs, ys = zip(*curve, strict=True)
     assert list(xs) == sorted(xs) and len(set(xs)) == len(xs)
     assert list(ys) == sorted(ys) and ys[0] == 0.75 and ys[-1] == 1.0
     assert dict(curve)[0.97] == 0.99
     # and never reach 1 before the last knot
-    top = fitting.curve_knots([0.5, 0.9, 1.0, 1.0, 1.0], floor=0.5, is_hash=False)
+    top = qcurves.curve_knots([0.5, 0.9, 1.0, 1.0, 1.0], floor=0.5, is_hash=False)
     assert top[0] == (0.0, 0.0) and all(x < 1.0 for x, _ in top[:-1])
 
 
@@ -108,10 +111,10 @@ def test_band_recall_is_the_worst_of_all_and_each_large_kind():
     hit = np.ones(50, bool)
     hit[:2] = False  # a: 23/25
     hit[45:] = False  # tiny: 0/5, too few pairs to count on its own
-    assert fitting.band_recall(hit, band, kind, 0) == pytest.approx(43 / 50)
+    assert qsearch.band_recall(hit, band, kind, 0) == pytest.approx(43 / 50)
     hit[45:] = True
-    assert fitting.band_recall(hit, band, kind, 0) == pytest.approx(23 / 25)
-    assert fitting.band_recall(hit, band, kind, 1) == 1.0  # no pair expected there
+    assert qsearch.band_recall(hit, band, kind, 0) == pytest.approx(23 / 25)
+    assert qsearch.band_recall(hit, band, kind, 1) == 1.0  # no pair expected there
 
 
 # -- the search -----------------------------------------------------------------------------
@@ -140,9 +143,9 @@ def test_hard_constraint_keeps_a_lookalike_out_of_same(fitted):
     ls, result = fitted
     assert result.metrics["hashes only"].neg_same >= 1
     assert result.metrics["fv"].neg_same == 0
-    lookalike = fitting.pair_components(ls, np.array([0]), np.array([len(ls) - 1]))
-    assert fitting.pair_scores(lookalike, Scorer(result.weights, False))[0] == 1.0
-    assert fitting.pair_scores(lookalike, Scorer(result.weights, True))[0] < 0.99
+    lookalike = qpairs.pair_components(ls, np.array([0]), np.array([len(ls) - 1]))
+    assert qpairs.pair_scores(lookalike, Scorer(result.weights, False))[0] == 1.0
+    assert qpairs.pair_scores(lookalike, Scorer(result.weights, True))[0] < 0.99
 
 
 def test_metrics_match_scores_computed_directly(fitted):
@@ -161,14 +164,14 @@ def test_metrics_match_scores_computed_directly(fitted):
 def test_pruned_top1_equals_exact_top1_when_nothing_is_pruned():
     ls = synthetic(seed=3, photos=60, products=6)
     opt = replace(FAST, prune=10_000)
-    data = fitting.classes(ls, opt)
-    curves = fitting.fit_curves(fitting.class_quantiles(data, opt),
-                                fitting.Shape(0.8, 0.01, 0.01, 0.05), opt)
-    w = fitting.simplex(0.25, True)
-    grid = fitting._grid_top1(data.cand, fitting.calibrate(data.raw["cand"], curves), w)
+    data = qcurves.classes(ls, opt)
+    curves = qcurves.fit_curves(qcurves.class_quantiles(data, opt),
+                                qcurves.Shape(0.8, 0.01, 0.01, 0.05), opt)
+    w = qsearch.simplex(0.25, True)
+    grid = qsearch._grid_top1(data.cand, qcurves.calibrate(data.raw["cand"], curves), w)
     for k in range(len(w)):
         weights = Weights(*map(float, w[k]), curves=curves, hashes_only=None)
-        exact, n = fitting.top1_exact(ls, Scorer(weights, True))
+        exact, n = qpairs.top1_exact(ls, Scorer(weights, True))
         assert n == 60 and grid[k] == pytest.approx(exact), w[k]
 
 
@@ -211,7 +214,9 @@ def test_fit_weights_on_a_published_run(demo_run, small_demo, tmp_path):
     assert np.allclose(Scorer(loaded, False).hash_tables, Scorer(result.weights, False).hash_tables)
     recorded = json.loads(out.read_text())["fit"]["metrics"]["hashes only"]
     assert recorded["same_recall"] == round(result.metrics["hashes only"].same_all, 4)
-    with pytest.raises(ValueError, match="no published run"):
+    from npimage.errors import UnknownClientError
+
+    with pytest.raises(UnknownClientError, match="no published run"):
         fitting.fit_weights(demo_run, "nobody", small_demo.truth)
 
 
@@ -233,20 +238,58 @@ def test_pairs_truth_gives_explicit_negatives(demo_run, small_demo, tmp_path):
     assert result.metrics["hashes only"].queries == 0
 
 
-def test_cli_fit_weights_writes_a_weights_file_the_run_reads(demo_run, small_demo, tmp_path,
-                                                             capsys):
-    from npimage.cli import COMMANDS, main
+def test_cli_fit_weights_writes_a_weights_file_the_run_reads(demo_run, small_demo, tmp_path):
+    """The real `npimage fit-weights`: its output is the library's fit, to the byte."""
+    from helpers import run_cli
 
-    if "fit-weights" not in COMMANDS:
-        pytest.skip("npimage fit-weights is not wired into the CLI yet")
     out = tmp_path / "fitted.json"
-    code = main(["fit-weights", "--client", "fit", "--truth", str(small_demo.truth),
-                 "--data-dir", str(demo_run), "--out", str(out), "--step", "0.1"])
-    assert code == 0 and "targets met" in capsys.readouterr().out
-    assert load_weights(out).hashes_only is not None
+    args = ["fit-weights", "--client", "fit", "--truth", str(small_demo.truth),
+            "--data-dir", str(demo_run), "--step", "0.1"]
+    proc = run_cli(*args, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    expected = fitting.fit_weights(demo_run, "fit", small_demo.truth, fitting.FitOptions(step=0.1))
+    assert out.read_text() == expected.to_json()
+    assert proc.stdout.startswith(fitting.format_metrics(expected.metrics))
+    assert "targets met" in proc.stdout and load_weights(out).hashes_only is not None
     assert json.loads(out.read_text())["fit"]["options"]["step"] == 0.1
-    assert main(["fit-weights", "--client", "fit", "--truth", str(small_demo.truth),
-                 "--data-dir", str(demo_run), "--step", "0.3"]) == 2
+    bad = run_cli(*args[:-1], "0.3")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
+
+
+def test_the_fit_scores_pairs_exactly_as_compare_does(demo_run, small_demo):
+    """No parallel copy of the score: the fit's pair scores are compare's, to the bit."""
+    from npimage.matching import compare as cmp
+
+    sigs, products, _ = fitting.read_run(demo_run, "fit")
+    ls = fitting.labelled_set(sigs, products, small_demo.truth)
+    scorer = Scorer(load_weights(None), False)
+    arrays = cmp.arrays_from_table(sigs, False)
+    where = {image_id: k for k, image_id in enumerate(arrays.ids)}
+    rows = np.array([where[i] for i in ls.ids])
+    i, j = ls.pos[0], ls.pos[1]
+    fit_scores = qpairs.pair_scores(qpairs.pair_components(ls, i, j), scorer)
+    assert np.array_equal(fit_scores, cmp.pair_scores(arrays, arrays, rows[i], rows[j], scorer))
+
+
+def test_an_unknown_label_is_the_same_clear_error_for_fitting_and_evaluate(demo_run, small_demo,
+                                                                          tmp_path):
+    """Was: evaluate counted an unknown label as a positive, fit-weights refused it."""
+    from npimage.errors import TruthFileError
+    from npimage.quality.evaluate import load_truth
+
+    rows = [r for r in csv.DictReader(small_demo.truth.open()) if r["expected_band"]][:3]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text("image_id,match_image_id,label\n" + "".join(
+        f"{r['group_id']},{r['image_id']},{label}\n"
+        for r, label in zip(rows, ("same", "1", "maybe"), strict=True)))
+    sigs, products, _ = fitting.read_run(demo_run, "fit")
+    for read in (lambda: fitting.labelled_set(sigs, products, pairs), lambda: load_truth(pairs)):
+        with pytest.raises(TruthFileError, match=r"pairs.csv:4: unknown label 'maybe'"):
+            read()
+    groups = tmp_path / "groups.csv"
+    groups.write_text("image_id,group_id,expected_band\na,g,same\nb,g,nearly\n")
+    with pytest.raises(TruthFileError, match=r"groups.csv:3: unknown expected_band 'nearly'"):
+        fitting.labelled_set(sigs, products, groups)
 
 
 def test_truth_with_a_bad_header_is_refused(demo_run, tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from npimage.config import Settings
+from npimage.errors import UnknownClientError
 from npimage.matching.nearest import current_run, format_result, nearest
 from npimage.pipeline import settings_context
 from npimage.runner import run_pipeline
@@ -95,7 +96,7 @@ def test_threshold_and_errors(hashes_run, small_demo, tmp_path):
     image = _uri(small_demo.manifest, original_id)
     strict = nearest(image, "near", hashes_run, top_k=10, threshold=1.0)
     assert all(s == 1.0 for s in strict.table["score"].to_pylist())
-    with pytest.raises(FileNotFoundError, match="no published run"):
+    with pytest.raises(UnknownClientError, match="no published run"):
         nearest(image, "nobody", hashes_run)
     text = tmp_path / "notes.txt"
     text.write_text("not a picture")

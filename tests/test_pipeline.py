@@ -1,4 +1,8 @@
-"""The whole pipeline without a scheduler (npimage run): results, incremental, idempotence."""
+"""The whole pipeline without a scheduler (npimage run): results, incremental, idempotence.
+
+Every test that takes `data_root` runs twice: with a local data dir and with an s3:// one
+on a moto S3 server (where the source is on S3 too: the demo catalogue uploaded there).
+"""
 
 from __future__ import annotations
 
@@ -13,8 +17,7 @@ from npimage.cli import main
 from npimage.config import Settings
 from npimage.pipeline import settings_context
 from npimage.runner import run_pipeline
-
-TABLES = ("images", "signatures", "rejects", "image_matches", "product_matches")
+from npimage.storage.warehouse import TABLES
 
 
 def _ctx(data_dir, source, run_id, mode="full", client="acme"):
@@ -22,38 +25,56 @@ def _ctx(data_dir, source, run_id, mode="full", client="acme"):
     return settings_context(client, str(source), run_id, settings, mode=mode)
 
 
+_UPLOADED: dict[int, str] = {}
+
+
+def _source(data_root, small_demo):
+    """The demo manifest: local, or uploaded (once) to the bucket of an s3:// data dir."""
+    if not data_root.remote:
+        return small_demo.manifest
+    from npimage.storage.store import location, upload_tree
+
+    if id(data_root) not in _UPLOADED:
+        dest = location(data_root("catalogue"))
+        upload_tree(small_demo.manifest.parent, dest)
+        _UPLOADED[id(data_root)] = f"{dest}/{small_demo.manifest.name}"
+    return _UPLOADED[id(data_root)]
+
+
 @pytest.fixture(scope="module")
-def first_run(small_demo, tmp_path_factory):
-    data = tmp_path_factory.mktemp("pipeline")
-    info = run_pipeline(_ctx(data, small_demo.manifest, "r1"), workers=1, report=False)
+def first_run(small_demo, data_root):
+    data = data_root("pipeline")
+    info = run_pipeline(_ctx(data, _source(data_root, small_demo), "r1"), workers=1,
+                        report=False)
     return data, info
 
 
 def test_planted_duplicates_found_in_band(first_run, small_demo):
     data, info = first_run
-    result = check_published_run(data / "warehouse.duckdb", "acme", small_demo.truth)
+    result = check_published_run(data, "acme", small_demo.truth)
     assert result["missed"] == 0, result["missed_rows"]
     assert info["images"] == small_demo.n_images
     assert info["signatures_computed"] == small_demo.n_images
 
 
-def test_incremental_rerun_computes_nothing_and_keeps_tables(first_run, small_demo):
+def test_incremental_rerun_computes_nothing_and_keeps_tables(first_run, small_demo, data_root):
     data, _ = first_run
-    wh = data / "warehouse.duckdb"
+    wh = data
     before = {t: table_rows(wh, t, "acme") for t in TABLES}
-    info = run_pipeline(_ctx(data, small_demo.manifest, "r2", "incremental"), workers=1,
-                        report=False)
+    info = run_pipeline(_ctx(data, _source(data_root, small_demo), "r2", "incremental"),
+                        workers=1, report=False)
     assert info["signatures_computed"] == 0
     after = {t: table_rows(wh, t, "acme") for t in TABLES}
     assert after == before
 
 
-def test_same_run_twice_gives_identical_tables(small_demo, tmp_path):
-    ctx = _ctx(tmp_path, small_demo.manifest, "same-run")
+def test_same_run_twice_gives_identical_tables(small_demo, data_root):
+    data = data_root("same")
+    ctx = _ctx(data, small_demo.manifest, "same-run")
     run_pipeline(ctx, workers=1, report=False)
-    first = {t: table_rows(tmp_path / "warehouse.duckdb", t, "acme", ()) for t in TABLES}
+    first = {t: table_rows(data, t, "acme", ()) for t in TABLES}
     run_pipeline(ctx, workers=1, report=False)
-    second = {t: table_rows(tmp_path / "warehouse.duckdb", t, "acme", ()) for t in TABLES}
+    second = {t: table_rows(data, t, "acme", ()) for t in TABLES}
     # computed_at of signatures differs between the two computations; all else is equal
     drop = {"signatures"}
     assert {t: v for t, v in first.items() if t not in drop} == \
@@ -61,12 +82,13 @@ def test_same_run_twice_gives_identical_tables(small_demo, tmp_path):
     assert len(first["signatures"]) == len(second["signatures"])
 
 
-def test_incremental_after_changes(small_demo, tmp_path):
+def test_incremental_after_changes(small_demo, tmp_path, data_root):
     """Added, changed and deleted images: only they are recomputed; deletions leave matches."""
+    data, full = data_root("d"), data_root("full")
     src = tmp_path / "catalogue"
     shutil.copytree(small_demo.manifest.parent, src)
     manifest = src / "manifest.csv"
-    run_pipeline(_ctx(tmp_path / "d", manifest, "a"), workers=1, report=False)
+    run_pipeline(_ctx(data, manifest, "a"), workers=1, report=False)
     rows = list(csv.DictReader(manifest.open()))
     deleted, changed, source_of_copy = rows[0], rows[1], rows[2]
     (src / changed["uri"]).write_bytes((src / rows[3]["uri"]).read_bytes())  # new content
@@ -78,18 +100,17 @@ def test_incremental_after_changes(small_demo, tmp_path):
         w = csv.DictWriter(fh, fieldnames=["image_id", "product_id", "uri", "reference"])
         w.writeheader()
         w.writerows(kept)
-    info = run_pipeline(_ctx(tmp_path / "d", manifest, "b", "incremental"), workers=1,
-                        report=False)
+    info = run_pipeline(_ctx(data, manifest, "b", "incremental"), workers=1, report=False)
     assert info["signatures_computed"] == 2  # the changed image and the new one
-    ids = {r[1] for r in table_rows(tmp_path / "d" / "warehouse.duckdb", "images", "acme")}
+    ids = {r[1] for r in table_rows(data, "images", "acme")}
     assert deleted["image_id"] not in ids
-    matches = table_rows(tmp_path / "d" / "warehouse.duckdb", "image_matches", "acme")
+    matches = table_rows(data, "image_matches", "acme")
     assert all(deleted["image_id"] not in (m[1], m[2]) for m in matches)
     assert any(m[1] == "new-copy" and m[2] == source_of_copy["image_id"] and m[7]
                for m in matches)  # found as an identical file
     # and the same tables as a full run over the changed catalogue
-    run_pipeline(_ctx(tmp_path / "full", manifest, "c"), workers=1, report=False)
-    assert table_rows(tmp_path / "full" / "warehouse.duckdb", "image_matches", "acme") == matches
+    run_pipeline(_ctx(full, manifest, "c"), workers=1, report=False)
+    assert table_rows(full, "image_matches", "acme") == matches
 
 
 def test_cli_run_prints_where_results_are(small_demo, tmp_path, capsys):
@@ -128,3 +149,19 @@ def test_fv_run_records_the_model_and_reuses_vectors(small_demo, tmp_path):
     again = run_pipeline(settings_context("fv", str(small_demo.manifest), "f2", settings,
                                           mode="incremental"), workers=1, report=False)
     assert again["signatures_computed"] == 0
+
+
+def test_report_and_evaluate_read_the_data_dir(first_run, small_demo):
+    """The report and `npimage evaluate` read the warehouse of either data dir; an s3://
+    report is uploaded beside the run files."""
+    from npimage import pipeline
+    from npimage.quality.evaluate import evaluate, load_truth
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import location
+
+    data, info = first_run
+    ctx = _ctx(data, small_demo.manifest, info["run_id"])
+    index = pipeline.report(ctx)
+    assert index == str(Layout.of(data).report_dir("acme") / "index.html")
+    assert "<html" in location(index).read_text().lower()
+    assert evaluate(data, "acme", load_truth(small_demo.truth)) is not None

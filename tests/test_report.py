@@ -402,7 +402,7 @@ def test_rerender_reuses_thumbnails_rewrites_only_changes_and_drops_stale_pages(
 
 def test_unknown_client_is_an_error(tmp_path):
     warehouse = make_warehouse(tmp_path)
-    with pytest.raises(LookupError, match="no images for client 'nobody'"):
+    with pytest.raises(LookupError, match="no images of client 'nobody'"):
         render_report(warehouse, "nobody", tmp_path / "out")
     with pytest.raises(FileNotFoundError):
         render_report(tmp_path / "absent.duckdb", CLIENT, tmp_path / "out")

@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from npimage.bands import round_scores
 from npimage.matching import compare as cmp
 from npimage.matching.kernels import cosines
 from npimage.matching.scoring import Scorer, load_weights
@@ -108,7 +109,7 @@ def brute_scores(q: cmp.SignatureArrays, c: cmp.SignatureArrays, scorer: Scorer)
     score = scorer.score(ham, cos).astype(np.float32)
     score[(q.sha[:, None] == c.sha[None, :]) & (q.size[:, None] == c.size[None, :])] = 1.0
     score[q.rows[:, None] == c.rows[None, :]] = -1.0
-    return np.round(score, cmp.SCORE_DECIMALS)
+    return round_scores(score)
 
 
 def brute_top_k(q, c, scorer, k, threshold, both_ways=False) -> dict[tuple[str, str], float]:

@@ -31,6 +31,16 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 
+#: Scores are rounded once, where they are computed (compare, fitting), to this many
+#: decimals: ties are then exact across block shapes and summation orders.
+SCORE_DECIMALS = 6
+
+
+def round_scores(scores: npt.ArrayLike) -> npt.NDArray[np.float32]:
+    """Scores rounded to SCORE_DECIMALS, as float32 (the one rounding of every score)."""
+    return np.round(np.asarray(scores, dtype=np.float32), SCORE_DECIMALS).astype(
+        np.float32, copy=False)
+
 
 def as_score(value: float) -> float:
     """The float32 value of a score or limit, as a Python float (exact in a double)."""

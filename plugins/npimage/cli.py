@@ -7,20 +7,26 @@
     npimage evaluate --client C --truth FILE [--data-dir D]
     npimage fit-weights --client C --truth FILE [--out weights.json] [--data-dir D] [--step 0.05]
     npimage nearest IMAGE --client C [--data-dir D] [--top-k 10] [--threshold T]
+    npimage --version
+
+A problem you can fix is reported in one line (what went wrong, what to do) with a
+non-zero exit code; see `main`.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
-import os
+import re
 import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import npimage
 from npimage.bands import LABELS, WEAK
 from npimage.config import Settings
 from npimage.errors import UserError
@@ -30,8 +36,59 @@ from npimage.storage.runs import MODES, new_run_id
 log = logging.getLogger("npimage")
 
 
+CLIENT_HELP = ("client id: partitions every table and names the client's folder in the "
+               "data dir")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that suggest the closest flag or sub-command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {_with_suggestion(self, message)} "
+                     f"(see {self.prog} --help)\n")
+
+
+def _flags(parser: argparse.ArgumentParser) -> list[str]:
+    """Every option string of a parser and of its sub-commands."""
+    out = list(parser._option_string_actions)
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                out += _flags(sub)
+    return out
+
+
+def _commands(parser: argparse.ArgumentParser) -> list[str]:
+    return [name for action in parser._actions
+            if isinstance(action, argparse._SubParsersAction) for name in action.choices]
+
+
+def _with_suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """`message` with "did you mean ...?" for a mistyped flag or sub-command (difflib)."""
+    words: list[str] = []
+    candidates: list[str] = []
+    if message.startswith("unrecognized arguments: "):
+        words = [w.split("=")[0] for w in message.removeprefix("unrecognized arguments: ").split()
+                 if w.startswith("-")]
+        candidates = _flags(parser)
+    elif (m := re.search(r"invalid choice: '([^']*)'", message)) and _commands(parser):
+        words, candidates = [m.group(1)], _commands(parser)
+    hints = [close[0] for w in words
+             if (close := difflib.get_close_matches(w, candidates, n=1, cutoff=0.6))]
+    if hints:
+        return f"{message}; did you mean {' '.join(hints)}?"
+    return message
+
+
+def _client(p: argparse.ArgumentParser, required: bool = True, default: str | None = None
+            ) -> None:
+    p.add_argument("--client", required=required, default=default,
+                   help=CLIENT_HELP + (f" (default: {default})" if default else ""))
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", help="where runs, the warehouse and reports go (default: data/)")
+    p.add_argument("--data-dir", help="where runs, the warehouse and reports go (default: data/, "
+                                      "or NPIMAGE_DATA_DIR)")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -47,12 +104,13 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="npimage", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="npimage", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"npimage {npimage.__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="deduplicate one client's images")
-    run.add_argument("--client", required=True, help="client id (partitions every table)")
+    _client(run)
     run.add_argument("--source", required=True,
                      help="folder of images, manifest CSV, or postgresql:// NextPage backend")
     run.add_argument("--mode", choices=MODES, default="full",
@@ -61,18 +119,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
     _run_args(run)
 
-    demo = sub.add_parser("demo", help="build the demo catalogue and deduplicate it")
+    demo = sub.add_parser("demo", help="build the demo catalogue and deduplicate it "
+                                       "(needs the demo extra: pip install 'npimage[demo]')")
     demo.add_argument("--airflow", action="store_true",
                       help="run the real Airflow DAG (airflow dags test) instead of in-process")
-    demo.add_argument("--products", type=int, default=160)
+    demo.add_argument("--products", type=int, default=160, help="products drawn (default 160)")
     demo.add_argument("--variant-families", type=int, default=12,
                       help="families of packshots on white (one template, another strength, "
                       "barcode, name or colour) with edits of each; 0: none")
-    demo.add_argument("--client", default="demo")
+    _client(demo, required=False, default="demo")
     _run_args(demo)
 
     ev = sub.add_parser("evaluate", help="precision/recall of a published run against truth")
-    ev.add_argument("--client", required=True)
+    _client(ev)
     ev.add_argument("--truth", required=True,
                     help="CSV: image_id,match_image_id,label (pairs) or image_id,group_id (groups)")
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -80,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     fit = sub.add_parser("fit-weights",
                          help="fit the score's weights and curves on a published run and truth")
-    fit.add_argument("--client", required=True)
+    _client(fit)
     fit.add_argument("--truth", required=True,
                      help="CSV: image_id,group_id[,source,kind,expected_band,product,query] "
                           "or image_id,match_image_id,label (see docs/QUALITY.md)")
@@ -90,13 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
     _common(fit)
 
     rep = sub.add_parser("report", help="render the HTML review report from the warehouse")
-    rep.add_argument("--client", required=True)
+    _client(rep)
     _common(rep)
 
     near = sub.add_parser("nearest", help="the nearest images of one picture in a client's "
                                           "last published run, with scores and components")
     near.add_argument("image", help="path or fsspec URL of the picture")
-    near.add_argument("--client", required=True)
+    _client(near)
     near.add_argument("--top-k", type=int, default=10, help="images shown (default 10)")
     near.add_argument("--threshold", type=float,
                       help="lowest score shown (default: the run's threshold)")
@@ -112,19 +171,26 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def print_summary(info: dict[str, Any]) -> None:
-    """Human-readable end of a run: counts per band and where the results are."""
+    """Human-readable end of a run: what was computed, found, stored and loaded, and where."""
     print(f"\nclient {info['client_id']}  run {info['run_id']}")
     print(f"  images            {info['images']}")
     print(f"  rejects           {info['rejects']}")
     if "signatures_computed" in info:
         print(f"  signatures        {info['signatures_computed']} computed, "
-              f"{info.get('signatures_reused', 0)} reused")
+              f"{info.get('signatures_reused', 0)} reused (bytes unchanged since the last run)")
     for label, key in (("image pairs", "image_pairs_by_band"),
                        ("product pairs", "product_pairs_by_band")):
         counts = info[key]
         text = "  ".join(f"{name} {counts.get(name, 0)}" for name in LABELS
                          if name != WEAK or counts.get(name))
         print(f"  {label:<17} {sum(counts.values())}  ({text})")
+    rows = info.get("image_match_rows")
+    print("                    pairs are counted once; the tables hold both directions"
+          + (f" ({rows} image_matches rows)" if rows is not None else ""))
+    if info.get("postgresql"):
+        pg = info["postgresql"]
+        print(f"  postgresql        {pg['image_match_rows']} image-match and "
+              f"{pg['product_match_rows']} product-match rows loaded into {pg['database']}")
     print(f"  warehouse         {info['warehouse']}")
     print(f"  run files         {info['run_dir']}")
     if info.get("report"):
@@ -145,48 +211,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _airflow_env(project: Path, data_dir: Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("AIRFLOW_HOME", str(project / "airflow_home"))
-    env["AIRFLOW__CORE__DAGS_FOLDER"] = str(project / "dags")
-    env["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(project / "plugins")
-    env["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-    env["NPIMAGE_DATA_DIR"] = str(data_dir.resolve())
-    return env
-
-
-def run_dag(conf: dict[str, Any], data_dir: Path) -> None:
-    """Run the npimage_dedup DAG for real with `airflow dags test` (SQLite metadata)."""
-    project = Path(__file__).resolve().parents[2]
-    env = _airflow_env(project, data_dir)
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
-    subprocess.run([airflow, "dags", "test", "npimage_dedup", "--conf", json.dumps(conf)],
-                   env=env, check=True)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from npimage_demo.catalogue import build_demo_catalogue
 
     from npimage.quality.evaluate import planted_found
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import is_remote, scratch_dir, upload_tree
 
     settings = _settings(args)
     data_dir = settings.data_dir
-    demo = build_demo_catalogue(data_dir / "demo_catalogue", n_products=args.products,
+    target = Layout.of(data_dir).demo_dir
+    local = scratch_dir() / "demo_catalogue" if is_remote(target) else Path(target)
+    demo = build_demo_catalogue(local, n_products=args.products,
                                 variant_families=args.variant_families)
+    source = str(demo.manifest.resolve())
+    if is_remote(target):  # every worker must read it: the demo goes beside the data dir
+        upload_tree(local, target)
+        source = f"{target}/{demo.manifest.name}"
     print(f"demo catalogue: {demo.n_images} images, {demo.n_planted} planted duplicates "
-          f"-> {demo.manifest}")
+          f"-> {source}")
     if args.airflow:
-        conf = {"client_id": args.client, "source": str(demo.manifest.resolve()),
+        conf = {"client_id": args.client, "source": source,
                 "mode": "full", "fv": settings.fv, "top_k": settings.top_k,
                 "threshold": settings.threshold}
+        from npimage.orchestration.local import run_dag
+
         run_dag(conf, data_dir)
         info = _published_summary(settings, args.client)
     else:
         from npimage.pipeline import settings_context
         from npimage.runner import run_pipeline
 
-        ctx = settings_context(args.client, str(demo.manifest), new_run_id(), settings)
+        ctx = settings_context(args.client, source, new_run_id(), settings)
         info = run_pipeline(ctx, workers=args.workers)
     print_summary(info)
     print("\nplanted duplicates (pair original <-> copy found in both directions):")
@@ -201,25 +257,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _published_summary(settings: Settings, client_id: str) -> dict[str, Any]:
     """The summary.json of the client's last published run (written by publish)."""
-    from npimage.storage.runs import safe_name
+    from npimage.storage.layout import Layout
 
-    client_dir = settings.data_dir / "clients" / safe_name(client_id)
-    run_id = json.loads((client_dir / "current.json").read_text())["run_id"]
-    info = json.loads((client_dir / "runs" / safe_name(run_id) / "summary.json").read_text())
-    report = settings.data_dir / "reports" / safe_name(client_id) / "index.html"
+    layout = Layout.of(settings.data_dir)
+    run_dir = layout.published_run_dir(client_id)
+    if run_dir is None:
+        raise RuntimeError(f"the DAG run published nothing for client {client_id!r}")
+    info = json.loads((run_dir / "summary.json").read_text())
+    report = layout.report_dir(client_id) / "index.html"
     if report.exists():
-        info["report"] = str(report.resolve())
+        info["report"] = str(report)
     return info
 
 
 def cmd_report(args: argparse.Namespace) -> int:
     from npimage.report import render_report
-    from npimage.storage.runs import safe_name
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import is_remote, local_output_dir
 
     settings = _settings(args)
-    out = settings.data_dir / "reports" / safe_name(args.client)
-    path = render_report(settings.warehouse_path, args.client, out)
-    print(f"report: {Path(path).resolve()}")
+    out = Layout.of(settings.data_dir).report_dir(args.client)
+    with local_output_dir(out) as local:
+        render_report(settings.data_dir, args.client, local)
+    shown = out if is_remote(out) else Path(out).resolve()
+    print(f"report: {shown / 'index.html'}")
     return 0
 
 
@@ -276,25 +337,44 @@ COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report, "evaluate": 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    """Run one command; a problem the user can fix is one line on stderr, never a traceback.
+
+    Exit codes: 0 done, 1 an unexpected error (with its traceback: a bug), 2 a usage or
+    input error, 3 refused (another run of the client in flight), 4 a service
+    unreachable, 130 interrupted (Ctrl-C).
+    """
     try:
+        args = build_parser().parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                            format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
         return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("npimage: interrupted (Ctrl-C); nothing new was published, the last published "
+              "run is unchanged", file=sys.stderr)
+        return 130
     except UserError as exc:
         print(f"npimage: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except (FileNotFoundError, ValueError) as exc:
-        print(f"npimage: error: {exc}", file=sys.stderr)
-        return 2
     except RunInProgress as exc:  # refused before writing anything: try again later
         print(f"npimage: refused: {exc}", file=sys.stderr)
         return 3
+    except (FileNotFoundError, ValueError, LookupError) as exc:
+        print(f"npimage: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        print(f"npimage: error: permission denied: {exc.filename or exc}", file=sys.stderr)
+        return 2
     except subprocess.CalledProcessError as exc:
         print(f"npimage: error: {Path(exc.cmd[0]).name} {' '.join(exc.cmd[1:3])} failed "
               f"(exit {exc.returncode}); its log above says which task failed and why",
               file=sys.stderr)
         return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (KeyError quotes stripped)."""
+    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 
 if __name__ == "__main__":

@@ -10,9 +10,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from npimage.bands import BANDS as BANDS  # re-exported for old imports: use npimage.bands
 from npimage.bands import DEFAULT_THRESHOLD
+from npimage.storage.store import is_remote, location, scratch_dir
 
 DEFAULT_FV_MODEL = "efficientnet-lite0"
 
@@ -25,7 +27,8 @@ def _env(name: str, default: str) -> str:
 class Settings:
     """Everything a run needs to know besides its client and source."""
 
-    data_dir: Path = field(default_factory=lambda: Path(_env("DATA_DIR", "data")))
+    #: A local folder (Path) or an fsspec URL such as s3://bucket/npimage (UPath).
+    data_dir: Path = field(default_factory=lambda: location(_env("DATA_DIR", "data")))
     fv: bool = field(default_factory=lambda: _env("FV", "1") not in ("0", "false", "no"))
     fv_model: str = field(default_factory=lambda: _env("FV_MODEL", DEFAULT_FV_MODEL))
     weights_file: str | None = field(default_factory=lambda: os.environ.get("NPIMAGE_WEIGHTS"))
@@ -41,16 +44,23 @@ class Settings:
 
     @property
     def warehouse_path(self) -> Path:
+        """warehouse.duckdb (views for SQL tools; `storage.warehouse.connect` takes it too)."""
         return self.data_dir / "warehouse.duckdb"
 
     @property
     def model_cache(self) -> Path:
+        """Downloaded model weights: under a local data dir, else in this worker's scratch."""
+        override = os.environ.get("NPIMAGE_MODEL_CACHE")
+        if override:
+            return Path(override)
+        if is_remote(self.data_dir):
+            return scratch_dir() / "models"
         return self.data_dir / "models"
 
     def with_overrides(self, **kwargs: object) -> Settings:
         """A copy with the non-None keyword arguments applied."""
-        clean = {k: v for k, v in kwargs.items() if v is not None}
+        clean: dict[str, Any] = {k: v for k, v in kwargs.items() if v is not None}
         if "data_dir" in clean:
-            clean["data_dir"] = Path(str(clean["data_dir"]))
+            clean["data_dir"] = location(str(clean["data_dir"]))
         return replace(self, **clean)
 

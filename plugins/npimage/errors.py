@@ -31,8 +31,10 @@ class UserError(Exception):
         return f"{self.message} ({self.hint})" if self.hint else self.message
 
 
-class InputError(UserError):
-    """Bad input: a source, manifest, truth file or argument that cannot be used."""
+class InputError(UserError, ValueError):
+    """Bad input: a source, manifest, truth file or argument that cannot be used.
+
+    Also a ValueError, so code that catches bad values catches it too."""
 
 
 class EmptySourceError(InputError):
@@ -43,7 +45,7 @@ class TruthFileError(InputError):
     """A truth file (pairs or groups CSV) that cannot be read, e.g. an unknown label."""
 
 
-class UnknownClientError(UserError):
+class UnknownClientError(UserError, LookupError):
     """The client has no published run to report on, evaluate or search."""
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
@@ -21,7 +22,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from npimage.bands import LABELS
 from npimage.config import Settings
@@ -39,30 +39,23 @@ from npimage.matching.queries import (
     weights_digest,
 )
 from npimage.matching.scoring import Scorer, load_weights
+from npimage.orchestration.connection import is_backend_url, resolve_db
+from npimage.preflight import check_run, where
 from npimage.progress import Progress
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
-from npimage.storage.parquet_io import read_table, write_table
+from npimage.storage.parquet_io import list_parts, num_rows, read_table, write_table
 from npimage.storage.runs import RunContext, atomic_write_text
+from npimage.storage.store import (
+    local_copy,
+    local_file,
+    local_output,
+    local_output_dir,
+    location,
+)
+from npimage.storage.warehouse import display as warehouse_display
 from npimage.storage.warehouse import publish as publish_warehouse
 
 log = logging.getLogger("npimage")
-
-#: A source or backend naming an Airflow connection instead of a URL (no secret in XCom).
-AIRFLOW_CONN_PREFIX = "airflow-conn:"
-
-
-def is_backend_url(source: str) -> bool:
-    return source.startswith(("postgresql://", "postgres://", AIRFLOW_CONN_PREFIX))
-
-
-def resolve_db(url: str) -> str:
-    """A libpq DSN for a postgresql:// URL or an `airflow-conn:<conn_id>` reference."""
-    if url.startswith(AIRFLOW_CONN_PREFIX):
-        from npimage.backend import airflow_dsn
-
-        return airflow_dsn(url.removeprefix(AIRFLOW_CONN_PREFIX))
-    return url
-
 
 # -- extract -----------------------------------------------------------------------------
 
@@ -84,16 +77,18 @@ def extract(ctx: RunContext) -> dict[str, Any]:
     context.json records the run's settings, weights digest and real start time, which
     publish reads back: the DAG and `npimage run` record the same facts.
     """
+    check_run(ctx, data_dir=False)  # the databases answer before anything is computed
     context = {**_match_context(ctx), "started_at": _started_at(ctx)}
     atomic_write_text(ctx.path("context.json"), json.dumps(context, indent=2))
     if is_backend_url(ctx.source):
         from npimage import backend  # psycopg2 only when needed
 
         baseline = ctx.baseline_dir()
-        ext = backend.extract_catalog(
-            resolve_db(ctx.source), ctx.client_id, ctx.path("catalog.parquet"),
-            previous_catalog=baseline / "catalog.parquet" if baseline else None,
-            incremental=ctx.mode == "incremental" and baseline is not None)
+        with local_copy(baseline / "catalog.parquet" if baseline else None) as previous, \
+                local_output(ctx.path("catalog.parquet")) as catalog:
+            ext = backend.extract_catalog(
+                resolve_db(ctx.source), ctx.client_id, catalog, previous_catalog=previous,
+                incremental=ctx.mode == "incremental" and baseline is not None)
         atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
         write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
         log.info("extract: %d images from the backend (%d changed, %d deleted)",
@@ -145,13 +140,13 @@ def _extractor(spec: str, cache_dir: str) -> FeatureExtractor:
 def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
     """Signatures of one planned batch -> sig_batches/, sig_rejects/ and sig_counts/."""
     settings = ctx.settings
-    name = Path(batch).name
+    name = location(batch).name
     extractor = _extractor(ctx.fv_model, str(settings.model_cache)) if ctx.fv else None
     baseline = _baseline_for_increment(ctx)
-    n = pq.read_metadata(batch).num_rows
+    n = num_rows(batch)
     with Progress(n, f"signatures {name}", "img") as progress:
         result = compute_batch(
-            Path(batch), baseline / "signatures" if baseline else None,
+            location(batch), baseline / "signatures" if baseline else None,
             ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
             extractor=extractor, max_pixels=settings.max_pixels,
             read_timeout=settings.read_timeout, progress=progress)
@@ -194,11 +189,11 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
     """Top-k of every query against one catalogue shard -> matches/shard-i.parquet."""
     settings = ctx.settings
     scorer = Scorer(load_weights(ctx.weights_file), ctx.fv)
-    qtable = pq.read_table(ctx.path("queries.parquet"))
+    qtable = read_table(ctx.path("queries.parquet"))
     queries = cmp.arrays_from_table(qtable, ctx.fv)
     queries.rows = qtable["row"].to_numpy()
-    part = pq.read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"),
-                         columns=[n for n in SIGNATURES.names if n != "detail"])
+    part = read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"),
+                      columns=[n for n in SIGNATURES.names if n != "detail"])
     catalogue = cmp.arrays_from_table(part, ctx.fv, first_row=shard["first_row"])
     with Progress(len(queries) * len(catalogue), f"compare shard {shard['shard']}",
                   "pairs") as progress:
@@ -219,8 +214,8 @@ def verify(ctx: RunContext) -> dict[str, int]:
     from npimage.matching.verify import pairs_to_verify, verify_matches
     from npimage.storage.parquet_io import read_parts
 
-    shards = sorted((ctx.run_dir / "matches").glob("shard-*.parquet"))
-    matches = pa.concat_tables([pq.read_table(p).cast(cmp.MATCH_COLUMNS) for p in shards]) \
+    shards = list_parts(ctx.run_dir / "matches", "shard-*.parquet")
+    matches = pa.concat_tables([read_table(p, cmp.MATCH_COLUMNS) for p in shards]) \
         if shards else cmp.MATCH_COLUMNS.empty_table()
     pairs = pairs_to_verify(matches)
     ids = sorted(set(pairs["a"].to_pylist()) | set(pairs["b"].to_pylist()))
@@ -243,7 +238,7 @@ def verify(ctx: RunContext) -> dict[str, int]:
 
 def merge(ctx: RunContext) -> dict[str, int]:
     """Image matches (merged shards + kept baseline pairs) and their product roll-up."""
-    shards = sorted((ctx.run_dir / "signatures").glob("shard-*.parquet"))
+    shards = list_parts(ctx.run_dir / "signatures", "shard-*.parquet")
     match_files = [ctx.run_dir / "matches" / p.name for p in shards]
     missing = [p.name for p in match_files if not p.exists()]
     if missing:
@@ -262,9 +257,10 @@ def merge(ctx: RunContext) -> dict[str, int]:
 
 # -- publish -----------------------------------------------------------------------------
 
-def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
-    t = pq.read_table(table_path, columns=["band", *(
-        ["image_id", "match_image_id"] if pairs_once else ["product_id", "match_product_id"])])
+def _count_by_band(table_path: Path, images: bool) -> dict[str, int]:
+    """Pairs per band, each pair counted once (the tables hold both directions)."""
+    t = read_table(table_path, columns=["band", *(
+        ["image_id", "match_image_id"] if images else ["product_id", "match_product_id"])])
     a, b = t.column(1), t.column(2)
     t = t.filter(pc.less(a, b))
     counts = dict(zip(*[c.to_pylist() for c in pc.value_counts(t["band"]).flatten()],
@@ -275,7 +271,7 @@ def _count_by_band(table_path: Path, pairs_once: bool) -> dict[str, int]:
 def _signature_counts(ctx: RunContext) -> dict[str, int]:
     """Signatures computed and reused by this run's planned batches (sig_counts/)."""
     total = {"computed": 0, "reused": 0}
-    for batch in sorted((ctx.run_dir / "plan").glob("batch-*.parquet")):
+    for batch in list_parts(ctx.run_dir / "plan", "batch-*.parquet"):
         counts = ctx.run_dir / "sig_counts" / f"{batch.stem}.json"
         if counts.exists():
             data = json.loads(counts.read_text())
@@ -285,21 +281,21 @@ def _signature_counts(ctx: RunContext) -> dict[str, int]:
 
 def summary(ctx: RunContext) -> dict[str, Any]:
     """Counts of the run's result files, for logs, XCom and the CLI's final message."""
-    sig_rows = sum(pq.read_metadata(p).num_rows
-                   for p in (ctx.run_dir / "signatures").glob("shard-*.parquet"))
+    sig_rows = sum(num_rows(p) for p in list_parts(ctx.run_dir / "signatures", "shard-*.parquet"))
     counts = _signature_counts(ctx)
     return {
         "client_id": ctx.client_id,
         "run_id": ctx.run_id,
-        "images": pq.read_metadata(ctx.path("catalog.parquet")).num_rows,
+        "images": num_rows(ctx.path("catalog.parquet")),
         "signatures": sig_rows,
         "signatures_computed": counts["computed"],
         "signatures_reused": counts["reused"],
-        "rejects": pq.read_metadata(ctx.path("rejects.parquet")).num_rows,
+        "rejects": num_rows(ctx.path("rejects.parquet")),
+        "image_match_rows": num_rows(ctx.path("image_matches.parquet")),
         "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
         "product_pairs_by_band": _count_by_band(ctx.path("product_matches.parquet"), False),
         "run_dir": str(ctx.run_dir),
-        "warehouse": str(ctx.settings.warehouse_path.resolve()),
+        "warehouse": warehouse_display(ctx.data_dir),
     }
 
 
@@ -313,14 +309,19 @@ def _run_started_at(ctx: RunContext) -> datetime:
 
 
 def publish(ctx: RunContext) -> dict[str, Any]:
-    """Load the run into the warehouse (and backend, if any); make it the client's baseline."""
+    """Publish the run into the warehouse (and backend, if any): the client's new baseline.
+
+    The commit is the client's pointer (`storage.warehouse.publish`); a backend load runs
+    around it, in one PostgreSQL transaction that commits only once the pointer is written.
+    Anything after the commit (summary.json) cannot make a published run fail.
+    """
     info = summary(ctx)
-    files = {
-        "catalog": ctx.path("catalog.parquet"),
-        "signatures": [str(p) for p in sorted((ctx.run_dir / "signatures").glob("shard-*"))],
-        "rejects": ctx.path("rejects.parquet"),
-        "image_matches": ctx.path("image_matches.parquet"),
-        "product_matches": ctx.path("product_matches.parquet"),
+    tables = {
+        "images": [ctx.path("catalog.parquet")],
+        "signatures": list_parts(ctx.run_dir / "signatures", "shard-*.parquet"),
+        "rejects": [ctx.path("rejects.parquet")],
+        "image_matches": [ctx.path("image_matches.parquet")],
+        "product_matches": [ctx.path("product_matches.parquet")],
     }
     run = {
         "client_id": ctx.client_id, "run_id": ctx.run_id, "mode": ctx.mode,
@@ -328,15 +329,16 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         "threshold": ctx.threshold, "weights": load_weights(ctx.weights_file).source,
         "n_images": info["images"], "n_rejects": info["rejects"],
         "n_computed": info["signatures_computed"],
-        "n_image_matches": pq.read_metadata(files["image_matches"]).num_rows,
-        "n_product_matches": pq.read_metadata(files["product_matches"]).num_rows,
+        "n_image_matches": num_rows(tables["image_matches"][0]),
+        "n_product_matches": num_rows(tables["product_matches"][0]),
         "started_at": _run_started_at(ctx),
     }
     backend_url = ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
 
-    def load_backend() -> None:
-        """Runs inside the warehouse transaction: a failed load rolls the warehouse back."""
+    def load_backend(commit: Callable[[], None]) -> None:
+        """The backend load; it calls `commit` (the pointer write) just before its COMMIT."""
         if not backend_url:
+            commit()
             return
         from npimage import backend
 
@@ -345,12 +347,21 @@ def publish(ctx: RunContext) -> dict[str, Any]:
                                         "n_image_matches", "n_product_matches", "mode")}
         if extracted.exists():  # carries the watermark the next incremental run starts from
             run_info.update(json.loads(extracted.read_text()))
-        backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
-                             files["image_matches"], files["product_matches"], run_info)
+        with local_file(tables["image_matches"][0]) as images, \
+                local_file(tables["product_matches"][0]) as products:
+            loaded = backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
+                                          images, products, run_info, before_commit=commit)
+        info["postgresql"] = {"database": where(resolve_db(backend_url)),
+                              "image_match_rows": loaded["n_image_matches"],
+                              "product_match_rows": loaded["n_product_matches"]}
 
-    publish_warehouse(ctx.settings.warehouse_path, files, run, before_commit=load_backend)
-    atomic_write_text(ctx.current_pointer, json.dumps({"run_id": ctx.run_id}))
-    atomic_write_text(ctx.path("summary.json"), json.dumps(info, indent=2, default=str))
+    publish_warehouse(ctx.data_dir, ctx.client_id, ctx.run_id, tables, run,
+                      around_commit=load_backend)
+    try:
+        atomic_write_text(ctx.path("summary.json"), json.dumps(info, indent=2, default=str))
+    except OSError as exc:  # published already: a full disk here is only a warning
+        log.warning("run %s is published, but its summary.json was not written: %s",
+                    ctx.run_id, exc)
     return info
 
 
@@ -360,14 +371,23 @@ def report(ctx: RunContext) -> str:
     """Render the static HTML review report of the client from the warehouse."""
     from npimage.report import render_report
 
-    out = Path(ctx.data_dir) / "reports" / ctx.client_dir.name
-    return str(render_report(ctx.settings.warehouse_path, ctx.client_id, out))
+    out = ctx.layout.report_dir(ctx.client_id)
+    with local_output_dir(out) as local:
+        render_report(ctx.layout.root, ctx.client_id, local)
+    return str(out / "index.html")
 
 
 def settings_context(client_id: str, source: str, run_id: str, settings: Settings,
                      mode: str = "full", backend: str | None = None) -> RunContext:
-    """A RunContext from settings (CLI and DAG share this)."""
+    """A RunContext from settings (CLI and DAG share this).
+
+    Everything a worker needs is read here, once: workers use ctx.settings, which takes
+    these values from the context and never reads the environment again for them.
+    """
     return RunContext(client_id=client_id, run_id=run_id, source=str(source), mode=mode,
                       data_dir=str(settings.data_dir), fv=settings.fv, fv_model=settings.fv_model,
                       top_k=settings.top_k, threshold=settings.threshold,
-                      weights_file=settings.weights_file, backend=backend)
+                      weights_file=settings.weights_file, backend=backend,
+                      batch_size=settings.batch_size, shard_size=settings.shard_size,
+                      block_size=settings.block_size, max_pixels=settings.max_pixels,
+                      read_timeout=settings.read_timeout)

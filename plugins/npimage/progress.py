@@ -5,8 +5,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 
 log = logging.getLogger("npimage")
+
+#: A progress callback of a multi-step job (the report): (step name, done, total).
+StepProgress = Callable[[str, int, int], None]
 
 
 class Progress:

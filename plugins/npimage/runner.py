@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Iterable
-from concurrent.futures import ProcessPoolExecutor
+import signal
+from collections.abc import Callable
 from typing import Any
 
+from npimage.preflight import check_run
 from npimage.stages import STAGES, Stage
 from npimage.storage.locks import client_run_lock
 from npimage.storage.runs import RunContext
@@ -26,22 +27,43 @@ def _workers(requested: int | None) -> int:
     return requested or len(os.sched_getaffinity(0))
 
 
-def _map(fn: Callable, ctx: RunContext, items: list, workers: int) -> Iterable[Any]:
-    """fn(ctx, item) for every item, in worker processes when it pays."""
+def _ignore_interrupts() -> None:
+    """Workers leave Ctrl-C to the main process, which stops them (no traceback each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _map(fn: Callable[..., Any], ctx: RunContext, items: list[Any], workers: int) -> list[Any]:
+    """fn(ctx, item) for every item, in worker processes when it pays.
+
+    On Ctrl-C or a failed item the other workers are stopped at once, and the error
+    (KeyboardInterrupt included) is raised in the main process.
+    """
     if workers <= 1 or len(items) <= 1:
         return [fn(ctx, item) for item in items]
-    with ProcessPoolExecutor(max_workers=min(workers, len(items)),
-                             mp_context=mp.get_context("spawn")) as pool:
-        return list(pool.map(fn, [ctx] * len(items), items))
+    pool = mp.get_context("spawn").Pool(min(workers, len(items)),
+                                        initializer=_ignore_interrupts)
+    try:
+        results = pool.starmap(fn, [(ctx, item) for item in items], chunksize=1)
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
+    return results
 
 
 def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = True
                  ) -> dict[str, Any]:
     """Every stage of a run; returns the run summary (see pipeline.summary).
 
+    The run's environment is checked first (npimage.preflight): nothing is computed when
+    it could not be published.
     The client's run lock (npimage.storage.locks) is held throughout: a second run of the same
     client is refused with RunInProgress before it writes anything.
     """
+    check_run(ctx)  # a read-only data dir or an unreachable database: refused now
     with client_run_lock(ctx.client_dir, ctx.client_id, ctx.run_id):
         return _run_stages(ctx, workers, report)
 

@@ -88,11 +88,3 @@ PRODUCT_MATCHES = pa.schema(
         ("verify_reason", pa.string()),  # verification of the best image pair
     ]
 )
-
-ALL = {
-    "catalog": CATALOG,
-    "signatures": SIGNATURES,
-    "rejects": REJECTS,
-    "image_matches": IMAGE_MATCHES,
-    "product_matches": PRODUCT_MATCHES,
-}

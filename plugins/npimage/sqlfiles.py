@@ -10,6 +10,10 @@ import os
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
+
+import duckdb
+import pyarrow as pa
 
 _DEFAULT_DIR = Path(__file__).resolve().parent / "sql"
 
@@ -38,7 +42,8 @@ def split_statements(script: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def run_script(con, script: str, params: dict):
+def run_script(con: duckdb.DuckDBPyConnection, script: str, params: dict[str, Any]
+               ) -> duckdb.DuckDBPyRelation | None:
     """Execute each statement of a script with the named parameters it uses.
 
     DuckDB binds parameters one statement at a time and refuses unused ones, so each
@@ -50,3 +55,36 @@ def run_script(con, script: str, params: dict):
         used = {name: params[name] for name in _PARAM.findall(statement)}
         result = con.sql(statement, params=used or None)
     return result
+
+
+_MIGRATION = re.compile(r"^(\d{4})_[A-Za-z0-9_]+\.sql$")
+
+
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """(version, name) of the schema migrations sql/<dialect>/migrations/NNNN_name.sql, in order.
+
+    Version 1 is the baseline (duckdb/tables.sql, postgres/schema.sql as of the release
+    of commit 3b8234e); migration files start at 0002. `load_sql(dialect, name)` reads one.
+    """
+    folder = sql_dir() / dialect / "migrations"
+    found = sorted((int(m.group(1)), f"migrations/{p.stem}") for p in folder.glob("*.sql")
+                   if (m := _MIGRATION.match(p.name)))
+    versions = [v for v, _ in found]
+    if len(set(versions)) != len(versions) or any(v < 2 for v in versions):
+        raise ValueError(f"{folder}: migration numbers must be unique and start at 0002")
+    return found
+
+
+def schema_version(dialect: str) -> int:
+    """The schema version this npimage writes: the last migration's number (1 without)."""
+    return max([1, *(v for v, _ in migrations(dialect))])
+
+
+def query_script(con: duckdb.DuckDBPyConnection, script: str, params: dict[str, Any]
+                 ) -> pa.Table:
+    """The Arrow result of a script whose last statement is a query (see run_script)."""
+    result = run_script(con, script, params)
+    if result is None:
+        raise ValueError("the SQL script ends without a query")
+    table: pa.Table = result.to_arrow_table()
+    return table

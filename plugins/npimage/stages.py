@@ -43,7 +43,9 @@ class Stage:
 
     def resolve(self) -> Callable[..., Any]:
         """The stage function (imports `npimage.pipeline` on first use)."""
-        return getattr(importlib.import_module("npimage.pipeline"), self.function)
+        fn: Callable[..., Any] = getattr(importlib.import_module("npimage.pipeline"),
+                                         self.function)
+        return fn
 
 
 STAGES: tuple[Stage, ...] = (

@@ -47,6 +47,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, PngImagePlugin
 
+from npimage_demo import require_scikit_image
+
 RGB = tuple[int, int, int]
 Box = tuple[float, float, float, float]
 
@@ -961,6 +963,7 @@ def _photo_products(rng: np.random.Generator, n: int, start: int, used: set[str]
 
 def _skimage_dir() -> Path:
     """skimage/data of the installed scikit-image (imported late: only photos need it)."""
+    require_scikit_image()
     import skimage.data
 
     return Path(skimage.data.__file__).parent
@@ -1108,6 +1111,7 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0,
     adds that many families of packshots on white with edits (npimage_demo.variants).
     truth.csv also says each picture's `edit` and `family_id` (products of one template).
     """
+    require_scikit_image()  # before any file is written
     out_dir = Path(out_dir)
     plan = plan_catalogue(n_products, seed)
     images_dir = out_dir / "images"

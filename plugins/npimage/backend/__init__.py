@@ -6,8 +6,7 @@ npimage_product_match, npimage_band). Every function takes `db`: a DSN string (a
 URI or key=value string; the function opens and closes its own connection) or an open
 psycopg2 connection (used as is, left open; each function commits its own transaction,
 so pass a connection with no transaction of yours in progress). In Airflow, take the DSN
-from `airflow_dsn("nextpage_backend")` (PostgresHook hands out psycopg 3 connections and
-SQLAlchemy URLs when psycopg 3 is installed, which libpq and psycopg2 do not take).
+from `npimage.orchestration.connection.airflow_dsn()` (the connection nextpage_backend).
 
 Typical flow of one client's run (the npimage_* tables are created on first use):
     record_run_start(db, client, run_id, {"mode": "incremental"})
@@ -19,7 +18,6 @@ Typical flow of one client's run (the npimage_* tables are created on first use)
 ext.counts() carries the watermark that the next incremental run starts from.
 """
 
-from npimage.backend.airflow_conn import airflow_dsn
 from npimage.backend.connection import Db, connection
 from npimage.backend.extract import BackendExtract, extract_catalog
 from npimage.backend.load import load_matches
@@ -35,7 +33,6 @@ from npimage.backend.schema import apply_schema, create_source_schema, list_clie
 __all__ = [
     "BackendExtract",
     "Db",
-    "airflow_dsn",
     "apply_schema",
     "connection",
     "create_source_schema",

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from typing import TypeAlias
 
 import psycopg2
 import psycopg2.extensions
 
-Db = str | psycopg2.extensions.connection
+Db: TypeAlias = str | psycopg2.extensions.connection
 """A DSN (libpq URI or key=value string) or an open psycopg2 connection."""
 
 APPLICATION_NAME = "npimage"

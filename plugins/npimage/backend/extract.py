@@ -94,7 +94,7 @@ def extract_catalog(db: Db, client_id: str, out_path: Path,
         new = work / "catalog.parquet"
         watermark, n_fetched = _read_snapshot(conn, client_id, prev, lower, work, new,
                                               batch_rows)
-        if lower is not None:
+        if lower is not None and prev is not None:  # an incremental start needs a previous
             _merge(client_id, prev, work, new, batch_rows)
         counts = _diff(client_id, new, prev, work) if prev else (n_fetched, n_fetched, 0)
         os.replace(new, out_path)

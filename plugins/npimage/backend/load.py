@@ -36,7 +36,8 @@ LOCK_CLASS = 0x6E70
 
 def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
                  product_matches: Path, run_info: dict[str, Any] | None = None,
-                 batch_rows: int = 50_000) -> dict[str, Any]:
+                 batch_rows: int = 50_000,
+                 before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
     """Replace the client's rows of npimage_image_match and npimage_product_match.
 
     The Parquet files follow npimage.schemas.IMAGE_MATCHES and PRODUCT_MATCHES and may
@@ -45,7 +46,9 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
     details). The npimage_* tables are created first when missing. Returns the client,
     run, status and loaded row counts. On failure the
     previous matches stay and the error is raised after marking the run 'failed' (when
-    `db` is a DSN, or a connection still alive).
+    `db` is a DSN, or a connection still alive). `before_commit` runs inside the load's
+    transaction just before its COMMIT (the warehouse publish): if it raises, the load
+    rolls back.
     """
     for path in (image_matches, product_matches):
         if not path.is_file():
@@ -54,7 +57,7 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
         with connection(db) as conn:
             apply_schema(conn)
             counts = _load(conn, client_id, run_id, image_matches, product_matches, run_info,
-                           batch_rows)
+                           batch_rows, before_commit)
     except Exception as exc:
         _record_failure(db, client_id, run_id, exc)
         raise
@@ -63,7 +66,7 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
 
 def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
           image_matches: Path, product_matches: Path, run_info: dict[str, Any] | None,
-          batch_rows: int) -> dict[str, int]:
+          batch_rows: int, before_commit: Callable[[], None] | None = None) -> dict[str, int]:
     """The load's one transaction: stage, lock, swap, mark the run; the loaded counts."""
     with transaction(conn) as cur:
         cur.execute(load_sql("postgres", "load_stage"))
@@ -79,6 +82,8 @@ def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
         counts = {"n_image_matches": n_image, "n_product_matches": n_product}
         upsert_run(cur, run_params(client_id, run_id, "success", {**(run_info or {}),
                                                                     **counts}))
+        if before_commit is not None:
+            before_commit()
     return counts
 
 

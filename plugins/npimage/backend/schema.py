@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 
@@ -10,27 +12,54 @@ from npimage.backend.arrowpg import copy_parquet
 from npimage.backend.connection import Db, connection, transaction
 from npimage.bands import bands_table
 from npimage.schemas import CATALOG
-from npimage.sqlfiles import load_sql
+from npimage.sqlfiles import load_sql, migrations, schema_version
+
+log = logging.getLogger(__name__)
 
 #: Columns of the catalog contract that the source tables hold (no size_bytes).
 _SEED = pa.schema([f for f in CATALOG if f.name != "size_bytes"])
 
 
-def apply_schema(db: Db) -> None:
-    """Create npimage_run, npimage_image_match, npimage_product_match and npimage_band if
-    absent, and set npimage_band from npimage.bands (every label, `weak` last).
+def apply_schema(db: Db) -> int:
+    """Create or migrate the npimage_* tables to this npimage's schema version; return it.
 
-    Idempotent, and safe while loads run: once the tables exist it runs no DDL (which
-    would lock the tables that loads write).
+    Absent tables are created from schema.sql (version 1, the release of commit 3b8234e);
+    then every migration sql/postgres/migrations/NNNN_*.sql above the recorded version runs
+    in order, in place, in the same transaction, under an advisory lock (racing processes
+    migrate once). npimage_band is set from npimage.bands (every label, `weak` last).
+
+    Idempotent, and safe while loads run: once the tables exist at the current version it
+    runs no DDL (which would lock the tables that loads write).
     """
+    latest = schema_version("postgres")
     with connection(db) as conn, transaction(conn) as cur:
         cur.execute(load_sql("postgres", "schema_missing"))
-        if cur.fetchall():
+        missing = bool(cur.fetchall())
+        if missing or _version(cur) < latest:
+            cur.execute(load_sql("postgres", "schema_lock"))
+            version = _version(cur)  # another process may have migrated meanwhile
             cur.execute(load_sql("postgres", "schema"))
+            for number, name in migrations("postgres"):
+                if number > version:
+                    cur.execute(load_sql("postgres", name))
+                    cur.execute(load_sql("postgres", "schema_version_set"), {"version": number})
+            if version < latest:
+                log.info("backend tables at schema version %d (were %d)", latest, version)
         table = bands_table().to_pylist()  # the named bands, then `weak` (lower 0)
         for rank, row in enumerate(table, start=1):
             cur.execute(load_sql("postgres", "band_upsert"),
                         {"band": row["band"], "lower_bound": row["lower"], "rank": rank})
+    return latest
+
+
+def _version(cur: Any) -> int:
+    """Schema version of the npimage_* tables: 0 none, 1 the release of 3b8234e, else N."""
+    cur.execute(load_sql("postgres", "schema_version_get"))
+    versioned, created = cur.fetchone()
+    if not versioned:
+        return 1 if created else 0
+    cur.execute(load_sql("postgres", "schema_version_max"))
+    return int(cur.fetchone()[0])
 
 
 def create_source_schema(db: Db) -> None:

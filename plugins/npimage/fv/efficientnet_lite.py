@@ -103,7 +103,8 @@ def _fold(sd: dict[str, np.ndarray], conv: str, bn: str, depthwise: bool = False
 
 def check_keys(sd: dict[str, np.ndarray]) -> None:
     """Fail clearly when the file does not hold EfficientNet-Lite0 (names and shapes)."""
-    expected = {"_conv_stem.weight": (STEM, 3, 3, 3), "_conv_head.weight": (HEAD, 320, 1, 1)}
+    expected: dict[str, tuple[int, ...]] = {"_conv_stem.weight": (STEM, 3, 3, 3),
+                                            "_conv_head.weight": (HEAD, 320, 1, 1)}
     expected |= {"_fc.weight": (CLASSES, HEAD), "_fc.bias": (CLASSES,)}
     for b in blocks():
         mid = b.cin * b.expand

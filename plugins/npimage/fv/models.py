@@ -28,7 +28,8 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +217,10 @@ def ensure_default(cache_dir: Path) -> Path:
     return folder
 
 
+#: TF Hub reads its cache folder from the environment only: loads set it one at a time.
+_HUB_ENV_LOCK = threading.Lock()
+
+
 def _resolve(spec: str, cache_dir: Path) -> tuple[str, str | None, int | None]:
     """(what hub.load opens, short digest of the weights or None, input size or None)."""
     if spec == DEFAULT_SPEC:
@@ -230,9 +235,22 @@ def _resolve(spec: str, cache_dir: Path) -> tuple[str, str | None, int | None]:
             f"FV model {spec!r}: no such folder; give {DEFAULT_SPEC!r}, a SavedModel folder "
             "or a TF Hub handle URL"
         )
-    # A TF Hub handle or URL: downloads go to the model cache unless TFHUB_CACHE_DIR is set.
-    os.environ.setdefault("TFHUB_CACHE_DIR", str(Path(cache_dir) / "tfhub"))
     return spec, None, None
+
+
+@contextmanager
+def _hub_cache(cache_dir: Path) -> Iterator[None]:
+    """TF Hub downloads go to the model cache (unless TFHUB_CACHE_DIR is set) during one
+    load only: the process environment is restored afterwards."""
+    if "TFHUB_CACHE_DIR" in os.environ:
+        yield
+        return
+    with _HUB_ENV_LOCK:
+        os.environ["TFHUB_CACHE_DIR"] = str(Path(cache_dir) / "tfhub")
+        try:
+            yield
+        finally:
+            os.environ.pop("TFHUB_CACHE_DIR", None)
 
 
 def _open(spec: str, cache_dir: Path, fit: str) -> HubExtractor:
@@ -241,7 +259,8 @@ def _open(spec: str, cache_dir: Path, fit: str) -> HubExtractor:
 
     configure_threads()
     handle, digest, size = _resolve(spec, cache_dir)
-    obj = hub.load(handle)
+    with _hub_cache(cache_dir):
+        obj = hub.load(handle)
     size = size or _declared_size(obj) or DEFAULT_INPUT_SIZE
     detail = f"{digest}-{fit}{size}" if digest else f"{fit}{size}"
     return HubExtractor(obj, f"{spec}@{detail}", size, fit)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from npimage.schemas import CATALOG, SIGNATURES
-from npimage.storage.parquet_io import read_parts, read_table, write_table
+from npimage.storage.parquet_io import list_parts, read_parts, read_table, write_table
 
 
 def batch_outputs(run_dir: Path, folder: str, schema: pa.Schema) -> pa.Table:
@@ -22,7 +22,7 @@ def batch_outputs(run_dir: Path, folder: str, schema: pa.Schema) -> pa.Table:
 
     A planned batch without its output raises: a missing batch is never silently skipped.
     """
-    names = [p.name for p in sorted((run_dir / "plan").glob("batch-*.parquet"))]
+    names = [p.name for p in list_parts(run_dir / "plan", "batch-*.parquet")]
     missing = [n for n in names if not (run_dir / folder / n).exists()]
     if missing:
         raise RuntimeError(f"signature batches not computed: {missing[:5]}")

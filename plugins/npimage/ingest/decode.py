@@ -25,11 +25,13 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 #: Longest side of the working picture: plenty for 8x8/32x32 hashes and 224x224 FV input.
 WORK_SIZE = 512
@@ -43,9 +45,12 @@ FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 #: Largest file read (bytes). A bigger file is refused before it is read into memory.
 MAX_BYTES = 1 << 30
 
-# npimage checks the declared pixel count against its own, configurable limit in
-# `decode`; Pillow's fixed global limit (89 Mpx) would refuse valid pictures below it.
-Image.MAX_IMAGE_PIXELS = None
+#: Pillow keeps its decompression-bomb limit in a process global (89 Mpx, an error at
+#: twice that), which would refuse valid pictures below npimage's configurable
+#: `max_pixels`. decode() checks the header against `max_pixels` itself; Pillow's check is
+#: switched off only while Image.open reads one header, under this lock, and restored
+#: afterwards: other users of Pillow in the process keep their own setting.
+_PILLOW_LIMIT = threading.Lock()
 
 _ORIENTATION = 0x0112  # EXIF tag
 #: EXIF orientation -> the transposition that shows the picture upright.
@@ -112,7 +117,7 @@ def _file_kind(mode: int) -> str:
 def _read(uri: str, max_bytes: int) -> bytes:
     if "://" in uri and not uri.startswith("file://"):
         with fsspec.open(uri, "rb") as fh:
-            data = fh.read(max_bytes + 1)
+            data: bytes = fh.read(max_bytes + 1)
     else:
         data = _read_local(uri.removeprefix("file://"), max_bytes)
     if len(data) > max_bytes:
@@ -145,23 +150,24 @@ def read_bytes(uri: str, timeout: float, max_bytes: int = MAX_BYTES) -> bytes:
     The read runs in a daemon thread: a read that never returns (a hung network mount or
     server) is abandoned, costs one idle thread, and never keeps the process from exiting.
     """
-    box: dict[str, object] = {}
+    data: list[bytes] = []
+    errors: list[BaseException] = []
     done = threading.Event()
 
     def work() -> None:
         try:
-            box["data"] = _read(uri, max_bytes)
+            data.append(_read(uri, max_bytes))
         except BaseException as exc:  # handed to the caller below
-            box["error"] = exc
+            errors.append(exc)
         finally:
             done.set()
 
     threading.Thread(target=work, name="npimage-read", daemon=True).start()
     if not done.wait(timeout):
         raise ImageError(f"read timed out after {timeout:g}s")
-    if "error" in box:
-        raise _read_error(box["error"]) from box["error"]
-    return box["data"]  # type: ignore[return-value]
+    if errors:
+        raise _read_error(errors[0]) from errors[0]
+    return data[0]
 
 
 # -- pixels ------------------------------------------------------------------------------
@@ -250,11 +256,24 @@ def _sniff(data: bytes) -> str:
     return f"starts with bytes {data[:8].hex()}"
 
 
+@contextmanager
+def _without_pillow_pixel_limit() -> Iterator[None]:
+    """Pillow's own pixel limit off for the block only (see _PILLOW_LIMIT)."""
+    with _PILLOW_LIMIT:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
 def _open(data: bytes, max_pixels: int) -> Image.Image:
     """Open `data` (header only) and refuse it when it declares too many pixels."""
     try:
-        img = Image.open(io.BytesIO(data), formats=FORMATS)
-    except Image.UnidentifiedImageError as exc:
+        with _without_pillow_pixel_limit():
+            img = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError as exc:
         kind = _sniff(data)
         known = kind.removeprefix("looks like ") in FORMATS
         reason = (f"corrupt or truncated {kind.removeprefix('looks like ')} ({len(data)} bytes)"

@@ -14,12 +14,14 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import Any
 
 import pyarrow as pa
 
 from npimage.schemas import CATALOG, REJECTS
 from npimage.storage.parquet_io import write_table
+from npimage.storage.store import Location, is_remote, location
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
@@ -72,8 +74,8 @@ class _Collector:
 
     def __init__(self, client_id: str) -> None:
         self.client_id = client_id
-        self.rows: dict[str, list] = {n: [] for n in CATALOG.names}
-        self.rejects: dict[str, list] = {n: [] for n in REJECTS.names}
+        self.rows: dict[str, list[Any]] = {n: [] for n in CATALOG.names}
+        self.rejects: dict[str, list[Any]] = {n: [] for n in REJECTS.names}
         self.seen: set[str] = set()
 
     def reject(self, image_id: str | None, uri: str | None, reason: str) -> None:
@@ -139,14 +141,47 @@ def _from_directory(root: Path, out: _Collector) -> None:
         out.add(image_id, product_id, reference, uri, *_stat(path))
 
 
+def _store_listing(root: Location) -> dict[str, tuple[int | None, datetime | None]]:
+    """uri -> (size, modified) of every object under a folder of an object store (one LIST)."""
+    out = {}
+    for key, info in root.fs.find(root.path, detail=True).items():
+        if info.get("type") == "directory":
+            continue
+        modified = info.get("LastModified") or info.get("mtime") or info.get("updated")
+        if isinstance(modified, (int, float)):
+            modified = datetime.fromtimestamp(modified, UTC)
+        elif isinstance(modified, str):
+            modified = datetime.fromisoformat(modified)
+        out[root.fs.unstrip_protocol(key)] = (info.get("size"), modified)
+    return out
+
+
+def _from_store(root: Location, out: _Collector) -> None:
+    """A folder on an object store (s3://...): every non-hidden object under it, by name."""
+    base = str(root).rstrip("/") + "/"
+    for uri, stat in sorted(_store_listing(root).items()):
+        rel = PurePosixPath(uri.removeprefix(base))
+        if any(part.startswith(".") for part in rel.parts):
+            continue
+        if rel.suffix.lower() not in IMAGE_EXTENSIONS:
+            out.reject(rel.as_posix(), uri, f"not an image file extension ({rel.suffix or 'none'})")
+            continue
+        product_id, reference = parse_nextpage_name(rel.stem)
+        out.add(rel.with_suffix("").as_posix(), product_id, reference, uri, *stat)
+
+
 def _resolve_uri(uri: str, base: Path) -> str:
     if "://" in uri:
         return uri
+    if is_remote(base):  # a manifest on an object store: relative to its folder there
+        return str(base / uri)
     path = Path(uri)
     return str(path if path.is_absolute() else _absolute(base / path))
 
 
 def _from_manifest(manifest: Path, out: _Collector) -> None:
+    # A manifest on an object store: sizes and dates of the objects beside it, in one LIST.
+    remote = _store_listing(manifest.parent) if is_remote(manifest) else {}
     with manifest.open(newline="", encoding="utf-8-sig") as fh:
         reader = csv.DictReader(fh)
         header = [h.strip() for h in (reader.fieldnames or [])]
@@ -168,17 +203,23 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
                            f"manifest line {lineno}: empty {', '.join(empty)}")
                 continue
             uri = _resolve_uri(raw_uri, manifest.parent)
-            size, modified = _stat(Path(uri)) if "://" not in uri else (None, None)
+            size, modified = _stat(Path(uri)) if "://" not in uri else remote.get(uri,
+                                                                                 (None, None))
             reference = (row.get("reference") or "").strip() or None
             out.add(image_id, product_id, reference, uri, size, modified)
 
 
 def extract_catalog(client_id: str, source: str | Path, catalog: Path,
                     rejects: Path) -> ExtractResult:
-    """Catalogue a folder of images or a manifest CSV into `catalog` and `rejects` Parquet."""
-    src = Path(source)
+    """Catalogue a folder of images or a manifest CSV into `catalog` and `rejects` Parquet.
+
+    `source` is a local path or an fsspec URL (s3://bucket/images/, s3://bucket/m.csv).
+    """
+    src = location(source)
     out = _Collector(client_id)
-    if src.is_dir():
+    if is_remote(src) and src.is_dir():
+        _from_store(src, out)
+    elif src.is_dir():
         _from_directory(src, out)
     elif src.is_file() and src.suffix.lower() == ".csv":
         try:

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
+from PIL import Image
 
 from npimage.fv import FeatureExtractor
 from npimage.ingest.decode import ImageError, decode, read_bytes
@@ -41,12 +42,15 @@ class BatchResult:
         return {"computed": self.computed, "reused": self.reused, "rejected": self.rejected}
 
 
+Row = dict[str, Any]
+
+
 def _current_detail(row: dict) -> bool:
     """Does a stored signature carry a detail signature of this version (else recompute)?"""
     return is_current(row.get("detail"))
 
 
-def _prior_rows(prior: Path | None, ids: list[str]) -> dict[str, dict]:
+def _prior_rows(prior: Path | None, ids: list[str]) -> dict[str, Row]:
     """Stored signatures of these image ids from the last published run's folder."""
     if prior is None or not ids:
         return {}
@@ -58,9 +62,9 @@ class _Rows:
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
-        self.cols: dict[str, list] = {n: [] for n in schema.names}
+        self.cols: dict[str, list[Any]] = {n: [] for n in schema.names}
 
-    def add(self, row: dict) -> None:
+    def add(self, row: Row) -> None:
         for name in self.schema.names:
             self.cols[name].append(row.get(name))
 
@@ -68,7 +72,7 @@ class _Rows:
         return pa.table(self.cols, schema=self.schema)
 
 
-def _embed_pending(pending: list[tuple[dict, object]], extractor: FeatureExtractor,
+def _embed_pending(pending: list[tuple[Row, Image.Image]], extractor: FeatureExtractor,
                    sigs: _Rows) -> None:
     """Run the FV model on the decoded pictures waiting in `pending`, then store their rows."""
     if not pending:
@@ -88,7 +92,7 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
     rows = read_table(batch, CATALOG).to_pylist()
     prior_rows = _prior_rows(prior, [r["image_id"] for r in rows])
     sigs, rejects = _Rows(SIGNATURES), _Rows(REJECTS)
-    pending: list[tuple[dict, object]] = []
+    pending: list[tuple[Row, Image.Image]] = []
     reused = 0
     now = datetime.now(UTC)
     for cat in rows:
@@ -130,11 +134,8 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
                 _embed_pending(pending, extractor, sigs)
     if extractor is not None:
         _embed_pending(pending, extractor, sigs)
-    written = write_table(sigs.table(), out_signatures) and len(sigs.cols["image_id"])
+    write_table(sigs.table(), out_signatures)
+    written = len(sigs.cols["image_id"])
     write_table(rejects.table(), out_rejects)
     return BatchResult(written - reused, reused, len(rejects.cols["image_id"]))
 
-
-def has_fv(table: pa.Table) -> pa.Array:
-    """Boolean mask of signature rows that carry a feature vector."""
-    return pc.is_valid(table["fv"])

@@ -35,16 +35,16 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from npimage.bands import round_scores
 from npimage.matching.hashing import HASH_BITS
 from npimage.matching.scoring import Scorer
 
-#: Scores are rounded to this many decimals so that ties are exact across block shapes.
-SCORE_DECIMALS = 6
 #: Margin kept under the threshold by every bound and pre-selection, so that float32
 #: rounding can never drop a pair whose exact score qualifies.
 SLACK = 1e-5
@@ -148,7 +148,8 @@ def _sha_prefix(column: pa.ChunkedArray) -> np.ndarray:
     if np.any(digits > 15):
         raise ValueError("sha256 values must be hexadecimal")
     nibbles = digits.astype(np.uint64) << (np.arange(60, -1, -4, dtype=np.uint64))
-    return np.bitwise_or.reduce(nibbles, axis=1).view(np.int64)
+    prefix: np.ndarray = np.bitwise_or.reduce(nibbles, axis=1).view(np.int64)
+    return prefix
 
 
 def arrays_from_table(table: pa.Table, use_fv: bool, first_row: int = 0) -> SignatureArrays:
@@ -194,7 +195,7 @@ def score_block(q: SignatureArrays, c: SignatureArrays, scorer: Scorer) -> np.nd
     same = (q.sha[:, None] == c.sha[None, :]) & (q.size[:, None] == c.size[None, :])
     score[same] = 1.0
     score[q.rows[:, None] == c.rows[None, :]] = -1.0
-    return np.round(score, SCORE_DECIMALS)
+    return round_scores(score)
 
 
 def pair_cosines(qfv: np.ndarray, cfv: np.ndarray, qi: np.ndarray, ci: np.ndarray
@@ -209,14 +210,25 @@ def pair_scores(q: SignatureArrays, c: SignatureArrays, qi: np.ndarray, ci: np.n
                 scorer: Scorer) -> np.ndarray:
     """float32 scores of the pairs (q[qi], c[ci]), exactly as score_block computes them."""
     h = np.bitwise_count(q.hashes[qi] ^ c.hashes[ci])
-    score = scorer.hash_tables[0][h[:, 0]] + scorer.hash_tables[1][h[:, 1]]
-    score += scorer.hash_tables[2][h[:, 2]]
-    if scorer.use_fv and q.fv is not None and c.fv is not None and len(qi):
-        score += scorer.fv_term(pair_cosines(q.fv, c.fv, qi, ci))
+    cos = (pair_cosines(q.fv, c.fv, qi, ci)
+           if scorer.use_fv and q.fv is not None and c.fv is not None and len(qi) else None)
     same = (q.sha[qi] == c.sha[ci]) & (q.size[qi] == c.size[ci])
-    score[same] = 1.0
+    score = component_scores(h, cos, same, scorer)
     score[q.rows[qi] == c.rows[ci]] = -1.0
-    return np.round(score, SCORE_DECIMALS)
+    return score
+
+
+def component_scores(bits: np.ndarray, cos: np.ndarray | None, same_bytes: np.ndarray,
+                     scorer: Scorer) -> np.ndarray:
+    """float32 scores of pairs from their raw components: hash distances (m, 3) in bits,
+    cosines (m,) or None, identical bytes (m,) (score 1.0); rounded once (bands).
+
+    The one formula of a pair's score: compare (pair_scores) and the weight fit
+    (quality.pairs) both use it.
+    """
+    score = scorer.score(np.asarray(bits, np.intp), cos)
+    score = np.where(same_bytes, np.float32(1.0), score).astype(np.float32)
+    return round_scores(score)
 
 
 # -- candidate bound ---------------------------------------------------------------------
@@ -255,7 +267,8 @@ def _binomial_pmf() -> np.ndarray:
     logs = np.cumsum(np.log(np.arange(1, HASH_BITS + 1)))
     logf = np.concatenate([[0.0], logs])
     d = np.arange(HASH_BITS + 1)
-    return np.exp(logf[-1] - logf[d] - logf[HASH_BITS - d] - HASH_BITS * np.log(2.0))
+    pmf: np.ndarray = np.exp(logf[-1] - logf[d] - logf[HASH_BITS - d] - HASH_BITS * np.log(2.0))
+    return pmf
 
 
 @lru_cache(maxsize=32)
@@ -269,14 +282,14 @@ def _hash_bound(tables: bytes, fv_max: float, threshold: float) -> HashBound:
     if not feasible.any():
         return HashBound(feasible, (0, 0, 0), -1, 0.0)
     d = np.arange(HASH_BITS + 1)
-    best = None
-    for shifts in itertools.product(range(4), repeat=3):
-        lin = ((d << shifts[0])[:, None, None] + (d << shifts[1])[None, :, None]
-               + (d << shifts[2])[None, None, :])
+    best: tuple[float, tuple[int, int, int], int] | None = None
+    for a, b, c in itertools.product(range(4), repeat=3):
+        lin = ((d << a)[:, None, None] + (d << b)[None, :, None] + (d << c)[None, None, :])
         bound = int(lin[feasible].max())
         passed = float(prob[lin <= bound].sum())
         if best is None or passed < best[0] - 1e-15:
-            best = (passed, shifts, bound)
+            best = (passed, (a, b, c), bound)
+    assert best is not None
     return HashBound(feasible, best[1], best[2], rate)
 
 
@@ -424,7 +437,8 @@ def _fv_upper(knots: tuple[tuple[float, float], ...], weight: float) -> np.ndarr
     xs, ys = (np.array(v, np.float64) for v in zip(*knots, strict=True))
 
     def term(x: np.ndarray) -> np.ndarray:
-        return weight * np.interp(x, xs, ys)
+        values: np.ndarray = weight * np.interp(x, xs, ys)
+        return values
 
     grid = np.linspace(0.0, 1.0, FV_STEPS + 1)
     at = term(grid)
@@ -432,7 +446,8 @@ def _fv_upper(knots: tuple[tuple[float, float], ...], weight: float) -> np.ndarr
     inside = xs[(xs > 0.0) & (xs < 1.0)]
     np.maximum.at(upper, np.minimum((inside * FV_STEPS).astype(np.int64), FV_STEPS - 1),
                   term(inside))
-    return np.append(upper, at[-1]).astype(np.float32)
+    table: np.ndarray = np.append(upper, at[-1]).astype(np.float32)
+    return table
 
 
 def fv_upper_table(scorer: Scorer) -> np.ndarray:
@@ -448,7 +463,8 @@ def _dense_top(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
     keep = _top_mask(score, k, threshold)
     if both_ways:
         keep |= _top_mask(score.T, k, threshold).T
-    return np.nonzero(keep)
+    qi, ci = np.nonzero(keep)
+    return qi, ci
 
 
 def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
@@ -468,8 +484,9 @@ def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
     )
 
     fv = scorer.use_fv and q.fv is not None and c.fv is not None
-    few = fv and len(q) <= FEW_QUERIES and q.fv.dtype == c.fv.dtype == np.float16
-    qu = None if not fv or few else unit_rows(q.fv)
+    few = (fv and q.fv is not None and c.fv is not None and len(q) <= FEW_QUERIES
+           and q.fv.dtype == c.fv.dtype == np.float16)
+    qu = None if not fv or few or q.fv is None else unit_rows(q.fv)
     qbits = np.ascontiguousarray(q.fv).view(np.uint16) if few else None
     qh = np.ascontiguousarray(q.hashes.T)
     tables = np.ascontiguousarray(scorer.hash_tables, np.float32)
@@ -484,7 +501,8 @@ def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
             cos = np.empty((len(q), len(block)), np.float32)
             half_cosine_matrix(qbits, np.ascontiguousarray(block.fv).view(np.uint16), cos)
         else:
-            cos = qu @ unit_rows(block.fv).T if fv else no_cos
+            cos = qu @ unit_rows(block.fv).T if qu is not None and block.fv is not None \
+                else no_cos
         n = dense_select(qh, np.ascontiguousarray(block.hashes.T), cos, tables, upper,
                          np.float32(threshold - SLACK), out_q, out_c)
         if n <= capacity:
@@ -586,7 +604,7 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
         for q0, c0 in jobs:
             keep(q0, c0, run(q0, c0))
     else:
-        inflight: deque[tuple[int, int, Future]] = deque()
+        inflight: deque[tuple[int, int, Future[Any]]] = deque()
         with ThreadPoolExecutor(threads, thread_name_prefix="npimage-compare") as pool:
             for q0, c0 in jobs:
                 inflight.append((q0, c0, pool.submit(run, q0, c0)))

@@ -13,17 +13,17 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from npimage.bands import DEFAULT_THRESHOLD, bands_table, sql_params
 from npimage.matching.compare import MATCH_COLUMNS
-from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES
-from npimage.sqlfiles import load_sql, run_script
+from npimage.schemas import CATALOG, IMAGE_MATCHES, PRODUCT_MATCHES, SIGNATURES
+from npimage.sqlfiles import load_sql, query_script
 from npimage.storage.parquet_io import read_table, write_table
+from npimage.storage.store import location
 
 
 def _read_shards(paths: list[Path]) -> pa.Table:
-    tables = [pq.read_table(p).cast(MATCH_COLUMNS) for p in paths if Path(p).exists()]
+    tables = [read_table(p).cast(MATCH_COLUMNS) for p in map(location, paths) if p.exists()]
     return pa.concat_tables(tables) if tables else MATCH_COLUMNS.empty_table()
 
 
@@ -32,7 +32,7 @@ def _verified(shards: pa.Table, verified: Path | None) -> pa.Table:
     was checked, score_before = compare's score, verified, verify_reason."""
     con = duckdb.connect()
     con.register("shards", shards)
-    ver = pq.read_table(verified) if verified is not None and Path(verified).exists() else None
+    ver = read_table(verified) if verified is not None and location(verified).exists() else None
     if ver is None:
         return con.sql("SELECT *, score AS score_before, false AS verified, "
                            "CAST(NULL AS VARCHAR) AS verify_reason FROM shards").to_arrow_table()
@@ -64,11 +64,11 @@ def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, s
         pc.coalesce(prior_table["score_before"], prior_table["score"]))
     con.register("prior_matches", prior_table.select(
         [*MATCH_COLUMNS.names, "score_before", "verified", "verify_reason"]))
-    con.register("queries", pq.read_table(queries, columns=["image_id"]))
-    con.register("present", pq.read_table(signatures, columns=["image_id"]))
+    con.register("queries", read_table(queries, columns=["image_id"]))
+    con.register("present", read_table(signatures, SIGNATURES, columns=["image_id"]))
     params = {"client_id": client_id, "run_id": run_id, "top_k": top_k,
               **sql_params(threshold)}
-    result = run_script(con, load_sql("duckdb", "merge_image_matches"), params).to_arrow_table()
+    result = query_script(con, load_sql("duckdb", "merge_image_matches"), params)
     write_table(result, out, IMAGE_MATCHES)
     return result
 
@@ -81,6 +81,6 @@ def roll_up_products(image_matches: Path, catalog: Path, out: Path, *, client_id
     con.register("image_matches", read_table(image_matches, IMAGE_MATCHES))
     con.register("catalog", read_table(catalog, CATALOG).select(["image_id", "product_id"]))
     params = {"client_id": client_id, "run_id": run_id}
-    result = run_script(con, load_sql("duckdb", "product_matches"), params).to_arrow_table()
+    result = query_script(con, load_sql("duckdb", "product_matches"), params)
     write_table(result, out, PRODUCT_MATCHES)
     return result

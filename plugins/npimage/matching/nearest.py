@@ -18,17 +18,18 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from npimage.bands import band_codes
 from npimage.config import Settings
+from npimage.errors import UnknownClientError
 from npimage.ingest.decode import ImageError, decode, read_bytes
 from npimage.matching import compare as cmp
 from npimage.matching.hashing import image_hashes
 from npimage.matching.scoring import Scorer, load_weights
 from npimage.schemas import SIGNATURES
-from npimage.storage.parquet_io import read_parts
-from npimage.storage.runs import RunContext, safe_name
+from npimage.storage.layout import Layout
+from npimage.storage.parquet_io import read_parts, read_table
+from npimage.storage.runs import RunContext
 
 #: Columns of the result, best first.
 COLUMNS = ("rank", "image_id", "product_id", "score", "band", "dah", "ddh", "dph", "dfv",
@@ -51,15 +52,12 @@ class NearestResult:
 
 def current_run(client_id: str, data_dir: Path) -> RunContext:
     """The RunContext of the client's last published run (named by current.json)."""
-    client_dir = data_dir / "clients" / safe_name(client_id)
-    pointer = client_dir / "current.json"
-    if not pointer.is_file():
-        raise FileNotFoundError(
-            f"client {client_id!r} has no published run under {data_dir} "
-            f"(run `npimage run --client {client_id} ...` first)")
-    run_id = json.loads(pointer.read_text())["run_id"]
-    context = client_dir / "runs" / safe_name(run_id) / "context.json"
-    return RunContext.from_dict(json.loads(context.read_text()))
+    layout = Layout.of(data_dir)
+    run_dir = layout.published_run_dir(client_id)
+    if run_dir is None:
+        raise UnknownClientError(f"client {client_id!r} has no published run under {data_dir}",
+                                 hint=f"run `npimage run --client {client_id} ...` first")
+    return RunContext.from_dict(json.loads((run_dir / "context.json").read_text()))
 
 
 def load_catalogue(ctx: RunContext) -> tuple[cmp.SignatureArrays, str | None]:
@@ -111,8 +109,8 @@ def _products(ctx: RunContext, ids: list[str]) -> dict[str, tuple[str, str]]:
     path = ctx.run_dir / "catalog.parquet"
     if not ids or not path.exists():
         return {}
-    cat = pq.read_table(path, columns=["image_id", "product_id", "uri"],
-                        filters=[("image_id", "in", ids)])
+    cat = read_table(path, columns=["image_id", "product_id", "uri"])
+    cat = cat.filter(pc.is_in(cat["image_id"], pa.array(ids, pa.string())))
     return {i: (p, u) for i, p, u in zip(*(cat[c].to_pylist() for c in cat.column_names),
                                          strict=True)}
 
@@ -126,7 +124,7 @@ def nearest(image: str | Path, client_id: str, data_dir: str | Path | None = Non
     settings = Settings().with_overrides(data_dir=data_dir)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    ctx = current_run(client_id, Path(settings.data_dir))
+    ctx = current_run(client_id, settings.data_dir)
     catalogue, model = load_catalogue(ctx)
     timings["load run signatures"] = time.perf_counter() - t0
     query = query_signature(str(image), ctx, settings, model, timings)

@@ -17,11 +17,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from npimage.matching.scoring import load_weights
 from npimage.schemas import SIGNATURES
-from npimage.storage.parquet_io import read_parts
+from npimage.storage.parquet_io import read_parts, read_table
 
 #: Settings that change what matches mean: when one differs from the baseline run's,
 #: an incremental run compares every image again.
@@ -58,8 +57,8 @@ def incremental_query_ids(fresh: pa.Table, sigs: pa.Table, baseline: Path) -> pa
                                           fresh["fv_model"].to_pylist(), strict=True)
                if old_key.get(i) != (sha, model)}
     gone = set(old_key) - set(sigs["image_id"].to_pylist())
-    prior = pq.read_table(baseline / "image_matches.parquet",
-                          columns=["image_id", "match_image_id"])
+    prior = read_table(baseline / "image_matches.parquet",
+                       columns=["image_id", "match_image_id"])
     lost = pc.is_in(prior["match_image_id"], pa.array(sorted(changed | gone), pa.string()))
     affected = set(prior.filter(lost)["image_id"].to_pylist()) - gone
     return pa.array(sorted(changed | affected), pa.string())

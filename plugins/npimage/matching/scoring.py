@@ -68,7 +68,8 @@ def _parse_profile(doc: dict[str, Any], where: str) -> tuple[dict[str, float], d
 @cache
 def _shipped() -> dict[str, Any]:
     """The shipped default weights file, parsed once."""
-    return json.loads(DEFAULT_WEIGHTS_FILE.read_text(encoding="utf-8"))
+    doc: dict[str, Any] = json.loads(DEFAULT_WEIGHTS_FILE.read_text(encoding="utf-8"))
+    return doc
 
 
 def _shipped_value(component: str) -> float:
@@ -156,6 +157,14 @@ def load_weights(path: str | Path | None) -> Weights:
     return Weights(**values, curves=curves, source=str(path), hashes_only=hashes_only)
 
 
+def calibrate(raw: np.ndarray, curve: Curve) -> np.ndarray:
+    """float32 calibrated similarity of raw component values through a piecewise linear
+    curve (the one calibration: scoring and the weight fit use it)."""
+    xs, ys = zip(*curve, strict=True)
+    out: np.ndarray = np.interp(raw, xs, ys).astype(np.float32)
+    return out
+
+
 class Scorer:
     """Vectorised scoring with fixed weights: lookup tables for hashes, a curve for FV."""
 
@@ -171,8 +180,7 @@ class Scorer:
 
     def calibrate(self, component: str, raw: np.ndarray) -> np.ndarray:
         """Calibrated similarity of raw component values (piecewise linear curve)."""
-        xs, ys = zip(*self.curves[component], strict=True)
-        return np.interp(raw, xs, ys).astype(np.float32)
+        return calibrate(raw, self.curves[component])
 
     def fv_term(self, cos: np.ndarray) -> np.ndarray:
         """Weighted, calibrated FV part of the score for raw cosines (clipped at 0)."""
@@ -180,8 +188,8 @@ class Scorer:
 
     def score(self, ham: np.ndarray, cos: np.ndarray | None) -> np.ndarray:
         """Scores from hash distances (..., 3) in bits and cosines (...) or None."""
-        s = (self.hash_tables[0][ham[..., 0]] + self.hash_tables[1][ham[..., 1]]
-             + self.hash_tables[2][ham[..., 2]])
+        s: np.ndarray = (self.hash_tables[0][ham[..., 0]] + self.hash_tables[1][ham[..., 1]]
+                         + self.hash_tables[2][ham[..., 2]])
         if self.use_fv and cos is not None:
             s = s + self.fv_term(cos)
         return s

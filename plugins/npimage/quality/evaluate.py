@@ -2,7 +2,8 @@
 
 Ground truth comes as pairs (`image_id,match_image_id,label`, label 1/0, true/false or
 a band name for positives) or as groups (`image_id,group_id`: images of one group are
-duplicates of each other, any other pair is not). Evaluation is kept apart from search:
+duplicates of each other, any other pair is not), read by npimage.quality.truth (an
+unknown label is an error, as in fit-weights). Evaluation is kept apart from search:
 it only reads the warehouse of a finished run (tables image_matches, product_matches,
 images), like imagededup's evaluator reads a finished retrieval.
 
@@ -23,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from npimage.bands import BANDS, LABELS
+from npimage.errors import UnknownClientError
+from npimage.quality.truth import expected_band, pair_label, read_truth
 from npimage.storage.warehouse import connect_readonly
 
 _BAND_RANK = {name: i for i, name in enumerate(LABELS)}
-_NEGATIVE_LABELS = {"0", "false", "no", "n", "different", "negative", ""}
 
 Pair = tuple[str, str]
 
@@ -51,26 +53,22 @@ class Truth:
 
 
 def load_truth(path: Path) -> Truth:
-    """Read a pairs or groups truth CSV (see module docstring)."""
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        header = set(reader.fieldnames or [])
-        rows = list(reader)
-    if {"image_id", "group_id"} <= header:
+    """The Truth of a pairs or groups truth CSV (npimage.quality.truth reads it)."""
+    truth = read_truth(path)
+    rows = truth.rows
+    if truth.kind == "groups":
         groups: dict[str, list[str]] = defaultdict(list)
         for r in rows:
             groups[r["group_id"]].append(r["image_id"])
         positives = {_pair(a, b) for ids in groups.values() for i, a in enumerate(ids)
                      for b in ids[i + 1:] if a != b}
         return Truth(positives, None, {r["image_id"] for r in rows})
-    if {"image_id", "match_image_id", "label"} <= header:
-        pos, neg = set(), set()
-        for r in rows:
-            pair = _pair(r["image_id"], r["match_image_id"])
-            (neg if r["label"].strip().lower() in _NEGATIVE_LABELS else pos).add(pair)
-        return Truth(pos, neg - pos, {i for p in pos | neg for i in p})
-    raise ValueError(f"{path}: header must be image_id,group_id or "
-                     f"image_id,match_image_id,label (got {sorted(header)})")
+    pos: set[Pair] = set()
+    neg: set[Pair] = set()
+    for k, r in enumerate(rows):
+        pair = _pair(r["image_id"], r["match_image_id"])
+        (neg if pair_label(r["label"], truth.where(k)) is None else pos).add(pair)
+    return Truth(pos, neg - pos, {i for p in pos | neg for i in p})
 
 
 @dataclass(frozen=True)
@@ -158,7 +156,8 @@ def evaluate(warehouse: Path, client_id: str, truth: Truth) -> Evaluation:
     finally:
         con.close()
     if not products:
-        raise ValueError(f"no published run for client {client_id!r} in {warehouse}")
+        raise UnknownClientError(f"no published run for client {client_id!r} in {warehouse}",
+                                 hint="check --client and --data-dir")
     ranked: dict[str, list[str]] = defaultdict(list)
     pred: dict[Pair, str] = {}
     for a, b, band in matches:
@@ -219,8 +218,9 @@ def planted_found(warehouse: Path, client_id: str, truth: Path) -> list[PlantedR
     The pair checked for each planted image is (group_id, image_id): the original photo
     and its planted copy; found means present in image_matches in both directions.
     """
-    with truth.open(newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r.get("expected_band")]
+    rows_of = read_truth(truth)
+    rows = [r for k, r in enumerate(rows_of.rows)
+            if expected_band(r.get("expected_band"), rows_of.where(k))]
     con = connect_readonly(warehouse)
     try:
         found = {(a, b): band for a, b, band in con.execute(

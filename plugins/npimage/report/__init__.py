@@ -15,9 +15,9 @@ creating and deleting files is slow, this keeps a nightly re-render cheap.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 
+from npimage.progress import StepProgress
 from npimage.report.data import connect, load_report_data
 from npimage.report.pages import PER_PAGE, Writer
 from npimage.report.thumbs import make_thumbnails, prune_thumbnails
@@ -27,14 +27,13 @@ __all__ = ["render_report"]
 #: Folders of `out_dir` a render owns: files in them it did not write are deleted.
 MANAGED = ("assets", "i", "p", "list", "search")
 
-Progress = Callable[[str, int, int], None]
 
 
 def render_report(
     warehouse: Path,
     client_id: str,
     out_dir: Path,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     *,
     per_page: int = PER_PAGE,
     workers: int | None = None,
@@ -47,14 +46,14 @@ def render_report(
     one per core). Raises LookupError when the client has no image in the warehouse.
     """
     out_dir = Path(out_dir)
-    with connect(Path(warehouse)) as con:
+    with connect(warehouse) as con:
         data = load_report_data(con, client_id)
     out_dir.mkdir(parents=True, exist_ok=True)
     # The connection is closed while thumbnails are made (slow): no lock held meanwhile.
     make_thumbnails(data.images, out_dir, progress, workers)
     writer = Writer(out_dir, data, per_page=per_page, progress=progress)
     writer.assets()
-    with connect(Path(warehouse)) as con:
+    with connect(warehouse) as con:
         writer.image_pages(con)
         writer.product_pages(con)
     writer.search_index()
@@ -66,7 +65,7 @@ def render_report(
     return out_dir / "index.html"
 
 
-def _tick(progress: Progress | None, stage: str) -> None:
+def _tick(progress: StepProgress | None, stage: str) -> None:
     """Report a one-step stage as done."""
     if progress:
         progress(stage, 1, 1)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import duckdb
 
+from npimage.errors import UnknownClientError
 from npimage.sqlfiles import load_sql
 
 #: Where a page lives, relative to the report root; the ids are hashed into the name.
@@ -129,11 +130,17 @@ class ReportData:
         return sorted({i.run_id for i in self.images if i.run_id})
 
 
-def connect(warehouse: Path) -> duckdb.DuckDBPyConnection:
-    """A read-only connection: the report never writes to, nor locks out, the warehouse."""
-    if not Path(warehouse).is_file():
+def connect(warehouse: Path | str) -> duckdb.DuckDBPyConnection:
+    """A read-only connection: the report never writes to, nor locks out, the warehouse.
+
+    `warehouse` is a warehouse.duckdb or a data dir (local or s3://...).
+    """
+    from npimage.storage.warehouse import connect as connect_warehouse
+
+    where = str(warehouse)
+    if "://" not in where and where.endswith(".duckdb") and not Path(where).is_file():
         raise FileNotFoundError(f"warehouse not found: {warehouse}")
-    return duckdb.connect(str(warehouse), read_only=True)
+    return connect_warehouse(where)
 
 
 def _query(con: duckdb.DuckDBPyConnection, name: str, **params: object) -> list[tuple]:
@@ -145,18 +152,20 @@ def load_report_data(con: duckdb.DuckDBPyConnection, client_id: str) -> ReportDa
     """Images, products, best matches and rejects of `client_id`, in listing order."""
     images = [ImageRow(*row) for row in _query(con, "report_images", client=client_id)]
     if not images:
-        raise LookupError(f"no images for client {client_id!r} in the warehouse")
+        raise UnknownClientError(f"no images of client {client_id!r} in the warehouse",
+                                 hint="check --client and --data-dir, or run "
+                                      "`npimage run --client ...` first")
     by_id = {img.image_id: img for img in images}
     for img in images:
         img.page = page_path(IMAGE_DIR, img.image_id)
         img.product_page = page_path(PRODUCT_DIR, img.product_id)
     for image_id, score, band, n in _query(con, "report_best_matches", client=client_id):
-        if (img := by_id.get(image_id)) is not None:
-            img.best_score, img.best_band, img.n_matches = score, band, n
+        if (best := by_id.get(image_id)) is not None:
+            best.best_score, best.best_band, best.n_matches = score, band, n
     rejects = [Reject(*row) for row in _query(con, "report_rejects", client=client_id)]
     for rej in rejects:
-        if (img := by_id.get(rej.image_id)) is not None:
-            img.rejects.append((rej.stage, rej.reason))
+        if (rejected := by_id.get(rej.image_id)) is not None:
+            rejected.rejects.append((rej.stage, rej.reason))
     products = _load_products(con, client_id, images)
     return ReportData(
         client_id=client_id,

@@ -30,6 +30,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 import npimage
 from npimage.bands import BANDS
+from npimage.progress import StepProgress
 from npimage.report import search
 from npimage.report.data import (
     ImageMatch,
@@ -73,7 +74,6 @@ COMPONENTS = (
     ("dfv", "Visual features"),
 )
 
-Progress = Callable[[str, int, int], None]
 
 
 def list_href(kind: str, number: int, band: str = "all") -> str:
@@ -198,7 +198,7 @@ class Writer:
     root: Path
     data: ReportData
     per_page: int = PER_PAGE
-    progress: Progress | None = None
+    progress: StepProgress | None = None
     env: Environment = field(default_factory=make_env)
     written: set[str] = field(default_factory=set)
     changed: int = 0

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ from PIL import Image
 
 from npimage.config import Settings
 from npimage.ingest.decode import ImageError, decode, read_bytes
+from npimage.progress import StepProgress
 from npimage.report.data import ImageRow
 
 THUMB_DIR = "thumbs"
@@ -32,7 +33,6 @@ THUMB_VERSION = f"v1-{THUMB_SIZE}-q{JPEG_QUALITY}"
 #: Shown instead of a thumbnail when the image cannot be read (relative to report root).
 PLACEHOLDER = "assets/unreadable.svg"
 
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def _make_one(img: ImageRow, target: Path, settings: Settings) -> str | None:
 def make_thumbnails(
     images: Sequence[ImageRow],
     out_dir: Path,
-    progress: Progress | None = None,
+    progress: StepProgress | None = None,
     workers: int | None = None,
     settings: Settings | None = None,
 ) -> ThumbStats:

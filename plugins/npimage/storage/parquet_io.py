@@ -1,42 +1,61 @@
-"""Parquet reads and atomic writes shared by every stage."""
+"""Parquet reads and atomic writes shared by every stage, local or on an object store.
+
+Paths are locations (`npimage.storage.store`): a pathlib.Path or a UPath (s3://...).
+"""
 
 from __future__ import annotations
 
-import os
+import io
 import uuid
-from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from npimage.storage.store import Location, arrow, is_remote, location, mkdirs
 
-def write_table(table: pa.Table, path: Path, schema: pa.Schema | None = None) -> Path:
-    """Write `table` to `path` via a temporary name and a rename.
 
-    A task killed half-way leaves at most a stray temporary file, never a truncated
-    Parquet under the final name; a retry rewrites the same final name.
+def write_table(table: pa.Table, path: Location, schema: pa.Schema | None = None) -> Location:
+    """Write `table` to `path` so that no reader ever sees a part of it.
+
+    Local: a temporary name and a rename; a task killed half-way leaves at most a stray
+    temporary file, never a truncated Parquet under the final name. Object store: the file
+    is built in memory and sent in one PUT (atomic there). A retry rewrites the same name.
     """
     if schema is not None:
         table = table.select(schema.names).cast(schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = location(path)
+    if is_remote(path):
+        buf = io.BytesIO()
+        pq.write_table(table, buf, compression="zstd")
+        path.fs.pipe_file(path.path, buf.getvalue())
+        return path
+    mkdirs(path.parent)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     try:
         pq.write_table(table, tmp, compression="zstd")
-        os.replace(tmp, path)
+        tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
-def read_table(path: Path, schema: pa.Schema | None = None) -> pa.Table:
+def read_table(path: Location, schema: pa.Schema | None = None,
+               columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file; an absent file reads as an empty table of `schema`."""
+    path = location(path)
     if not path.exists():
         if schema is None:
             raise FileNotFoundError(path)
-        return schema.empty_table()
-    table = pq.read_table(path)
-    return conform(table, schema) if schema is not None else table
+        return schema.empty_table().select(columns or schema.names)
+    fs, name = arrow(path)
+    if schema is None:
+        return pq.read_table(name, filesystem=fs, columns=columns)
+    target = pa.schema([schema.field(n) for n in (columns or schema.names)])
+    present = set(pq.read_schema(name, filesystem=fs).names)
+    table = pq.read_table(name, filesystem=fs,
+                          columns=[n for n in target.names if n in present])
+    return conform(table, target)
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -48,20 +67,50 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return table.select(schema.names).cast(schema)
 
 
+def read_metadata(path: Location) -> pq.FileMetaData:
+    """The Parquet footer of a file (row count, schema) without reading its data."""
+    fs, name = arrow(location(path))
+    with fs.open_input_file(name) as fh:
+        return pq.read_metadata(fh)
+
+
+def num_rows(path: Location) -> int:
+    return int(read_metadata(path).num_rows)
+
+
+def column_names(path: Location) -> list[str]:
+    """Top-level column names of a Parquet file."""
+    return list(read_metadata(path).schema.to_arrow_schema().names)
+
+
 def empty(schema: pa.Schema) -> pa.Table:
     return schema.empty_table()
 
 
-def read_parts(folder: Path, schema: pa.Schema, pattern: str = "*.parquet",
+def list_parts(folder: Location, pattern: str = "*.parquet") -> list[Location]:
+    """The files of a folder matching `pattern`, sorted by name (absent folder: none).
+
+    Temporary files of interrupted writes (`.name.<uuid>.tmp`) never match a `*.parquet`.
+    """
+    folder = location(folder)
+    if not folder.exists():
+        return []
+    return sorted((p for p in folder.glob(pattern) if not p.name.startswith(".")),
+                  key=lambda p: p.name)
+
+
+def read_parts(folder: Location, schema: pa.Schema, pattern: str = "*.parquet",
                columns: list[str] | None = None, ids: list[str] | None = None) -> pa.Table:
     """Read the Parquet parts of a folder (sorted by name) as one table of `schema`.
 
     `ids` restricts the rows to those image ids (pushed down to the Parquet reader).
     """
-    files = sorted(str(p) for p in folder.glob(pattern)) if folder.is_dir() else []
+    files = list_parts(folder, pattern)
     names = columns or schema.names
     if not files:
         return schema.empty_table().select(names)
-    dataset = ds.dataset(files, schema=schema, format="parquet")
-    flt = ds.field("image_id").isin(ids) if ids is not None else None
+    fs, _ = arrow(files[0])
+    dataset = ds.dataset([arrow(p)[1] for p in files], schema=schema, format="parquet",
+                         filesystem=fs)
+    flt = ds.field("image_id").isin(pa.array(ids, pa.string())) if ids is not None else None
     return dataset.to_table(columns=names, filter=flt)

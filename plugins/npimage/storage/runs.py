@@ -1,34 +1,23 @@
-"""Where a run keeps its files, and the small context every stage receives.
+"""The small context every stage receives, and where its run keeps its files.
 
-A run is identified by (client_id, run_id). Everything it writes lives under
-`<data_dir>/clients/<client>/runs/<run_id>/`, so a retried task rewrites the same paths
-and two runs never share a file. `current.json` beside the runs names the last published
-run: the baseline of the next incremental run, changed only when a publish succeeds.
+A run is identified by (client_id, run_id). Everything it writes lives under its run
+folder (`npimage.storage.layout`: `<data_dir>/clients/<client>/runs/<run>/`, local or on
+an object store), so a retried task rewrites the same paths, two runs never share a file,
+and no task depends on another task's local disk. `current.json` beside the runs names
+the published run: the baseline of the next incremental run, changed only by a publish.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import re
-import tempfile
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from npimage.config import Settings
+from npimage.storage.layout import Layout, safe_name
+from npimage.storage.store import Location, mkdirs, write_text_atomic
 
 MODES = ("full", "incremental")
-
-
-def safe_name(value: str) -> str:
-    """A file-system-safe, collision-free folder name for an arbitrary identifier."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip("._")[:40] or "x"
-    if slug == value:
-        return slug
-    return f"{slug}-{hashlib.sha256(value.encode()).hexdigest()[:10]}"
 
 
 def new_run_id() -> str:
@@ -51,6 +40,13 @@ class RunContext:
     threshold: float
     weights_file: str | None = None
     backend: str | None = None
+    #: Work sizes and limits, read once from Settings where the run is set up and carried
+    #: to every worker (None only in contexts saved before they were carried).
+    batch_size: int | None = None
+    shard_size: int | None = None
+    block_size: int | None = None
+    max_pixels: int | None = None
+    read_timeout: float | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -73,44 +69,49 @@ class RunContext:
 
     @property
     def settings(self) -> Settings:
+        """The run's settings: what the context carries, not the worker's environment."""
         return Settings().with_overrides(
             data_dir=self.data_dir, fv=self.fv, fv_model=self.fv_model,
             top_k=self.top_k, threshold=self.threshold, weights_file=self.weights_file,
+            batch_size=self.batch_size, shard_size=self.shard_size,
+            block_size=self.block_size, max_pixels=self.max_pixels,
+            read_timeout=self.read_timeout,
         )
 
     @property
-    def client_dir(self) -> Path:
-        return Path(self.data_dir) / "clients" / safe_name(self.client_id)
+    def layout(self) -> Layout:
+        return Layout.of(self.data_dir)
 
     @property
-    def run_dir(self) -> Path:
-        return self.client_dir / "runs" / safe_name(self.run_id)
+    def client_dir(self) -> Location:
+        return self.layout.client_dir(self.client_id)
 
-    def path(self, name: str) -> Path:
-        """Path of a run file (parents created)."""
+    @property
+    def run_dir(self) -> Location:
+        return self.layout.run_dir(self.client_id, self.run_id)
+
+    def path(self, name: str) -> Location:
+        """Path of a run file (parents created on a local disk)."""
         p = self.run_dir / name
-        p.parent.mkdir(parents=True, exist_ok=True)
+        mkdirs(p.parent)
         return p
 
     @property
-    def current_pointer(self) -> Path:
-        return self.client_dir / "current.json"
+    def current_pointer(self) -> Location:
+        return self.layout.pointer(self.client_id)
 
-    def baseline_dir(self) -> Path | None:
+    def baseline_dir(self) -> Location | None:
         """Run folder of the last published run of this client, if any (and not this run)."""
-        if not self.current_pointer.is_file():
+        ref = self.layout.read_pointer(self.client_id)
+        if ref is None or ref["run_id"] == self.run_id:
             return None
-        ref = json.loads(self.current_pointer.read_text())
-        run_dir = self.client_dir / "runs" / safe_name(ref["run_id"])
-        if ref["run_id"] == self.run_id or not run_dir.is_dir():
-            return None
-        return run_dir
+        run_dir = self.layout.run_dir(self.client_id, ref["run_id"])
+        return run_dir if run_dir.exists() else None
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Location, text: str) -> None:
     """Write a text file so that readers see the old content or the new, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    write_text_atomic(path, text)
+
+
+__all__ = ["MODES", "RunContext", "atomic_write_text", "new_run_id", "safe_name"]

@@ -72,11 +72,3 @@ CREATE TABLE IF NOT EXISTS runs (
     started_at TIMESTAMPTZ,
     published_at TIMESTAMPTZ
 );
--- Verification of close pairs (issue #12), additive: warehouses made before it gain the
--- columns; rows published before it read NULL.
-ALTER TABLE signatures ADD COLUMN IF NOT EXISTS detail BLOB;
-ALTER TABLE image_matches ADD COLUMN IF NOT EXISTS score_before FLOAT;
-ALTER TABLE image_matches ADD COLUMN IF NOT EXISTS verified BOOLEAN;
-ALTER TABLE image_matches ADD COLUMN IF NOT EXISTS verify_reason VARCHAR;
-ALTER TABLE product_matches ADD COLUMN IF NOT EXISTS score_before FLOAT;
-ALTER TABLE product_matches ADD COLUMN IF NOT EXISTS verify_reason VARCHAR;

@@ -30,25 +30,19 @@ FROM product_matches
 WHERE product_id < match_product_id
 ORDER BY client_id, score DESC, product_id;
 
--- One row per client: sizes of the latest run's tables and its matches per band.
+-- One row per client: sizes of the latest run's tables and its matches per band
+-- (pairs_by_band: a MAP band -> pairs, each pair counted once, for whatever bands the
+-- run stored: the band names are npimage.bands', not repeated here).
 CREATE OR REPLACE VIEW client_summary AS
 SELECT r.client_id, r.run_id, r.mode, r.fv_model, r.published_at,
        (SELECT count(*) FROM images AS i WHERE i.client_id = r.client_id) AS images,
        (SELECT count(*) FROM rejects AS x WHERE x.client_id = r.client_id) AS rejects,
        (SELECT count(*) FROM image_matches AS m
          WHERE m.client_id = r.client_id AND m.image_id < m.match_image_id) AS image_pairs,
-       (SELECT count(*) FROM image_matches AS m
-         WHERE m.client_id = r.client_id AND m.image_id < m.match_image_id
-           AND m.band = 'same') AS pairs_same,
-       (SELECT count(*) FROM image_matches AS m
-         WHERE m.client_id = r.client_id AND m.image_id < m.match_image_id
-           AND m.band = 'retouched') AS pairs_retouched,
-       (SELECT count(*) FROM image_matches AS m
-         WHERE m.client_id = r.client_id AND m.image_id < m.match_image_id
-           AND m.band = 'very_similar') AS pairs_very_similar,
-       (SELECT count(*) FROM image_matches AS m
-         WHERE m.client_id = r.client_id AND m.image_id < m.match_image_id
-           AND m.band = 'similar') AS pairs_similar,
+       (SELECT map(list(band ORDER BY band), list(n ORDER BY band))
+          FROM (SELECT m.band, count(*) AS n FROM image_matches AS m
+                 WHERE m.client_id = r.client_id AND m.image_id < m.match_image_id
+                 GROUP BY m.band)) AS pairs_by_band,
        (SELECT count(*) FROM product_matches AS p
          WHERE p.client_id = r.client_id AND p.product_id < p.match_product_id) AS product_pairs
 FROM runs AS r

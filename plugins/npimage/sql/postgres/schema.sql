@@ -66,11 +66,3 @@ CREATE TABLE IF NOT EXISTS npimage_band (
     lower_bound real NOT NULL,
     rank        integer NOT NULL                 -- 1 = best band
 );
-
--- Verification of close pairs (issue #12), additive: the score before verification,
--- whether the pair was checked and why it moved ("one region differs (text)", ...).
-ALTER TABLE npimage_image_match ADD COLUMN IF NOT EXISTS score_before real;
-ALTER TABLE npimage_image_match ADD COLUMN IF NOT EXISTS verified boolean;
-ALTER TABLE npimage_image_match ADD COLUMN IF NOT EXISTS verify_reason text;
-ALTER TABLE npimage_product_match ADD COLUMN IF NOT EXISTS score_before real;
-ALTER TABLE npimage_product_match ADD COLUMN IF NOT EXISTS verify_reason text;

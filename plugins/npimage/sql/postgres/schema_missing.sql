@@ -5,9 +5,4 @@ SELECT name
 FROM unnest(ARRAY['npimage_run', 'npimage_run_last_success', 'npimage_image_match',
                   'npimage_product_match', 'npimage_product_match_score',
                   'npimage_band']) AS name
-WHERE to_regclass(name) IS NULL
-UNION ALL  -- columns added later (additive): a schema without them is applied again
-SELECT 'npimage_image_match.verify_reason'
-WHERE to_regclass('npimage_image_match') IS NOT NULL AND NOT EXISTS (
-    SELECT 1 FROM information_schema.columns
-    WHERE table_name = 'npimage_image_match' AND column_name = 'verify_reason');
+WHERE to_regclass(name) IS NULL;

@@ -1,0 +1,11 @@
+-- Version 2 of the warehouse: each client's tables are the Parquet files its published run
+-- wrote, named by clients/<client>/current.json, and every table of tables.sql is a view
+-- over them (npimage.storage.warehouse). No statement here: the conversion of a version-1
+-- warehouse.duckdb (real tables) is npimage.storage.warehouse.migrate(), done in code.
+--
+-- How to change the warehouse schema (one new file in this folder, the next number):
+--   * a new table:   CREATE TABLE image_codes (client_id VARCHAR NOT NULL, ...);
+--   * a new column:  ALTER TABLE image_matches ADD COLUMN verified BOOLEAN;
+-- then give the run's files to warehouse.publish(tables={"image_codes": [...]}).
+-- Files published before the change read with NULL in the new columns; only additive
+-- changes are possible this way (a rename or a type change needs code in migrate()).
