@@ -123,6 +123,8 @@ def unpack_details(details: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
 #: Blur (sigma, thumbnail pixels) applied to both thumbnails before differencing, and the
 #: stronger blur tried on either side (a resize or a sharper source changes the fine grain).
 BLUR = 0.7
+#: Normalised grey levels are clipped to +-CLIP deviations (a star field, a glint).
+CLIP = 3.0
 BLUR_EQUALISE = (1.3, 2.0)
 #: Side of the window (pixels of the 128 thumbnail: about a printed word) the difference is
 #: averaged over; its peak is the pair's grey residual.
@@ -155,7 +157,7 @@ def _norm(g: np.ndarray) -> np.ndarray:
     g = g.astype(np.float32)
     m = g.mean(axis=(-2, -1), keepdims=True)
     s = g.std(axis=(-2, -1), keepdims=True) + 1.0
-    return (g - m) / s
+    return np.clip((g - m) / s, -CLIP, CLIP)  # a few very bright points do not dominate
 
 
 def _renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:

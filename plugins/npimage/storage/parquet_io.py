@@ -52,9 +52,10 @@ def read_table(path: Location, schema: pa.Schema | None = None,
     if schema is None:
         return pq.read_table(name, filesystem=fs, columns=columns)
     target = pa.schema([schema.field(n) for n in (columns or schema.names)])
-    present = set(pq.read_schema(name, filesystem=fs).names)
-    table = pq.read_table(name, filesystem=fs,
-                          columns=[n for n in target.names if n in present])
+    try:
+        table = pq.read_table(name, filesystem=fs, columns=target.names)
+    except (pa.ArrowInvalid, KeyError):  # a file from before a column was added
+        table = pq.read_table(name, filesystem=fs)
     return conform(table, target)
 
 
