@@ -420,11 +420,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="also write the fitted weights to plugins/npimage/weights/default.json")
     ap.add_argument("--no-cv", action="store_true", help="skip the cross-validation")
     ap.add_argument("--no-demo", action="store_true", help="skip the demo catalogue check")
+    ap.add_argument("--families", action="store_true",
+                    help="only the family evaluation (#18): leave-one-product-out and planted "
+                         "misfiles on the grocery coarse classes")
+    ap.add_argument("--no-families", action="store_true", help="skip the family evaluation")
     args = ap.parse_args(argv)
     args.work = args.work.resolve()
     if not (args.datasets / "grocery-store").is_dir():
         print(f"datasets not found: {args.datasets}", file=sys.stderr)
         return 2
+    if args.families:
+        print(families_table(args))
+        return 0
     t0 = time.perf_counter()
     eval_dir = args.work / "eval"
     if args.rebuild or not (eval_dir / "truth.csv").exists():
@@ -491,8 +498,24 @@ def evaluate_and_fit(args: argparse.Namespace) -> int:
     if not args.no_demo:
         print("\n`npimage demo` catalogue (160 products, seed 0), FV on and off:\n")
         print(demo_check(args.work, out, 0, args.workers))
+    if not args.no_families:
+        print("\nfamilies (#18), grocery coarse classes:\n")
+        print(families_table(args))
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
     return 0
+
+
+def families_table(args: argparse.Namespace) -> str:
+    """Family prediction on the grocery photos (npimage.families.evaluate): leave-one-
+    product-out top-1/top-3 and the misfiled flag; FV cached in bench/out/grocery_fv.npz."""
+    from npimage.config import Settings
+    from npimage.families.evaluate import format_reports, grocery_reports
+
+    t0 = time.perf_counter()
+    cache = REPO / "bench" / "out" / "grocery_fv.npz"
+    models = Settings().with_overrides(data_dir=args.work / "data").model_cache
+    reports, model_id = grocery_reports(args.datasets / "grocery-store", models, cache)
+    return f"{format_reports(reports, model_id)}\n({time.perf_counter() - t0:.0f} s)"
 
 
 if __name__ == "__main__":

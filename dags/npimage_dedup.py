@@ -3,7 +3,7 @@
 One task per stage of npimage.stages.STAGES (the sequence `npimage run` follows too):
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
 catalogue shards) -> verify (close pairs in detail) -> merge (image matches + product
-roll-up) -> publish -> report
+roll-up) -> families -> publish -> report
 -> release_lock (teardown: runs whatever happened before it)
 
 One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
@@ -52,6 +52,9 @@ DEFAULTS = Settings()
         "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
         "backend": Param("", type="string",
                          description=f"load matches into: '' (none), '{NEXTPAGE}' or a URL"),
+        "families": Param(DEFAULTS.families, type="boolean",
+                          description="predict product families (when families are known "
+                                      "and fv is on) and flag possibly misfiled products"),
     },
 )
 def npimage_dedup():

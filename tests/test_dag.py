@@ -24,10 +24,12 @@ def test_dag_folder_imports_without_errors(dagbag):
 
 def test_dag_shape(dagbag):
     dag = dagbag.dags["npimage_dedup"]
-    assert set(dag.params) >= {"client_id", "source", "mode", "fv", "top_k", "threshold"}
+    assert set(dag.params) >= {"client_id", "source", "mode", "fv", "top_k", "threshold",
+                               "families"}
     assert {t.task_id for t in dag.tasks} == {
-        "extract", "plan", "signatures", "consolidate", "compare", "merge", "publish", "report",
-        "release_lock"}
+        "extract", "plan", "signatures", "consolidate", "compare", "merge", "families",
+        "publish", "report", "release_lock"}
+    assert dag.task_dict["families"].upstream_task_ids == {"extract", "merge"}
     assert dag.task_dict["signatures"].upstream_task_ids == {"extract", "plan"}
     assert all(t.retries >= 1 for t in dag.tasks)
 

@@ -97,7 +97,7 @@ def test_incremental_after_changes(small_demo, tmp_path, data_root):
     kept.append({"image_id": "new-copy", "product_id": "NEWPROD", "uri": "images/new-copy.jpg",
                  "reference": ""})
     with manifest.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["image_id", "product_id", "uri", "reference"])
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]), restval="")
         w.writeheader()
         w.writerows(kept)
     info = run_pipeline(_ctx(data, manifest, "b", "incremental"), workers=1, report=False)

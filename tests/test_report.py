@@ -251,7 +251,7 @@ def test_ids_are_escaped_and_file_names_are_hashes(report):
         assert image_id in " ".join(parse(path).text)  # shown exactly, once unescaped
     names = [p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()]
     pattern = re.compile(r"^(index\.html|assets/[a-z]+\.(css|js|svg)"
-                         r"|list/(images|products)-[a-z_]+-\d{4}\.html|list/rejects-\d{4}\.html"
+                         r"|list/(images|products)-[a-z_]+-\d{4}\.html|list/(rejects|misfiled)-\d{4}\.html"
                          r"|[ip]/[0-9a-f]{2}/[0-9a-f]{20}\.html|thumbs/[0-9a-f]{2}/[0-9a-f]{20}\.jpg"
                          r"|search/(manifest|[0-9a-f]{16})\.js)$")
     assert [n for n in names if not pattern.match(n)] == []

@@ -5,6 +5,7 @@
     npimage demo [--airflow] [--products N] [--no-fv]
     npimage report --client C [--data-dir D]
     npimage evaluate --client C --truth FILE [--data-dir D]
+    npimage evaluate --client C --families | --grocery DIR   (family prediction, #18)
     npimage fit-weights --client C --truth FILE [--out weights.json] [--data-dir D] [--step 0.05]
     npimage nearest IMAGE --client C [--data-dir D] [--top-k 10] [--threshold T]
     npimage --version
@@ -101,6 +102,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                         "below 0.82 are labelled 'weak')")
     p.add_argument("--weights", help="JSON weights file (npimage fit-weights writes one)")
     p.add_argument("--workers", type=int, help="worker processes (default: one per core)")
+    p.add_argument("--no-families", action="store_true",
+                   help="skip the family stage (on by default when families are known and "
+                        "FV is on: a manifest `family` column or np_product.family)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -131,9 +135,15 @@ def build_parser() -> argparse.ArgumentParser:
     _run_args(demo)
 
     ev = sub.add_parser("evaluate", help="precision/recall of a published run against truth")
-    _client(ev)
-    ev.add_argument("--truth", required=True,
+    _client(ev, required=False)
+    ev.add_argument("--truth",
                     help="CSV: image_id,match_image_id,label (pairs) or image_id,group_id (groups)")
+    ev.add_argument("--families", action="store_true",
+                    help="also (or only) the client's family predictions: top-1/top-3 "
+                         "against its families, leave-one-product-out (docs/QUALITY.md)")
+    ev.add_argument("--grocery", metavar="DIR",
+                    help="evaluate family prediction on the grocery-store photos under DIR "
+                         "(e.g. ../shared/datasets/grocery-store); no run needed")
     ev.add_argument("--json", action="store_true", help="print JSON instead of tables")
     _common(ev)
 
@@ -167,7 +177,8 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings().with_overrides(
         data_dir=args.data_dir, fv=False if getattr(args, "no_fv", False) else None,
         fv_model=getattr(args, "fv_model", None), top_k=getattr(args, "top_k", None),
-        threshold=getattr(args, "threshold", None), weights_file=getattr(args, "weights", None))
+        threshold=getattr(args, "threshold", None), weights_file=getattr(args, "weights", None),
+        families=False if getattr(args, "no_families", False) else None)
 
 
 def print_summary(info: dict[str, Any]) -> None:
@@ -191,6 +202,9 @@ def print_summary(info: dict[str, Any]) -> None:
         pg = info["postgresql"]
         print(f"  postgresql        {pg['image_match_rows']} image-match and "
               f"{pg['product_match_rows']} product-match rows loaded into {pg['database']}")
+    if info.get("family_predictions"):
+        print(f"  families          {info['family_predictions']} products predicted, "
+              f"{info.get('possibly_misfiled', 0)} possibly misfiled")
     print(f"  warehouse         {info['warehouse']}")
     print(f"  run files         {info['run_dir']}")
     if info.get("report"):
@@ -311,6 +325,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
 
     settings = _settings(args)
+    if args.grocery or args.families:
+        return _evaluate_families(args, settings)
+    if not (args.client and args.truth):
+        raise ValueError("evaluate needs --client and --truth (or --families / --grocery)")
     result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))
     kinds = by_kind(settings.warehouse_path, args.client, Path(args.truth))
     if args.json:
@@ -319,6 +337,39 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(format_evaluation(result))
         if kinds:
             print(format_by_kind(kinds))
+    return 0
+
+
+def _evaluate_families(args: argparse.Namespace, settings: Settings) -> int:
+    """`evaluate --families` (a published run) and `evaluate --grocery DIR` (#18)."""
+    from npimage.families import evaluate as fe
+
+    out: dict[str, Any] = {}
+    if args.grocery:
+        cache = settings.data_dir / "cache" / "grocery_fv.npz"
+        reports, model_id = fe.grocery_reports(Path(args.grocery), settings.model_cache, cache,
+                                               settings.fv_model)
+        out["grocery"] = [{**r.__dict__, "calibration": r.calibration.to_dict()}
+                          for r in reports]
+        if not args.json:
+            print(fe.format_reports(reports, model_id))
+    if args.families:
+        if not args.client:
+            raise ValueError("evaluate --families needs --client")
+        got = fe.published_families(settings.warehouse_path, args.client)
+        out["families"] = got.as_dict()
+        if not args.json:
+            print(f"families of {args.client}: {got.products} products with a family and a "
+                  f"prediction, top-1 {got.top1:.3f}, top-3 {got.top3:.3f}, "
+                  f"{got.misfiled} possibly misfiled, {got.unfiled_suggested} without a "
+                  "family got a suggestion")
+    if args.json:
+        print(json.dumps(out, indent=2, default=str))
+    if args.truth and args.client:
+        from npimage.quality.evaluate import evaluate, format_evaluation, load_truth
+
+        result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))
+        print(json.dumps(result.as_dict(), indent=2) if args.json else format_evaluation(result))
     return 0
 
 

@@ -32,6 +32,9 @@ class Settings:
     fv: bool = field(default_factory=lambda: _env("FV", "1") not in ("0", "false", "no"))
     fv_model: str = field(default_factory=lambda: _env("FV_MODEL", DEFAULT_FV_MODEL))
     weights_file: str | None = field(default_factory=lambda: os.environ.get("NPIMAGE_WEIGHTS"))
+    #: Family stage (#18): on when families are known and FV is on; False switches it off.
+    families: bool = field(
+        default_factory=lambda: _env("FAMILIES", "1") not in ("0", "false", "no"))
     top_k: int = field(default_factory=lambda: int(_env("TOP_K", "10")))
     threshold: float = field(
         default_factory=lambda: float(_env("THRESHOLD", str(DEFAULT_THRESHOLD))))

@@ -90,12 +90,15 @@ def extract(ctx: RunContext) -> dict[str, Any]:
                 resolve_db(ctx.source), ctx.client_id, catalog, previous_catalog=previous,
                 incremental=ctx.mode == "incremental" and baseline is not None)
         atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
+        from npimage.backend.families import extract_families
+
+        extract_families(resolve_db(ctx.source), ctx.client_id, ctx.path("families.parquet"))
         write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
         log.info("extract: %d images from the backend (%d changed, %d deleted)",
                  ext.n_images, ext.n_changed, ext.n_deleted)
         return {"images": ext.n_images, "rejects": 0}
     result = extract_catalog(ctx.client_id, ctx.source, ctx.path("catalog.parquet"),
-                             ctx.path("extract_rejects.parquet"))
+                             ctx.path("extract_rejects.parquet"), ctx.path("families.parquet"))
     log.info("extract: %d images, %d rejected", result.n_images, result.n_rejects)
     return {"images": result.n_images, "rejects": result.n_rejects}
 
@@ -255,6 +258,25 @@ def merge(ctx: RunContext) -> dict[str, int]:
     return {"image_matches": images.num_rows, "product_matches": products.num_rows}
 
 
+# -- families ----------------------------------------------------------------------------
+
+def families(ctx: RunContext) -> dict[str, Any]:
+    """Family predictions per product (npimage.families.stage) -> family_predictions.parquet.
+
+    Runs when FV is on and families are known (a manifest `family` column or
+    np_product.family); off with --no-families / NPIMAGE_FAMILIES=0 / DAG param families.
+    Otherwise writes no prediction (publish then clears the client's old ones).
+    """
+    from npimage.families.stage import FamilyFiles, run_family_stage
+    from npimage.schemas import FAMILY_PREDICTIONS
+
+    if not (ctx.fv and ctx.families):
+        write_table(FAMILY_PREDICTIONS.empty_table(), FamilyFiles(ctx.run_dir).predictions)
+        return {"mode": "off", "predicted": 0, "misfiled": 0}
+    baseline = ctx.baseline_dir() if ctx.mode == "incremental" else None
+    return run_family_stage(ctx.run_dir, ctx.client_id, ctx.run_id, baseline=baseline)
+
+
 # -- publish -----------------------------------------------------------------------------
 
 def _count_by_band(table_path: Path, images: bool) -> dict[str, int]:
@@ -294,9 +316,20 @@ def summary(ctx: RunContext) -> dict[str, Any]:
         "image_match_rows": num_rows(ctx.path("image_matches.parquet")),
         "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
         "product_pairs_by_band": _count_by_band(ctx.path("product_matches.parquet"), False),
+        **_family_counts(ctx),
         "run_dir": str(ctx.run_dir),
         "warehouse": warehouse_display(ctx.data_dir),
     }
+
+
+def _family_counts(ctx: RunContext) -> dict[str, int]:
+    """Products with a family prediction and those flagged possibly misfiled (#18)."""
+    path = ctx.path("family_predictions.parquet")
+    if not path.exists():
+        return {}
+    t = read_table(path, columns=["misfiled"])
+    return {"family_predictions": t.num_rows,
+            "possibly_misfiled": int(pc.sum(t["misfiled"]).as_py() or 0)}
 
 
 def _run_started_at(ctx: RunContext) -> datetime:
@@ -323,6 +356,9 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         "image_matches": [ctx.path("image_matches.parquet")],
         "product_matches": [ctx.path("product_matches.parquet")],
     }
+    families = ctx.path("family_predictions.parquet")
+    if families.exists():
+        tables["product_family_predictions"] = [families]
     run = {
         "client_id": ctx.client_id, "run_id": ctx.run_id, "mode": ctx.mode,
         "fv_model": ctx.fv_model if ctx.fv else None, "top_k": ctx.top_k,
@@ -348,9 +384,11 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         if extracted.exists():  # carries the watermark the next incremental run starts from
             run_info.update(json.loads(extracted.read_text()))
         with local_file(tables["image_matches"][0]) as images, \
-                local_file(tables["product_matches"][0]) as products:
+                local_file(tables["product_matches"][0]) as products, \
+                local_copy(families if families.exists() else None) as predictions:
             loaded = backend.load_matches(resolve_db(backend_url), ctx.client_id, ctx.run_id,
-                                          images, products, run_info, before_commit=commit)
+                                          images, products, run_info, before_commit=commit,
+                                          family_predictions=predictions)
         info["postgresql"] = {"database": where(resolve_db(backend_url)),
                               "image_match_rows": loaded["n_image_matches"],
                               "product_match_rows": loaded["n_product_matches"]}
@@ -390,4 +428,4 @@ def settings_context(client_id: str, source: str, run_id: str, settings: Setting
                       weights_file=settings.weights_file, backend=backend,
                       batch_size=settings.batch_size, shard_size=settings.shard_size,
                       block_size=settings.block_size, max_pixels=settings.max_pixels,
-                      read_timeout=settings.read_timeout)
+                      read_timeout=settings.read_timeout, families=settings.families)

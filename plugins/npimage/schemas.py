@@ -88,3 +88,37 @@ PRODUCT_MATCHES = pa.schema(
         ("verify_reason", pa.string()),  # verification of the best image pair
     ]
 )
+
+# -- families (#18) ----------------------------------------------------------------------
+
+#: The family of each product, part of the catalogue snapshot (families.parquet of a run).
+FAMILIES = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("product_id", pa.string()),
+        ("family", pa.string()),
+    ]
+)
+
+#: A product's predicted families (top 3, calibrated), its current family's probability,
+#: the misfiled flag and the evidence (JSON list of the neighbour images that voted).
+FAMILY_PREDICTIONS = pa.schema(
+    [
+        ("client_id", pa.string()),
+        ("product_id", pa.string()),
+        ("family", pa.string()),
+        ("predicted_family", pa.string()),
+        ("confidence", pa.float32()),
+        ("family_2", pa.string()),
+        ("confidence_2", pa.float32()),
+        ("family_3", pa.string()),
+        ("confidence_3", pa.float32()),
+        ("current_confidence", pa.float32()),
+        ("misfiled", pa.bool_()),
+        ("n_images", pa.int32()),
+        ("n_votes", pa.int32()),
+        ("evidence", pa.string()),
+        ("predicted_run_id", pa.string()),
+        ("run_id", pa.string()),
+    ]
+)

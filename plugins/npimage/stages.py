@@ -5,7 +5,7 @@ stage one item of an earlier stage's output (a batch path, a shard). Stages run 
 order of STAGES; each starts when the one before it is done.
 
     extract -> plan -> signatures(batch) x B -> consolidate -> compare(shard) x S
-            -> verify -> merge -> publish -> report
+            -> verify -> merge -> families -> publish -> report
 
 This module imports nothing heavy (the DAG file reads it at parse time): the stage
 functions are looked up by name only when a stage runs. To add a stage, write its
@@ -56,6 +56,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("compare", "compare_shard", over="consolidate"),
     Stage("verify", "verify"),  # close pairs checked in detail (npimage.matching.verify)
     Stage("merge", "merge"),
+    Stage("families", "families"),
     Stage("publish", "publish"),
     Stage("report", "report", required=False),
 )

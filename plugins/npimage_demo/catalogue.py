@@ -17,8 +17,9 @@ What `build_demo_catalogue(out_dir)` writes:
   product code and GTIN) whose picture is the first entry's picture, either as an exact
   byte copy, a recompression, a resize, a format change (JPEG <-> PNG) or a retouch
   (brightness/contrast, price sticker, crop <= 5 %, rotation <= 3 degrees, sharpening).
-- `manifest.csv`: `image_id,product_id,uri,reference` (uri relative to the manifest's
-  folder, image_id = file stem, product_id = product code, reference = GTIN).
+- `manifest.csv`: `image_id,product_id,uri,reference,family` (uri relative to the manifest's
+  folder, image_id = file stem, product_id = product code, reference = GTIN, family = the
+  product's template: box, bottle, blister, label or photo).
 - `truth.csv`: `image_id,group_id,kind,expected_band`. group_id names the source picture
   (the image_id of the original): all planted copies of a picture share it, and every
   other picture is alone in its group. kind is original | lookalike (an original whose
@@ -1129,13 +1130,14 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0,
     extra = _variant_rows(images_dir, variant_families, seed, {p.gtin for p in products})
     _write_csv(
         manifest,
-        ("image_id", "product_id", "uri", "reference"),
+        ("image_id", "product_id", "uri", "reference", "family"),
         extra.manifest + [
             (
                 s.image_id,
                 products[s.product_key].product_id,
                 f"images/{s.file_name}",
                 products[s.product_key].gtin,
+                products[s.product_key].template,
             )
             for s in ordered
         ],

@@ -37,13 +37,16 @@ LOCK_CLASS = 0x6E70
 def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
                  product_matches: Path, run_info: dict[str, Any] | None = None,
                  batch_rows: int = 50_000,
-                 before_commit: Callable[[], None] | None = None) -> dict[str, Any]:
+                 before_commit: Callable[[], None] | None = None,
+                 family_predictions: Path | None = None) -> dict[str, Any]:
     """Replace the client's rows of npimage_image_match and npimage_product_match.
 
     The Parquet files follow npimage.schemas.IMAGE_MATCHES and PRODUCT_MATCHES and may
     hold only `client_id`'s rows. `run_info` fills the npimage_run row (mode, started_at,
     n_images, n_changed, n_deleted, model, thresholds, watermark; other keys go to its
-    details). The npimage_* tables are created first when missing. Returns the client,
+    details). `family_predictions` (schemas.FAMILY_PREDICTIONS), when given, replaces the
+    client's npimage_family_prediction rows in the same transaction. The npimage_* tables
+    are created first when missing. Returns the client,
     run, status and loaded row counts. On failure the
     previous matches stay and the error is raised after marking the run 'failed' (when
     `db` is a DSN, or a connection still alive). `before_commit` runs inside the load's
@@ -57,7 +60,7 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
         with connection(db) as conn:
             apply_schema(conn)
             counts = _load(conn, client_id, run_id, image_matches, product_matches, run_info,
-                           batch_rows, before_commit)
+                           batch_rows, before_commit, family_predictions)
     except Exception as exc:
         _record_failure(db, client_id, run_id, exc)
         raise
@@ -66,7 +69,8 @@ def load_matches(db: Db, client_id: str, run_id: str, image_matches: Path,
 
 def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
           image_matches: Path, product_matches: Path, run_info: dict[str, Any] | None,
-          batch_rows: int, before_commit: Callable[[], None] | None = None) -> dict[str, int]:
+          batch_rows: int, before_commit: Callable[[], None] | None = None,
+          family_predictions: Path | None = None) -> dict[str, int]:
     """The load's one transaction: stage, lock, swap, mark the run; the loaded counts."""
     with transaction(conn) as cur:
         cur.execute(load_sql("postgres", "load_stage"))
@@ -80,6 +84,11 @@ def _load(conn: psycopg2.extensions.connection, client_id: str, run_id: str,
                     {"lock_class": LOCK_CLASS, "client_id": client_id})
         cur.execute(load_sql("postgres", "load_replace"), {"client_id": client_id})
         counts = {"n_image_matches": n_image, "n_product_matches": n_product}
+        if family_predictions is not None:
+            from npimage.backend.families import load_family_stage
+
+            counts["n_family_predictions"] = load_family_stage(cur, client_id,
+                                                               family_predictions, batch_rows)
         upsert_run(cur, run_params(client_id, run_id, "success", {**(run_info or {}),
                                                                     **counts}))
         if before_commit is not None:

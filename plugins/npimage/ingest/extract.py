@@ -19,7 +19,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from npimage.schemas import CATALOG, REJECTS
+from npimage.schemas import CATALOG, FAMILIES, REJECTS
 from npimage.storage.parquet_io import write_table
 from npimage.storage.store import Location, is_remote, location
 
@@ -77,6 +77,7 @@ class _Collector:
         self.rows: dict[str, list[Any]] = {n: [] for n in CATALOG.names}
         self.rejects: dict[str, list[Any]] = {n: [] for n in REJECTS.names}
         self.seen: set[str] = set()
+        self.families: dict[str, str | None] | None = None  # product -> family (manifest)
 
     def reject(self, image_id: str | None, uri: str | None, reason: str) -> None:
         for key, value in zip(
@@ -93,6 +94,32 @@ class _Collector:
         values = (self.client_id, image_id, product_id, reference, uri, size, modified)
         for key, value in zip(CATALOG.names, values, strict=True):
             self.rows[key].append(value)
+
+    def family(self, product_id: str, family: str | None, lineno: int, uri: str) -> None:
+        """Record a product's family (manifest `family` column); a conflicting later value
+        is a `rejects` row (stage `family`) and the first one is kept."""
+        assert self.families is not None
+        known = self.families.get(product_id)
+        if product_id not in self.families or (known is None and family):
+            self.families[product_id] = family
+        elif family and family != known:
+            self.rejects["client_id"].append(self.client_id)
+            for key, value in (("image_id", None), ("uri", uri), ("stage", "family"),
+                               ("reason", f"manifest line {lineno}: family {family!r} of "
+                                          f"product {product_id!r} differs from {known!r} "
+                                          "given before: the first is kept")):
+                self.rejects[key].append(value)
+
+    def write_families(self, path: Path | None) -> None:
+        """families.parquet when the manifest had a `family` column, else no file."""
+        if path is None:
+            return
+        if self.families is None:
+            path.unlink(missing_ok=True)
+            return
+        ids = sorted(self.families)
+        write_table(pa.table({"client_id": [self.client_id] * len(ids), "product_id": ids,
+                              "family": [self.families[i] for i in ids]}, schema=FAMILIES), path)
 
     def write(self, catalog: Path, rejects: Path) -> ExtractResult:
         cat = pa.table(self.rows, schema=CATALOG)
@@ -192,6 +219,8 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
                 f"the header must contain {', '.join(MANIFEST_REQUIRED)} (and optionally reference)"
             )
         reader.fieldnames = header
+        if "family" in header:
+            out.families = {}
         for lineno, row in enumerate(reader, start=2):
             image_id = (row.get("image_id") or "").strip()
             product_id = (row.get("product_id") or "").strip()
@@ -207,13 +236,16 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
                                                                                  (None, None))
             reference = (row.get("reference") or "").strip() or None
             out.add(image_id, product_id, reference, uri, size, modified)
+            if out.families is not None:
+                out.family(product_id, (row.get("family") or "").strip() or None, lineno, uri)
 
 
 def extract_catalog(client_id: str, source: str | Path, catalog: Path,
-                    rejects: Path) -> ExtractResult:
+                    rejects: Path, families: Path | None = None) -> ExtractResult:
     """Catalogue a folder of images or a manifest CSV into `catalog` and `rejects` Parquet.
 
     `source` is a local path or an fsspec URL (s3://bucket/images/, s3://bucket/m.csv).
+    A manifest with a `family` column also writes `families` (product -> family).
     """
     src = location(source)
     out = _Collector(client_id)
@@ -231,4 +263,5 @@ def extract_catalog(client_id: str, source: str | Path, catalog: Path,
         raise FileNotFoundError(f"source not found: {src}")
     else:
         raise ValueError(f"source must be a folder of images or a manifest .csv, got {src}")
+    out.write_families(families)
     return out.write(catalog, rejects)

@@ -28,7 +28,8 @@ def run_context(params: dict[str, Any], run_id: str) -> dict[str, Any]:
     source, backend = conn_ref(params["source"]), conn_ref(params["backend"])
     settings = Settings().with_overrides(
         fv=bool(params["fv"]), fv_model=params["fv_model"] or None, top_k=int(params["top_k"]),
-        threshold=float(params["threshold"]), weights_file=params["weights"] or None)
+        threshold=float(params["threshold"]), weights_file=params["weights"] or None,
+        families=bool(params.get("families", True)))
     ctx = settings_context(params["client_id"], source, run_id, settings,
                            mode=params["mode"], backend=backend or None)
     return ctx.to_dict()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from npimage.progress import StepProgress
 from npimage.report.data import connect, load_report_data
+from npimage.report.families import misfiled
 from npimage.report.pages import PER_PAGE, Writer
 from npimage.report.thumbs import make_thumbnails, prune_thumbnails
 
@@ -56,6 +57,8 @@ def render_report(
     with connect(warehouse) as con:
         writer.image_pages(con)
         writer.product_pages(con)
+        writer.misfiled = misfiled(con, client_id)
+        writer.counts["misfiled"] = len(writer.misfiled)
     writer.search_index()
     _tick(progress, "search")
     writer.index_pages()  # last: index.html links only to pages that exist

@@ -41,6 +41,7 @@ from npimage.report.data import (
     image_matches_for,
     product_matches_for,
 )
+from npimage.report.families import suggestions_for
 
 HERE = Path(__file__).parent
 PER_PAGE = 200
@@ -80,8 +81,8 @@ def list_href(kind: str, number: int, band: str = "all") -> str:
     """Root-relative path of page `number` of an index (`kind` images/products/rejects)."""
     if kind == "images" and band == "all" and number == 1:
         return "index.html"
-    if kind == "rejects":
-        return f"list/rejects-{number:04d}.html"
+    if kind in ("rejects", "misfiled"):
+        return f"list/{kind}-{number:04d}.html"
     return f"list/{kind}-{band}-{number:04d}.html"
 
 
@@ -146,6 +147,7 @@ def make_env() -> Environment:
         lowest_band=f"{BANDS[-1].lower:.2f} ({BAND_WORDS[BANDS[-1].name].lower()})",
         products_home=list_href("products", 1),
         rejects_home=list_href("rejects", 1),
+        misfiled_home=list_href("misfiled", 1),
         version=npimage.__version__,
     )
     return env
@@ -203,6 +205,7 @@ class Writer:
     written: set[str] = field(default_factory=set)
     changed: int = 0
     _dirs: set[Path] = field(default_factory=set)
+    misfiled: list = field(default_factory=list)  # families (#18): FamilySuggestion rows
 
     def __post_init__(self) -> None:
         """Set what every page sees, and the summary only the index pages get."""
@@ -213,16 +216,19 @@ class Writer:
             products=d.product_by_id,
         )
         # Only index pages show these: they change with every run.
+        self.counts: dict[str, int] = {
+            "images": len(d.images),
+            "products": len(d.products),
+            "rejects": len(d.rejects),
+            "matched": sum(1 for i in d.images if i.n_matches),
+            "products_matched": sum(1 for p in d.products if p.n_matches),
+            "misfiled": 0,  # families (#18): set by render_report
+            "families": 0,  # products with a family prediction, counted by product_pages
+        }
         self.summary = {
             "run_label": ", ".join(d.run_ids[:3]) + (" …" if len(d.run_ids) > 3 else ""),
             "generated_at": _when(datetime.now(UTC)),
-            "counts": {
-                "images": len(d.images),
-                "products": len(d.products),
-                "rejects": len(d.rejects),
-                "matched": sum(1 for i in d.images if i.n_matches),
-                "products_matched": sum(1 for p in d.products if p.n_matches),
-            },
+            "counts": self.counts,
         }
 
     def put(self, rel: str, data: bytes) -> None:
@@ -301,6 +307,9 @@ class Writer:
             found = product_matches_for(
                 con, self.data.client_id, part[0].product_id, part[-1].product_id
             )
+            fams = suggestions_for(con, self.data.client_id, part[0].product_id,
+                                   part[-1].product_id)
+            self.counts["families"] += len(fams)
             for n, prod in enumerate(part, start=start):
                 self.write(
                     prod.page,
@@ -308,6 +317,7 @@ class Writer:
                     tab="products",
                     prod=prod,
                     matches=found.get(prod.product_id, []),
+                    family=fams.get(prod.product_id),
                     prev=products[n - 1] if n else None,
                     next=products[n + 1] if n + 1 < len(products) else None,
                 )
@@ -333,6 +343,7 @@ class Writer:
                          "order": order}
                 self._paginate(kind, by_band[band], template, kind, band, extra)
         self._paginate("rejects", self.data.rejects, "rejects.html.j2", "rejects", "all", {})
+        self._paginate("misfiled", self.misfiled, "misfiled.html.j2", "misfiled", "all", {})
 
     @staticmethod
     def _by_band(rows: Sequence[ImageRow | ProductRow]) -> dict[str, list]:

@@ -47,6 +47,7 @@ class RunContext:
     block_size: int | None = None
     max_pixels: int | None = None
     read_timeout: float | None = None
+    families: bool = True  # family stage (#18), when families are known and FV is on
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -76,6 +77,7 @@ class RunContext:
             batch_size=self.batch_size, shard_size=self.shard_size,
             block_size=self.block_size, max_pixels=self.max_pixels,
             read_timeout=self.read_timeout,
+            families=self.families,
         )
 
     @property

@@ -4,5 +4,6 @@
 SELECT name
 FROM unnest(ARRAY['npimage_run', 'npimage_run_last_success', 'npimage_image_match',
                   'npimage_product_match', 'npimage_product_match_score',
-                  'npimage_band']) AS name
+                  'npimage_band', 'npimage_family_prediction',
+                  'npimage_family_prediction_misfiled']) AS name
 WHERE to_regclass(name) IS NULL;
