@@ -74,8 +74,10 @@ def _prior_signature_keys(folder: Path) -> pa.Table:
     """image_id, fv_model and detail_ok (a detail signature of this version) of stored
     signatures; the detail bytes are measured by the reader, never held."""
     from npimage.matching.verify import DETAIL_BYTES, DETAIL_VERSION
+    from npimage.storage.parquet_io import list_parts
+    from npimage.storage.store import arrow
 
-    files = sorted(str(p) for p in folder.glob("*.parquet")) if folder.is_dir() else []
+    files = list_parts(folder, "*.parquet")
     if not files:
         return pa.table({"image_id": pa.array([], pa.string()),
                          "fv_model": pa.array([], pa.string()),
@@ -84,9 +86,11 @@ def _prior_signature_keys(folder: Path) -> pa.Table:
     ok = pc.coalesce(pc.and_kleene(pc.equal(pc.binary_length(detail), DETAIL_BYTES), pc.equal(
         pc.binary_slice(detail, 0, 1), pa.scalar(bytes([DETAIL_VERSION]), pa.binary()))),
         pa.scalar(False))
-    return ds.dataset(files, schema=SIGNATURES, format="parquet").to_table(
-        columns={"image_id": ds.field("image_id"), "fv_model": ds.field("fv_model"),
-                 "detail_ok": ok})
+    fs, _ = arrow(files[0])
+    dataset = ds.dataset([arrow(p)[1] for p in files], schema=SIGNATURES, format="parquet",
+                         filesystem=fs)
+    return dataset.to_table(columns={"image_id": ds.field("image_id"),
+                                     "fv_model": ds.field("fv_model"), "detail_ok": ok})
 
 
 def batch_size_for(n: int, batch_size: int, max_batches: int) -> int:
