@@ -112,6 +112,7 @@ def _image_matches(ids: np.ndarray, rng: np.random.Generator) -> pa.Table:
         "score": s["score"], "band": pa.array(s["band"], pa.string()),
         "dah": s["dah"], "ddh": s["ddh"], "dph": s["dph"], "dfv": s["dfv"],
         "same_bytes": pa.array(s["score"] > 0.999), "run_id": pa.array(np.full(len(src), RUN)),
+        "rejected": pa.array(np.zeros(len(src), bool)),
     }).cast(schemas.IMAGE_MATCHES)
 
 
@@ -130,6 +131,7 @@ def _product_matches(pids: np.ndarray, rng: np.random.Generator) -> pa.Table:
         "best_image_id": pa.array(np.char.add(pids[src], "_PIECE_01")),
         "best_match_image_id": pa.array(np.char.add(pids[dst], "_PIECE_01")),
         "run_id": pa.array(np.full(len(src), RUN)),
+        "rejected": pa.array(np.zeros(len(src), bool)),
     }).cast(schemas.PRODUCT_MATCHES)
 
 

@@ -24,7 +24,7 @@ from airflow.sdk import Param, dag
 
 from npimage.config import DEFAULT_FV_MODEL, Settings
 from npimage.orchestration.connection import NEXTPAGE, NEXTPAGE_CONN_ID
-from npimage.orchestration.dag import build_stage_tasks
+from npimage.orchestration.dag import build_stage_tasks, record_failure
 
 DEFAULTS = Settings()
 
@@ -34,7 +34,8 @@ DEFAULTS = Settings()
     schedule=None,
     catchup=False,
     max_active_tasks=4,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20)},
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=20),
+                  "on_failure_callback": record_failure},
     tags=["npimage"],
     doc_md=__doc__,
     params={
@@ -51,7 +52,13 @@ DEFAULTS = Settings()
                            description="lowest score kept; pairs below 0.82 are 'weak'"),
         "weights": Param("", type="string", description="JSON weights file ('' = defaults)"),
         "backend": Param("", type="string",
-                         description=f"load matches into: '' (none), '{NEXTPAGE}' or a URL"),
+                         description=f"load matches into: '' (none), '{NEXTPAGE}', "
+                         "'env:<VARIABLE>' or a URL (its password is never stored)"),
+        "allow_shrink": Param(False, type="boolean",
+                              description="publish even if most published images disappeared"),
+        "max_shrink": Param(0.5, type="number", minimum=0, maximum=1,
+                            description="largest share of the published images that may "
+                            "disappear or become unreadable"),
         "families": Param(DEFAULTS.families, type="boolean",
                           description="predict product families (when families are known "
                                       "and fv is on) and flag possibly misfiled products"),

@@ -26,7 +26,8 @@ PG_URL = os.environ.get("NPIMAGE_PG_URL", "postgresql://postgres@127.0.0.1:5432/
 
 #: Every table the backend tests write, emptied before each test that takes pg_backend.
 _TABLES = ("np_client", "np_product", "np_reference", "np_image", "npimage_run",
-           "npimage_image_match", "npimage_product_match", "npimage_family_prediction")
+           "npimage_image_match", "npimage_product_match", "npimage_decision",
+           "npimage_family_prediction")
 
 
 def pg_connect(dsn: str, autocommit: bool = True) -> psycopg2.extensions.connection:

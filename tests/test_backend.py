@@ -477,7 +477,7 @@ def test_airflow_connection_gives_a_working_dsn(pg_backend: str,
 
 def test_run_lifecycle_keeps_first_start_and_clears_error(pg_backend: str) -> None:
     sql(pg_backend, "DROP TABLE npimage_run, npimage_image_match, npimage_product_match,"
-        " npimage_band")  # a backend npimage never wrote to
+        " npimage_band, npimage_decision, npimage_schema_version")  # never written to
     assert last_watermark(pg_backend, "L") is None
     record_run_start(pg_backend, "L", "r", {"mode": "full", "n_images": 3})  # creates them
     started = get_run(pg_backend, "L", "r")["started_at"]

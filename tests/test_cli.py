@@ -222,8 +222,6 @@ def test_the_demo_without_its_extra_says_how_to_install_it(tmp_path):
     assert not (tmp_path / "data" / "demo_catalogue").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="the empty-source guard (EmptySourceError, raised by "
-                   "extract) comes from helper hardening (#13); drop this mark when it lands")
 def test_an_empty_source_is_one_line(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()

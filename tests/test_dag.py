@@ -111,6 +111,32 @@ def test_nightly_dag_triggers_one_incremental_run_per_active_client(
     assert all(c["mode"] == "incremental" and c["source"] == "nextpage" for c in confs)
 
 
+def test_dag_run_on_an_s3_data_dir(airflow_db, small_demo, s3_bucket, pg_dsn):
+    """The DAG with NPIMAGE_DATA_DIR=s3://… (moto) and its source on S3: every task reads
+    the previous task's files from the store, the client lock lives in PostgreSQL and the
+    teardown releases it, the report is uploaded beside the run files."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from npimage.storage import locks
+    from npimage.storage.layout import Layout
+    from npimage.storage.store import location, upload_tree
+
+    data = f"{s3_bucket}/data"
+    upload_tree(small_demo.manifest.parent, location(f"{s3_bucket}/catalogue"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NPIMAGE_DATA_DIR", data)
+        mp.setenv("NPIMAGE_STATE_DSN", pg_dsn)
+        dag = DagBag(dag_folder=str(ROOT / "dags")).dags["npimage_dedup"]
+        run = dag.test(run_conf={"client_id": "s3client", "fv": False,
+                                 "source": f"{s3_bucket}/catalogue/manifest.csv"})
+        assert run.state == "success"
+        result = check_published_run(data, "s3client", small_demo.truth)
+        assert result["missed"] == 0, result["missed_rows"]
+        layout = Layout.of(data)
+        assert locks.read_holder(layout.client_dir("s3client")) is None
+        assert (layout.report_dir("s3client") / "index.html").exists()
+
+
 def test_a_dag_run_records_its_real_start(dag_runs):
     """Was: a DAG run's runs.started_at was its publish time (publish got no start)."""
     from airflow.models.taskinstance import TaskInstance

@@ -107,8 +107,9 @@ def test_manifest_rows_exist_decode_and_follow_the_nextpage_naming(
     built: demo.DemoCatalogue, tables: dict[str, dict[str, str]]
 ) -> None:
     header, rows = _rows(built.manifest)
-    assert header == ["image_id", "product_id", "uri", "reference", "family"]
+    assert header == ["image_id", "product_id", "uri", "reference", "family", "name"]
     assert {r["family"] for r in rows} <= {"box", "bottle", "blister", "label", "photo"}
+    assert all(r["name"].strip() for r in rows)  # a product name for the review app
     assert len(rows) == built.n_images == len(demo.plan_catalogue(N_PRODUCTS, 0).images)
     assert len({r["image_id"] for r in rows}) == len(rows)
     for r in rows:

@@ -429,3 +429,17 @@ def test_runs_starting_at_the_same_instant_elect_exactly_one_shared(
         won = [x for x in pool.map(attempt, range(8)) if x is not None]
     assert len(won) == 1
     assert locks.release(client_dir, won[0].holder.run_id)
+
+
+def test_read_parts_with_no_ids_reads_nothing(tmp_path: Path):
+    """Issue #13: every image changed (`touch`) -> no id kept from the baseline, and
+    `isin([])` failed with `ArrowTypeError: string vs null` (parquet_io.read_parts)."""
+    from storage_helpers import run_files
+
+    from npimage.schemas import SIGNATURES
+    from npimage.storage.parquet_io import read_parts
+
+    files = run_files(str(tmp_path), "acme", "r1", 3)
+    folder = files["signatures"][0].parent
+    assert read_parts(folder, SIGNATURES, ids=[]).num_rows == 0
+    assert read_parts(folder, SIGNATURES, ids=["r1/img001"]).num_rows == 1

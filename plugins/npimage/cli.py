@@ -6,8 +6,10 @@
     npimage report --client C [--data-dir D]
     npimage evaluate --client C --truth FILE [--data-dir D]
     npimage evaluate --client C --families | --grocery DIR   (family prediction, #18)
-    npimage fit-weights --client C --truth FILE [--out weights.json] [--data-dir D] [--step 0.05]
+    npimage fit-weights --client C [--truth FILE] [--from-decisions] [--out weights.json]
+                        [--data-dir D] [--step 0.05]
     npimage nearest IMAGE --client C [--data-dir D] [--top-k 10] [--threshold T]
+    npimage review --client C [--host 127.0.0.1] [--port 8765] [--token T] [--backend URL]
     npimage --version
 
 A problem you can fix is reported in one line (what went wrong, what to do) with a
@@ -20,9 +22,11 @@ import argparse
 import difflib
 import json
 import logging
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -30,7 +34,8 @@ from typing import Any, NoReturn
 import npimage
 from npimage.bands import LABELS, WEAK
 from npimage.config import Settings
-from npimage.errors import UserError
+from npimage.errors import InputError, UserError
+from npimage.redact import RedactingFilter, redact_dsn
 from npimage.storage.locks import RunInProgress
 from npimage.storage.runs import MODES, new_run_id
 
@@ -121,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="incremental: only new or changed images are recomputed")
     run.add_argument("--backend", help="postgresql:// URL to load the match tables into")
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    run.add_argument("--allow-shrink", action="store_true",
+                     help="publish even if most of the last published images disappeared "
+                          "(an emptied catalogue); refused by default")
+    run.add_argument("--max-shrink", type=float, default=0.5,
+                     help="largest share of the last published images that may disappear "
+                          "or become unreadable before the run is refused (default 0.5)")
     _run_args(run)
 
     demo = sub.add_parser("demo", help="build the demo catalogue and deduplicate it "
@@ -150,12 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     fit = sub.add_parser("fit-weights",
                          help="fit the score's weights and curves on a published run and truth")
     _client(fit)
-    fit.add_argument("--truth", required=True,
+    fit.add_argument("--truth",
                      help="CSV: image_id,group_id[,source,kind,expected_band,product,query] "
                           "or image_id,match_image_id,label (see docs/QUALITY.md)")
     fit.add_argument("--out", default="weights.json",
                      help="weights file to write (read by --weights / NPIMAGE_WEIGHTS)")
     fit.add_argument("--step", type=float, default=0.05, help="grid step of the weight search")
+    fit.add_argument("--from-decisions", action="store_true",
+                     help="label pairs with the reviewers' decisions (merge/keep = the band "
+                          "confirmed, not the same = different), added to --truth if given")
     _common(fit)
 
     rep = sub.add_parser("report", help="render the HTML review report from the warehouse")
@@ -170,6 +184,19 @@ def build_parser() -> argparse.ArgumentParser:
     near.add_argument("--threshold", type=float,
                       help="lowest score shown (default: the run's threshold)")
     _common(near)
+
+    rev = sub.add_parser("review", help="serve the review application (decide on pairs)")
+    _client(rev)
+    rev.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default 127.0.0.1; any other needs a token)")
+    rev.add_argument("--port", type=int, default=8765)
+    rev.add_argument("--token", default=os.environ.get("NPIMAGE_REVIEW_TOKEN"),
+                     help="shared secret required by every request (NPIMAGE_REVIEW_TOKEN)")
+    rev.add_argument("--user", default=os.environ.get("NPIMAGE_REVIEW_USER"),
+                     help="name recorded with decisions (default: the OS user)")
+    rev.add_argument("--backend", default=os.environ.get("NPIMAGE_REVIEW_BACKEND"),
+                     help="postgresql:// URL: decisions also go to npimage_decision")
+    _common(rev)
     return parser
 
 
@@ -188,7 +215,9 @@ def print_summary(info: dict[str, Any]) -> None:
     print(f"  rejects           {info['rejects']}")
     if "signatures_computed" in info:
         print(f"  signatures        {info['signatures_computed']} computed, "
-              f"{info.get('signatures_reused', 0)} reused (bytes unchanged since the last run)")
+              f"{info.get('signatures_reused', 0)} reused (bytes unchanged since the last run)"
+              + (f", {info['signatures_resumed']} resumed from an interrupted run"
+                 if info.get("signatures_resumed") else ""))
     for label, key in (("image pairs", "image_pairs_by_band"),
                        ("product pairs", "product_pairs_by_band")):
         counts = info[key]
@@ -219,7 +248,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     ctx = settings_context(args.client, args.source, new_run_id(), settings, mode=args.mode,
-                           backend=args.backend)
+                           backend=args.backend, allow_shrink=args.allow_shrink,
+                           max_shrink=args.max_shrink)
     info = run_pipeline(ctx, workers=args.workers, report=not args.no_report)
     print_summary(info)
     return 0
@@ -298,14 +328,47 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decisions_truth(settings: Settings, args: argparse.Namespace, folder: Path) -> Path:
+    """A pairs truth file (image_id,match_image_id,label) in `folder` from the reviewers'
+    decisions, plus the rows of --truth when it is a pairs file too."""
+    import csv
+
+    from npimage.review.store import truth_pairs
+
+    rows = truth_pairs(settings.data_dir, args.client)
+    if args.truth:
+        with open(args.truth, newline="", encoding="utf-8") as fh:
+            given = list(csv.DictReader(fh))
+        if given and not {"image_id", "match_image_id", "label"} <= set(given[0]):
+            raise InputError("--from-decisions adds pairs: --truth must then be a pairs file",
+                             "header image_id,match_image_id,label")
+        rows += [(r["image_id"], r["match_image_id"], r["label"]) for r in given]
+    if not rows:
+        raise InputError(f"no decision labels a pair of client {args.client!r} yet",
+                         "decide some pairs in `npimage review` first")
+    out = folder / "truth.csv"
+    with out.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["image_id", "match_image_id", "label"])
+        writer.writerows(rows)
+    print(f"labelled pairs: {len(rows)} "
+          f"({sum(1 for r in rows if r[2] == 'different')} not the same)")
+    return out
+
+
 def cmd_fit_weights(args: argparse.Namespace) -> int:
     from npimage.quality.fitting import FitOptions, fit_weights, format_metrics
 
     if not 0 < args.step <= 0.5 or abs(round(1 / args.step) * args.step - 1) > 1e-9:
         raise ValueError("--step must divide 1 (0.05, 0.1, 0.25...)")
     settings = _settings(args)
-    result = fit_weights(settings.data_dir, args.client, Path(args.truth),
-                         FitOptions(step=args.step))
+    if not (args.truth or args.from_decisions):
+        raise InputError("fit-weights needs labelled pairs", "pass --truth FILE, "
+                         "--from-decisions, or both")
+    with tempfile.TemporaryDirectory(prefix="npimage-decisions-") as tmp:
+        truth = (_decisions_truth(settings, args, Path(tmp)) if args.from_decisions
+                 else Path(args.truth))
+        result = fit_weights(settings.data_dir, args.client, truth, FitOptions(step=args.step))
     out = Path(args.out)
     out.write_text(result.to_json(), encoding="utf-8")
     print(format_metrics(result.metrics))
@@ -382,8 +445,16 @@ def cmd_nearest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_review(args: argparse.Namespace) -> int:
+    from npimage.review.serve import serve
+
+    settings = _settings(args)
+    return serve(settings.data_dir, args.client, host=args.host, port=args.port,
+                 token=args.token, user=args.user, backend=args.backend)
+
+
 COMMANDS = {"run": cmd_run, "demo": cmd_demo, "report": cmd_report, "evaluate": cmd_evaluate,
-            "nearest": cmd_nearest,
+            "nearest": cmd_nearest, "review": cmd_review,
             "fit-weights": cmd_fit_weights}
 
 
@@ -398,13 +469,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                             format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+        for handler in logging.getLogger().handlers:  # no DSN password in any log line
+            handler.addFilter(RedactingFilter())
         return COMMANDS[args.command](args)
     except KeyboardInterrupt:
         print("npimage: interrupted (Ctrl-C); nothing new was published, the last published "
-              "run is unchanged", file=sys.stderr)
+              "run is unchanged; the same command again resumes the run", file=sys.stderr)
         return 130
     except UserError as exc:
-        print(f"npimage: error: {exc}", file=sys.stderr)
+        print(f"npimage: error: {redact_dsn(str(exc))}", file=sys.stderr)
         return exc.exit_code
     except RunInProgress as exc:  # refused before writing anything: try again later
         print(f"npimage: refused: {exc}", file=sys.stderr)

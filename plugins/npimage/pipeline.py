@@ -23,11 +23,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from npimage import resume
 from npimage.bands import LABELS
 from npimage.config import Settings
 from npimage.fv import FeatureExtractor, load_extractor
+from npimage.guards import Shrink, check_shrink
 from npimage.ingest.consolidate import all_signatures, batch_outputs, shard_rows, write_shards
-from npimage.ingest.extract import extract_catalog
+from npimage.ingest.extract import extract_catalog, screen_catalog_file
 from npimage.ingest.plan import plan_batches
 from npimage.ingest.signatures import compute_batch
 from npimage.matching import compare as cmp
@@ -42,8 +44,16 @@ from npimage.matching.scoring import Scorer, load_weights
 from npimage.orchestration.connection import is_backend_url, resolve_db
 from npimage.preflight import check_run, where
 from npimage.progress import Progress
+from npimage.redact import redact_dsn
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
-from npimage.storage.parquet_io import list_parts, num_rows, read_table, write_table
+from npimage.storage.parquet_io import (
+    concat,
+    list_parts,
+    num_rows,
+    read_parts,
+    read_table,
+    write_table,
+)
 from npimage.storage.runs import RunContext, atomic_write_text
 from npimage.storage.store import (
     local_copy,
@@ -57,29 +67,82 @@ from npimage.storage.warehouse import publish as publish_warehouse
 
 log = logging.getLogger("npimage")
 
+
+def public_context(ctx: RunContext) -> dict[str, Any]:
+    """The run context as stored in files and XCom: DSN passwords removed (npimage.redact)."""
+    return {**ctx.to_dict(), "source": redact_dsn(ctx.source), "backend": redact_dsn(ctx.backend)}
+
+
+def backend_of(ctx: RunContext) -> str | None:
+    """The backend the run loads into (its --backend, else a backend source), or None."""
+    return ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
+
+
+def record_start(ctx: RunContext, started_at: datetime) -> None:
+    """Mark the run 'running' in the backend's npimage_run from its start (if a backend).
+
+    Called by extract, after the client's run lock is taken: any other 'running' row of
+    the client belongs to a run that was killed, and is marked failed (abandoned).
+    """
+    url = backend_of(ctx)
+    if url:
+        from npimage import backend
+        from npimage.backend.runs import abandon_other_runs
+
+        db = resolve_db(url)
+        backend.record_run_start(db, ctx.client_id, ctx.run_id,
+                                 {"mode": ctx.mode, "started_at": started_at})
+        if abandoned := abandon_other_runs(db, ctx.client_id, ctx.run_id):  # we hold the lock
+            log.warning("marked %d killed run(s) of %s failed in npimage_run", abandoned,
+                        ctx.client_id)
+
+
+def record_failure(ctx: RunContext, error: BaseException | str) -> None:
+    """Mark the run 'failed' with its error in the backend, whichever stage failed.
+
+    Never raises (the run's own error matters more); the message is redacted.
+    """
+    url = backend_of(ctx)
+    if not url:
+        return
+    text = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
+    try:
+        from npimage import backend
+
+        backend.record_run_end(resolve_db(url), ctx.client_id, ctx.run_id, "failed",
+                               {"mode": ctx.mode}, error=redact_dsn(text))
+    except Exception as exc:  # the backend may be what failed
+        log.warning("run %s not marked failed in the backend: %s", ctx.run_id,
+                    redact_dsn(str(exc)))
+
+
 # -- extract -----------------------------------------------------------------------------
 
-def _started_at(ctx: RunContext) -> str:
-    """The run's start: kept from an earlier attempt of extract in this run folder."""
+def _started_at(ctx: RunContext, started_at: datetime | None = None) -> str:
+    """The run's start: kept from an earlier attempt of extract in this run folder, else
+    the time the caller gives (a DAG run's start date), else now."""
     try:
-        return json.loads(ctx.path("context.json").read_text())["started_at"]
+        return str(json.loads(ctx.path("context.json").read_text())["started_at"])
     except (OSError, ValueError, KeyError):
-        return datetime.now(UTC).isoformat()
+        return (started_at or datetime.now(UTC)).isoformat()
 
 
 def _match_context(ctx: RunContext) -> dict[str, Any]:
-    return {**ctx.to_dict(), "weights_digest": weights_digest(ctx.weights_file)}
+    """The context as stored in context.json: no DSN password (npimage.redact)."""
+    return {**public_context(ctx), "weights_digest": weights_digest(ctx.weights_file)}
 
 
-def extract(ctx: RunContext) -> dict[str, Any]:
+def extract(ctx: RunContext, started_at: datetime | None = None) -> dict[str, Any]:
     """Catalogue the source into catalog.parquet (+ extract rejects); save the context.
 
-    context.json records the run's settings, weights digest and real start time, which
-    publish reads back: the DAG and `npimage run` record the same facts.
+    context.json records the run's settings (without passwords), weights digest and real
+    start time, which publish reads back: the DAG and `npimage run` record the same facts.
+    The backend's npimage_run row says 'running' from here on.
     """
     check_run(ctx, data_dir=False)  # the databases answer before anything is computed
-    context = {**_match_context(ctx), "started_at": _started_at(ctx)}
+    context = {**_match_context(ctx), "started_at": _started_at(ctx, started_at)}
     atomic_write_text(ctx.path("context.json"), json.dumps(context, indent=2))
+    record_start(ctx, datetime.fromisoformat(context["started_at"]))
     if is_backend_url(ctx.source):
         from npimage import backend  # psycopg2 only when needed
 
@@ -90,13 +153,16 @@ def extract(ctx: RunContext) -> dict[str, Any]:
                 resolve_db(ctx.source), ctx.client_id, catalog, previous_catalog=previous,
                 incremental=ctx.mode == "incremental" and baseline is not None)
         atomic_write_text(ctx.path("backend_extract.json"), json.dumps(ext.counts()))
+        backend.product_names(resolve_db(ctx.source), ctx.client_id,
+                              ctx.path("product_names.parquet"))
         from npimage.backend.families import extract_families
 
         extract_families(resolve_db(ctx.source), ctx.client_id, ctx.path("families.parquet"))
-        write_table(REJECTS.empty_table(), ctx.path("extract_rejects.parquet"))
-        log.info("extract: %d images from the backend (%d changed, %d deleted)",
-                 ext.n_images, ext.n_changed, ext.n_deleted)
-        return {"images": ext.n_images, "rejects": 0}
+        n_rejects = screen_catalog_file(ctx.path("catalog.parquet"),
+                                        ctx.path("extract_rejects.parquet"), ctx.client_id)
+        log.info("extract: %d images from the backend (%d changed, %d deleted), %d rejected",
+                 ext.n_images - n_rejects, ext.n_changed, ext.n_deleted, n_rejects)
+        return {"images": ext.n_images - n_rejects, "rejects": n_rejects}
     result = extract_catalog(ctx.client_id, ctx.source, ctx.path("catalog.parquet"),
                              ctx.path("extract_rejects.parquet"), ctx.path("families.parquet"))
     log.info("extract: %d images, %d rejected", result.n_images, result.n_rejects)
@@ -141,9 +207,19 @@ def _extractor(spec: str, cache_dir: str) -> FeatureExtractor:
 
 
 def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
-    """Signatures of one planned batch -> sig_batches/, sig_rejects/ and sig_counts/."""
+    """Signatures of one planned batch -> sig_batches/, sig_rejects/ and sig_counts/.
+
+    A batch already complete on disk with the same rows and settings (this run's, after
+    a retry or a lost worker, or an interrupted run's of the client) is taken over, not
+    computed again (npimage.resume); its signatures count as `resumed`.
+    """
     settings = ctx.settings
     name = location(batch).name
+    key = resume.batch_key(ctx, location(batch), settings.max_pixels)
+    done = resume.reuse_batch(ctx, name, key)
+    if done is not None:
+        log.info("signatures %s: complete on disk, %d resumed", name, done["resumed"])
+        return done
     extractor = _extractor(ctx.fv_model, str(settings.model_cache)) if ctx.fv else None
     baseline = _baseline_for_increment(ctx)
     n = num_rows(batch)
@@ -153,12 +229,23 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
             ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
             extractor=extractor, max_pixels=settings.max_pixels,
             read_timeout=settings.read_timeout, progress=progress)
-    atomic_write_text(ctx.path(f"sig_counts/{Path(name).stem}.json"),
-                      json.dumps(result.as_dict()))
-    return result.as_dict()
+    counts = {**result.as_dict(), "resumed": 0}
+    resume.mark_done(ctx, name, key, counts)  # after both outputs: marks the batch complete
+    return counts
 
 
 # -- consolidate -------------------------------------------------------------------------
+
+def _guard_shrink(ctx: RunContext, sigs: pa.Table, n_rejects: int) -> None:
+    """Stop (ShrinkRefused) before publishing far fewer images than the published run."""
+    published = ctx.baseline_dir()
+    old = (read_parts(published / "signatures", SIGNATURES, columns=["image_id"])["image_id"]
+           if published else pa.array([], pa.string()))
+    lost = len(old) - pc.sum(pc.is_in(old, sigs["image_id"])).as_py() if len(old) else 0
+    check_shrink(Shrink(published=len(old), usable=sigs.num_rows, lost=lost),
+                 client_id=ctx.client_id, allow_shrink=ctx.allow_shrink,
+                 max_shrink=ctx.max_shrink, rejects=n_rejects)
+
 
 def consolidate(ctx: RunContext) -> list[dict[str, int]]:
     """The run's full signature set in shards, its rejects and its queries; returns the shards.
@@ -169,9 +256,10 @@ def consolidate(ctx: RunContext) -> list[dict[str, int]]:
     catalog = read_table(ctx.path("catalog.parquet"), CATALOG)
     fresh = batch_outputs(ctx.run_dir, "sig_batches", SIGNATURES)
     sigs = all_signatures(ctx.run_dir, catalog, fresh, _baseline_for_increment(ctx))
-    rejects = pa.concat_tables([read_table(ctx.path("extract_rejects.parquet"), REJECTS),
-                                batch_outputs(ctx.run_dir, "sig_rejects", REJECTS)])
+    rejects = concat([read_table(ctx.path("extract_rejects.parquet"), REJECTS),
+                      batch_outputs(ctx.run_dir, "sig_rejects", REJECTS)], REJECTS)
     write_table(rejects, ctx.path("rejects.parquet"), REJECTS)
+    _guard_shrink(ctx, sigs, rejects.num_rows)
 
     baseline = _reusable_matches(ctx)
     query_ids = incremental_query_ids(fresh, sigs, baseline) if baseline else None
@@ -247,14 +335,19 @@ def merge(ctx: RunContext) -> dict[str, int]:
     if missing:
         raise RuntimeError(f"compare shards not computed: {missing[:5]}")
     baseline = _reusable_matches(ctx)
+    from npimage.review.store import rejected  # reviewers' "not the same" decisions
+
+    data_dir = Path(ctx.data_dir)
     images = merge_image_matches(
         match_files, baseline / "image_matches.parquet" if baseline else None,
         ctx.path("queries.parquet"), ctx.run_dir / "signatures", ctx.path("image_matches.parquet"),
         client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k, threshold=ctx.threshold,
-        verified=ctx.path("verified.parquet"))
+        verified=ctx.path("verified.parquet"),
+        rejected=rejected(data_dir, ctx.client_id, "image"))
     products = roll_up_products(ctx.path("image_matches.parquet"), ctx.path("catalog.parquet"),
                                 ctx.path("product_matches.parquet"), client_id=ctx.client_id,
-                                run_id=ctx.run_id)
+                                run_id=ctx.run_id,
+                                rejected=rejected(data_dir, ctx.client_id, "product"))
     return {"image_matches": images.num_rows, "product_matches": products.num_rows}
 
 
@@ -292,12 +385,12 @@ def _count_by_band(table_path: Path, images: bool) -> dict[str, int]:
 
 def _signature_counts(ctx: RunContext) -> dict[str, int]:
     """Signatures computed and reused by this run's planned batches (sig_counts/)."""
-    total = {"computed": 0, "reused": 0}
+    total = {"computed": 0, "reused": 0, "resumed": 0}
     for batch in list_parts(ctx.run_dir / "plan", "batch-*.parquet"):
         counts = ctx.run_dir / "sig_counts" / f"{batch.stem}.json"
         if counts.exists():
             data = json.loads(counts.read_text())
-            total = {k: total[k] + int(data[k]) for k in total}
+            total = {k: total[k] + int(data.get(k, 0)) for k in total}
     return total
 
 
@@ -312,6 +405,7 @@ def summary(ctx: RunContext) -> dict[str, Any]:
         "signatures": sig_rows,
         "signatures_computed": counts["computed"],
         "signatures_reused": counts["reused"],
+        "signatures_resumed": counts["resumed"],
         "rejects": num_rows(ctx.path("rejects.parquet")),
         "image_match_rows": num_rows(ctx.path("image_matches.parquet")),
         "image_pairs_by_band": _count_by_band(ctx.path("image_matches.parquet"), True),
@@ -369,7 +463,7 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         "n_product_matches": num_rows(tables["product_matches"][0]),
         "started_at": _run_started_at(ctx),
     }
-    backend_url = ctx.backend or (ctx.source if is_backend_url(ctx.source) else None)
+    backend_url = backend_of(ctx)
 
     def load_backend(commit: Callable[[], None]) -> None:
         """The backend load; it calls `commit` (the pointer write) just before its COMMIT."""
@@ -416,7 +510,8 @@ def report(ctx: RunContext) -> str:
 
 
 def settings_context(client_id: str, source: str, run_id: str, settings: Settings,
-                     mode: str = "full", backend: str | None = None) -> RunContext:
+                     mode: str = "full", backend: str | None = None,
+                     allow_shrink: bool = False, max_shrink: float = 0.5) -> RunContext:
     """A RunContext from settings (CLI and DAG share this).
 
     Everything a worker needs is read here, once: workers use ctx.settings, which takes
@@ -428,4 +523,5 @@ def settings_context(client_id: str, source: str, run_id: str, settings: Setting
                       weights_file=settings.weights_file, backend=backend,
                       batch_size=settings.batch_size, shard_size=settings.shard_size,
                       block_size=settings.block_size, max_pixels=settings.max_pixels,
-                      read_timeout=settings.read_timeout, families=settings.families)
+                      read_timeout=settings.read_timeout, families=settings.families,
+                      allow_shrink=allow_shrink, max_shrink=max_shrink)

@@ -70,6 +70,7 @@ IMAGE_MATCHES = pa.schema(
         ("score_before", pa.float32()),
         ("verified", pa.bool_()),
         ("verify_reason", pa.string()),
+        ("rejected", pa.bool_()),  # a reviewer said "not the same" (npimage.review.store)
     ]
 )
 
@@ -86,6 +87,7 @@ PRODUCT_MATCHES = pa.schema(
         ("run_id", pa.string()),
         ("score_before", pa.float32()),  # best image pair's score before verification
         ("verify_reason", pa.string()),  # verification of the best image pair
+        ("rejected", pa.bool_()),  # a reviewer said "not the same" (npimage.review.store)
     ]
 )
 

@@ -17,9 +17,10 @@ What `build_demo_catalogue(out_dir)` writes:
   product code and GTIN) whose picture is the first entry's picture, either as an exact
   byte copy, a recompression, a resize, a format change (JPEG <-> PNG) or a retouch
   (brightness/contrast, price sticker, crop <= 5 %, rotation <= 3 degrees, sharpening).
-- `manifest.csv`: `image_id,product_id,uri,reference,family` (uri relative to the manifest's
-  folder, image_id = file stem, product_id = product code, reference = GTIN, family = the
-  product's template: box, bottle, blister, label or photo).
+- `manifest.csv`: `image_id,product_id,uri,reference,family,name` (uri relative to the
+  manifest's folder, image_id = file stem, product_id = product code, reference = GTIN,
+  family = the product's template: box, bottle, blister, label or photo; name = the
+  product's name as a PIM shows it).
 - `truth.csv`: `image_id,group_id,kind,expected_band`. group_id names the source picture
   (the image_id of the original): all planted copies of a picture share it, and every
   other picture is alone in its group. kind is original | lookalike (an original whose
@@ -771,9 +772,9 @@ def _skimage_photo(name: str) -> Image.Image:
     with Image.open(_skimage_dir() / name) as im:
         im.load()
         if im.mode in ("RGBA", "LA", "P"):
-            im = im.convert("RGBA")
-            flat = Image.new("RGB", im.size, (255, 255, 255))
-            flat.paste(im, (0, 0), im)
+            rgba = im.convert("RGBA")
+            flat = Image.new("RGB", rgba.size, (255, 255, 255))
+            flat.paste(rgba, (0, 0), rgba)
             return flat
         return im.convert("RGB")
 
@@ -1067,7 +1068,8 @@ def plan_catalogue(n_products: int = 160, seed: int = 0) -> Plan:
     by_product: dict[int, list[ImageSpec]] = {}
     for s in specs:
         by_product.setdefault(s.product_key, []).append(s)
-    n_planted, planted, times_copied = round(n_products * 0.6), [], dict.fromkeys(by_product, 0)
+    planted: list[ImageSpec] = []
+    n_planted, times_copied = round(n_products * 0.6), dict.fromkeys(by_product, 0)
     edits = _edit_sequence(rng, n_planted)
     while len(planted) < n_planted:
         src_key = int(rng.choice([k for k, t in times_copied.items() if t < 2]))
@@ -1103,6 +1105,11 @@ def _write_csv(path: Path, header: Sequence[str], rows: list[Sequence[str]]) -> 
         writer.writerows(rows)
 
 
+def _display_name(p: Product) -> str:
+    """The product's name as a PIM shows it: brand, name, dosage, quantity."""
+    return " ".join(x for x in (p.brand, p.name, p.dosage, p.quantity) if x)
+
+
 def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0,
                          variant_families: int = 0) -> DemoCatalogue:
     """Draw the demo catalogue of `plan_catalogue(n_products, seed)` into `out_dir`.
@@ -1130,7 +1137,7 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0,
     extra = _variant_rows(images_dir, variant_families, seed, {p.gtin for p in products})
     _write_csv(
         manifest,
-        ("image_id", "product_id", "uri", "reference", "family"),
+        ("image_id", "product_id", "uri", "reference", "family", "name"),
         extra.manifest + [
             (
                 s.image_id,
@@ -1138,6 +1145,7 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0,
                 f"images/{s.file_name}",
                 products[s.product_key].gtin,
                 products[s.product_key].template,
+                _display_name(products[s.product_key]),
             )
             for s in ordered
         ],

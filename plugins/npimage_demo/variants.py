@@ -40,10 +40,10 @@ MARGIN_RANGE = (0.05, 0.20)
 
 @dataclass(frozen=True)
 class VariantRows:
-    """Rows for manifest.csv (image_id, product_id, uri, reference, family) and truth.csv
+    """Rows for manifest.csv (image_id, product_id, uri, reference, family, name) and truth.csv
     (image_id, group_id, kind, expected_band, edit, family_id)."""
 
-    manifest: list[tuple[str, str, str, str, str]]
+    manifest: list[tuple[str, str, str, str, str, str]]
     truth: list[tuple[str, str, str, str, str, str]]
 
 
@@ -145,8 +145,9 @@ def add_variant_families(images_dir: Path, n_families: int, seed: int,
             img = _on_white(product, int(rng.integers(2**31)))
             image_id = f"{product.gtin}_PIECE_01"
             (images_dir / f"{image_id}.jpg").write_bytes(_encode(img, ".jpg"))
+            name = cat._display_name(product)
             manifest.append((image_id, pid, f"images/{image_id}.jpg", product.gtin,
-                             product.template))
+                             product.template, name))
             truth.append((image_id, image_id, "lookalike" if product.family_rank else "original",
                           "", change, family_id))
             for kind in ("same", "retouch"):
@@ -165,7 +166,7 @@ def add_variant_families(images_dir: Path, n_families: int, seed: int,
                     row_kind, band = "retouch", "retouched"
                 (images_dir / f"{dup_id}{ext}").write_bytes(data)
                 manifest.append((dup_id, f"{pid}D{kind[0]}", f"images/{dup_id}{ext}", dup_gtin,
-                                 product.template))
+                                 product.template, name))
                 truth.append((dup_id, image_id, row_kind, band, desc, family_id))
             n_edit += 1
     return VariantRows(manifest, truth)

@@ -19,7 +19,8 @@ ext.counts() carries the watermark that the next incremental run starts from.
 """
 
 from npimage.backend.connection import Db, connection
-from npimage.backend.extract import BackendExtract, extract_catalog
+from npimage.backend.decisions import write_decisions
+from npimage.backend.extract import BackendExtract, extract_catalog, product_names
 from npimage.backend.load import load_matches
 from npimage.backend.runs import (
     get_run,
@@ -42,7 +43,9 @@ __all__ = [
     "last_watermark",
     "list_clients",
     "load_matches",
+    "product_names",
     "record_run_end",
     "record_run_start",
     "seed_source",
+    "write_decisions",
 ]

@@ -219,3 +219,16 @@ def _diff(client_id: str, new: Path, prev: Path, work: Path) -> tuple[int, int, 
         row = duck.execute(load_sql("duckdb", "backend_catalog_diff"),
                            {"client_id": client_id}).fetchone()
     return int(row[0]), int(row[1]), int(row[2])
+
+
+def product_names(db: Db, client_id: str, out: Path) -> int:
+    """Write the client's product names (np_product.name) to `out` Parquet; the count."""
+    from npimage.ingest.extract import PRODUCT_NAMES
+    from npimage.storage.parquet_io import write_table
+
+    with connection(db) as conn, transaction(conn) as cur:
+        cur.execute(load_sql("postgres", "extract_product_names"), {"client_id": client_id})
+        rows = cur.fetchall()
+    write_table(pa.table({"product_id": [r[0] for r in rows], "name": [r[1] for r in rows]},
+                         schema=PRODUCT_NAMES), out)
+    return len(rows)

@@ -75,6 +75,18 @@ def record_run_start(db: Db, client_id: str, run_id: str,
         _upsert(conn, run_params(client_id, run_id, "running", run_info))
 
 
+def abandon_other_runs(db: Db, client_id: str, run_id: str) -> int:
+    """Mark the client's other 'running' rows 'failed' (abandoned); how many there were.
+
+    Call it only while holding the client's run lock (npimage.storage.locks): then no
+    other run of the client is in flight, and a 'running' row is one that was killed.
+    """
+    with connection(db) as conn, transaction(conn) as cur:
+        cur.execute(load_sql("postgres", "run_abandon"), {"client_id": client_id,
+                                                          "run_id": run_id})
+        return cur.rowcount
+
+
 def _upsert(conn: psycopg2.extensions.connection, params: dict[str, Any]) -> None:
     with transaction(conn) as cur:
         upsert_run(cur, params)

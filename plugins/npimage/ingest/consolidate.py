@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from npimage.schemas import CATALOG, SIGNATURES
-from npimage.storage.parquet_io import list_parts, read_parts, read_table, write_table
+from npimage.storage.parquet_io import concat, list_parts, read_parts, read_table, write_table
 
 
 def batch_outputs(run_dir: Path, folder: str, schema: pa.Schema) -> pa.Table:
@@ -26,8 +26,7 @@ def batch_outputs(run_dir: Path, folder: str, schema: pa.Schema) -> pa.Table:
     missing = [n for n in names if not (run_dir / folder / n).exists()]
     if missing:
         raise RuntimeError(f"signature batches not computed: {missing[:5]}")
-    tables = [read_table(run_dir / folder / n, schema) for n in names]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    return concat([read_table(run_dir / folder / n, schema) for n in names], schema)
 
 
 def all_signatures(run_dir: Path, catalog: pa.Table, fresh: pa.Table,
@@ -39,7 +38,7 @@ def all_signatures(run_dir: Path, catalog: pa.Table, fresh: pa.Table,
         unplanned = pc.invert(pc.is_in(catalog["image_id"], planned["image_id"]))
         kept_ids = catalog.filter(unplanned)["image_id"].to_pylist()
         parts.append(read_parts(baseline / "signatures", SIGNATURES, ids=kept_ids))
-    return pa.concat_tables(parts).sort_by("image_id")
+    return concat(parts, SIGNATURES).sort_by("image_id")
 
 
 def shard_rows(n_signatures: int, shard_size: int, max_shards: int) -> int:

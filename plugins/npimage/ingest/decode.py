@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
 #: Longest side of the working picture: plenty for 8x8/32x32 hashes and 224x224 FV input.
@@ -44,6 +45,10 @@ FORMATS = tuple(f for f in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
 
 #: Largest file read (bytes). A bigger file is refused before it is read into memory.
 MAX_BYTES = 1 << 30
+#: Bytes asked for per read from a remote file system (the cap is checked between reads).
+READ_CHUNK = 1 << 20
+#: Pixels per strip when a large picture is converted and reduced strip by strip.
+STRIP_PIXELS = 1 << 20
 
 #: Pillow keeps its decompression-bomb limit in a process global (89 Mpx, an error at
 #: twice that), which would refuse valid pictures below npimage's configurable
@@ -105,7 +110,10 @@ def _read_local(path: str, max_bytes: int) -> bytes:
             raise ImageError(f"not a regular file ({_file_kind(st.st_mode)})")
         if st.st_size > max_bytes:
             raise ImageError(f"file too large: {st.st_size} bytes > limit {max_bytes}")
-        return fh.read(max_bytes + 1)
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew since fstat
+        raise ImageError(f"file too large: more than {max_bytes} bytes")
+    return data
 
 
 def _file_kind(mode: int) -> str:
@@ -115,14 +123,26 @@ def _file_kind(mode: int) -> str:
 
 
 def _read(uri: str, max_bytes: int) -> bytes:
-    if "://" in uri and not uri.startswith("file://"):
-        with fsspec.open(uri, "rb") as fh:
-            data: bytes = fh.read(max_bytes + 1)
-    else:
-        data = _read_local(uri.removeprefix("file://"), max_bytes)
-    if len(data) > max_bytes:
-        raise ImageError(f"file too large: more than {max_bytes} bytes")
-    return data
+    """Bytes behind a path or URL, at most `max_bytes` (more is refused, never kept).
+
+    Every URL that names the local file system (`file://`, `local://`, ...) goes through
+    `_read_local`, so a device or FIFO is refused whatever the spelling; other file
+    systems are read in chunks and refused as soon as they pass the cap.
+    """
+    if "://" not in uri:
+        return _read_local(uri, max_bytes)
+    fs, path = fsspec.core.url_to_fs(uri)
+    if isinstance(fs, LocalFileSystem):
+        return _read_local(path, max_bytes)
+    chunks: list[bytes] = []
+    total = 0
+    with fs.open(path, "rb") as fh:
+        while chunk := fh.read(min(READ_CHUNK, max_bytes + 1 - total)):
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise ImageError(f"file too large: more than {max_bytes} bytes")
+    return b"".join(chunks)
 
 
 def _read_error(exc: BaseException) -> ImageError:
@@ -172,16 +192,18 @@ def read_bytes(uri: str, timeout: float, max_bytes: int = MAX_BYTES) -> bytes:
 
 # -- pixels ------------------------------------------------------------------------------
 
-def _to_8bit(img: Image.Image) -> Image.Image:
+def _to_8bit(img: Image.Image, top: float | None = None) -> Image.Image:
     """Scale 16/32-bit integer and float single-channel pictures into 8-bit grey.
 
     A file does not state which range its values use: 8-bit data kept in a 16-bit or
     32-bit container (what Pillow writes) is as common as data using the full range. The
     scale is the smallest usual range that holds the data: 1 (floats only), 255, 65535,
-    else the maximum.
+    else the maximum. `top` is the data's maximum when known (a strip of a larger
+    picture is scaled by the maximum of the whole picture).
     """
     arr = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    top = float(arr.max()) if arr.size else 1.0
+    if top is None:
+        top = float(arr.max()) if arr.size else 1.0
     limits = (1.0, 255.0, 65535.0) if img.mode == "F" else (255.0, 65535.0)
     top = next((lim for lim in limits if top <= lim), top)
     arr = np.clip(arr / top * 255.0, 0, 255)
@@ -195,10 +217,14 @@ def _on_white(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(white, rgba).convert("RGB")
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Normalise any Pillow mode into RGB, compositing transparency on white."""
+def _to_rgb(img: Image.Image, top: float | None = None) -> Image.Image:
+    """Normalise any Pillow mode into RGB, compositing transparency on white.
+
+    `top`: the maximum value of the whole picture when `img` is a strip of a
+    high-depth one (see `_to_8bit`).
+    """
     if img.mode in _HIGH_DEPTH:
-        img = _to_8bit(img)
+        img = _to_8bit(img, top)
     if img.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa"):
         has_alpha = img.mode != "P" or "transparency" in img.info
         return _on_white(img) if has_alpha else img.convert("RGB")
@@ -220,14 +246,32 @@ def _orientation(img: Image.Image) -> int:
 def _reduce(img: Image.Image) -> Image.Image:
     """Shrink a large decoded picture by an integer box factor to about 2 x WORK_SIZE.
 
-    Done before mode conversion so that the conversions work on the small copy.
+    Done before mode conversion so that the conversions work on the small copy. Modes
+    that Image.reduce does not handle (palette, 16-bit, 1-bit...) are converted and
+    reduced strip by strip: a full-size converted copy (4 bytes a pixel for RGBA, 8 for
+    float64 scaling) never exists, only the decoded picture and one strip.
     """
     factor = min(img.size) // (WORK_SIZE * 2)
     if factor < 2:
         return img
-    if img.mode not in _REDUCIBLE:
-        img = _to_rgb(img)
-    return img.reduce(factor)
+    if img.mode in _REDUCIBLE:
+        return img.reduce(factor)
+    return _convert_reduced(img, factor)
+
+
+def _convert_reduced(img: Image.Image, factor: int) -> Image.Image:
+    """RGB of `img` reduced by `factor`, converted in horizontal strips."""
+    width, height = img.size
+    top = None
+    if img.mode in _HIGH_DEPTH:  # single band: (min, max) of the whole picture
+        high = img.getextrema()[1]
+        top = float(high) if isinstance(high, int | float) else None
+    rows = factor * max(1, STRIP_PIXELS // (width * factor))  # a multiple of factor
+    out = Image.new("RGB", (-(-width // factor), -(-height // factor)))
+    for y in range(0, height, rows):
+        strip = img.crop((0, y, width, min(height, y + rows)))
+        out.paste(_to_rgb(strip, top).reduce(factor), (0, y // factor))
+    return out
 
 
 def _magic_name(data: bytes) -> str | None:

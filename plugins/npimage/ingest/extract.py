@@ -18,15 +18,38 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from npimage.schemas import CATALOG, FAMILIES, REJECTS
-from npimage.storage.parquet_io import write_table
+from npimage.storage.parquet_io import read_table, write_table
 from npimage.storage.store import Location, is_remote, location
 
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 )
 MANIFEST_REQUIRED = ("image_id", "product_id", "uri")
+#: Products' names, when the source has them (manifest column `name`, np_product.name):
+#: beside the catalog snapshot, for the review application.
+PRODUCT_NAMES = pa.schema([("product_id", pa.string()), ("name", pa.string())])
+
+
+def product_names_path(catalog: Location) -> Location:
+    """Where the product names of a catalog snapshot are kept (same run folder)."""
+    return location(catalog).with_name("product_names.parquet")
+
+#: Longest identifier kept (image, product, reference) and longest uri, in characters.
+#: Real ids are tens of characters and signed object-store URLs a few thousand; longer
+#: values are broken data, and a 100 000-character key costs every index and join.
+MAX_ID_CHARS = 1_000
+MAX_URI_CHARS = 8_192
+#: Checked catalog fields and their length limits.
+FIELD_LIMITS = {"image_id": MAX_ID_CHARS, "product_id": MAX_ID_CHARS,
+                "reference": MAX_ID_CHARS, "uri": MAX_URI_CHARS}
+#: C0 and C1 control characters and DEL (a NUL breaks PostgreSQL text, a newline a CSV).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_RE2 = r"[\x{00}-\x{1f}\x{7f}-\x{9f}]"
+#: Characters of a refused value kept in its rejects row.
+_SHOWN_CHARS = 200
 
 #: NextPage naming "<GTIN>_PIECE_<nn>", optionally prefixed by the image id ("266846 0764…").
 NEXTPAGE_NAME = re.compile(
@@ -77,11 +100,14 @@ class _Collector:
         self.rows: dict[str, list[Any]] = {n: [] for n in CATALOG.names}
         self.rejects: dict[str, list[Any]] = {n: [] for n in REJECTS.names}
         self.seen: set[str] = set()
+        self.names: dict[str, str] = {}  # product_id -> name (manifest column `name`)
+
         self.families: dict[str, str | None] | None = None  # product -> family (manifest)
 
     def reject(self, image_id: str | None, uri: str | None, reason: str) -> None:
         for key, value in zip(
-            REJECTS.names, (self.client_id, image_id, uri, "extract", reason), strict=True
+            REJECTS.names, (self.client_id, shown(image_id), shown(uri), "extract", reason),
+            strict=True
         ):
             self.rejects[key].append(value)
 
@@ -94,6 +120,11 @@ class _Collector:
         values = (self.client_id, image_id, product_id, reference, uri, size, modified)
         for key, value in zip(CATALOG.names, values, strict=True):
             self.rows[key].append(value)
+
+    def name(self, product_id: str, name: str | None) -> None:
+        """Remember a product's name (the first non-empty one given wins)."""
+        if name and product_id not in self.names:
+            self.names[product_id] = name
 
     def family(self, product_id: str, family: str | None, lineno: int, uri: str) -> None:
         """Record a product's family (manifest `family` column); a conflicting later value
@@ -122,10 +153,12 @@ class _Collector:
                               "family": [self.families[i] for i in ids]}, schema=FAMILIES), path)
 
     def write(self, catalog: Path, rejects: Path) -> ExtractResult:
-        cat = pa.table(self.rows, schema=CATALOG)
-        rej = pa.table(self.rejects, schema=REJECTS)
+        cat, bad = screen_catalog(pa.table(self.rows, schema=CATALOG), self.client_id)
+        rej = pa.concat_tables([pa.table(self.rejects, schema=REJECTS), bad])
         write_table(cat, catalog)
         write_table(rej, rejects)
+        write_table(pa.table({"product_id": list(self.names), "name": list(self.names.values())},
+                             schema=PRODUCT_NAMES), product_names_path(catalog))
         return ExtractResult(catalog, rejects, cat.num_rows, rej.num_rows)
 
 
@@ -206,6 +239,75 @@ def _resolve_uri(uri: str, base: Path) -> str:
     return str(path if path.is_absolute() else _absolute(base / path))
 
 
+def shown(value: str | None) -> str | None:
+    """A refused value as stored in rejects: control characters escaped, long ones cut."""
+    if value is None:
+        return None
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", value[:_SHOWN_CHARS])
+    return text + f"... ({len(value)} characters)" if len(value) > _SHOWN_CHARS else text
+
+
+def field_problem(name: str, value: str | None) -> str | None:
+    """Why a catalog field cannot be kept (a control character, too long), or None."""
+    if value is None:
+        return None
+    if len(value) > FIELD_LIMITS[name]:
+        return f"{name} too long: {len(value)} characters > limit {FIELD_LIMITS[name]}"
+    m = _CONTROL.search(value)
+    if m:
+        return (f"{name} contains a control character (U+{ord(m.group()):04X} at "
+                f"position {m.start()}): fix the source")
+    return None
+
+
+def screen_catalog(catalog: pa.Table, client_id: str) -> tuple[pa.Table, pa.Table]:
+    """(rows kept, rejects) of a catalog: refuse ids and uris that no store can hold.
+
+    Every source goes through here (folder, manifest, backend), so a NUL or a newline in
+    an id, or a megabyte-long field, is one rejects row instead of a failed load later.
+    """
+    bad = pa.array([False] * catalog.num_rows, pa.bool_())
+    for name, limit in FIELD_LIMITS.items():
+        col = catalog[name]
+        hit = pc.or_(pc.greater(pc.utf8_length(col), limit),
+                     pc.match_substring_regex(col, _CONTROL_RE2))
+        bad = pc.or_(bad, pc.fill_null(hit, False))
+    if not pc.any(bad).as_py():
+        return catalog, REJECTS.empty_table()
+    rows = catalog.filter(bad).to_pylist()
+    reasons = ["; ".join(p for p in (field_problem(n, r[n]) for n in FIELD_LIMITS) if p)
+               for r in rows]
+    rejects = pa.table({"client_id": [client_id] * len(rows),
+                        "image_id": [shown(r["image_id"]) for r in rows],
+                        "uri": [shown(r["uri"]) for r in rows],
+                        "stage": ["extract"] * len(rows), "reason": reasons}, schema=REJECTS)
+    return catalog.filter(pc.invert(bad)), rejects
+
+
+def screen_catalog_file(catalog: Location, rejects: Location, client_id: str) -> int:
+    """Screen a catalog Parquet in place (backend sources); write the rejects; count them."""
+    kept, bad = screen_catalog(read_table(catalog, CATALOG), client_id)
+    if bad.num_rows:
+        write_table(kept, catalog, CATALOG)
+    write_table(bad, rejects, REJECTS)
+    return int(bad.num_rows)
+
+
+def _rows(reader: csv.DictReader[str], out: _Collector
+          ) -> Iterator[tuple[int, dict[str | Any, str | Any]]]:
+    """(line number, row) of a manifest; a line the csv module refuses is one reject."""
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # e.g. a field over the csv module's limit: one bad line
+            line = reader.line_num + 1  # the refused line is not counted by the reader
+            out.reject(f"<line {line}>", None, f"manifest line {line}: {exc}")
+            continue
+        yield reader.line_num, row
+
+
 def _from_manifest(manifest: Path, out: _Collector) -> None:
     # A manifest on an object store: sizes and dates of the objects beside it, in one LIST.
     remote = _store_listing(manifest.parent) if is_remote(manifest) else {}
@@ -216,12 +318,13 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
         if missing:
             raise ValueError(
                 f"manifest {manifest}: missing column(s) {missing}; "
-                f"the header must contain {', '.join(MANIFEST_REQUIRED)} (and optionally reference)"
+                f"the header must contain {', '.join(MANIFEST_REQUIRED)} "
+                f"(and optionally reference, name)"
             )
         reader.fieldnames = header
         if "family" in header:
             out.families = {}
-        for lineno, row in enumerate(reader, start=2):
+        for lineno, row in _rows(reader, out):
             image_id = (row.get("image_id") or "").strip()
             product_id = (row.get("product_id") or "").strip()
             raw_uri = (row.get("uri") or "").strip()
@@ -236,6 +339,8 @@ def _from_manifest(manifest: Path, out: _Collector) -> None:
                                                                                  (None, None))
             reference = (row.get("reference") or "").strip() or None
             out.add(image_id, product_id, reference, uri, size, modified)
+            out.name(product_id, (row.get("name") or "").strip() or None)
+
             if out.families is not None:
                 out.family(product_id, (row.get("family") or "").strip() or None, lineno, uri)
 

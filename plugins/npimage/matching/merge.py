@@ -45,12 +45,26 @@ def _verified(shards: pa.Table, verified: Path | None) -> pa.Table:
              ON v.image_id = s.image_id AND v.match_image_id = s.match_image_id""").to_arrow_table()
 
 
+#: Pairs a reviewer rejected: (item_id < match_id, band rejected in); see npimage.review.store.
+REJECTED = pa.schema([("item_id", pa.string()), ("match_id", pa.string()), ("band", pa.string())])
+
+
+def _register_rejected(con: duckdb.DuckDBPyConnection, rejected: pa.Table | None) -> None:
+    """The relation `rejected_pairs` the merge SQL flags rejected pairs with."""
+    table = REJECTED.empty_table() if rejected is None else rejected.select(REJECTED.names)
+    con.register("rejected_pairs", table.cast(REJECTED))
+
+
 def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, signatures: Path,
                         out: Path, *, client_id: str, run_id: str, top_k: int,
                         threshold: float = DEFAULT_THRESHOLD,
-                        verified: Path | None = None) -> pa.Table:
+                        verified: Path | None = None,
+                        rejected: pa.Table | None = None) -> pa.Table:
     """Combine this run's shard results (with their verification, `verified`: the verify
     stage's file) with the kept prior matches; write image_matches.
+
+    `rejected` holds the image pairs reviewers rejected (item_id, match_id, band): their
+    rows are kept with rejected = true while they score at or above that band.
 
     Pairs below `threshold` are dropped (compared as float32, like compare does); each
     kept pair is labelled with its band (npimage.bands), `weak` below the lowest band.
@@ -58,12 +72,14 @@ def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, s
     con = duckdb.connect()
     con.register("bands", bands_table())
     con.register("new_pairs", _verified(_read_shards(shards), verified))
-    prior_table = read_table(prior, IMAGE_MATCHES) if prior else IMAGE_MATCHES.empty_table()
+    cols = [*MATCH_COLUMNS.names, "score_before", "verified", "verify_reason"]
+    prior_table = read_table(prior, IMAGE_MATCHES, columns=cols) if prior else \
+        IMAGE_MATCHES.empty_table().select(cols)
     prior_table = prior_table.set_column(  # rows of older runs: score_before = score
         prior_table.schema.get_field_index("score_before"), "score_before",
         pc.coalesce(prior_table["score_before"], prior_table["score"]))
-    con.register("prior_matches", prior_table.select(
-        [*MATCH_COLUMNS.names, "score_before", "verified", "verify_reason"]))
+    con.register("prior_matches", prior_table)
+    _register_rejected(con, rejected)
     con.register("queries", read_table(queries, columns=["image_id"]))
     con.register("present", read_table(signatures, SIGNATURES, columns=["image_id"]))
     params = {"client_id": client_id, "run_id": run_id, "top_k": top_k,
@@ -74,9 +90,13 @@ def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, s
 
 
 def roll_up_products(image_matches: Path, catalog: Path, out: Path, *, client_id: str,
-                     run_id: str) -> pa.Table:
-    """Product matches from image matches (sql/duckdb/product_matches.sql)."""
+                     run_id: str, rejected: pa.Table | None = None) -> pa.Table:
+    """Product matches from image matches (sql/duckdb/product_matches.sql).
+
+    `rejected` holds the product pairs reviewers rejected (item_id, match_id, band).
+    """
     con = duckdb.connect()
+    _register_rejected(con, rejected)
     con.register("bands", bands_table())
     con.register("image_matches", read_table(image_matches, IMAGE_MATCHES))
     con.register("catalog", read_table(catalog, CATALOG).select(["image_id", "product_id"]))

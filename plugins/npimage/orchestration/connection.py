@@ -20,6 +20,8 @@ NEXTPAGE_CONN_ID = "nextpage_backend"
 NEXTPAGE = "nextpage"
 #: A source or backend naming an Airflow connection instead of a URL (no secret in XCom).
 AIRFLOW_CONN_PREFIX = "airflow-conn:"
+#: A source or backend naming an environment variable that holds the DSN (no secret stored).
+ENV_PREFIX = "env:"
 
 #: libpq connection parameters that a connection's extras may carry (others are ignored).
 LIBPQ_EXTRAS = frozenset({
@@ -39,14 +41,24 @@ def conn_ref(value: str, conn_id: str = NEXTPAGE_CONN_ID) -> str:
 
 
 def is_backend_url(source: str) -> bool:
-    """Whether a source names a PostgreSQL backend (URL or Airflow connection reference)."""
-    return source.startswith(("postgresql://", "postgres://", AIRFLOW_CONN_PREFIX))
+    """Whether a source names a PostgreSQL backend (URL, Airflow connection or env: reference)."""
+    return source.startswith(("postgresql://", "postgres://", AIRFLOW_CONN_PREFIX, ENV_PREFIX))
 
 
 def resolve_db(url: str) -> str:
-    """A libpq DSN for a postgresql:// URL or an `airflow-conn:<conn_id>` reference."""
+    """A libpq DSN for a postgresql:// URL, an `airflow-conn:<conn_id>` or `env:<NAME>`."""
     if url.startswith(AIRFLOW_CONN_PREFIX):
         return airflow_dsn(url.removeprefix(AIRFLOW_CONN_PREFIX))
+    if url.startswith(ENV_PREFIX):
+        import os
+
+        from npimage.errors import InputError
+
+        name = url.removeprefix(ENV_PREFIX)
+        if not os.environ.get(name):
+            raise InputError(f"{url}: environment variable {name} is not set",
+                             hint="export it, or pass the DSN itself")
+        return os.environ[name]
     return url
 
 

@@ -31,7 +31,9 @@ def run_context(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         threshold=float(params["threshold"]), weights_file=params["weights"] or None,
         families=bool(params.get("families", True)))
     ctx = settings_context(params["client_id"], source, run_id, settings,
-                           mode=params["mode"], backend=backend or None)
+                           mode=params["mode"], backend=backend or None,
+                           allow_shrink=bool(params.get("allow_shrink", False)),
+                           max_shrink=float(params.get("max_shrink", 0.5)))
     return ctx.to_dict()
 
 
@@ -42,17 +44,65 @@ def _current_context() -> dict[str, Any]:
     return run_context(context["params"], context["run_id"])
 
 
+def _public(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The context as XCom carries it: no DSN password (npimage.redact)."""
+    from npimage.pipeline import public_context
+    from npimage.storage.runs import RunContext
+
+    return public_context(RunContext.from_dict(ctx))
+
+
+def _with_secrets(data: dict[str, Any]) -> Any:
+    """The RunContext of an XCom dict, its source and backend taken again from the params
+    (XCom holds them without password)."""
+    from airflow.sdk import get_current_context
+
+    from npimage.storage.runs import RunContext
+
+    params = get_current_context()["params"]
+    secrets = {"source": conn_ref(params["source"]),
+               "backend": conn_ref(params["backend"]) or None}
+    return RunContext.from_dict({**data, **secrets})
+
+
+def _no_retry_on_input_error(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """fn(*args); bad input (npimage.errors.InputError, e.g. a source that shrank) fails
+    the task without retries: a retry would see the same input."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from npimage.errors import InputError
+
+    try:
+        return fn(*args, **kwargs)
+    except InputError as exc:
+        raise AirflowFailException(str(exc)) from exc
+
+
+def record_failure(context: dict[str, Any]) -> None:
+    """on_failure_callback of every task: mark the run 'failed' in the backend's
+    npimage_run with the task's error (after its last retry), whichever stage failed."""
+    from npimage.pipeline import record_failure as record
+    from npimage.storage.runs import RunContext
+
+    ctx = RunContext.from_dict(run_context(context["params"], context["run_id"]))
+    error = context.get("exception")
+    task = context["ti"].task_id
+    record(ctx, f"task {task} failed: " + (
+        f"{type(error).__name__}: {error}" if error is not None else "see its log"))
+
+
 def _stage_task(stage: Stage, first: bool, after_mapped: bool) -> Any:
     """The TaskFlow task of one declared stage (a thin call of its npimage function).
 
-    The first stage builds the run context from the params, takes the client's lock and
-    returns the context (the XCom every later task receives). A mapped stage runs once per
-    item; the stage after a mapped one also runs when the mapping was empty.
+    The first stage builds the run context from the params, takes the client's lock, runs
+    with the DAG run's start date, and returns the context without DSN passwords (the
+    XCom every later task receives; each task takes the DSNs again from the params). A
+    mapped stage runs once per item; the stage after a mapped one also runs when the
+    mapping was empty.
     """
     from airflow.sdk import task
 
     from npimage.orchestration.locks import take_client_lock
-    from npimage.storage.runs import RunContext
 
     kwargs: dict[str, Any] = {"task_id": stage.name}
     if stage.mapped:
@@ -63,23 +113,26 @@ def _stage_task(stage: Stage, first: bool, after_mapped: bool) -> Any:
     if first:
         @task(**kwargs)
         def start() -> dict[str, Any]:
+            from airflow.sdk import get_current_context
+
             ctx = _current_context()
             take_client_lock(ctx)
-            stage.resolve()(RunContext.from_dict(ctx))
-            return ctx
+            started = get_current_context()["dag_run"].start_date  # the run's real start
+            _no_retry_on_input_error(stage.resolve(), _with_secrets(ctx), started_at=started)
+            return _public(ctx)
 
         return start
 
     if stage.mapped:
         @task(**kwargs)
         def each(ctx: dict[str, Any], item: Any) -> Any:
-            return stage.resolve()(RunContext.from_dict(ctx), item)
+            return _no_retry_on_input_error(stage.resolve(), _with_secrets(ctx), item)
 
         return each
 
     @task(**kwargs)
     def once(ctx: dict[str, Any], after: Any = None) -> Any:
-        return stage.resolve()(RunContext.from_dict(ctx))
+        return _no_retry_on_input_error(stage.resolve(), _with_secrets(ctx))
 
     return once
 

@@ -15,6 +15,7 @@ creating and deleting files is slow, this keeps a nightly re-render cheap.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from npimage.progress import StepProgress
@@ -53,6 +54,9 @@ def render_report(
     # The connection is closed while thumbnails are made (slow): no lock held meanwhile.
     make_thumbnails(data.images, out_dir, progress, workers)
     writer = Writer(out_dir, data, per_page=per_page, progress=progress)
+    where = str(warehouse)  # a data dir, or a warehouse.duckdb inside one
+    data_dir = Path(where).parent if where.endswith(".duckdb") else Path(where)
+    writer.env.globals["decision_of"] = _decisions(data_dir, client_id)
     writer.assets()
     with connect(warehouse) as con:
         writer.image_pages(con)
@@ -66,6 +70,24 @@ def render_report(
     writer.remove_stale(MANAGED)
     prune_thumbnails(data.images, out_dir)
     return out_dir / "index.html"
+
+
+def _decisions(data_dir: Path, client_id: str) -> Callable[[str, str, str], dict | None]:
+    """decision_of(kind, a, b): the reviewers' decision in force for a pair, or None.
+
+    Decisions live in the data dir beside the warehouse (npimage.review.store); a page
+    shows the decision of each of its pairs, so re-rendering picks up new decisions.
+    """
+    from npimage.review.store import latest
+
+    table = latest(data_dir, client_id)
+    by_pair = {(r["kind"], r["item_id"], r["match_id"]): r for r in table.to_pylist()}
+
+    def decision_of(kind: str, a: str, b: str) -> dict | None:
+        first, second = sorted((a, b))
+        return by_pair.get((kind, first, second))
+
+    return decision_of
 
 
 def _tick(progress: StepProgress | None, stage: str) -> None:

@@ -44,28 +44,20 @@ def read_table(path: Location, schema: pa.Schema | None = None,
                columns: list[str] | None = None) -> pa.Table:
     """Read a Parquet file; an absent file reads as an empty table of `schema`."""
     path = location(path)
-    if not path.exists():
-        if schema is None:
-            raise FileNotFoundError(path)
-        return schema.empty_table().select(columns or schema.names)
     fs, name = arrow(path)
-    if schema is None:
-        return pq.read_table(name, filesystem=fs, columns=columns)
-    target = pa.schema([schema.field(n) for n in (columns or schema.names)])
-    try:
-        table = pq.read_table(name, filesystem=fs, columns=target.names)
-    except (pa.ArrowInvalid, KeyError):  # a file from before a column was added
-        table = pq.read_table(name, filesystem=fs)
+    try:  # no existence check first: on an object store that is one request less
+        if schema is None:
+            return pq.read_table(name, filesystem=fs, columns=columns)
+        target = pa.schema([schema.field(n) for n in (columns or schema.names)])
+        try:
+            table = pq.read_table(name, filesystem=fs, columns=target.names)
+        except (pa.ArrowInvalid, KeyError):  # a file from before a column was added
+            table = pq.read_table(name, filesystem=fs)
+    except FileNotFoundError:
+        if schema is None:
+            raise
+        return schema.empty_table().select(columns or schema.names)
     return conform(table, target)
-
-
-def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """`table` with the columns of `schema`, in order and cast; columns a file written by an
-    older version lacks (added later, nullable) read as nulls."""
-    for name in schema.names:
-        if name not in table.column_names:
-            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
-    return table.select(schema.names).cast(schema)
 
 
 def read_metadata(path: Location) -> pq.FileMetaData:
@@ -115,3 +107,24 @@ def read_parts(folder: Location, schema: pa.Schema, pattern: str = "*.parquet",
                          filesystem=fs)
     flt = ds.field("image_id").isin(pa.array(ids, pa.string())) if ids is not None else None
     return dataset.to_table(columns=names, filter=flt)
+
+
+def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """`table` with exactly the columns and types of `schema`.
+
+    A column whose values are all null may have been written as Arrow's `null` type (a
+    run without feature vectors, an empty batch): it is cast like any other, so tables
+    of runs with and without FV, or empty and full batches, always concatenate. Columns
+    a file written by an older version lacks (added later, nullable) read as nulls.
+    """
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
+    return table.select(schema.names).cast(schema)
+
+
+def concat(tables: list[pa.Table], schema: pa.Schema) -> pa.Table:
+    """Concatenate tables of one contract into one table of `schema` (types explicit)."""
+    if not tables:
+        return schema.empty_table()
+    return pa.concat_tables([conform(t, schema) for t in tables])

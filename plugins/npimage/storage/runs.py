@@ -48,6 +48,10 @@ class RunContext:
     max_pixels: int | None = None
     read_timeout: float | None = None
     families: bool = True  # family stage (#18), when families are known and FV is on
+    #: Publish even when most of the last published images disappeared (npimage.guards).
+    allow_shrink: bool = False
+    #: Largest share of the last published images that may disappear without allow_shrink.
+    max_shrink: float = 0.5
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -58,6 +62,8 @@ class RunContext:
             raise ValueError(f"threshold must be in (0, 1], got {self.threshold}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if not 0.0 <= self.max_shrink <= 1.0:
+            raise ValueError(f"max_shrink must be in [0, 1], got {self.max_shrink}")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunContext:

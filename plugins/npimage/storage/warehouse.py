@@ -140,8 +140,24 @@ def _create_views(con: duckdb.DuckDBPyConnection, layout: Layout,
     for stmt in view_statements(layout, pointers):
         con.execute(stmt)
     con.execute(load_sql("duckdb", "views"))
+    _decisions_view(con, layout)
     con.execute("CREATE OR REPLACE VIEW npimage_schema AS SELECT "
                 f"{schema_version()} AS version")
+
+
+def _decisions_view(con: duckdb.DuckDBPyConnection, layout: Layout) -> None:
+    """The view `decisions` over the reviewers' log in the data dir (npimage.review.store).
+
+    Decisions live beside the published runs, never in them: people make them at any
+    time, and no publish replaces them. A remote data dir gets an empty view (the log is
+    kept on local disks only).
+    """
+    from npimage.review.store import attach_view, empty_view
+
+    if is_remote(layout.root):
+        empty_view(con)
+    else:
+        attach_view(con, Path(str(layout.root)))
 
 
 def register_store(con: duckdb.DuckDBPyConnection, root: Location) -> None:

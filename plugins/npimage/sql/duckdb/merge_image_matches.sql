@@ -9,6 +9,11 @@
 --   queries(image_id)   images compared this run (their old rows are replaced);
 --   present(image_id)   images with a signature in this run (rows of others are dropped);
 --   bands(band, lower)  the labels and float32 lower limits (npimage.bands.bands_table).
+--   rejected_pairs(item_id, match_id, band)   pairs (item_id < match_id) whose reviewer
+--       decision in force is "not the same", and the band they were rejected in.
+-- rejected = the pair scores at or above the lower limit of the band a reviewer rejected
+-- it in: the row stays (nothing is hidden) but is no longer proposed. A pair that fell
+-- below that band is proposed again, in its lower band.
 -- Parameters: $client_id, $run_id, $top_k, $threshold (a float32 value: npimage.bands).
 -- Result: both directions of each pair; per image its top-k plus any image that has it in
 -- its own top-k (so a pair never shows in one direction only); rank 1 = best.
@@ -70,7 +75,12 @@ SELECT
     $run_id AS run_id,
     CAST(k.score_before AS FLOAT) AS score_before,
     coalesce(k.verified, false) AS verified,
-    k.verify_reason
+    k.verify_reason,
+    coalesce(k.score >= at_band.lower, false) AS rejected
 FROM kept_pairs AS k
 ASOF LEFT JOIN bands AS b ON k.score >= b.lower
+LEFT JOIN rejected_pairs AS r
+       ON r.item_id = least(k.image_id, k.match_image_id)
+      AND r.match_id = greatest(k.image_id, k.match_image_id)
+LEFT JOIN bands AS at_band ON at_band.band = r.band
 ORDER BY k.image_id, rank

@@ -5,7 +5,7 @@
 CREATE OR REPLACE VIEW duplicate_groups AS
 WITH RECURSIVE edges AS (
     SELECT client_id, image_id AS a, match_image_id AS b
-    FROM image_matches WHERE band = 'same'
+    FROM image_matches WHERE band = 'same' AND NOT coalesce(rejected, false)
 ),
 reach(client_id, a, b) AS (
     SELECT DISTINCT client_id, a, a FROM edges
@@ -22,12 +22,13 @@ FROM grouped AS g
 LEFT JOIN images AS i ON i.client_id = g.client_id AND i.image_id = g.image_id
 ORDER BY g.client_id, g.group_id, g.image_id;
 
--- Product pairs worth a merge review, each pair once (product_id < match_product_id).
+-- Product pairs worth a merge review, each pair once (product_id < match_product_id);
+-- pairs a reviewer rejected as "not the same" (column rejected) are not proposed.
 CREATE OR REPLACE VIEW product_merge_candidates AS
 SELECT client_id, product_id, match_product_id, score, band, n_image_pairs,
        best_image_id, best_match_image_id
 FROM product_matches
-WHERE product_id < match_product_id
+WHERE product_id < match_product_id AND NOT coalesce(rejected, false)
 ORDER BY client_id, score DESC, product_id;
 
 -- One row per client: sizes of the latest run's tables and its matches per band
