@@ -1,4 +1,4 @@
--- Version 4: verification of close pairs (issue #12, npimage.matching.verify), additive:
+-- Version 5: verification of close pairs (issue #12, npimage.matching.verify), additive:
 -- the score before verification, whether the pair was checked and why it moved
 -- ("one region differs (text)", "mirror image", ...). Rows loaded before read NULL.
 ALTER TABLE npimage_image_match ADD COLUMN IF NOT EXISTS score_before real;

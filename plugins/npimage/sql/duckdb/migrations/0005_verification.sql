@@ -1,4 +1,4 @@
--- Version 4: verification of close pairs (issue #12, npimage.matching.verify), additive.
+-- Version 5: verification of close pairs (issue #12, npimage.matching.verify), additive.
 -- The local-detail signature of every image, and per match the score before verification,
 -- whether the pair was checked and why it moved. Files published before read NULL.
 ALTER TABLE signatures ADD COLUMN detail BLOB;
