@@ -2,9 +2,10 @@
 
 One task per stage of npimage.stages.STAGES (the sequence `npimage run` follows too):
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
-catalogue shards) -> merge (image matches + product roll-up) -> families -> publish -> report,
-with the pack readers: read_codes (mapped over the signature batches) and plan_text ->
-read_text (OCR, mapped, after families) -> release_lock (teardown: runs whatever happened before it)
+catalogue shards) -> verify (close pairs in detail) -> merge (image matches + product
+roll-up) -> families -> publish -> report, with the pack readers: read_codes (mapped over the
+signature batches) and plan_text -> read_text (OCR, mapped, after families)
+-> release_lock (teardown: runs whatever happened before it)
 
 One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
 refuses, without retries, while another run of the client is in flight; the teardown

@@ -27,8 +27,9 @@ def test_dag_shape(dagbag):
     assert set(dag.params) >= {"client_id", "source", "mode", "fv", "top_k", "threshold",
                                "families"}
     assert {t.task_id for t in dag.tasks} == {
-        "extract", "plan", "signatures", "consolidate", "compare", "merge", "families",
-        "publish", "report", "release_lock", "read_codes", "plan_text", "read_text"}
+        "extract", "plan", "signatures", "consolidate", "compare", "verify", "merge",
+        "families", "publish", "report", "release_lock", "read_codes", "plan_text", "read_text"}
+    assert dag.task_dict["verify"].upstream_task_ids == {"extract", "compare"}
     assert dag.task_dict["families"].upstream_task_ids == {"extract", "merge"}
     assert dag.task_dict["signatures"].upstream_task_ids == {"extract", "plan"}
     assert dag.task_dict["read_codes"].upstream_task_ids == {"extract", "plan", "signatures"}

@@ -83,7 +83,7 @@ def test_default_plan_has_at_least_300_images_of_every_kind() -> None:
     plan = demo.plan_catalogue()
     kinds = Counter(s.kind for s in plan.images)
     assert len(plan.images) >= 300
-    assert set(kinds) == set(demo.EXPECTED_BAND)
+    assert set(kinds) == set(demo.EXPECTED_BAND) - {"mode"}  # mode: variant families only
     assert sum(kinds[k] for k in demo.PLANTED_KINDS) >= 60
     photos = [p.photo for p in plan.products[:160] if p.photo is not None]
     assert len(photos) >= 5 and len(set(photos)) == len(photos)
@@ -143,7 +143,7 @@ def test_truth_groups_kinds_and_bands(
     built: demo.DemoCatalogue, tables: dict[str, dict[str, str]]
 ) -> None:
     header, truth = _rows(built.truth)
-    assert header == ["image_id", "group_id", "kind", "expected_band"]
+    assert header == ["image_id", "group_id", "kind", "expected_band", "edit", "family_id"]
     assert {r["image_id"] for r in truth} == set(tables)
     planted = 0
     for r in truth:

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import csv
 
+import duckdb
 import pytest
 
 from npimage.errors import UnknownClientError
-from npimage.quality.evaluate import Truth, _prf_by_band, _retrieval, evaluate, load_truth
+from npimage.quality.evaluate import (
+    Truth,
+    _prf_by_band,
+    _retrieval,
+    by_kind,
+    evaluate,
+    format_by_kind,
+    load_truth,
+)
 
 
 def test_truth_formats(tmp_path):
@@ -70,3 +79,15 @@ def test_evaluate_a_published_run(small_demo, tmp_path):
     assert {m.name: m for m in ev.products}["all stored"].recall == 1.0
     with pytest.raises(UnknownClientError, match="no published run"):
         evaluate(tmp_path / "warehouse.duckdb", "nobody", load_truth(groups))
+    # per kind, before and after verification (issue #12): every planted picture counted
+    kinds = by_kind(tmp_path / "warehouse.duckdb", "ev", small_demo.truth)
+    planted = [k for k in kinds if k.expected]
+    assert sum(k.pairs for k in planted) == small_demo.n_planted
+    assert all(k.found <= k.pairs and k.same_after <= k.ret_after for k in kinds)
+    assert "before -> after" in format_by_kind(kinds)
+    con = duckdb.connect(str(tmp_path / "warehouse.duckdb"), read_only=True)
+    checked, moved, missing = con.execute(
+        "SELECT count(*) FILTER (verified), count(*) FILTER (score <> score_before), "
+        "count(*) FILTER (verified AND verify_reason IS NULL) FROM image_matches").fetchone()
+    con.close()
+    assert checked > 0 and missing == 0 and moved <= checked

@@ -142,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--airflow", action="store_true",
                       help="run the real Airflow DAG (airflow dags test) instead of in-process")
     demo.add_argument("--products", type=int, default=160, help="products drawn (default 160)")
+    demo.add_argument("--variant-families", type=int, default=12,
+                      help="families of packshots on white (one template, another strength, "
+                      "barcode, name or colour) with edits of each; 0: none")
     _client(demo, required=False, default="demo")
     _run_args(demo)
 
@@ -271,7 +274,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     data_dir = settings.data_dir
     target = Layout.of(data_dir).demo_dir
     local = scratch_dir() / "demo_catalogue" if is_remote(target) else Path(target)
-    demo = build_demo_catalogue(local, n_products=args.products)
+    demo = build_demo_catalogue(local, n_products=args.products,
+                                variant_families=args.variant_families)
     source = str(demo.manifest.resolve())
     if is_remote(target):  # every worker must read it: the demo goes beside the data dir
         upload_tree(local, target)
@@ -394,7 +398,15 @@ def cmd_fit_weights(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from npimage.quality.evaluate import evaluate, format_evaluation, load_truth
+    from dataclasses import asdict
+
+    from npimage.quality.evaluate import (
+        by_kind,
+        evaluate,
+        format_by_kind,
+        format_evaluation,
+        load_truth,
+    )
 
     settings = _settings(args)
     if args.grocery or args.families:
@@ -402,7 +414,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if not (args.client and args.truth):
         raise ValueError("evaluate needs --client and --truth (or --families / --grocery)")
     result = evaluate(settings.warehouse_path, args.client, load_truth(Path(args.truth)))
-    print(json.dumps(result.as_dict(), indent=2) if args.json else format_evaluation(result))
+    kinds = by_kind(settings.warehouse_path, args.client, Path(args.truth))
+    if args.json:
+        print(json.dumps({**result.as_dict(), "by_kind": [asdict(k) for k in kinds]}, indent=2))
+    else:
+        print(format_evaluation(result))
+        if kinds:
+            print(format_by_kind(kinds))
     reading_truth = Path(args.truth).with_name("reading_truth.csv")
     if reading_truth.is_file():  # pack reading: the demo writes it beside truth.csv
         from npimage.quality.reading_eval import (

@@ -266,7 +266,7 @@ def consolidate(ctx: RunContext) -> list[dict[str, int]]:
     baseline = _reusable_matches(ctx)
     query_ids = incremental_query_ids(fresh, sigs, baseline) if baseline else None
     queries = query_table(sigs, query_ids)
-    write_table(queries, ctx.path("queries.parquet"))
+    write_table(queries.drop_columns(["detail"]), ctx.path("queries.parquet"))
     atomic_write_text(ctx.path("queries.json"), json.dumps({"all_images": query_ids is None}))
 
     rows = shard_rows(sigs.num_rows, settings.shard_size, settings.max_batches)
@@ -285,7 +285,8 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
     qtable = read_table(ctx.path("queries.parquet"))
     queries = cmp.arrays_from_table(qtable, ctx.fv)
     queries.rows = qtable["row"].to_numpy()
-    part = read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"))
+    part = read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"),
+                      columns=[n for n in SIGNATURES.names if n != "detail"])
     catalogue = cmp.arrays_from_table(part, ctx.fv, first_row=shard["first_row"])
     with Progress(len(queries) * len(catalogue), f"compare shard {shard['shard']}",
                   "pairs") as progress:
@@ -296,6 +297,34 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
     out = ctx.path(f"matches/shard-{shard['shard']:05d}.parquet")
     write_table(matches, out, cmp.MATCH_COLUMNS)
     return str(out)
+
+
+# -- verify ------------------------------------------------------------------------------
+
+def verify(ctx: RunContext) -> dict[str, int]:
+    """Check the close pairs of the compare shards in detail -> verified.parquet
+    (npimage.matching.verify): variants of one template move below `retouched`."""
+    from npimage.matching.verify import pairs_to_verify, verify_matches
+    from npimage.storage.parquet_io import read_parts
+
+    shards = list_parts(ctx.run_dir / "matches", "shard-*.parquet")
+    matches = pa.concat_tables([read_table(p, cmp.MATCH_COLUMNS) for p in shards]) \
+        if shards else cmp.MATCH_COLUMNS.empty_table()
+    pairs = pairs_to_verify(matches)
+    ids = sorted(set(pairs["a"].to_pylist()) | set(pairs["b"].to_pylist()))
+    details: dict[str, bytes | None] = {}
+    if ids:
+        sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                          columns=["image_id", "detail"], ids=ids)
+        details = dict(zip(sigs["image_id"].to_pylist(), sigs["detail"].to_pylist(),
+                           strict=True))
+    with Progress(pairs.num_rows, "verify", "pairs"):
+        verified = verify_matches(pairs, details)
+    write_table(verified, ctx.path("verified.parquet"))
+    moved = int(pc.sum(pc.cast(pc.not_equal(
+        verified["verify_reason"], "detail identical"), pa.int64())).as_py() or 0)
+    log.info("verify: %d pairs checked, %d with a finding", verified.num_rows // 2, moved // 2)
+    return {"verified_pairs": verified.num_rows // 2, "findings": moved // 2}
 
 
 # -- merge -------------------------------------------------------------------------------
@@ -315,6 +344,7 @@ def merge(ctx: RunContext) -> dict[str, int]:
         match_files, baseline / "image_matches.parquet" if baseline else None,
         ctx.path("queries.parquet"), ctx.run_dir / "signatures", ctx.path("image_matches.parquet"),
         client_id=ctx.client_id, run_id=ctx.run_id, top_k=ctx.top_k, threshold=ctx.threshold,
+        verified=ctx.path("verified.parquet"),
         rejected=rejected(data_dir, ctx.client_id, "image"))
     products = roll_up_products(ctx.path("image_matches.parquet"), ctx.path("catalog.parquet"),
                                 ctx.path("product_matches.parquet"), client_id=ctx.client_id,

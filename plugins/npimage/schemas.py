@@ -35,6 +35,9 @@ SIGNATURES = pa.schema(
         ("fv", pa.list_(pa.float16())),
         ("fv_model", pa.string()),
         ("computed_at", pa.timestamp("us", tz="UTC")),
+        # local-detail signature for verification (npimage.matching.verify): grey 128x128
+        # + chroma 2x32x32 of the content box, uint8; NULL in signatures of npimage < 0.3
+        ("detail", pa.binary()),
     ]
 )
 
@@ -62,6 +65,11 @@ IMAGE_MATCHES = pa.schema(
         ("dfv", pa.float32()),
         ("same_bytes", pa.bool_()),
         ("run_id", pa.string()),
+        # verification (npimage.matching.verify): the score before it, whether the pair
+        # was checked, and why it moved (or what it found)
+        ("score_before", pa.float32()),
+        ("verified", pa.bool_()),
+        ("verify_reason", pa.string()),
         ("rejected", pa.bool_()),  # a reviewer said "not the same" (npimage.review.store)
     ]
 )
@@ -77,6 +85,8 @@ PRODUCT_MATCHES = pa.schema(
         ("best_image_id", pa.string()),
         ("best_match_image_id", pa.string()),
         ("run_id", pa.string()),
+        ("score_before", pa.float32()),  # best image pair's score before verification
+        ("verify_reason", pa.string()),  # verification of the best image pair
         ("rejected", pa.bool_()),  # a reviewer said "not the same" (npimage.review.store)
     ]
 )

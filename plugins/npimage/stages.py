@@ -5,8 +5,8 @@ stage one item of an earlier stage's output (a batch path, a shard). Stages run 
 order of STAGES; each starts when the one before it is done.
 
     extract -> plan -> signatures(batch) x B -> read_codes(batch) x B -> consolidate
-            -> compare(shard) x S -> merge -> families -> plan_text -> read_text(batch) x T
-            -> publish -> report
+            -> compare(shard) x S -> verify -> merge -> families -> plan_text
+            -> read_text(batch) x T -> publish -> report
 
 This module imports nothing heavy (the DAG file reads it at parse time): the stage
 functions are looked up by name only when a stage runs. To add a stage, write its
@@ -56,6 +56,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("read_codes", "read_codes", over="plan"),  # pack reading: codes of the same batches
     Stage("consolidate", "consolidate"),
     Stage("compare", "compare_shard", over="consolidate"),
+    Stage("verify", "verify"),  # close pairs checked in detail (npimage.matching.verify)
     Stage("merge", "merge"),
     Stage("families", "families"),
     Stage("plan_text", "plan_text"),  # pack reading: OCR of the images in close pairs

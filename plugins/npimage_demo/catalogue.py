@@ -64,11 +64,14 @@ EXPECTED_BAND: dict[str, str] = {
     "recompress": "same",
     "resize": "same",
     "format": "same",
+    "mode": "same",  # variant families (npimage_demo.variants): another pixel mode
     "retouch": "retouched",
 }
 PLANTED_KINDS = ("copy", "recompress", "resize", "format", "retouch")
 _PLANTED_WEIGHTS = (0.15, 0.2, 0.2, 0.15, 0.3)
 RETOUCHES = ("tone", "sticker", "crop", "rotate", "sharpen")
+#: Variant families `npimage demo` adds (npimage_demo.variants).
+DEMO_VARIANT_FAMILIES = 12
 
 #: Photos that are files inside the installed scikit-image package (skimage/data).
 SKIMAGE_PHOTOS = (
@@ -1073,11 +1076,14 @@ def _display_name(p: Product) -> str:
     return " ".join(x for x in (p.brand, p.name, p.dosage, p.quantity) if x)
 
 
-def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0) -> DemoCatalogue:
+def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0,
+                         variant_families: int = 0) -> DemoCatalogue:
     """Draw the demo catalogue of `plan_catalogue(n_products, seed)` into `out_dir`.
 
     Writes images/, manifest.csv and truth.csv (see the module docstring); deterministic
-    for a seed. Files a previous build left in images/ are replaced.
+    for a seed. Files a previous build left in images/ are replaced. `variant_families`
+    adds that many families of packshots on white with edits (npimage_demo.variants).
+    truth.csv also says each picture's `edit` and `family_id` (products of one template).
     """
     require_scikit_image()  # before any file is written
     out_dir = Path(out_dir)
@@ -1094,10 +1100,11 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0) ->
             files[spec.image_id].write_bytes(planted_bytes(files[spec.source], spec))
     ordered = sorted(plan.images, key=lambda s: (products[s.product_key].product_id, s.image_id))
     manifest, truth = out_dir / "manifest.csv", out_dir / "truth.csv"
+    extra = _variant_rows(images_dir, variant_families, seed, {p.gtin for p in products})
     _write_csv(
         manifest,
         ("image_id", "product_id", "uri", "reference", "family", "name"),
-        [
+        extra.manifest + [
             (
                 s.image_id,
                 products[s.product_key].product_id,
@@ -1111,13 +1118,27 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0) ->
     )
     _write_csv(
         truth,
-        ("image_id", "group_id", "kind", "expected_band"),
-        [(s.image_id, s.group_id, s.kind, EXPECTED_BAND[s.kind]) for s in ordered],
+        ("image_id", "group_id", "kind", "expected_band", "edit", "family_id"),
+        extra.truth + [(s.image_id, s.group_id, s.kind, EXPECTED_BAND[s.kind], s.edit,
+                        _family_id(products[s.product_key])) for s in ordered],
     )
     _write_csv(out_dir / "reading_truth.csv", barcodes.READING_TRUTH_HEADER,
                barcodes.reading_truth(plan))
     n_planted = sum(s.source is not None for s in plan.images)
-    return DemoCatalogue(manifest, truth, len(plan.images), n_planted)
+    n_planted += sum(1 for r in extra.truth if r[3])
+    return DemoCatalogue(manifest, truth, len(plan.images) + len(extra.manifest), n_planted)
+
+
+def _family_id(p: Product) -> str:
+    """Products drawn from one template and layout share it (look-alike families)."""
+    return "" if p.photo is not None else f"layout-{p.layout_seed}"
+
+
+def _variant_rows(images_dir: Path, n: int, seed: int, used: set[str]):
+    """The variant families' files and rows (npimage_demo.variants), none when n is 0."""
+    from npimage_demo.variants import VariantRows, add_variant_families
+
+    return add_variant_families(images_dir, n, seed, used) if n else VariantRows([], [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1126,9 +1147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("data/demo"), help="output folder")
     parser.add_argument("--products", type=int, default=160, help="genuine products")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument("--variant-families", type=int, default=DEMO_VARIANT_FAMILIES,
+                        help="families of packshots on white with edits (0: none)")
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
-    cat = build_demo_catalogue(args.out, args.products, args.seed)
+    cat = build_demo_catalogue(args.out, args.products, args.seed, args.variant_families)
     print(
         f"demo catalogue: {cat.n_images} images ({cat.n_planted} planted duplicates) "
         f"in {time.perf_counter() - t0:.1f} s\n  manifest: {cat.manifest}\n  truth:    {cat.truth}"

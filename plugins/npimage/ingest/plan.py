@@ -16,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 
 from npimage.schemas import CATALOG, SIGNATURES
-from npimage.storage.parquet_io import read_parts, read_table, write_table
+from npimage.storage.parquet_io import read_table, write_table
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ def unchanged_mask(catalog: pa.Table, prior_catalog: pa.Table, prior_sigs: pa.Ta
     }
     models = dict(zip(prior_sigs["image_id"].to_pylist(), prior_sigs["fv_model"].to_pylist(),
                       strict=True))  # fv_model is set exactly when the row has a vector
+    stale = set(prior_sigs.filter(pc.invert(prior_sigs["detail_ok"]))["image_id"].to_pylist()
+                ) if "detail_ok" in prior_sigs.column_names else set()
     keep = []
     for row in catalog.select(["image_id", "uri", "size_bytes", "modified_at"]).to_pylist():
         key = (row["uri"], row["size_bytes"], row["modified_at"])
@@ -60,8 +64,33 @@ def unchanged_mask(catalog: pa.Table, prior_catalog: pa.Table, prior_sigs: pa.Ta
                 and row["modified_at"] is not None)
         if same and fv:
             same = model_matches(models[row["image_id"]], fv_model)
+        if same and row["image_id"] in stale:  # detail signature of an older version
+            same = False
         keep.append(same)
     return keep
+
+
+def _prior_signature_keys(folder: Path) -> pa.Table:
+    """image_id, fv_model and detail_ok (a detail signature of this version) of stored
+    signatures; the detail bytes are measured by the reader, never held."""
+    from npimage.matching.verify import DETAIL_BYTES, DETAIL_VERSION
+    from npimage.storage.parquet_io import list_parts
+    from npimage.storage.store import arrow
+
+    files = list_parts(folder, "*.parquet")
+    if not files:
+        return pa.table({"image_id": pa.array([], pa.string()),
+                         "fv_model": pa.array([], pa.string()),
+                         "detail_ok": pa.array([], pa.bool_())})
+    detail = ds.field("detail")
+    ok = pc.coalesce(pc.and_kleene(pc.equal(pc.binary_length(detail), DETAIL_BYTES), pc.equal(
+        pc.binary_slice(detail, 0, 1), pa.scalar(bytes([DETAIL_VERSION]), pa.binary()))),
+        pa.scalar(False))
+    fs, _ = arrow(files[0])
+    dataset = ds.dataset([arrow(p)[1] for p in files], schema=SIGNATURES, format="parquet",
+                         filesystem=fs)
+    return dataset.to_table(columns={"image_id": ds.field("image_id"),
+                                     "fv_model": ds.field("fv_model"), "detail_ok": ok})
 
 
 def batch_size_for(n: int, batch_size: int, max_batches: int) -> int:
@@ -79,8 +108,7 @@ def plan_batches(catalog_path: Path, baseline: Path | None, out_dir: Path, *, in
 
             fv_model = model_id_prefix(fv_model)
         keep = unchanged_mask(catalog, read_table(baseline / "catalog.parquet", CATALOG),
-                              read_parts(baseline / "signatures", SIGNATURES,
-                                         columns=["image_id", "fv_model"]), fv, fv_model)
+                              _prior_signature_keys(baseline / "signatures"), fv, fv_model)
         todo = catalog.filter(pa.array([not k for k in keep], pa.bool_()))
     else:
         todo = catalog

@@ -22,6 +22,7 @@ from PIL import Image
 from npimage.fv import FeatureExtractor
 from npimage.ingest.decode import ImageError, decode, read_bytes
 from npimage.matching.hashing import image_hashes
+from npimage.matching.verify import detail_signature, is_current
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import read_parts, read_table, write_table
 
@@ -42,6 +43,11 @@ class BatchResult:
 
 
 Row = dict[str, Any]
+
+
+def _current_detail(row: dict) -> bool:
+    """Does a stored signature carry a detail signature of this version (else recompute)?"""
+    return is_current(row.get("detail"))
 
 
 def _prior_rows(prior: Path | None, ids: list[str]) -> dict[str, Row]:
@@ -95,7 +101,8 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
             data = read_bytes(cat["uri"], read_timeout)
             sha, size = hashlib.sha256(data).hexdigest(), len(data)
             old = prior_rows.get(cat["image_id"])
-            if old and old["sha256"] == sha and old["size_bytes"] == size and (
+            if old and old["sha256"] == sha and old["size_bytes"] == size and _current_detail(
+                    old) and (
                     extractor is None or (old["fv"] is not None
                                           and old["fv_model"] == extractor.model_id)):
                 sigs.add(old)
@@ -103,6 +110,7 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
                 continue
             img = decode(data, max_pixels)
             ah, dh, ph = image_hashes(img.rgb)
+            detail = detail_signature(img.rgb)
         except ImageError as exc:
             rejects.add({**base, "stage": "signatures", "reason": str(exc)})
             continue
@@ -115,7 +123,8 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
                 progress(1)
         row = {"client_id": cat["client_id"], "image_id": cat["image_id"], "sha256": sha,
                "size_bytes": size, "width": img.width, "height": img.height, "ahash": ah,
-               "dhash": dh, "phash": ph, "fv": None, "fv_model": None, "computed_at": now}
+               "dhash": dh, "phash": ph, "fv": None, "fv_model": None, "computed_at": now,
+               "detail": detail}
         if extractor is None:
             sigs.add(row)
         else:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from npimage.bands import DEFAULT_THRESHOLD, bands_table, sql_params
 from npimage.matching.compare import MATCH_COLUMNS
@@ -24,6 +25,24 @@ from npimage.storage.store import location
 def _read_shards(paths: list[Path]) -> pa.Table:
     tables = [read_table(p).cast(MATCH_COLUMNS) for p in map(location, paths) if p.exists()]
     return pa.concat_tables(tables) if tables else MATCH_COLUMNS.empty_table()
+
+
+def _verified(shards: pa.Table, verified: Path | None) -> pa.Table:
+    """Compare's pairs with the verification applied: score = verified score where the pair
+    was checked, score_before = compare's score, verified, verify_reason."""
+    con = duckdb.connect()
+    con.register("shards", shards)
+    ver = read_table(verified) if verified is not None and location(verified).exists() else None
+    if ver is None:
+        return con.sql("SELECT *, score AS score_before, false AS verified, "
+                           "CAST(NULL AS VARCHAR) AS verify_reason FROM shards").to_arrow_table()
+    con.register("ver", ver)
+    return con.sql(
+        """SELECT s.image_id, s.match_image_id, coalesce(v.score, s.score) AS score,
+                  s.dah, s.ddh, s.dph, s.dfv, s.same_bytes, s.score AS score_before,
+                  v.image_id IS NOT NULL AS verified, v.verify_reason
+           FROM shards AS s LEFT JOIN ver AS v
+             ON v.image_id = s.image_id AND v.match_image_id = s.match_image_id""").to_arrow_table()
 
 
 #: Pairs a reviewer rejected: (item_id < match_id, band rejected in); see npimage.review.store.
@@ -39,8 +58,10 @@ def _register_rejected(con: duckdb.DuckDBPyConnection, rejected: pa.Table | None
 def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, signatures: Path,
                         out: Path, *, client_id: str, run_id: str, top_k: int,
                         threshold: float = DEFAULT_THRESHOLD,
+                        verified: Path | None = None,
                         rejected: pa.Table | None = None) -> pa.Table:
-    """Combine this run's shard results with the kept prior matches; write image_matches.
+    """Combine this run's shard results (with their verification, `verified`: the verify
+    stage's file) with the kept prior matches; write image_matches.
 
     `rejected` holds the image pairs reviewers rejected (item_id, match_id, band): their
     rows are kept with rejected = true while they score at or above that band.
@@ -50,14 +71,17 @@ def merge_image_matches(shards: list[Path], prior: Path | None, queries: Path, s
     """
     con = duckdb.connect()
     con.register("bands", bands_table())
-    con.register("new_pairs", _read_shards(shards))
-    # Only the compared columns: a baseline written before a column was added still reads.
-    prior_table = (read_table(prior, IMAGE_MATCHES, columns=MATCH_COLUMNS.names) if prior
-                   else MATCH_COLUMNS.empty_table())
-    con.register("prior_matches", prior_table.cast(MATCH_COLUMNS))
+    con.register("new_pairs", _verified(_read_shards(shards), verified))
+    cols = [*MATCH_COLUMNS.names, "score_before", "verified", "verify_reason"]
+    prior_table = read_table(prior, IMAGE_MATCHES, columns=cols) if prior else \
+        IMAGE_MATCHES.empty_table().select(cols)
+    prior_table = prior_table.set_column(  # rows of older runs: score_before = score
+        prior_table.schema.get_field_index("score_before"), "score_before",
+        pc.coalesce(prior_table["score_before"], prior_table["score"]))
+    con.register("prior_matches", prior_table)
     _register_rejected(con, rejected)
     con.register("queries", read_table(queries, columns=["image_id"]))
-    con.register("present", read_table(signatures, SIGNATURES).select(["image_id"]))
+    con.register("present", read_table(signatures, SIGNATURES, columns=["image_id"]))
     params = {"client_id": client_id, "run_id": run_id, "top_k": top_k,
               **sql_params(threshold)}
     result = query_script(con, load_sql("duckdb", "merge_image_matches"), params)

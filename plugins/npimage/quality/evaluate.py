@@ -18,6 +18,7 @@ Metrics:
 
 from __future__ import annotations
 
+import csv
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -237,3 +238,96 @@ def planted_found(warehouse: Path, client_id: str, truth: Path) -> list[PlantedR
             if _BAND_RANK[band] <= _BAND_RANK[r["expected_band"]]:
                 s[2] += 1
     return [PlantedResult(k, *v) for k, v in sorted(stats.items())]
+
+
+# -- per kind, before and after verification (demo truth with kind, edit and family_id) ---------
+
+@dataclass(frozen=True)
+class KindResult:
+    """Pairs of one kind, and how many reach `same` / >= 0.95 before and after verification
+    (before = compare's score, `score_before`). `expected` is the band the kind must reach
+    ("" for pairs of different products, which must not reach 0.95)."""
+
+    kind: str
+    expected: str
+    pairs: int
+    found: int
+    same_before: int
+    same_after: int
+    ret_before: int
+    ret_after: int
+
+
+def edit_class(kind: str, edit: str) -> str:
+    """The class a planted picture is reported in: its kind, and for retouches the edit with
+    its strength range (the verification's thresholds were fitted on the milder range)."""
+    if kind == "recompress" and edit.startswith("q") and edit[1:].isdigit():
+        return "recompress q>=70" if int(edit[1:]) >= 70 else "recompress q<70"
+    if kind != "retouch":
+        return kind
+    name, _, value = edit.partition(" ")
+    try:
+        x = abs(float(value.split()[0]))
+    except (ValueError, IndexError):
+        return f"retouch {name}"
+    if name == "crop":
+        return "retouch crop <=5 %" if x <= 5 else "retouch crop 5-10 %"
+    if name == "rotate":
+        return "retouch rotate <=2" if x <= 2 else "retouch rotate 2-5"
+    return f"retouch {name}"
+
+
+def by_kind(warehouse: Path, client_id: str, truth_path: Path) -> list[KindResult]:
+    """Per kind of labelled pair, before and after verification: planted pictures against
+    their original (per edit class), variant pairs (two products of one family: another
+    strength, barcode, name or colour) and other pairs of different pictures."""
+    with truth_path.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or "kind" not in rows[0]:
+        return []
+    con = connect_readonly(warehouse)
+    try:
+        scores = {(a, b): (s, sb if sb is not None else s) for a, b, s, sb in con.execute(
+            "SELECT image_id, match_image_id, score, score_before FROM image_matches "
+            "WHERE client_id = $c", {"c": client_id}).fetchall()}
+    finally:
+        con.close()
+    same, ret = BANDS[0][1], BANDS[1][1]
+    acc: dict[tuple[str, str], list[int]] = {}
+
+    def add(cls: str, expected: str, pair: tuple[float, float] | None) -> None:
+        s = acc.setdefault((cls, expected), [0] * 6)
+        s[0] += 1
+        if pair is not None:
+            after, before = pair
+            s[1] += 1
+            s[2] += before >= same
+            s[3] += after >= same
+            s[4] += before >= ret
+            s[5] += after >= ret
+
+    for r in rows:
+        if r.get("expected_band"):
+            add(edit_class(r["kind"], r.get("edit", "")), r["expected_band"],
+                scores.get((r["group_id"], r["image_id"])))
+    group = {r["image_id"]: r["group_id"] for r in rows}
+    family = {r["image_id"]: r.get("family_id", "") for r in rows}
+    for (a, b), pair in scores.items():
+        if a < b and a in group and b in group and group[a] != group[b]:
+            fam = family[a] and family[a] == family[b]
+            add("variant (one template)" if fam else "different pictures", "", pair)
+    return [KindResult(k, e, *v) for (k, e), v in sorted(acc.items(), key=lambda kv: (
+        kv[0][1] == "", kv[0][0]))]
+
+
+def format_by_kind(results: list[KindResult]) -> str:
+    """Plain-text table of by_kind: counts before -> after verification."""
+    lines = ["per kind, before -> after verification (labelled pairs; different pictures: "
+             "stored pairs):",
+             f"  {'kind':<26}{'must reach':>11}{'pairs':>7}{'found':>7}"
+             f"{'in same':>14}{'>= 0.95':>14}"]
+    for k in results:
+        lines.append(f"  {k.kind:<26}{k.expected or '< 0.95':>11}{k.pairs:>7}{k.found:>7}"
+                     f"{f'{k.same_before} -> {k.same_after}':>14}"
+                     f"{f'{k.ret_before} -> {k.ret_after}':>14}")
+    return "\n".join(lines)

@@ -94,6 +94,9 @@ class ImageMatch:
     dph: float | None
     dfv: float | None
     same_bytes: bool | None
+    score_before: float | None = None  # compare's score, before verification
+    verified: bool | None = None
+    verify_reason: str | None = None  # why verification moved the pair (or what it found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +109,8 @@ class ProductMatch:
     n_image_pairs: int
     best_image_id: str | None
     best_match_image_id: str | None
+    score_before: float | None = None
+    verify_reason: str | None = None
 
 
 @dataclass

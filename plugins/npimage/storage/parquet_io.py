@@ -46,15 +46,18 @@ def read_table(path: Location, schema: pa.Schema | None = None,
     path = location(path)
     fs, name = arrow(path)
     try:  # no existence check first: on an object store that is one request less
-        table = pq.read_table(name, filesystem=fs, columns=columns)
+        if schema is None:
+            return pq.read_table(name, filesystem=fs, columns=columns)
+        target = pa.schema([schema.field(n) for n in (columns or schema.names)])
+        try:
+            table = pq.read_table(name, filesystem=fs, columns=target.names)
+        except (pa.ArrowInvalid, KeyError):  # a file from before a column was added
+            table = pq.read_table(name, filesystem=fs)
     except FileNotFoundError:
         if schema is None:
             raise
         return schema.empty_table().select(columns or schema.names)
-    if schema is None:
-        return table
-    target = pa.schema([schema.field(n) for n in (columns or schema.names)])
-    return table.select(target.names).cast(target)
+    return conform(table, target)
 
 
 def read_metadata(path: Location) -> pq.FileMetaData:
@@ -111,8 +114,12 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
     A column whose values are all null may have been written as Arrow's `null` type (a
     run without feature vectors, an empty batch): it is cast like any other, so tables
-    of runs with and without FV, or empty and full batches, always concatenate.
+    of runs with and without FV, or empty and full batches, always concatenate. Columns
+    a file written by an older version lacks (added later, nullable) read as nulls.
     """
+    for name in schema.names:
+        if name not in table.column_names:
+            table = table.append_column(name, pa.nulls(table.num_rows, schema.field(name).type))
     return table.select(schema.names).cast(schema)
 
 

@@ -1,8 +1,10 @@
 -- Merge the compare shards of a run into the client's image_matches.
 -- Relations registered by npimage.merge:
---   new_pairs(image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes)
---       top-k of each query image of this run, one row per (query, match), from all shards;
---   prior_matches(image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes)
+--   new_pairs(image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes,
+--             score_before, verified, verify_reason)
+--       top-k of each query image of this run, one row per (query, match), from all shards,
+--       with the verify stage's result applied (score = verified score);
+--   prior_matches(same columns)
 --       image_matches of the last published run (empty in full mode);
 --   queries(image_id)   images compared this run (their old rows are replaced);
 --   present(image_id)   images with a signature in this run (rows of others are dropped);
@@ -16,12 +18,15 @@
 -- Result: both directions of each pair; per image its top-k plus any image that has it in
 -- its own top-k (so a pair never shows in one direction only); rank 1 = best.
 WITH fresh AS (
-    SELECT image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes FROM new_pairs
+    SELECT image_id, match_image_id, score, dah, ddh, dph, dfv, same_bytes,
+           score_before, verified, verify_reason FROM new_pairs
     UNION ALL
-    SELECT match_image_id, image_id, score, dah, ddh, dph, dfv, same_bytes FROM new_pairs
+    SELECT match_image_id, image_id, score, dah, ddh, dph, dfv, same_bytes,
+           score_before, verified, verify_reason FROM new_pairs
 ),
 kept AS (
-    SELECT p.image_id, p.match_image_id, p.score, p.dah, p.ddh, p.dph, p.dfv, p.same_bytes
+    SELECT p.image_id, p.match_image_id, p.score, p.dah, p.ddh, p.dph, p.dfv, p.same_bytes,
+           p.score_before, p.verified, p.verify_reason
     FROM prior_matches AS p
     WHERE p.image_id NOT IN (SELECT image_id FROM queries)
       AND p.match_image_id NOT IN (SELECT image_id FROM queries)
@@ -45,7 +50,8 @@ closed AS (
     SELECT * FROM (
         SELECT * FROM best
         UNION ALL
-        SELECT match_image_id, image_id, score, dah, ddh, dph, dfv, same_bytes FROM best
+        SELECT match_image_id, image_id, score, dah, ddh, dph, dfv, same_bytes,
+               score_before, verified, verify_reason FROM best
     )
     QUALIFY row_number() OVER (PARTITION BY image_id, match_image_id ORDER BY score DESC) = 1
 ),
@@ -67,6 +73,9 @@ SELECT
     CAST(k.dfv AS FLOAT) AS dfv,
     k.same_bytes,
     $run_id AS run_id,
+    CAST(k.score_before AS FLOAT) AS score_before,
+    coalesce(k.verified, false) AS verified,
+    k.verify_reason,
     coalesce(k.score >= at_band.lower, false) AS rejected
 FROM kept_pairs AS k
 ASOF LEFT JOIN bands AS b ON k.score >= b.lower

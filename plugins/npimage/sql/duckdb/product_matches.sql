@@ -9,6 +9,7 @@
 -- Parameters: $client_id, $run_id.
 WITH pairs AS (
     SELECT a.product_id, b.product_id AS match_product_id, m.score, m.image_id, m.match_image_id,
+           m.score_before, m.verify_reason,
            m.rejected
     FROM image_matches AS m
     JOIN catalog AS a ON a.image_id = m.image_id
@@ -24,6 +25,9 @@ rolled AS (
         first(image_id ORDER BY score DESC, image_id, match_image_id) AS best_image_id,
         first(match_image_id ORDER BY score DESC, image_id, match_image_id)
             AS best_match_image_id,
+        CAST(first(score_before ORDER BY score DESC, image_id, match_image_id) AS FLOAT)
+            AS score_before,
+        first(verify_reason ORDER BY score DESC, image_id, match_image_id) AS verify_reason,
         bool_and(coalesce(rejected, false)) AS images_rejected
     FROM pairs
     GROUP BY product_id, match_product_id
@@ -38,6 +42,8 @@ SELECT
     r.best_image_id,
     r.best_match_image_id,
     $run_id AS run_id,
+    r.score_before,
+    r.verify_reason,
     r.images_rejected OR coalesce(r.score >= at_band.lower, false) AS rejected
 FROM rolled AS r
 ASOF LEFT JOIN bands AS b ON r.score >= b.lower

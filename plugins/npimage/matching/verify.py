@@ -1,0 +1,602 @@
+"""Verification of close pairs: look at the detail the hashes and the global FV cannot see.
+
+Why: two strengths of one pack template ("0.9 %" and "250 ml") have identical 64-bit
+hashes and FV cosines of 0.997, so compare calls them the same image. This stage takes
+the pairs compare scored high, compares a small aligned picture of each image region by
+region, and moves a pair down the bands when one region differs (another strength,
+barcode, name or accent colour), or up to `retouched` when the only difference is
+geometric (crop, rotation, mirror, margins) that the hashes punish.
+
+The local-detail signature (`detail_signature`, stored with the other signatures):
+a DETAIL_SIDE x DETAIL_SIDE grey thumbnail (luma) and a CHROMA_SIDE x CHROMA_SIDE thumbnail
+of the two chroma channels, uint8, squashed to a square like the hashes: 128*128 + 2*32*32
+= 18 432 bytes raw per image (less in Parquet).
+
+Per pair (`verify`):
+1. photometric normalisation (each thumbnail to zero mean, unit deviation: tone changes
+   vanish), then at identity and mirrored, vectorised over the batch: the difference map,
+   smoothed over a window the size of a printed word, and its peak = `peak`;
+2. the pairs that are not clean at identity are aligned one by one (OpenCV ECC, an affine
+   transform from the content boxes of both pictures, straight and mirrored), then step 1
+   again on the overlap;
+3. verdict from the residual: clean -> the same picture (kept; lifted to `retouched` when
+   the alignment was geometric); one region or a few differ -> a variant (moved below
+   0.95, with the kind of region: text, colour, ...); an opaque patch over the picture
+   -> a sticker (kept as a retouch).
+
+Every check returns (cap, floor, reason) per pair; further checks (codes and text read
+from the packs) can be appended to CHECKS without touching this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image
+
+#: Side of the grey detail thumbnail (pixels) and of the chroma thumbnail.
+DETAIL_SIDE = 128
+CHROMA_SIDE = 32
+#: Version of the detail signature (its first byte): stored signatures of another version
+#: are recomputed by the next run.
+DETAIL_VERSION = 1
+#: Bytes: version, luma, Cb, Cr, content box (4 x uint8 shares of the frame).
+DETAIL_BYTES = 1 + DETAIL_SIDE * DETAIL_SIDE + 2 * CHROMA_SIDE * CHROMA_SIDE + 4
+
+
+def is_current(detail: bytes | None) -> bool:
+    """Is this a detail signature of the current version?"""
+    return detail is not None and len(detail) == DETAIL_BYTES and detail[0] == DETAIL_VERSION
+
+
+#: A pixel is content when it differs by more than this from the backdrop of its row and
+#: of its column (the picture's border pixels); rows/columns need CONTENT_SHARE of them.
+BACKDROP_TOLERANCE = 24
+CONTENT_SHARE = 0.01
+#: Content boxes further apart than this (share of the frame) mean another framing.
+BOX_MOVED = 0.03
+#: Margin kept around the content box, as a share of its size.
+BOX_MARGIN = 0.02
+
+
+def content_box(rgb: Image.Image) -> tuple[int, int, int, int]:
+    """(left, top, right, bottom) of what stands out from the backdrop (margins dropped).
+
+    The backdrop of a row is the mean of its two end pixels, of a column its two end pixels
+    (a studio gradient or plain white); a pixel far from both is content. A picture without
+    a backdrop (a photo) keeps its whole frame.
+    """
+    small = rgb.copy()
+    small.thumbnail((160, 160), Image.Resampling.BOX)
+    a = np.asarray(small, dtype=np.int16)
+    h, w = a.shape[:2]
+    rows = (a[:, :2].mean(axis=1) + a[:, -2:].mean(axis=1)) / 2
+    cols = (a[:2].mean(axis=0) + a[-2:].mean(axis=0)) / 2
+    far = ((np.abs(a - rows[:, None]).max(-1) > BACKDROP_TOLERANCE)
+           & (np.abs(a - cols[None]).max(-1) > BACKDROP_TOLERANCE))
+    ys = np.flatnonzero(far.mean(axis=1) > CONTENT_SHARE)
+    xs = np.flatnonzero(far.mean(axis=0) > CONTENT_SHARE)
+    if len(ys) < h * 0.1 or len(xs) < w * 0.1:
+        return (0, 0, rgb.width, rgb.height)
+    my, mx = BOX_MARGIN * (ys[-1] - ys[0] + 1), BOX_MARGIN * (xs[-1] - xs[0] + 1)
+    sx, sy = rgb.width / w, rgb.height / h
+    return (max(0, int((xs[0] - mx) * sx)), max(0, int((ys[0] - my) * sy)),
+            min(rgb.width, int(np.ceil((xs[-1] + 1 + mx) * sx))),
+            min(rgb.height, int(np.ceil((ys[-1] + 1 + my) * sy))))
+
+
+def detail_signature(rgb: Image.Image) -> bytes:
+    """Luma thumbnail (DETAIL_SIDE^2) then Cb and Cr thumbnails (CHROMA_SIDE^2 each), uint8,
+    of the content box (so a pack fills the thumbnail whatever its margins)."""
+    box = content_box(rgb)
+    ycc = rgb.crop(box).convert("YCbCr")
+    y = ycc.getchannel(0).resize((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BOX)
+    c = ycc.resize((CHROMA_SIDE, CHROMA_SIDE), Image.Resampling.BOX)
+    cb, cr = c.getchannel(1), c.getchannel(2)
+    frac = np.array([box[0] / rgb.width, box[1] / rgb.height, box[2] / rgb.width,
+                     box[3] / rgb.height])
+    box_bytes = np.round(frac * 255).astype(np.uint8).tobytes()
+    return bytes([DETAIL_VERSION]) + y.tobytes() + cb.tobytes() + cr.tobytes() + box_bytes
+
+
+def content_boxes(details: Sequence[bytes]) -> np.ndarray:
+    """(n, 4) float32: the content box (left, top, right, bottom) as shares of the frame."""
+    raw = np.frombuffer(b"".join(details), np.uint8).reshape(len(details), DETAIL_BYTES)
+    return raw[:, -4:].astype(np.float32) / 255
+
+
+def unpack_details(details: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    """(grey (n, S, S) uint8, chroma (n, C, C, 2) uint8) from stored detail signatures."""
+    raw = np.frombuffer(b"".join(details), np.uint8).reshape(len(details), DETAIL_BYTES)[:, 1:]
+    g = DETAIL_SIDE * DETAIL_SIDE
+    grey = raw[:, :g].reshape(-1, DETAIL_SIDE, DETAIL_SIDE)
+    c = CHROMA_SIDE * CHROMA_SIDE
+    chroma = np.stack([raw[:, g:g + c], raw[:, g + c:g + 2 * c]], axis=-1).reshape(
+        -1, CHROMA_SIDE, CHROMA_SIDE, 2)
+    return grey, chroma
+
+
+# -- the visual check ------------------------------------------------------------------------
+
+#: Blur (sigma, thumbnail pixels) applied to both thumbnails before differencing, and the
+#: stronger blur tried on either side (a resize or a sharper source changes the fine grain).
+BLUR = 0.7
+#: Normalised grey levels are clipped to +-CLIP deviations (a star field, a glint).
+CLIP = 3.0
+BLUR_EQUALISE = (1.3, 2.0)
+#: Side of the window (pixels of the 128 thumbnail: about a printed word) the difference is
+#: averaged over; its peak is the pair's grey residual.
+WINDOW = 2
+CHROMA_WINDOW = 2
+
+
+@dataclass(frozen=True)
+class VisualParams:
+    """Thresholds of the visual check (fitted on one range of edits, see bench/verify.py)."""
+
+    #: grey residual (units of the pictures' deviation) up to which a pair is the same picture
+    grey_clean: float = 0.9
+    #: chroma residual (levels of Cb/Cr above the pair's median) up to which colours agree
+    chroma_clean: float = 20.0
+    #: alignment is tried when the identity residual is above grey_clean over more than this
+    #: share of the picture (a misalignment shows along every edge; one changed region
+    #: of an aligned pair does not need it)
+    align_share: float = 0.0
+    #: largest share of the picture a sticker may cover
+    sticker_area: float = 0.08
+    #: score a variant is capped at (below `retouched`)
+    variant_cap: float = 0.93
+    #: score a geometric retouch is lifted to (inside `retouched`)
+    geometric_floor: float = 0.955
+
+
+def _norm(g: np.ndarray) -> np.ndarray:
+    """Each thumbnail to zero mean and unit deviation (float32): tone changes vanish."""
+    g = g.astype(np.float32)
+    m = g.mean(axis=(-2, -1), keepdims=True)
+    s = g.std(axis=(-2, -1), keepdims=True) + 1.0
+    return np.clip((g - m) / s, -CLIP, CLIP)  # a few very bright points do not dominate
+
+
+def _renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Normalise again over the overlap only (margins brought in by a warp, or cut off,
+    would shift the mean and deviation of the whole thumbnail)."""
+    n = valid.sum(axis=(1, 2), keepdims=True) + 1e-6
+    m = (x * valid).sum(axis=(1, 2), keepdims=True) / n
+    sd = np.sqrt((((x - m) * valid) ** 2).sum(axis=(1, 2), keepdims=True) / n) + 1e-3
+    return ((x - m) / sd).astype(np.float32)
+
+
+def _box(x: np.ndarray, w: int) -> np.ndarray:
+    """Mean over every w x w window of a stack of maps (valid windows only), by cumsums."""
+    c = np.pad(x, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2)
+    return (c[:, w:, w:] - c[:, :-w, w:] - c[:, w:, :-w] + c[:, :-w, :-w]) / (w * w)
+
+
+def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
+    import cv2
+
+    return np.stack([cv2.GaussianBlur(i, (0, 0), sigma) for i in x]) if len(x) else x
+
+
+def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(peak, map) of the windowed grey difference of normalised stacks a and b (n, S, S).
+
+    Both are blurred by BLUR; each side is also tried with BLUR_EQUALISE and the pair keeps
+    the combination with the least mean difference (a resized copy has less fine grain).
+    `valid` (n, S, S) masks pixels outside the overlap of an alignment.
+    """
+    a7, b7 = _blur(a, BLUR), _blur(b, BLUR)
+    cands = [np.abs(a7 - b7)]
+    for sigma in BLUR_EQUALISE:
+        cands += [np.abs(_blur(a, sigma) - b7), np.abs(a7 - _blur(b, sigma))]
+    cands = np.stack(cands)
+    if valid is not None:
+        cands *= valid[None]
+    best = cands.mean(axis=(2, 3)).argmin(0)
+    d = cands[best, np.arange(len(best))]
+    m = _box(d, WINDOW)
+    return m.max(axis=(1, 2)), m
+
+
+def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(peak, map) of the windowed chroma distance above the pair's median (a global cast
+    from a tone change or white balance is not a local colour change). `valid` (n, S, S)
+    masks, at the grey thumbnail's size, what lies outside the overlap of an alignment."""
+    d = np.hypot(*(a.astype(np.float32) - b.astype(np.float32)).transpose(3, 0, 1, 2))
+    if valid is not None:
+        k = DETAIL_SIDE // CHROMA_SIDE
+        d *= valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
+    d = d - np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
+    m = _box(d, CHROMA_WINDOW)
+    # a grey picture (a grey-level copy, a 1-bit mode) has no colour to compare
+    grey = _colourless(a) | _colourless(b)
+    m[grey] = 0.0
+    return m.max(axis=(1, 2)), m
+
+
+def _colourless(c: np.ndarray) -> np.ndarray:
+    """Per thumbnail: no pixel more than 3 levels from neutral chroma (a grey picture)."""
+    return np.abs(c.astype(np.int16) - 128).max(axis=(1, 2, 3)) <= 3
+
+
+def _ecc(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """Affine warp (2x3, float32) taking b onto a by ECC, coarse to fine; None if it fails."""
+    import cv2
+
+    warp = np.eye(2, 3, dtype=np.float32)
+    coarse = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4)
+    fine = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
+    try:
+        # half size, smoothed: converges from identity over crops, turns and margins
+        size = (a.shape[1] // 2, a.shape[0] // 2)
+        sa = cv2.resize(cv2.GaussianBlur(a, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
+        sb = cv2.resize(cv2.GaussianBlur(b, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
+        _, warp = cv2.findTransformECC(sa, sb, warp, cv2.MOTION_AFFINE, coarse, None, 5)
+        warp[:, 2] *= 2
+        # full size, barely smoothed: the smoothing biases the scale by ~0.5 %, which
+        # leaves every edge of the picture a fraction of a pixel off
+        _, warp = cv2.findTransformECC(a, b, warp, cv2.MOTION_AFFINE, fine, None, 3)
+    except cv2.error:
+        return None
+    return warp
+
+
+def _warp(img: np.ndarray, warp: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """img warped onto the reference frame (warp found at `scale` times this size), and the
+    mask of pixels that came from inside img (eroded by one pixel)."""
+    import cv2
+
+    w = warp.copy()
+    w[:, 2] *= scale
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    size = (img.shape[1], img.shape[0])
+    out = cv2.warpAffine(img, w, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
+    ones = np.ones(img.shape[:2], np.float32)
+    valid = cv2.warpAffine(ones, w, size, flags=flags, borderValue=0.0) > 0.999
+    valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    return out, valid
+
+
+def _is_geometric(warp: np.ndarray | None, mirrored: bool) -> bool:
+    """Did the alignment move the picture by more than resampling jitter?"""
+    if mirrored:
+        return True
+    if warp is None:
+        return False
+    lin = warp[:, :2] - np.eye(2)
+    return bool(np.abs(lin).max() > 0.01 or np.abs(warp[:, 2]).max() > 0.75)
+
+
+@dataclass
+class VisualResult:
+    """Per pair: residuals after the best alignment, and how the pair was aligned."""
+
+    grey: np.ndarray  # float32, grey residual peak
+    chroma: np.ndarray  # float32, chroma residual peak
+    mirrored: np.ndarray  # bool
+    geometric: np.ndarray  # bool: aligned by a real transform (crop, rotation, margins)
+    aligned: np.ndarray  # bool: ECC was run
+    grey_map: np.ndarray  # (n, S-W+1, S-W+1) windowed grey difference
+    chroma_map: np.ndarray
+    a: np.ndarray = field(repr=False)  # normalised grey of a (n, S, S)
+    b: np.ndarray = field(repr=False)  # normalised grey of b in a's frame
+    ca: np.ndarray = field(repr=False)
+    cb: np.ndarray = field(repr=False)
+
+
+def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
+                    params: VisualParams) -> VisualResult:
+    """Residuals of pairs of detail thumbnails, aligning (straight or mirrored) those that
+    differ at identity. Vectorised over pairs except the per-pair ECC alignment."""
+    a, b = _norm(ga), _norm(gb)
+    bf = b[:, :, ::-1]
+    mirrored = np.abs(a - bf).mean(axis=(1, 2)) < 0.75 * np.abs(a - b).mean(axis=(1, 2))
+    b = np.where(mirrored[:, None, None], bf, b).copy()
+    cb = np.where(mirrored[:, None, None, None], cb[:, :, ::-1], cb).copy()
+    grey, gmap = grey_residual(a, b)
+    chroma, cmap = chroma_residual(ca, cb)
+    n = len(a)
+    geometric, aligned = mirrored.copy(), np.zeros(n, bool)
+    spread = (gmap > params.grey_clean).mean(axis=(1, 2))
+    todo = np.flatnonzero((grey > params.grey_clean) & (spread > params.align_share))
+    if len(todo):
+        wb, valid, wc = b[todo].copy(), np.ones((len(todo), *a.shape[1:]), np.float32), \
+            cb[todo].copy()
+        moved = np.zeros(len(todo), bool)
+        for j, i in enumerate(todo):
+            warp = _ecc(a[i], b[i])
+            if warp is None:
+                continue
+            wb[j], v = _warp(b[i], warp)
+            valid[j] = v
+            wc[j] = _warp(cb[i].astype(np.float32), warp, CHROMA_SIDE / DETAIL_SIDE)[0]
+            moved[j] = _is_geometric(warp, False)
+        aligned[todo] = True
+        aa = _renorm(a[todo], valid)
+        wb = _renorm(wb, valid)
+        g2, m2 = grey_residual(aa, wb, valid)
+        c2, cm2 = chroma_residual(ca[todo], wc, valid)
+        better = g2 < grey[todo]
+        sel = todo[better]
+        grey[sel], gmap[sel], b[sel], a[sel] = g2[better], m2[better], wb[better], aa[better]
+        chroma[sel], cmap[sel], cb[sel] = c2[better], cm2[better], wc[better]
+        geometric[sel] |= moved[better]
+    return VisualResult(grey, chroma, mirrored, geometric, aligned, gmap, cmap, a, b, ca, cb)
+
+
+# -- verdicts ----------------------------------------------------------------------------------
+
+#: Reasons a check gives (stored in verify_reason; the report shows them on the match card).
+SAME_DETAIL = "detail identical"
+GEOMETRIC = "same picture after alignment (crop, rotation or margins)"
+MIRROR = "mirror image"
+STICKER = "a patch covers one area (sticker)"
+TEXT = "one region differs (text)"
+CODE = "one region differs (barcode)"
+COLOUR = "colour differs in a small area"
+SEVERAL = "several regions differ"
+#: Share of the thumbnail a changed area may cover and still be "one region".
+ONE_REGION = 0.12
+#: Sticker test: a pixel is "flat" within FLAT (units of deviation) of its patch's median;
+#: a sticker side is flat over STICKER_FLAT of the patch and moves the median by LEVEL_CHANGE.
+FLAT = 0.25
+STICKER_FLAT = 0.5
+LEVEL_CHANGE = 0.5
+#: ... or is a saturated colour (chroma distance from grey, levels) over a neutral area.
+STICKER_SATURATION = 35.0
+#: ... or has this many times the other side's edges (its outline and print).
+STICKER_EDGES = 1.5
+#: ... and its level stands out by this much (units of deviation) from a ring of RING
+#: pixels around it, more than the other side's does.
+STANDS_OUT = 0.4
+RING = 3
+NEUTRAL = 15.0
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one check says of each pair: the highest score it allows (1 = no cap), the
+    lowest it vouches for (0 = none), and why ("" when it has nothing to say)."""
+
+    cap: np.ndarray
+    floor: np.ndarray
+    reason: np.ndarray  # object (str)
+
+
+def _flat_share(x: np.ndarray) -> tuple[float, float]:
+    """(share of pixels within FLAT of the median, the median) of a patch of normalised grey."""
+    med = float(np.median(x))
+    return float((np.abs(x - med) <= FLAT).mean()), med
+
+
+def _edges(x: np.ndarray) -> float:
+    return float(np.abs(np.diff(x, axis=1)).sum() + np.abs(np.diff(x, axis=0)).sum())
+
+
+def _is_sticker(pa_: np.ndarray, pb: np.ndarray) -> bool:
+    """Does one side of a changed patch look like a label stuck over the other: a flat fill
+    of another level covering it, carrying edges (its text, its outline) the other side does
+    not have, or hiding the other side's detail? A changed accent stripe (flat on both sides,
+    the same edges) or changed text (same background level) does not."""
+    (fa, ma), (fb, mb) = _flat_share(pa_), _flat_share(pb)
+    if abs(ma - mb) <= LEVEL_CHANGE:
+        return False
+    x, y, fx, fy = (pa_, pb, fa, fb) if fa >= fb else (pb, pa_, fb, fa)
+    if fx < STICKER_FLAT:
+        return False
+    return fy < STICKER_FLAT or _edges(x) > 2.0 * max(_edges(y), 1e-3)
+
+
+def _pasted(a: np.ndarray, b: np.ndarray, sl: tuple[slice, slice]) -> bool:
+    """Is one side of the changed patch `sl` an object pasted on the picture: far more
+    edges than the other side (a label's outline and print), and a level that stands out
+    from the ring of pixels around the patch where the other side's does not? Changed text
+    on a label keeps the label's level inside and around, and about as many edges."""
+    ea, eb = _edges(a[sl]), _edges(b[sl])
+    if max(ea, eb) < STICKER_EDGES * max(min(ea, eb), 1e-3):
+        return False
+    x, y = (a, b) if ea >= eb else (b, a)
+    h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+    if (max(ea, eb) >= 2 * STICKER_EDGES * max(min(ea, eb), 1e-3) and w >= 1.2 * h
+            and _flat_share(y[sl])[0] < STICKER_FLAT + 0.1):
+        return True  # a wide label over busy detail (a photo): the print and outline added
+    (y0, y1), (x0, x1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
+    ring = np.zeros(a.shape, bool)
+    ring[max(0, y0 - RING):y1 + RING, max(0, x0 - RING):x1 + RING] = True
+    ring[sl] = False
+    if not ring.any():
+        return False
+
+    def stands_out(img: np.ndarray) -> float:
+        return abs(float(np.median(img[sl])) - float(np.median(img[ring])))
+
+    sx, sy = stands_out(x), stands_out(y)
+    return sx >= STANDS_OUT and sx - sy >= STANDS_OUT / 2
+
+
+def _colour_patch(ca: np.ndarray, cb: np.ndarray) -> bool:
+    """Is one side of a changed patch mostly a saturated colour (a yellow or red label)
+    where the other side is mostly neutral (a white label, a grey backdrop)?"""
+    sat = [float(np.hypot(*(np.median(c.reshape(-1, 2), axis=0) - 128.0))) for c in (ca, cb)]
+    return max(sat) >= STICKER_SATURATION and min(sat) <= NEUTRAL
+
+
+def _region_kind(r: VisualResult, i: int, params: VisualParams) -> tuple[str, bool]:
+    """(reason, sticker?) of a pair whose residual is not clean: the changed areas (connected
+    windows above the clean level), each judged: a sticker is forgiven, anything else is a
+    variant, named by the kind of area (text, barcode, colour)."""
+    import cv2
+
+    grey_bad = (r.grey_map[i] > params.grey_clean).astype(np.uint8)
+    if not grey_bad.any():
+        return COLOUR, False
+    if grey_bad.mean() > ONE_REGION:
+        return SEVERAL, False
+    _, _, stats, _ = cv2.connectedComponentsWithStats(
+        cv2.dilate(grey_bad, np.ones((5, 5), np.uint8)), connectivity=8)
+    kinds = []
+    for x0, y0, w, h, _ in stats[1:]:
+        sl = (slice(y0, y0 + h + WINDOW - 1), slice(x0, x0 + w + WINDOW - 1))
+        pa_, pb = r.a[i][sl], r.b[i][sl]
+        small = w * h <= params.sticker_area * r.a[i].size
+        f = CHROMA_SIDE / DETAIL_SIDE
+        cs = (slice(int(y0 * f), int(np.ceil((y0 + h + WINDOW) * f))),
+              slice(int(x0 * f), int(np.ceil((x0 + w + WINDOW) * f))))
+        if small and (_is_sticker(pa_, pb) or _pasted(r.a[i], r.b[i], sl)
+                      or _colour_patch(r.ca[i][cs], r.cb[i][cs])):
+            kinds.append(STICKER)
+            continue
+        gx = np.abs(np.diff(pa_, axis=1)).sum() + np.abs(np.diff(pb, axis=1)).sum()
+        gy = np.abs(np.diff(pa_, axis=0)).sum() + np.abs(np.diff(pb, axis=0)).sum()
+        kinds.append(CODE if gx > 3 * gy else TEXT)
+    rest = [k for k in kinds if k != STICKER]
+    if not rest and len(kinds) <= 2:  # one label (its text may split it in two)
+        return STICKER, True
+    if len(rest) > 2 or not rest:
+        return SEVERAL, False
+    return rest[0], False
+
+
+def visual_check(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
+                 params: VisualParams | None = None, moved_box: np.ndarray | None = None
+                 ) -> tuple[CheckResult, VisualResult]:
+    """The visual check of pairs of detail thumbnails (see the module docstring).
+    `moved_box`: pairs whose content boxes sit differently in their frames (margins)."""
+    params = params or VisualParams()
+    r = compare_details(ga, ca, gb, cb, params)
+    return verdicts(r, params, moved_box), r
+
+
+def verdicts(r: VisualResult, params: VisualParams, moved_box: np.ndarray | None = None
+             ) -> CheckResult:
+    """Cap, floor and reason of compared pairs (cheap: bench/verify.py fits the thresholds
+    by calling it on one comparison with many VisualParams)."""
+    n = len(r.grey)
+    moved_box = np.zeros(n, bool) if moved_box is None else moved_box
+    cap, floor = np.ones(n, np.float32), np.zeros(n, np.float32)
+    reason = np.full(n, SAME_DETAIL, dtype=object)
+    clean = (r.grey <= params.grey_clean) & (r.chroma <= params.chroma_clean)
+    lift = clean & (r.geometric | moved_box)  # the same picture reframed: forgiven
+    floor[lift] = params.geometric_floor
+    reason[lift] = GEOMETRIC
+    reason[clean & r.mirrored] = MIRROR
+    for i in np.flatnonzero(~clean):  # only pairs that differ: a few region statistics each
+        why, sticker = _region_kind(r, i, params)
+        reason[i] = why
+        if not sticker:
+            cap[i] = params.variant_cap
+    return CheckResult(cap, floor, reason)
+
+
+#: A check takes the pairs' detail signatures (a side, b side) and says what it can.
+Check = Callable[[Sequence[bytes], Sequence[bytes]], CheckResult]
+
+
+def moved_boxes(details_a: Sequence[bytes], details_b: Sequence[bytes]) -> np.ndarray:
+    """Pairs whose content boxes sit differently in their frames (added or cut margins)."""
+    return np.abs(content_boxes(details_a) - content_boxes(details_b)).max(axis=1) > BOX_MOVED
+
+
+def visual(details_a: Sequence[bytes], details_b: Sequence[bytes],
+           params: VisualParams | None = None) -> CheckResult:
+    """The visual check on stored detail signatures."""
+    ga, ca = unpack_details(details_a)
+    gb, cb = unpack_details(details_b)
+    return visual_check(ga, ca, gb, cb, params, moved_boxes(details_a, details_b))[0]
+
+
+#: The checks run on every verified pair, in order. Another check (codes and text read from
+#: the packs) is one more function here; the pair keeps the lowest cap and the first reason
+#: of the check that capped it.
+CHECKS: list[Check] = [visual]
+
+#: Pairs are verified from this score up (`very_similar` and better: a variant may score
+#: 0.90-0.95 when its other strength also moves a hash bit or two), and from this FV cosine
+#: up (a mirror or a 10 % crop keeps the FV but not the hashes).
+VERIFY_FROM = 0.90
+VERIFY_FV_FROM = 0.85
+
+
+def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarray, np.ndarray]:
+    """Verified scores and reasons: the lowest cap of any check, else the highest floor."""
+    n = len(score)
+    cap = np.ones(n, np.float32)
+    floor = np.zeros(n, np.float32)
+    reason = np.full(n, "", dtype=object)
+    for res in results:
+        capped = res.cap < cap
+        reason[capped] = res.reason[capped]
+        cap = np.minimum(cap, res.cap)
+        floor = np.maximum(floor, res.floor)
+    for res in results:  # reasons of pairs no check capped: the first that said something
+        empty = (reason == "") & (res.reason != "")
+        reason[empty] = res.reason[empty]
+    out = np.where(cap < 1, np.minimum(score, cap), np.maximum(score, floor))
+    return out.astype(np.float32), reason
+
+
+def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
+                 checks: Sequence[Check] | None = None, chunk: int = 2048
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Run the checks over pairs (chunks bound memory); (verified score, reason) per pair."""
+    checks = CHECKS if checks is None else checks
+    scores, reasons = [], []
+    for s in range(0, len(score), chunk):
+        part = slice(s, s + chunk)
+        results = [c(details_a[part], details_b[part]) for c in checks]
+        v, r = combine(score[part], results)
+        scores.append(v)
+        reasons.append(r)
+    if not scores:
+        return np.zeros(0, np.float32), np.zeros(0, object)
+    return np.concatenate(scores), np.concatenate(reasons)
+
+
+# -- the stage -----------------------------------------------------------------------------------
+
+def _verified_schema():
+    """What the verify stage writes: one row per direction of every checked pair."""
+    import pyarrow as pa
+
+    return pa.schema([("image_id", pa.string()), ("match_image_id", pa.string()),
+                      ("score", pa.float32()), ("verify_reason", pa.string())])
+
+
+def pairs_to_verify(matches):
+    """Unordered pairs of compare's output that the stage checks: score >= VERIFY_FROM or
+    FV cosine >= VERIFY_FV_FROM, not byte-identical. (image_id < match_image_id, best score.)"""
+    import duckdb
+
+    con = duckdb.connect()
+    con.register("m", matches)
+    return con.sql(
+        """SELECT least(image_id, match_image_id) AS a, greatest(image_id, match_image_id) AS b,
+                  max(score) AS score
+           FROM m
+           WHERE (score >= $s OR coalesce(dfv, 0) >= $f) AND NOT coalesce(same_bytes, false)
+             AND image_id <> match_image_id
+           GROUP BY 1, 2 ORDER BY 1, 2""",
+        params={"s": VERIFY_FROM, "f": VERIFY_FV_FROM}).to_arrow_table()
+
+
+def verify_matches(pairs, details: dict[str, bytes | None]):
+    """The verified rows (both directions) of a pairs_to_verify table, given detail
+    signatures by image id. A pair whose image lacks a detail signature is left as it was
+    (not verified)."""
+    import pyarrow as pa
+
+    a, b = pairs["a"].to_pylist(), pairs["b"].to_pylist()
+    keep = [i for i in range(len(a)) if is_current(details.get(a[i]))
+            and is_current(details.get(b[i]))]
+    score = pairs["score"].to_numpy(zero_copy_only=False)[keep].astype(np.float32)
+    ia, ib = [a[i] for i in keep], [b[i] for i in keep]
+    verified, reason = verify_pairs(score, [details[i] for i in ia], [details[i] for i in ib])
+    verified = np.round(verified, 6)
+    return pa.table({"image_id": ia + ib, "match_image_id": ib + ia,
+                     "score": np.concatenate([verified, verified]),
+                     "verify_reason": list(reason) + list(reason)}, schema=_verified_schema())

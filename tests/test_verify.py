@@ -1,0 +1,82 @@
+"""Verification of close pairs (issue #12): variants of one template leave `same`, edits of
+one picture stay, geometric retouches are aligned. Small drawn packs: a second or two."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from npimage_demo import variants
+from PIL import Image
+
+from npimage.ingest.decode import decode
+from npimage.matching import verify as V
+
+
+def _decoded(img: Image.Image, fmt: str = "JPEG", quality: int = 92) -> Image.Image:
+    buf = io.BytesIO()
+    img.save(buf, fmt, quality=quality)
+    return decode(buf.getvalue(), 10**9).rgb
+
+
+@pytest.fixture(scope="module")
+def family():
+    """A base pack on white and its variants (another strength, barcode, name, colour)."""
+    rng = np.random.default_rng(3)
+    members = variants._family(rng, set(), 4)
+    return [(change, variants._on_white(p, 11)) for p, change in members]
+
+
+def _check(pairs: list[tuple[Image.Image, Image.Image]]) -> V.CheckResult:
+    da = [V.detail_signature(_decoded(a)) for a, _ in pairs]
+    db = [V.detail_signature(_decoded(b)) for _, b in pairs]
+    return V.visual(da, db)
+
+
+def test_detail_signature_is_small_versioned_and_frames_the_content(family):
+    img = family[0][1]
+    sig = V.detail_signature(img)
+    assert len(sig) == V.DETAIL_BYTES < 20_000 and V.is_current(sig)
+    assert not V.is_current(sig[:-1]) and not V.is_current(b"\x00" + sig[1:])
+    left, top, right, bottom = V.content_box(img)
+    assert 0 < left < right < img.width and 0 <= top < bottom <= img.height  # margins dropped
+    framed = Image.new("RGB", (img.width + 200, img.height + 100), (255, 255, 255))
+    framed.paste(img, (150, 20))
+    res = V.visual([sig], [V.detail_signature(framed)])  # margins do not change the detail
+    assert res.cap[0] == 1 and res.floor[0] >= 0.95 and res.reason[0] == V.GEOMETRIC
+
+
+def test_variants_are_moved_below_retouched(family):
+    base = family[0][1]
+    res = _check([(base, img) for _, img in family[1:]])
+    assert (res.cap < 0.95).all(), list(zip([c for c, _ in family[1:]], res.reason, strict=True))
+    assert all(r in (V.TEXT, V.CODE, V.COLOUR, V.SEVERAL) for r in res.reason)
+
+
+def test_edits_of_one_picture_stay_and_geometric_ones_are_lifted(family):
+    base = family[0][1]
+    rng = np.random.default_rng(5)
+    same = [base.resize((base.width // 2, base.height // 2), Image.Resampling.LANCZOS),
+            variants.geometric(base, "tone", rng)[0], variants.geometric(base, "sharpen", rng)[0]]
+    geo = [variants.geometric(base, "crop", np.random.default_rng(7))[0],
+           base.rotate(4.0, Image.Resampling.BICUBIC, fillcolor=(255, 255, 255)),
+           variants.geometric(base, "mirror", rng)[0],
+           variants.geometric(base, "margin", rng)[0]]
+    res = _check([(base, img) for img in same + geo])
+    assert (res.cap == 1).all(), list(res.reason)
+    assert (res.floor[len(same):] >= 0.95).all(), list(res.reason)
+    assert res.reason[len(same) + 2] == V.MIRROR
+
+
+def test_checks_combine_lowest_cap_first_reason():
+    """A later check (e.g. codes read from the packs) caps a pair the visual check passed."""
+    score = np.array([0.999, 0.999, 0.80], np.float32)
+    visual = V.CheckResult(np.array([1.0, 0.93, 1.0], np.float32),
+                           np.array([0.0, 0.0, 0.955], np.float32),
+                           np.array([V.SAME_DETAIL, V.TEXT, V.GEOMETRIC], dtype=object))
+    codes = V.CheckResult(np.array([0.90, 1.0, 1.0], np.float32), np.zeros(3, np.float32),
+                          np.array(["GTIN differs", "", ""], dtype=object))
+    out, reason = V.combine(score, [visual, codes])
+    assert out.tolist() == pytest.approx([0.90, 0.93, 0.955])
+    assert reason.tolist() == ["GTIN differs", V.TEXT, V.GEOMETRIC]
