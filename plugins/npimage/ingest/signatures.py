@@ -45,7 +45,7 @@ class BatchResult:
 Row = dict[str, Any]
 
 
-def _current_detail(row: dict) -> bool:
+def _current_detail(row: dict[str, Any]) -> bool:
     """Does a stored signature carry a detail signature of this version (else recompute)?"""
     return is_current(row.get("detail"))
 

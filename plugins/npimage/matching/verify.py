@@ -32,6 +32,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -157,7 +158,8 @@ def _norm(g: np.ndarray) -> np.ndarray:
     g = g.astype(np.float32)
     m = g.mean(axis=(-2, -1), keepdims=True)
     s = g.std(axis=(-2, -1), keepdims=True) + 1.0
-    return np.clip((g - m) / s, -CLIP, CLIP)  # a few very bright points do not dominate
+    out: np.ndarray = np.clip((g - m) / s, -CLIP, CLIP)  # a few very bright points do not dominate
+    return out
 
 
 def _renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -166,13 +168,15 @@ def _renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     n = valid.sum(axis=(1, 2), keepdims=True) + 1e-6
     m = (x * valid).sum(axis=(1, 2), keepdims=True) / n
     sd = np.sqrt((((x - m) * valid) ** 2).sum(axis=(1, 2), keepdims=True) / n) + 1e-3
-    return ((x - m) / sd).astype(np.float32)
+    out: np.ndarray = ((x - m) / sd).astype(np.float32)
+    return out
 
 
 def _box(x: np.ndarray, w: int) -> np.ndarray:
     """Mean over every w x w window of a stack of maps (valid windows only), by cumsums."""
     c = np.pad(x, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2)
-    return (c[:, w:, w:] - c[:, :-w, w:] - c[:, w:, :-w] + c[:, :-w, :-w]) / (w * w)
+    out: np.ndarray = (c[:, w:, w:] - c[:, :-w, w:] - c[:, w:, :-w] + c[:, :-w, :-w]) / (w * w)
+    return out
 
 
 def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
@@ -190,10 +194,10 @@ def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
     `valid` (n, S, S) masks pixels outside the overlap of an alignment.
     """
     a7, b7 = _blur(a, BLUR), _blur(b, BLUR)
-    cands = [np.abs(a7 - b7)]
+    parts = [np.abs(a7 - b7)]
     for sigma in BLUR_EQUALISE:
-        cands += [np.abs(_blur(a, sigma) - b7), np.abs(a7 - _blur(b, sigma))]
-    cands = np.stack(cands)
+        parts += [np.abs(_blur(a, sigma) - b7), np.abs(a7 - _blur(b, sigma))]
+    cands = np.stack(parts)
     if valid is not None:
         cands *= valid[None]
     best = cands.mean(axis=(2, 3)).argmin(0)
@@ -221,7 +225,8 @@ def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = Non
 
 def _colourless(c: np.ndarray) -> np.ndarray:
     """Per thumbnail: no pixel more than 3 levels from neutral chroma (a grey picture)."""
-    return np.abs(c.astype(np.int16) - 128).max(axis=(1, 2, 3)) <= 3
+    out: np.ndarray = np.abs(c.astype(np.int16) - 128).max(axis=(1, 2, 3)) <= 3
+    return out
 
 
 def _ecc(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -236,14 +241,17 @@ def _ecc(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
         size = (a.shape[1] // 2, a.shape[0] // 2)
         sa = cv2.resize(cv2.GaussianBlur(a, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
         sb = cv2.resize(cv2.GaussianBlur(b, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
-        _, warp = cv2.findTransformECC(sa, sb, warp, cv2.MOTION_AFFINE, coarse, None, 5)
+        _, warp = cv2.findTransformECC(  # type: ignore[call-overload]  # stubs: mask None
+            sa, sb, warp, cv2.MOTION_AFFINE, coarse, None, 5)
         warp[:, 2] *= 2
         # full size, barely smoothed: the smoothing biases the scale by ~0.5 %, which
         # leaves every edge of the picture a fraction of a pixel off
-        _, warp = cv2.findTransformECC(a, b, warp, cv2.MOTION_AFFINE, fine, None, 3)
+        _, warp = cv2.findTransformECC(  # type: ignore[call-overload]  # stubs: mask None
+            a, b, warp, cv2.MOTION_AFFINE, fine, None, 3)
     except cv2.error:
         return None
-    return warp
+    out: np.ndarray = warp
+    return out
 
 
 def _warp(img: np.ndarray, warp: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -486,7 +494,7 @@ def verdicts(r: VisualResult, params: VisualParams, moved_box: np.ndarray | None
     reason[lift] = GEOMETRIC
     reason[clean & r.mirrored] = MIRROR
     for i in np.flatnonzero(~clean):  # only pairs that differ: a few region statistics each
-        why, sticker = _region_kind(r, i, params)
+        why, sticker = _region_kind(r, int(i), params)
         reason[i] = why
         if not sticker:
             cap[i] = params.variant_cap
@@ -499,7 +507,9 @@ Check = Callable[[Sequence[bytes], Sequence[bytes]], CheckResult]
 
 def moved_boxes(details_a: Sequence[bytes], details_b: Sequence[bytes]) -> np.ndarray:
     """Pairs whose content boxes sit differently in their frames (added or cut margins)."""
-    return np.abs(content_boxes(details_a) - content_boxes(details_b)).max(axis=1) > BOX_MOVED
+    shift = np.abs(content_boxes(details_a) - content_boxes(details_b)).max(axis=1)
+    out: np.ndarray = shift > BOX_MOVED
+    return out
 
 
 def visual(details_a: Sequence[bytes], details_b: Sequence[bytes],
@@ -559,7 +569,7 @@ def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Seque
 
 # -- the stage -----------------------------------------------------------------------------------
 
-def _verified_schema():
+def _verified_schema() -> Any:
     """What the verify stage writes: one row per direction of every checked pair."""
     import pyarrow as pa
 
@@ -567,7 +577,7 @@ def _verified_schema():
                       ("score", pa.float32()), ("verify_reason", pa.string())])
 
 
-def pairs_to_verify(matches):
+def pairs_to_verify(matches: Any) -> Any:
     """Unordered pairs of compare's output that the stage checks: score >= VERIFY_FROM or
     FV cosine >= VERIFY_FV_FROM, not byte-identical. (image_id < match_image_id, best score.)"""
     import duckdb
@@ -584,7 +594,14 @@ def pairs_to_verify(matches):
         params={"s": VERIFY_FROM, "f": VERIFY_FV_FROM}).to_arrow_table()
 
 
-def verify_matches(pairs, details: dict[str, bytes | None]):
+def _detail(details: dict[str, bytes | None], image_id: str) -> bytes:
+    """The detail signature of an image already checked to have one."""
+    found = details[image_id]
+    assert found is not None
+    return found
+
+
+def verify_matches(pairs: Any, details: dict[str, bytes | None]) -> Any:
     """The verified rows (both directions) of a pairs_to_verify table, given detail
     signatures by image id. A pair whose image lacks a detail signature is left as it was
     (not verified)."""
@@ -595,7 +612,8 @@ def verify_matches(pairs, details: dict[str, bytes | None]):
             and is_current(details.get(b[i]))]
     score = pairs["score"].to_numpy(zero_copy_only=False)[keep].astype(np.float32)
     ia, ib = [a[i] for i in keep], [b[i] for i in keep]
-    verified, reason = verify_pairs(score, [details[i] for i in ia], [details[i] for i in ib])
+    verified, reason = verify_pairs(score, [_detail(details, i) for i in ia],
+                                    [_detail(details, i) for i in ib])
     verified = np.round(verified, 6)
     return pa.table({"image_id": ia + ib, "match_image_id": ib + ia,
                      "score": np.concatenate([verified, verified]),
