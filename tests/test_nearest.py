@@ -24,15 +24,18 @@ def _run(data_dir: Path, manifest: Path, client: str, fv: bool) -> dict:
 
 
 def _stored(data_dir: Path, client: str, image_id: str, k: int) -> dict[str, float]:
-    """The run's k best image_matches of one image: {match id: score}.
+    """The run's k best image_matches of one image by compare's score: {match id: score}.
 
     image_matches also holds pairs where the other image has this one in its top-k, so
-    the image's own top-k is the k best by (score desc, image_id asc).
+    the image's own top-k is the k best by (score desc, image_id asc). `nearest` does not
+    verify, so a pair the run's verification moved is compared by its score_before.
     """
     ctx = current_run(client, data_dir)
     t = pq.read_table(ctx.run_dir / "image_matches.parquet",
-                      columns=["image_id", "match_image_id", "score"]).to_pylist()
-    rows = sorted(((r["match_image_id"], r["score"]) for r in t if r["image_id"] == image_id),
+                      columns=["image_id", "match_image_id", "score", "score_before"]
+                      ).to_pylist()
+    rows = sorted(((r["match_image_id"], r["score_before"] if r["score_before"] is not None
+                    else r["score"]) for r in t if r["image_id"] == image_id),
                   key=lambda x: (-x[1], x[0]))
     return dict(rows[:k])
 

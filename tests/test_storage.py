@@ -319,14 +319,14 @@ def test_a_new_column_reads_as_null_from_older_files(tmp_path: Path,
     from npimage import sqlfiles
     shutil.copytree(sqlfiles.sql_dir(), sql)
     (sql / "duckdb" / "migrations" / "0099_verified.sql").write_text(
-        "ALTER TABLE image_matches ADD COLUMN verified BOOLEAN;\n"
+        "ALTER TABLE image_matches ADD COLUMN reviewed_twice BOOLEAN;\n"
         "CREATE TABLE image_notes (client_id VARCHAR NOT NULL, image_id VARCHAR, code VARCHAR);")
     monkeypatch.setenv("NPIMAGE_SQL_DIR", str(sql))
     for f in (sqlfiles.load_sql, warehouse.table_columns):
         f.cache_clear()
     try:
         con = warehouse.connect(str(tmp_path))
-        assert con.execute("SELECT count(*), count(verified) FROM image_matches").fetchone() \
+        assert con.execute("SELECT count(*), count(reviewed_twice) FROM image_matches").fetchone() \
             == (3, 0)
         assert con.execute("SELECT count(*) FROM image_notes").fetchone() == (0,)
         assert con.execute("SELECT version FROM npimage_schema").fetchone() == (99,)
