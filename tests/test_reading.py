@@ -152,6 +152,34 @@ def test_rendered_codes_read_exactly():
     assert set(found) == {"EAN-13", "GS1-128", "DataMatrix"}
 
 
+def test_thin_barred_codes_read_by_the_crop_pass():
+    """1 pixel per bar, tilted: only the crop pass (bar_regions, upscaled crops) reads them."""
+    from npimage_demo.codeset import cases
+
+    from npimage.reading.codes import bar_regions
+
+    for case in cases(seed=3, symbologies=("EAN-13",), modules=(1,), rotations=(7, 25),
+                      qualities=(75,)):
+        gray = np.asarray(Image.open(io.BytesIO(case.jpeg)).convert("L"))
+        assert bar_regions(gray), case.label
+        assert [c.gtin for c in read_codes(gray) if c.gtin] == [case.gtin], case.label
+
+
+def test_vote_drops_a_gtin_that_other_reads_contradict():
+    """3 reads of a misread against 2 of the printed code at the same place: no GTIN."""
+    from npimage.reading.codes import Code, _vote
+
+    def ean(text: str, y: int) -> Code:
+        return Code("EAN-13", text, "0" + text, (20, y, 120, y + 1), False)
+
+    right, wrong = "3015196236369", "6015186236369"
+    runs = [[ean(wrong, 166)], [ean(right, 163)], [ean(wrong, 170)], [ean(right, 180)],
+            [ean(wrong, 175)], []]
+    assert [c.gtin for c in _vote(runs)] == [None, None]
+    far = [[ean(right, 10)], [ean(right, 12)], [ean("4006381333931", 400)]]
+    assert {c.text: c.gtin for c in _vote(far)}[right] == "0" + right
+
+
 def test_ocr_reads_a_printed_strength():
     from npimage.reading.text import read_text
 
