@@ -24,6 +24,7 @@ Steps:
         [--test-seed 1] [--products 160] [--photos 150] [--photo-seed 2] [--skip-demo]
     .venv/bin/python bench/verify.py --test-only   # quick (~10 min): step 3 only, the test
         seed run with `--read none` (visual check alone) and with codes read (GTIN check)
+        [--catalogue FOLDER]   # an already built demo catalogue instead of the test seed's
 """
 
 from __future__ import annotations
@@ -48,26 +49,33 @@ CLIENT = "demo"
 # -- 1. demo runs ---------------------------------------------------------------------------------
 
 def demo_run(work: Path, seed: int, products: int, families: int,
-             read: str = "codes") -> tuple[Path, Path]:
+             read: str = "codes", catalogue: Path | None = None) -> tuple[Path, Path]:
     """Build and run the demo catalogue of a seed (FV on, packs read by `read`: the
     default `codes` gives verify its GTIN check, `none` runs without it); (data dir,
-    truth.csv)."""
+    truth.csv). `catalogue`: a demo catalogue folder already built (manifest.csv,
+    truth.csv) to run instead of building one."""
     from npimage_demo.catalogue import build_demo_catalogue
 
     from npimage.config import Settings
     from npimage.pipeline import settings_context
     from npimage.runner import run_pipeline
 
-    data = work / (f"demo-{seed}" if read == "codes" else f"demo-{seed}-read-{read}")
-    truth = data / "catalogue" / "truth.csv"
+    name = f"demo-{seed}" if catalogue is None else f"cat-{catalogue.resolve().parent.name}"
+    data = work / (name if read == "codes" else f"{name}-read-{read}")
+    truth = (catalogue or data / "catalogue") / "truth.csv"
     if not (data / "warehouse.duckdb").exists():
         t0 = time.perf_counter()
-        cat = build_demo_catalogue(data / "catalogue", products, seed, families)
+        if catalogue is None:
+            cat = build_demo_catalogue(data / "catalogue", products, seed, families)
+            manifest, n = cat.manifest, cat.n_images
+        else:
+            manifest = catalogue / "manifest.csv"
+            n = sum(1 for _ in manifest.open(encoding="utf-8")) - 1
         settings = Settings().with_overrides(data_dir=data, fv=True, read=read)
-        run_pipeline(settings_context(CLIENT, str(cat.manifest), f"bench{seed}", settings),
+        run_pipeline(settings_context(CLIENT, str(manifest), f"bench{seed}", settings),
                      report=False)
-        print(f"demo seed {seed}: {cat.n_images} images built and run in "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{name}: {n} images built and run in {time.perf_counter() - t0:.0f} s",
+              flush=True)
     return data, truth
 
 
@@ -368,7 +376,8 @@ def test_only(args: argparse.Namespace) -> int:
     alone) and on (codes read: the GTIN check too); the published results side by side."""
     t00 = time.perf_counter()
     for read in ("none", "codes"):
-        data, truth = demo_run(args.work, args.test_seed, args.products, args.families, read)
+        data, truth = demo_run(args.work, args.test_seed, args.products, args.families, read,
+                               args.catalogue)
         demo_measure(data, truth, f"demo seed {args.test_seed} (test), --read {read}")
         print(f"\nthe GTIN check's moves, per kind (--read {read}):\n")
         print("\n".join(reasons_table(data, truth)))
@@ -390,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-demo", action="store_true")
     ap.add_argument("--test-only", action="store_true",
                     help="quick: only the test seed, pack reading off then on (GTIN check)")
+    ap.add_argument("--catalogue", type=Path, default=None,
+                    help="with --test-only: a demo catalogue folder already built, instead "
+                         "of building the test seed's")
     args = ap.parse_args(argv)
     if args.test_only:
         return test_only(args)
