@@ -22,6 +22,9 @@ Steps:
 
     .venv/bin/python bench/verify.py [--work bench/out/verify] [--fit-seed 0]
         [--test-seed 1] [--products 160] [--photos 150] [--photo-seed 2] [--skip-demo]
+    .venv/bin/python bench/verify.py --test-only   # quick (~10 min): step 3 only, the test
+        seed run with `--read none` (visual check alone) and with codes read (GTIN check)
+        [--catalogue FOLDER]   # an already built demo catalogue instead of the test seed's
 """
 
 from __future__ import annotations
@@ -45,24 +48,34 @@ CLIENT = "demo"
 
 # -- 1. demo runs ---------------------------------------------------------------------------------
 
-def demo_run(work: Path, seed: int, products: int, families: int) -> tuple[Path, Path]:
-    """Build and run the demo catalogue of a seed (FV on); (data dir, truth.csv)."""
+def demo_run(work: Path, seed: int, products: int, families: int,
+             read: str = "codes", catalogue: Path | None = None) -> tuple[Path, Path]:
+    """Build and run the demo catalogue of a seed (FV on, packs read by `read`: the
+    default `codes` gives verify its GTIN check, `none` runs without it); (data dir,
+    truth.csv). `catalogue`: a demo catalogue folder already built (manifest.csv,
+    truth.csv) to run instead of building one."""
     from npimage_demo.catalogue import build_demo_catalogue
 
     from npimage.config import Settings
     from npimage.pipeline import settings_context
     from npimage.runner import run_pipeline
 
-    data = work / f"demo-{seed}"
-    truth = data / "catalogue" / "truth.csv"
+    name = f"demo-{seed}" if catalogue is None else f"cat-{catalogue.resolve().parent.name}"
+    data = work / (name if read == "codes" else f"{name}-read-{read}")
+    truth = (catalogue or data / "catalogue") / "truth.csv"
     if not (data / "warehouse.duckdb").exists():
         t0 = time.perf_counter()
-        cat = build_demo_catalogue(data / "catalogue", products, seed, families)
-        settings = Settings().with_overrides(data_dir=data, fv=True)
-        run_pipeline(settings_context(CLIENT, str(cat.manifest), f"bench{seed}", settings),
+        if catalogue is None:
+            cat = build_demo_catalogue(data / "catalogue", products, seed, families)
+            manifest, n = cat.manifest, cat.n_images
+        else:
+            manifest = catalogue / "manifest.csv"
+            n = sum(1 for _ in manifest.open(encoding="utf-8")) - 1
+        settings = Settings().with_overrides(data_dir=data, fv=True, read=read)
+        run_pipeline(settings_context(CLIENT, str(manifest), f"bench{seed}", settings),
                      report=False)
-        print(f"demo seed {seed}: {cat.n_images} images built and run in "
-              f"{time.perf_counter() - t0:.0f} s", flush=True)
+        print(f"{name}: {n} images built and run in {time.perf_counter() - t0:.0f} s",
+              flush=True)
     return data, truth
 
 
@@ -323,6 +336,55 @@ def cost(data: Path, da: list[bytes], db: list[bytes]) -> list[str]:
     ]
 
 
+def reasons_table(data: Path, truth: Path) -> list[str]:
+    """Markdown rows: per kind of pair (truth), the pairs the published run moved with
+    "GTIN differs" (all, and those compare had put at >= 0.95), then every pair between
+    two products still at >= 0.95 after verification."""
+    import duckdb
+
+    con = duckdb.connect(str(data / "warehouse.duckdb"), read_only=True)
+    rows = con.execute(
+        "SELECT image_id, match_image_id, score_before, score, verify_reason FROM image_matches "
+        "WHERE client_id = $c AND image_id < match_image_id", {"c": CLIENT}).fetchall()
+    con.close()
+    with truth.open(newline="", encoding="utf-8") as fh:
+        t = {r["image_id"]: r for r in csv.DictReader(fh)}
+
+    def kind(a: str, b: str) -> str:
+        if t[a]["group_id"] == t[b]["group_id"]:
+            return "same picture or an edit"
+        if t[a]["family_id"] and t[a]["family_id"] == t[b]["family_id"]:
+            return "variant (one template)"
+        return "different pictures"
+
+    out = ["| kind | pairs stored | 'GTIN differs' | of them compare >= 0.95 |",
+           "|---|---|---|---|"]
+    kinds = [kind(a, b) for a, b, *_ in rows]
+    for k in sorted(set(kinds)):
+        mine = [r for r, kk in zip(rows, kinds, strict=True) if kk == k]
+        gtin = [r for r in mine if (r[4] or "").startswith("GTIN differs")]
+        out.append(f"| {k} | {len(mine)} | {len(gtin)} | {sum(r[2] >= 0.95 for r in gtin)} |")
+    left = [(r, k) for r, k in zip(rows, kinds, strict=True)
+            if k != "same picture or an edit" and r[3] >= 0.95]
+    out += ["", f"pairs between products still >= 0.95: {len(left)}"]
+    out += [f"  {r[0]} / {r[1]} ({k}): {r[2]:.3f} -> {r[3]:.3f}, {r[4]}" for r, k in left]
+    return out
+
+
+def test_only(args: argparse.Namespace) -> int:
+    """The quick mode: the test seed only, run with pack reading off (the visual check
+    alone) and on (codes read: the GTIN check too); the published results side by side."""
+    t00 = time.perf_counter()
+    for read in ("none", "codes"):
+        data, truth = demo_run(args.work, args.test_seed, args.products, args.families, read,
+                               args.catalogue)
+        demo_measure(data, truth, f"demo seed {args.test_seed} (test), --read {read}")
+        print(f"\nthe GTIN check's moves, per kind (--read {read}):\n")
+        print("\n".join(reasons_table(data, truth)))
+    print(f"\ntotal {time.perf_counter() - t00:.0f} s")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "verify")
@@ -335,7 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--photo-seed", type=int, default=2,
                     help="which photos and edits (the rules were looked at on seed 1)")
     ap.add_argument("--skip-demo", action="store_true")
+    ap.add_argument("--test-only", action="store_true",
+                    help="quick: only the test seed, pack reading off then on (GTIN check)")
+    ap.add_argument("--catalogue", type=Path, default=None,
+                    help="with --test-only: a demo catalogue folder already built, instead "
+                         "of building the test seed's")
     args = ap.parse_args(argv)
+    if args.test_only:
+        return test_only(args)
     from npimage.matching import verify as V
 
     t00 = time.perf_counter()

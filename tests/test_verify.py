@@ -89,3 +89,100 @@ def test_checks_combine_lowest_cap_first_reason():
     out, reason = V.combine(score, [visual, codes])
     assert out.tolist() == pytest.approx([0.90, 0.93, 0.955])
     assert reason.tolist() == ["GTIN differs", V.TEXT, V.GEOMETRIC]
+
+
+# -- the GTIN check: codes read from the packs (issue #11) ---------------------------------------
+
+def _codes_of(images: dict[str, Image.Image]):
+    """image_id, gtin of the codes the real reader finds on each (JPEG-decoded) picture."""
+    import pyarrow as pa
+
+    from npimage.reading.codes import read_codes
+
+    rows = [(i, c.gtin) for i, img in images.items()
+            for c in read_codes(np.asarray(_decoded(img).convert("L")))]
+    return pa.table({"image_id": [i for i, _ in rows], "gtin": [g for _, g in rows]})
+
+
+@pytest.fixture(scope="module")
+def barcode_pair(family):
+    """The base pack, its barcode-only variant (same template and text, another EAN-13)
+    and the base recompressed."""
+    base = family[0][1]
+    variant = next(img for change, img in family if change == "barcode")
+    buf = io.BytesIO()
+    base.save(buf, "JPEG", quality=60)
+    images = {"base": base, "variant": variant, "copy": Image.open(buf).convert("RGB")}
+    details = {i: V.detail_signature(_decoded(img)) for i, img in images.items()}
+    return images, details
+
+
+def _pairs(*pairs: tuple[str, str]):
+    import pyarrow as pa
+
+    return pa.table({"a": [a for a, _ in pairs], "b": [b for _, b in pairs],
+                     "score": pa.array([0.999] * len(pairs), pa.float32())})
+
+
+def _by_pair(verified) -> dict[tuple[str, str], tuple[float, str]]:
+    return {(r["image_id"], r["match_image_id"]): (r["score"], r["verify_reason"])
+            for r in verified.to_pylist()}
+
+
+def test_gtin_differs_moves_a_barcode_variant_below_retouched(barcode_pair):
+    images, details = barcode_pair
+    codes = _codes_of(images)
+    gtins = {i: g for i, g in zip(codes["image_id"].to_pylist(), codes["gtin"].to_pylist(),
+                                  strict=True)}
+    assert gtins["base"] == gtins["copy"] != gtins["variant"]  # the reader validates digits
+    out = _by_pair(V.verify_matches(_pairs(("base", "variant"), ("base", "copy")), details,
+                                    codes))
+    score, reason = out[("base", "variant")]
+    assert score < 0.95 and score == pytest.approx(V.GTIN_CAP)
+    assert reason == f"GTIN differs: {gtins['base']} vs {gtins['variant']}"
+    assert out[("variant", "base")] == out[("base", "variant")]  # both directions
+    assert out[("base", "copy")] == (pytest.approx(0.999), V.SAME_DETAIL)  # same code: same
+
+
+def test_gtin_check_is_silent_without_codes_on_both_sides(barcode_pair):
+    """Reading off (codes None) or one side without a code: only the visual check speaks."""
+    images, details = barcode_pair
+    pairs = _pairs(("base", "variant"), ("base", "copy"))
+    visual_only = _by_pair(V.verify_matches(pairs, details))
+    assert _by_pair(V.verify_matches(pairs, details, None)) == visual_only
+    assert not any(r.startswith("GTIN") for _, r in visual_only.values())
+    codes = _codes_of({"variant": images["variant"]})  # the base read nothing
+    assert _by_pair(V.verify_matches(pairs, details, codes)) == visual_only
+    res = V.gtin_check(pairs, codes)
+    assert (res.cap == 1).all() and (res.reason == "").all()
+
+
+@pytest.mark.parametrize("read", ["codes", "none"])
+def test_pipeline_verify_reads_the_codes_unless_reading_is_off(barcode_pair, tmp_path, read):
+    """`npimage run` on three packs: with codes read (the default) the barcode variant is
+    "GTIN differs"; with `--read none` the check is skipped and the visual verdict stands."""
+    import duckdb
+
+    from npimage.config import Settings
+    from npimage.pipeline import settings_context
+    from npimage.runner import run_pipeline
+
+    images, _ = barcode_pair
+    folder = tmp_path / "catalogue"
+    (folder / "images").mkdir(parents=True)
+    lines = ["image_id,product_id,uri,reference,family,name"]
+    for i, (name, img) in enumerate(images.items()):
+        img.save(folder / "images" / f"{name}.png")
+        lines.append(f"{name},P{i},images/{name}.png,,,{name}")
+    (folder / "manifest.csv").write_text("\n".join(lines) + "\n")
+    settings = Settings().with_overrides(data_dir=tmp_path / "data", fv=False, read=read)
+    run_pipeline(settings_context("acme", str(folder / "manifest.csv"), "r1", settings),
+                 workers=1, report=False)
+    con = duckdb.connect(str(tmp_path / "data" / "warehouse.duckdb"), read_only=True)
+    rows = dict(con.execute(
+        "SELECT image_id || '-' || match_image_id, verify_reason FROM image_matches "
+        "WHERE image_id < match_image_id").fetchall())
+    con.close()
+    assert "base-variant" in rows and "base-copy" in rows, rows
+    assert rows["base-variant"].startswith("GTIN differs: ") == (read == "codes"), rows
+    assert not rows["base-copy"].startswith("GTIN"), rows

@@ -318,8 +318,9 @@ def verify(ctx: RunContext) -> dict[str, int]:
                           columns=["image_id", "detail"], ids=ids)
         details = dict(zip(sigs["image_id"].to_pylist(), sigs["detail"].to_pylist(),
                            strict=True))
+    codes = reading.codes_so_far(ctx, ids)  # None with --read none: no GTIN check
     with Progress(pairs.num_rows, "verify", "pairs"):
-        verified = verify_matches(pairs, details)
+        verified = verify_matches(pairs, details, codes)
     write_table(verified, ctx.path("verified.parquet"))
     moved = int(pc.sum(pc.cast(pc.not_equal(
         verified["verify_reason"], "detail identical"), pa.int64())).as_py() or 0)

@@ -24,8 +24,11 @@ Per pair (`verify`):
    0.95, with the kind of region: text, colour, ...); an opaque patch over the picture
    -> a sticker (kept as a retouch).
 
-Every check returns (cap, floor, reason) per pair; further checks (codes and text read
-from the packs) can be appended to CHECKS without touching this one.
+Every check returns (cap, floor, reason) per pair; further checks on the thumbnails can be
+appended to CHECKS without touching this one. What the packs say (the GTINs the reading
+stage read from their codes, issue #11) is `gtin_check`, on image ids: two images that
+both carry GTINs and share none are capped below 0.95 ("GTIN differs: A vs B"), whatever
+the thumbnails say (a barcode's bars are too fine for them).
 """
 
 from __future__ import annotations
@@ -525,6 +528,49 @@ def visual(details_a: Sequence[bytes], details_b: Sequence[bytes],
 #: of the check that capped it.
 CHECKS: list[Check] = [visual]
 
+# -- what the packs say: codes read by the reading stage (issue #11) -------------------------
+
+#: Score a pair is capped at when both pictures carry GTINs and share none (below
+#: `retouched`, like a visual variant: another GTIN is another product).
+GTIN_CAP = 0.93
+
+
+def gtin_check(pairs: Any, codes: Any) -> CheckResult:
+    """'GTIN differs: A vs B' for the pairs (columns a, b: image ids) whose two images both
+    carry GTINs read from their codes (table image_id, gtin) and share none.
+
+    A code's GTIN is only given when its check digit holds (npimage.reading.codes), so a
+    read GTIN is evidence; an image without one says nothing (no cap). One DuckDB join over
+    the pairs, no loop: the same rule as npimage.reading.compare_packs.
+    """
+    import duckdb
+
+    n = pairs.num_rows
+    cap, floor = np.ones(n, np.float32), np.zeros(n, np.float32)
+    reason = np.full(n, "", dtype=object)
+    if n == 0 or codes is None or codes.num_rows == 0:
+        return CheckResult(cap, floor, reason)
+    import pyarrow as pa
+
+    con = duckdb.connect()
+    con.register("p", pa.table({"i": pa.array(np.arange(n, dtype=np.int64)),
+                                "a": pairs["a"], "b": pairs["b"]}))
+    con.register("c", codes.select(["image_id", "gtin"]))
+    hits = con.sql(
+        """WITH g AS (SELECT DISTINCT image_id, gtin FROM c WHERE gtin IS NOT NULL AND gtin <> ''),
+                s AS (SELECT image_id, list_sort(list(gtin)) AS gtins FROM g GROUP BY 1)
+           SELECT p.i, array_to_string(sa.gtins, ', ') AS ga, array_to_string(sb.gtins, ', ') AS gb
+           FROM p JOIN s sa ON sa.image_id = p.a JOIN s sb ON sb.image_id = p.b
+           WHERE len(list_intersect(sa.gtins, sb.gtins)) = 0""").to_arrow_table()
+    con.close()
+    if hits.num_rows:
+        idx = hits["i"].to_numpy()
+        cap[idx] = GTIN_CAP
+        reason[idx] = [f"GTIN differs: {x} vs {y}" for x, y in
+                       zip(hits["ga"].to_pylist(), hits["gb"].to_pylist(), strict=True)]
+    return CheckResult(cap, floor, reason)
+
+
 #: Pairs are verified from this score up (`very_similar` and better: a variant may score
 #: 0.90-0.95 when its other strength also moves a hash bit or two), and from this FV cosine
 #: up (a mirror or a 10 % crop keeps the FV but not the hashes).
@@ -601,10 +647,11 @@ def _detail(details: dict[str, bytes | None], image_id: str) -> bytes:
     return found
 
 
-def verify_matches(pairs: Any, details: dict[str, bytes | None]) -> Any:
+def verify_matches(pairs: Any, details: dict[str, bytes | None], codes: Any = None) -> Any:
     """The verified rows (both directions) of a pairs_to_verify table, given detail
     signatures by image id. A pair whose image lacks a detail signature is left as it was
-    (not verified)."""
+    (not verified). `codes` (image_id, gtin: the codes the reading stage read, or None when
+    reading is off) adds the GTIN check (`gtin_check`) to the visual CHECKS."""
     import pyarrow as pa
 
     a, b = pairs["a"].to_pylist(), pairs["b"].to_pylist()
@@ -614,6 +661,12 @@ def verify_matches(pairs: Any, details: dict[str, bytes | None]) -> Any:
     ia, ib = [a[i] for i in keep], [b[i] for i in keep]
     verified, reason = verify_pairs(score, [_detail(details, i) for i in ia],
                                     [_detail(details, i) for i in ib])
+    if codes is not None:  # what the packs say overrides what the thumbnails let through
+        packs = gtin_check(pa.table({"a": pa.array(ia, pa.string()),
+                                     "b": pa.array(ib, pa.string())}), codes)
+        hit = packs.cap < 1  # its reason names the GTINs: it replaces a visual one
+        verified[hit] = np.minimum(verified[hit], packs.cap[hit])
+        reason[hit] = packs.reason[hit]
     verified = np.round(verified, 6)
     return pa.table({"image_id": ia + ib, "match_image_id": ib + ia,
                      "score": np.concatenate([verified, verified]),

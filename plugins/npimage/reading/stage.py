@@ -295,6 +295,42 @@ def finish(ctx: RunContext) -> dict[str, Location]:
     return out
 
 
+def codes_so_far(ctx: RunContext, ids: Iterable[str]) -> pa.Table | None:
+    """(image_id, gtin) of the codes read for these images before publish (for verify),
+    or None when this run does not read codes (`--read none`: the GTIN check is skipped).
+
+    This run's read_codes batches (reused reads included), plus, for images no batch of
+    this run read (an incremental run's unchanged images), the baseline's image_codes rows
+    whose sha256 is still the image's: the rows `finish` will publish.
+    """
+    if "codes" not in readers(ctx):
+        return None
+    wanted = pa.array(sorted(set(ids)), pa.string())
+    cols = ["image_id", "gtin"]
+    plan_names = [p.name for p in (ctx.run_dir / "plan").glob("batch-*.parquet")]
+    parts, seen = [], []
+    for name in plan_names:
+        codes, reads = _dir(ctx) / "codes" / name, _dir(ctx) / "reads" / f"codes-{name}"
+        if codes.exists():
+            t = read_table(codes, IMAGE_CODES)
+            parts.append(t.filter(pc.is_in(t["image_id"], wanted)).select(cols))
+        if reads.exists():
+            seen.append(read_table(reads, IMAGE_READS).select(["image_id"]))
+    baseline = ctx.baseline_dir()
+    if baseline is not None and (baseline / "image_codes.parquet").exists():
+        done = pa.concat_tables([pa.table({"image_id": pa.array([], pa.string())}), *seen])
+        old = read_table(baseline / "image_codes.parquet", IMAGE_CODES)
+        old = old.filter(pc.and_(pc.is_in(old["image_id"], wanted),
+                                 pc.invert(pc.is_in(old["image_id"], done["image_id"]))))
+        if old.num_rows:
+            sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                              columns=["image_id", "sha256"], ids=old["image_id"].to_pylist())
+            same = old.join(sigs, ["image_id", "sha256"], join_type="inner")
+            parts.append(same.select(cols))
+    empty = pa.table({"image_id": pa.array([], pa.string()), "gtin": pa.array([], pa.string())})
+    return pa.concat_tables([empty, *parts])
+
+
 def counts(ctx: RunContext) -> dict[str, Any]:
     """Rows of the finished reading files (for the summary)."""
     return {name: num_rows(ctx.run_dir / f"{name}.parquet")
