@@ -1123,7 +1123,7 @@ def build_demo_catalogue(out_dir: Path, n_products: int = 160, seed: int = 0,
                         _family_id(products[s.product_key])) for s in ordered],
     )
     _write_csv(out_dir / "reading_truth.csv", barcodes.READING_TRUTH_HEADER,
-               barcodes.reading_truth(plan))
+               sorted(barcodes.reading_truth(plan) + extra.reading, key=lambda r: r[0]))
     n_planted = sum(s.source is not None for s in plan.images)
     n_planted += sum(1 for r in extra.truth if r[3])
     return DemoCatalogue(manifest, truth, len(plan.images) + len(extra.manifest), n_planted)
@@ -1138,7 +1138,7 @@ def _variant_rows(images_dir: Path, n: int, seed: int, used: set[str]):
     """The variant families' files and rows (npimage_demo.variants), none when n is 0."""
     from npimage_demo.variants import VariantRows, add_variant_families
 
-    return add_variant_families(images_dir, n, seed, used) if n else VariantRows([], [])
+    return add_variant_families(images_dir, n, seed, used) if n else VariantRows([], [], [])
 
 
 def main(argv: Sequence[str] | None = None) -> int:

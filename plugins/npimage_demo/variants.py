@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
+from npimage_demo import barcodes
 from npimage_demo import catalogue as cat
 
 #: What a variant changes, in turns: the printed strength, only the barcode (another GTIN,
@@ -45,6 +46,20 @@ class VariantRows:
 
     manifest: list[tuple[str, str, str, str, str, str]]
     truth: list[tuple[str, str, str, str, str, str]]
+    #: rows of reading_truth.csv (npimage_demo.barcodes.READING_TRUTH_HEADER)
+    reading: list[tuple[str, ...]]
+
+
+def _reading_row(image_id: str, shown: cat.Product, reference: str,
+                 original: bool) -> tuple[str, ...]:
+    """A reading_truth.csv row: the code and strength `shown`'s pack prints, against the
+    manifest reference of the image (an edit has a reference of its own: a mismatch)."""
+    printed = barcodes.printed_gtin(shown.gtin)
+    mismatch = printed.zfill(14) != reference.zfill(14)
+    injected = original and printed != shown.gtin
+    strength = shown.dosage if barcodes._shows_strength(shown.template, "front") else ""
+    return (image_id, printed.zfill(14), barcodes.symbology(printed), reference.zfill(14),
+            str(int(mismatch)), str(int(injected)), strength)
 
 
 def _on_white(p: cat.Product, seed: int) -> Image.Image:
@@ -136,7 +151,7 @@ def add_variant_families(images_dir: Path, n_families: int, seed: int,
     """Draw `n_families` families of 3-4 products on white, each variant with one edit that
     keeps the picture and one retouch; write the files, return the rows."""
     rng = np.random.default_rng(seed + 1_000_003)
-    manifest, truth = [], []
+    manifest, truth, reading = [], [], []
     n_edit = 0
     for f in range(n_families):
         family_id = f"family-{seed}-{f:03d}"
@@ -150,6 +165,7 @@ def add_variant_families(images_dir: Path, n_families: int, seed: int,
                              product.template, name))
             truth.append((image_id, image_id, "lookalike" if product.family_rank else "original",
                           "", change, family_id))
+            reading.append(_reading_row(image_id, product, product.gtin, original=True))
             for kind in ("same", "retouch"):
                 dup_gtin = cat._new_gtin(rng, used)
                 dup_id = f"{dup_gtin}_PIECE_01"
@@ -168,5 +184,6 @@ def add_variant_families(images_dir: Path, n_families: int, seed: int,
                 manifest.append((dup_id, f"{pid}D{kind[0]}", f"images/{dup_id}{ext}", dup_gtin,
                                  product.template, name))
                 truth.append((dup_id, image_id, row_kind, band, desc, family_id))
+                reading.append(_reading_row(dup_id, product, dup_gtin, original=False))
             n_edit += 1
-    return VariantRows(manifest, truth)
+    return VariantRows(manifest, truth, reading)
