@@ -75,7 +75,8 @@ def _signatures(image_ids: pa.Array, fv: np.ndarray | None) -> pa.Table:
                      "sha256": sha, "size_bytes": zeros, "width": pa.array(np.ones(n, np.int32)),
                      "height": pa.array(np.ones(n, np.int32)), "ahash": zeros, "dhash": zeros,
                      "phash": zeros, "fv": vec, "fv_model": pa.array(["bench@1"] * n),
-                     "computed_at": pa.nulls(n, pa.timestamp("us", tz="UTC"))},
+                     "computed_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
+                     "detail": pa.nulls(n, pa.binary())},
                     schema=SIGNATURES)
 
 
