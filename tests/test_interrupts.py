@@ -113,9 +113,8 @@ def _done_rows(data: Path) -> int:
     return sum(m[k] for m in markers for k in ("computed", "reused", "rejected", "resumed"))
 
 
-def _interrupt_mid_signatures(folder: Path, data: Path, sig: int
-                              ) -> tuple[subprocess.CompletedProcess, list[int]]:
-    """Start a run, send `sig` once a first batch is complete; its result and workers."""
+def _start_until_first_batch(folder: Path, data: Path) -> subprocess.Popen[str]:
+    """`npimage run` started on `folder`, returned once a first signature batch is complete."""
     proc = subprocess.Popen(_cmd(folder, data), env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
@@ -123,6 +122,13 @@ def _interrupt_mid_signatures(folder: Path, data: Path, sig: int
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "no batch completed in 120 s"
         time.sleep(0.02)
+    return proc
+
+
+def _interrupt_mid_signatures(folder: Path, data: Path, sig: int
+                              ) -> tuple[subprocess.CompletedProcess, list[int]]:
+    """Start a run, send `sig` once a first batch is complete; its result and workers."""
+    proc = _start_until_first_batch(folder, data)
     workers = _children(proc.pid)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
@@ -176,13 +182,7 @@ def test_a_lost_worker_fails_the_run_with_one_line_and_the_rerun_resumes(
     """A worker killed (the OOM killer) left multiprocessing.Pool waiting forever for its
     result: now the run stops at once with one line, and the rerun resumes."""
     data = tmp_path / "data"
-    proc = subprocess.Popen(_cmd(slow_folder, data), env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while _done_rows(data) == 0:
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, "no batch completed in 120 s"
-        time.sleep(0.02)
+    proc = _start_until_first_batch(slow_folder, data)
     workers = _children(proc.pid)
     busiest = max(workers, key=lambda p: int(Path(f"/proc/{p}/statm").read_text().split()[1]))
     os.kill(busiest, signal.SIGKILL)
