@@ -131,11 +131,12 @@ def _after(score: np.ndarray, res) -> np.ndarray:
 def fit(labels, score, da, db) -> tuple[object, list[str]]:
     """Grid over the grey and chroma thresholds on mild edits and variants of the fitting
     seed: fewest variants >= 0.95, then most mild edits kept at >= 0.95."""
+    from npimage.matching import detail as D
     from npimage.matching import verify as V
 
     keep = np.array([lab in MILD or lab == "variant (one template)" for lab in labels])
-    ga, ca = V.unpack_details([d for d, k in zip(da, keep, strict=True) if k])
-    gb, cb = V.unpack_details([d for d, k in zip(db, keep, strict=True) if k])
+    ga, ca = D.unpack_details([d for d, k in zip(da, keep, strict=True) if k])
+    gb, cb = D.unpack_details([d for d, k in zip(db, keep, strict=True) if k])
     moved = V.moved_boxes([d for d, k in zip(da, keep, strict=True) if k],
                           [d for d, k in zip(db, keep, strict=True) if k])
     r = V.compare_details(ga, ca, gb, cb, V.VisualParams())
@@ -240,6 +241,7 @@ def photos(datasets: Path, n: int, seed: int) -> list[str]:
     from PIL import Image
 
     from npimage.ingest.decode import decode
+    from npimage.matching import detail as D
     from npimage.matching import verify as V
 
     rng = np.random.default_rng(seed)
@@ -248,21 +250,21 @@ def photos(datasets: Path, n: int, seed: int) -> list[str]:
     for path in _photo_sources(datasets, n, seed):
         with Image.open(path) as im:
             img = im.convert("RGB")
-        src = V.detail_signature(decode(_jpeg(img, 95), 10**9).rgb)
+        src = D.detail_signature(decode(_jpeg(img, 95), 10**9).rgb)
         for kind, data in photo_edits(img, rng):
             labels.append(kind)
             da.append(src)
-            db.append(V.detail_signature(decode(data, 10**9).rgb))
+            db.append(D.detail_signature(decode(data, 10**9).rgb))
     pdq = datasets / "pdq-edits"
     orig = pdq / "bridge-mods" / "aaa-orig.jpg"
     if orig.exists():
-        src = V.detail_signature(decode(orig.read_bytes(), 10**9).rgb)
+        src = D.detail_signature(decode(orig.read_bytes(), 10**9).rgb)
         for f in sorted((pdq / "bridge-mods").iterdir()) + sorted((pdq / "modes").iterdir()):
             if f == orig or f.suffix.lower() not in (".jpg", ".png", ".webp", ".jpeg"):
                 continue
             labels.append(f"pdq {f.parent.name}")
             da.append(src)
-            db.append(V.detail_signature(decode(f.read_bytes(), 10**9).rgb))
+            db.append(D.detail_signature(decode(f.read_bytes(), 10**9).rgb))
     print(f"\nreal photos: {len(labels)} edited pairs, signatures in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
@@ -289,6 +291,7 @@ def cost(data: Path, da: list[bytes], db: list[bytes]) -> list[str]:
     from PIL import Image
 
     from npimage.ingest.decode import decode
+    from npimage.matching import detail as D
     from npimage.matching import verify as V
 
     shards = sorted((data / "clients" / CLIENT / "runs").glob("*/signatures/shard-*.parquet"))
@@ -302,12 +305,12 @@ def cost(data: Path, da: list[bytes], db: list[bytes]) -> list[str]:
     decoded = [decode(p.read_bytes(), 10**9).rgb for p in imgs]
     t0 = time.perf_counter()
     for img in decoded:
-        V.detail_signature(img)
+        D.detail_signature(img)
     per_img = (time.perf_counter() - t0) / len(decoded) * 1000
     del Image
     k = min(len(da), 400)
-    ga, ca = V.unpack_details(da[:k])
-    gb, cb = V.unpack_details(db[:k])
+    ga, ca = D.unpack_details(da[:k])
+    gb, cb = D.unpack_details(db[:k])
     p_never = replace(V.VisualParams(), align_share=2.0)
     t0 = time.perf_counter()
     V.compare_details(ga, ca, gb, cb, p_never)
@@ -322,7 +325,7 @@ def cost(data: Path, da: list[bytes], db: list[bytes]) -> list[str]:
     bound = 10_000 * 10 * full / 1000
     return [
         "| measure | value |", "|---|---|",
-        f"| detail signature, raw | {V.DETAIL_BYTES} B/image |",
+        f"| detail signature, raw | {D.DETAIL_BYTES} B/image |",
         f"| detail signature in Parquet (signature shard, zstd/snappy as written) | "
         f"{extra:.0f} B/image more |",
         f"| detail signature, time (decoded picture in memory) | {per_img:.2f} ms/image |",

@@ -11,6 +11,7 @@ from npimage_demo import variants
 from PIL import Image
 
 from npimage.ingest.decode import decode
+from npimage.matching import detail as D
 from npimage.matching import verify as V
 
 
@@ -29,21 +30,21 @@ def family():
 
 
 def _check(pairs: list[tuple[Image.Image, Image.Image]]) -> V.CheckResult:
-    da = [V.detail_signature(_decoded(a)) for a, _ in pairs]
-    db = [V.detail_signature(_decoded(b)) for _, b in pairs]
+    da = [D.detail_signature(_decoded(a)) for a, _ in pairs]
+    db = [D.detail_signature(_decoded(b)) for _, b in pairs]
     return V.visual(da, db)
 
 
 def test_detail_signature_is_small_versioned_and_frames_the_content(family):
     img = family[0][1]
-    sig = V.detail_signature(img)
-    assert len(sig) == V.DETAIL_BYTES < 20_000 and V.is_current(sig)
-    assert not V.is_current(sig[:-1]) and not V.is_current(b"\x00" + sig[1:])
-    left, top, right, bottom = V.content_box(img)
+    sig = D.detail_signature(img)
+    assert len(sig) == D.DETAIL_BYTES < 20_000 and D.is_current(sig)
+    assert not D.is_current(sig[:-1]) and not D.is_current(b"\x00" + sig[1:])
+    left, top, right, bottom = D.content_box(img)
     assert 0 < left < right < img.width and 0 <= top < bottom <= img.height  # margins dropped
     framed = Image.new("RGB", (img.width + 200, img.height + 100), (255, 255, 255))
     framed.paste(img, (150, 20))
-    res = V.visual([sig], [V.detail_signature(framed)])  # margins do not change the detail
+    res = V.visual([sig], [D.detail_signature(framed)])  # margins do not change the detail
     assert res.cap[0] == 1 and res.floor[0] >= 0.95 and res.reason[0] == V.GEOMETRIC
 
 
@@ -113,7 +114,7 @@ def barcode_pair(family):
     buf = io.BytesIO()
     base.save(buf, "JPEG", quality=60)
     images = {"base": base, "variant": variant, "copy": Image.open(buf).convert("RGB")}
-    details = {i: V.detail_signature(_decoded(img)) for i, img in images.items()}
+    details = {i: D.detail_signature(_decoded(img)) for i, img in images.items()}
     return images, details
 
 

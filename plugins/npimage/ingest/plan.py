@@ -73,7 +73,7 @@ def unchanged_mask(catalog: pa.Table, prior_catalog: pa.Table, prior_sigs: pa.Ta
 def _prior_signature_keys(folder: Path) -> pa.Table:
     """image_id, fv_model and detail_ok (a detail signature of this version) of stored
     signatures; the detail bytes are measured by the reader, never held."""
-    from npimage.matching.verify import DETAIL_BYTES, DETAIL_VERSION
+    from npimage.matching.detail import DETAIL_BYTES, DETAIL_VERSION
     from npimage.storage.parquet_io import list_parts
     from npimage.storage.store import arrow
 

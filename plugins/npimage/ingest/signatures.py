@@ -21,8 +21,8 @@ from PIL import Image
 
 from npimage.fv import FeatureExtractor
 from npimage.ingest.decode import ImageError, decode, read_bytes
+from npimage.matching.detail import detail_signature, is_current
 from npimage.matching.hashing import image_hashes
-from npimage.matching.verify import detail_signature, is_current
 from npimage.schemas import CATALOG, REJECTS, SIGNATURES
 from npimage.storage.parquet_io import read_parts, read_table, write_table
 
