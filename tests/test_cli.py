@@ -230,3 +230,29 @@ def test_an_empty_source_is_one_line(tmp_path):
     assert proc.returncode == 2
     last = _error_line(proc)
     assert last.startswith("npimage: error: ") and ("empty" in last or "no image" in last)
+
+
+def test_a_run_without_terminal_logs_each_stage_s_progress_fed_by_the_workers(small_demo,
+                                                                            tmp_path):
+    """No TTY (a log, Airflow): a line every few seconds per stage, counted per image in
+    the workers; --timings adds the wall time of each stage."""
+    import re
+
+    proc = run_cli("run", "--client", "acme", "--source", str(small_demo.manifest),
+                   "--data-dir", str(tmp_path), "--no-fv", "--no-report", "--read", "none",
+                   "--workers", "2", "--timings",
+                   env={"NPIMAGE_PROGRESS_EVERY": "0.05", "NPIMAGE_BATCH_SIZE": "8"})
+    assert proc.returncode == 0, proc.stderr
+    n = small_demo.n_images
+    counts = [int(m.group(1)) for m in re.finditer(
+        rf"INFO signatures: (\d+)/{n} img \(\d+%\), \d+ img/s", proc.stderr)]
+    assert any(0 < c < n for c in counts), proc.stderr  # counted mid-stage, not per stage
+    assert counts == sorted(counts)
+    assert re.search(rf"INFO signatures: {n} img in [\d.]+s \(\d+ img/s\)", proc.stderr)
+    assert re.search(r"INFO compare: \d+ pairs in", proc.stderr)
+    assert "Traceback" not in proc.stderr
+    table = proc.stdout.split("stage             seconds")[1]
+    stages = re.findall(r"^  (\w+) +([\d.]+)$", table, re.M)
+    names = [s for s, _ in stages]
+    assert names[:3] == ["extract", "plan", "signatures"] and names[-1] == "total"
+    assert abs(sum(float(v) for _, v in stages[:-1]) - float(stages[-1][1])) < 0.05

@@ -7,6 +7,7 @@ the real model path in a fresh process, as a task does, and reads what it wrote 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -44,6 +45,29 @@ def test_fv_task_log_has_no_tensorflow_startup_lines(tmp_path):
     assert found == [], found
     assert "warning from the job itself" in out.stderr  # stderr itself is not swallowed
     assert "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+
+
+def test_npimage_run_with_fv_keeps_stderr_clean_in_its_worker_processes(tmp_path):
+    """`npimage run` with FV on 2 workers (2 batches): TensorFlow loads in the workers; none
+    of its start-up lines reaches the run's stderr, which holds only npimage's own lines."""
+    from PIL import Image
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i, colour in enumerate(("red", "green", "blue", "yellow")):
+        Image.new("RGB", (64, 48), colour).save(src / f"{i}.jpg")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TF_", "NPIMAGE_TF"))}
+    env.update(PYTHONPATH=str(ROOT / "plugins"), NPIMAGE_BATCH_SIZE="2",
+               NPIMAGE_MODEL_CACHE=str(tmp_path / "models"))
+    out = subprocess.run([sys.executable, "-m", "npimage.cli", "run", "--client", "q",
+                          "--source", str(src), "--data-dir", str(tmp_path / "data"),
+                          "--no-report", "--read", "none", "--workers", "2"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "signatures        4 computed" in out.stdout
+    foreign = [line for line in out.stderr.splitlines()
+               if line.strip() and not re.match(r"\d\d:\d\d:\d\d (INFO|WARNING) ", line)]
+    assert foreign == [], foreign
 
 
 def test_startup_lines_shown_when_asked():

@@ -167,3 +167,75 @@ def test_report_and_evaluate_read_the_data_dir(first_run, small_demo, data_root)
     assert index == str(Layout.of(data).report_dir("acme") / "index.html")
     assert "<html" in location(index).read_text().lower()
     assert evaluate(data, "acme", load_truth(small_demo.truth)) is not None
+
+
+# -- batch sizing and the run's workers (npimage.ingest.plan, npimage.runner) --------------
+
+def _makespan(sizes: list[int], workers: int, per_batch: float = 4.0, late: float = 0.0
+              ) -> float:
+    """Finish time of batches handed out in order to the next free worker (1 per image,
+    `per_batch` per batch; the first worker starting `late`)."""
+    free = [late] + [0.0] * (workers - 1)
+    for size in sizes:
+        i = free.index(min(free))
+        free[i] += size + per_batch
+    return max(free)
+
+
+@pytest.mark.parametrize(("n", "workers"), [(2000, 2), (600, 2), (300, 2), (5000, 8),
+                                             (2500, 2), (700, 4), (40, 2), (1, 2)])
+def test_local_batches_shrink_at_the_end_so_workers_finish_together(n, workers):
+    from npimage.ingest.plan import MIN_TAIL_BATCH, batch_sizes
+
+    equal = batch_sizes(n, 256, 1024)
+    sizes = batch_sizes(n, 256, 1024, workers)
+    assert sum(sizes) == sum(equal) == n
+    assert max(sizes) <= 256 and sizes == sorted(sizes, reverse=True)
+    assert len(sizes) <= workers or all(s >= MIN_TAIL_BATCH for s in sizes[:-1])
+    assert _makespan(sizes, workers) <= _makespan(equal, workers)
+    if n >= 300:  # one worker starting late (or slower) leaves the others less to wait
+        assert sizes[-1] <= n / (2 * workers)  # the last round is half batches
+
+        def regrets(cut: list[int]) -> list[float]:
+            return [_makespan(cut, workers, late=late) - (n + late) / workers
+                    for late in range(0, 400, 5)]
+
+        assert max(regrets(sizes)) <= max(regrets(equal))
+        assert sum(regrets(sizes)) < sum(regrets(equal))
+
+
+def test_local_batches_keep_the_map_limit():
+    from npimage.ingest.plan import batch_sizes
+
+    for n in (300_000, 1_000_000):
+        sizes = batch_sizes(n, 256, 1024, 2)
+        assert len(sizes) <= 1024 and sum(sizes) == n
+    assert batch_sizes(2000, 256, 1024) == [256] * 7 + [208]  # the DAG: equal batches
+
+
+def _count_items(ctx, item: int) -> int:
+    """A stage function for the workers: reports `item` images one by one."""
+    from npimage.progress import Progress
+
+    with Progress(item, "test", "img") as progress:
+        for _ in range(item):
+            progress(1)
+    return item * 10
+
+
+def test_workers_count_every_image_on_the_stage_counter(tmp_path):
+    from npimage.runner import Workers
+
+    workers = Workers(2)
+    workers.start()
+    try:
+        assert workers.map(_count_items, None, [3, 5, 7, 2]) == [30, 50, 70, 20]
+        assert workers.counter.value == 17
+        workers.counter.value = 0
+        assert workers.map(_count_items, None, [4]) == [40]  # one item: in this process
+        assert workers.counter.value == 4
+    finally:
+        workers.stop()
+    from npimage import progress
+
+    assert progress._sink is None  # the run's own later stages show their own progress

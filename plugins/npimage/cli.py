@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="incremental: only new or changed images are recomputed")
     run.add_argument("--backend", help="postgresql:// URL to load the match tables into")
     run.add_argument("--no-report", action="store_true", help="skip the HTML report")
+    run.add_argument("--timings", action="store_true",
+                     help="print the wall time of each stage after the summary")
     run.add_argument("--allow-shrink", action="store_true",
                      help="publish even if most of the last published images disappeared "
                           "(an emptied catalogue); refused by default")
@@ -260,7 +262,17 @@ def cmd_run(args: argparse.Namespace) -> int:
                            max_shrink=args.max_shrink)
     info = run_pipeline(ctx, workers=args.workers, report=not args.no_report)
     print_summary(info)
+    if args.timings:
+        print_timings(info.get("stage_seconds", {}))
     return 0
+
+
+def print_timings(seconds: dict[str, float]) -> None:
+    """Wall seconds per stage (`npimage run --timings`): where a run's time goes."""
+    print("\n  stage             seconds")
+    for name, value in seconds.items():
+        print(f"  {name:<17} {value:7.2f}")
+    print(f"  {'total':<17} {sum(seconds.values()):7.2f}")
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

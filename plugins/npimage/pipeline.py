@@ -189,16 +189,34 @@ def _reusable_matches(ctx: RunContext) -> Path | None:
     return baseline
 
 
-def plan(ctx: RunContext) -> list[str]:
-    """Batches (Parquet paths) of images that need signatures this run."""
+def plan(ctx: RunContext, workers: int | None = None) -> list[str]:
+    """Batches (Parquet paths) of images that need signatures this run.
+
+    `workers`: the worker processes of `npimage run`, which then gets shrinking batches at
+    the end so that its workers finish together (npimage.ingest.plan.batch_sizes); the DAG
+    passes none and gets equal batches.
+    """
     settings = ctx.settings
     result = plan_batches(ctx.path("catalog.parquet"), _baseline_for_increment(ctx),
                           ctx.run_dir / "plan", incremental=ctx.mode == "incremental",
                           fv=ctx.fv, fv_model=ctx.fv_model, batch_size=settings.batch_size,
-                          max_batches=settings.max_batches)
+                          max_batches=settings.max_batches, workers=workers)
     log.info("plan: %d images to compute in %d batches, %d unchanged", result.n_todo,
              len(result.batches), result.n_skipped)
     return result.batches
+
+
+def work_units(ctx: RunContext, stage_name: str, items: list[Any]) -> tuple[int, str]:
+    """The work a mapped stage's items hold, for its progress bar: (count, unit).
+
+    Compare shards count pairs (queries x shard rows, what compare_shard reports); the
+    other mapped stages are over batches of images.
+    """
+    if stage_name == "compare":
+        queries = num_rows(ctx.path("queries.parquet"))
+        return sum(queries * num_rows(ctx.path(f"signatures/shard-{s['shard']:05d}.parquet"))
+                   for s in items), "pairs"
+    return sum(num_rows(item) for item in items), "img"
 
 
 # -- signatures --------------------------------------------------------------------------

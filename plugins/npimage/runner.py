@@ -4,6 +4,10 @@ Stages run in the order declared in npimage.stages.STAGES, as in the DAG; the ma
 stages (signature batches, compare shards: the mapped tasks of the DAG) run on a pool
 of worker processes here (one per core by default). Workers are spawned, not forked,
 so TensorFlow is only ever imported inside them.
+
+The workers are started with the run (they import the library while extract runs) and
+kept for every mapped stage; each one adds the images it finishes to a counter shared with
+this process, which shows one progress bar per stage (npimage.progress.StageBar).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
+from npimage import progress
 from npimage.errors import UserError
 from npimage.preflight import check_run
 from npimage.stages import STAGES, Stage
@@ -38,13 +43,16 @@ def _workers(requested: int | None) -> int:
 _PR_SET_PDEATHSIG = 1
 
 
-def _worker_init(parent_pid: int) -> None:
-    """Tie a worker's life to the run's process; leave Ctrl-C to the parent.
+def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
+                 warm: bool = True) -> None:
+    """Tie a worker's life to the run's process; leave Ctrl-C to the parent; report progress.
 
     PR_SET_PDEATHSIG makes the kernel SIGKILL the worker when the process that started
     it dies, however it dies (kill -9 included), so no worker keeps its ~1 GB alive. On a
     system without prctl, a watchdog thread polls the parent instead. SIGINT is ignored:
-    the parent handles Ctrl-C and stops the workers.
+    the parent handles Ctrl-C and stops the workers. Every `Progress` of the worker adds
+    to `counter`, the stage's bar in the parent. `warm`: import the stage functions now,
+    while the parent is still extracting, rather than when the first batch arrives.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
@@ -55,6 +63,17 @@ def _worker_init(parent_pid: int) -> None:
         threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     if os.getppid() != parent_pid:  # the parent died before prctl took effect
         os._exit(1)
+    if counter is not None:
+        progress.set_sink(progress.counter_sink(counter))
+    from npimage.fv.quiet import quiet_worker
+
+    quiet_worker()  # TensorFlow, if a stage loads it here, says nothing but errors
+    if warm:
+        import npimage.pipeline  # noqa: F401
+
+
+def _ready() -> None:
+    """A no-op task: submitting one per worker makes the pool start them all now."""
 
 
 def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
@@ -69,32 +88,76 @@ class WorkerLost(UserError):
     exit_code = 1
 
 
-def _map(fn: Callable[..., Any], ctx: RunContext, items: list[Any], workers: int) -> list[Any]:
-    """fn(ctx, item) for every item, in worker processes when it pays.
+class Workers:
+    """The run's worker processes: started once, early, and reused by every mapped stage.
+
+    Items run in this process when there is one item only or one worker (no process start
+    for tiny work). Work is counted on `counter` wherever it runs.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.counter: Any = _SPAWN.Value("q", 0)
+        self.pool: ProcessPoolExecutor | None = None
+
+    def start(self) -> None:
+        """Start the n workers now (they import the library in the background)."""
+        if self.n <= 1 or self.pool is not None:
+            return
+        self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=_SPAWN,
+                                        initializer=_worker_init,
+                                        initargs=(os.getpid(), self.counter))
+        for _ in range(self.n):  # the pool starts a process per pending task
+            self.pool.submit(_ready)
+
+    def map(self, fn: Callable[..., Any], ctx: RunContext, items: list[Any]) -> list[Any]:
+        """fn(ctx, item) for every item, in the workers when it pays; see `_map`."""
+        if self.n <= 1 or len(items) <= 1:
+            progress.set_sink(progress.counter_sink(self.counter))
+            try:
+                return [fn(ctx, item) for item in items]
+            finally:
+                progress.set_sink(None)
+        self.start()
+        assert self.pool is not None
+        return _map(self.pool, fn, ctx, items, self.kill)
+
+    def stop(self) -> None:
+        """Let the workers exit (at the end of the run, or to free their memory)."""
+        if self.pool is not None:
+            self.pool.shutdown()
+            self.pool = None
+
+    def kill(self) -> None:
+        """Stop the workers now: cancel what has not started, kill the running ones."""
+        if self.pool is not None:
+            _kill_workers(self.pool)
+            self.pool = None
+
+
+_SPAWN = mp.get_context("spawn")
+
+
+def _map(pool: ProcessPoolExecutor, fn: Callable[..., Any], ctx: RunContext,
+         items: list[Any], kill: Callable[[], None]) -> list[Any]:
+    """fn(ctx, item) for every item on the pool, in order of the items.
 
     On Ctrl-C or a failed item the other workers are stopped at once, and the error
     (KeyboardInterrupt included) is raised in the main process. A worker that dies (the
     OOM killer, kill -9) fails the stage with WorkerLost instead of leaving it waiting
     forever for that worker's result (what multiprocessing.Pool does).
     """
-    if workers <= 1 or len(items) <= 1:
-        return [fn(ctx, item) for item in items]
-    pool = ProcessPoolExecutor(max_workers=min(workers, len(items)),
-                               mp_context=mp.get_context("spawn"),
-                               initializer=_worker_init, initargs=(os.getpid(),))
     try:
-        results = list(pool.map(fn, [ctx] * len(items), items))
+        return list(pool.map(fn, [ctx] * len(items), items))
     except BrokenProcessPool as exc:
-        _kill_workers(pool)
+        kill()
         raise WorkerLost(
             "a worker process died (killed, or out of memory) during the run; nothing "
             "published", hint="run the same command again: it resumes from the batches "
             "already complete") from exc
     except BaseException:
-        _kill_workers(pool)
+        kill()
         raise
-    pool.shutdown()
-    return results
 
 
 def _kill_workers(pool: ProcessPoolExecutor) -> None:
@@ -131,31 +194,64 @@ def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = Tru
 
 
 def _run_stages(ctx: RunContext, workers: int | None, report: bool) -> dict[str, Any]:
-    """Each declared stage in turn; returns publish's summary (+ the report's path)."""
-    n = _workers(workers)
+    """Each declared stage in turn; returns publish's summary (+ the report's path and
+    `stage_seconds`, the wall time of each stage)."""
+    pool = Workers(_workers(workers))
+    pool.start()  # the workers start up while extract runs
     outputs: dict[str, Any] = {}
-    for stage in STAGES:
-        if stage.name == "report" and not report:
-            continue
-        outputs[stage.name] = _run_stage(stage, ctx, outputs, n)
+    seconds: dict[str, float] = {}
+    try:
+        for stage in STAGES:
+            if stage.name == "report" and not report:
+                continue
+            t0 = time.perf_counter()
+            outputs[stage.name] = _run_stage(stage, ctx, outputs, pool)
+            seconds[stage.name] = time.perf_counter() - t0
+            log.debug("stage %s: %.2fs", stage.name, seconds[stage.name])
+            if stage.name == _LAST_PER_IMAGE_STAGE and ctx.fv:
+                pool.stop()  # their TensorFlow model is not needed by compare: free it
+    except BaseException:
+        pool.kill()
+        raise
+    pool.stop()
     info = dict(outputs["publish"])
     if report:
         info.update(_report_outcome(outputs["report"]))
+    info["stage_seconds"] = seconds
     return info
 
 
-def _run_stage(stage: Stage, ctx: RunContext, outputs: dict[str, Any], workers: int) -> Any:
+#: The last stage mapped over the signature batches (after it the workers' models are idle).
+_LAST_PER_IMAGE_STAGE = "read_codes"
+
+
+def _run_stage(stage: Stage, ctx: RunContext, outputs: dict[str, Any], pool: Workers) -> Any:
     """One stage: mapped over an earlier stage's items, or once; optional ones never raise."""
     fn = stage.resolve()
     try:
         if stage.over is not None:
-            return _map(fn, ctx, list(outputs[stage.over]), workers)
+            return _run_mapped(stage, fn, ctx, list(outputs[stage.over]), pool)
+        if stage.name == "plan":  # batches sized for these workers (npimage.ingest.plan)
+            return fn(ctx, workers=pool.n)
         return fn(ctx)
     except Exception as exc:
         if stage.required:
             raise
         log.exception("%s failed", stage.name)  # the matches are published: not fatal
         return exc
+
+
+def _run_mapped(stage: Stage, fn: Callable[..., Any], ctx: RunContext, items: list[Any],
+                pool: Workers) -> list[Any]:
+    """A mapped stage over `items` with one progress bar fed by every worker."""
+    if not items:
+        return []
+    from npimage.pipeline import work_units
+
+    total, unit = work_units(ctx, stage.name, items)
+    pool.counter.value = 0
+    with progress.StageBar(pool.counter, total, stage.name, unit):
+        return pool.map(fn, ctx, items)
 
 
 def _report_outcome(result: Any) -> dict[str, Any]:

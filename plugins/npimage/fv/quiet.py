@@ -9,7 +9,9 @@ known start-up lines are dropped and anything else is written back to stderr unc
 
 NPIMAGE_TF_VERBOSE=1 keeps everything. Nothing global is changed besides fd 2 for the
 duration of the import (restored in a `finally`), so no environment variable leaks into
-the task or its children.
+the task or its children. `quiet_worker` goes further for a process that exists only to
+work for `npimage run`: TensorFlow's later INFO lines (XLA, oneDNN at the first batch) and
+absl's Python warnings are off there too.
 """
 
 from __future__ import annotations
@@ -35,6 +37,21 @@ _LOCK = threading.Lock()
 def verbose() -> bool:
     """Whether the user asked to see TensorFlow's start-up messages (NPIMAGE_TF_VERBOSE)."""
     return os.environ.get("NPIMAGE_TF_VERBOSE", "").strip().lower() in ("1", "true", "yes")
+
+
+def quiet_worker() -> None:
+    """In a worker process of `npimage run`, before TensorFlow loads: its C++ INFO lines
+    (TF_CPP_MIN_LOG_LEVEL=1, unless set) and absl's Python warnings are not shown.
+
+    Errors still are. Nothing changes with NPIMAGE_TF_VERBOSE=1. Only for processes that
+    the run starts (the variable reaches their children): a DAG task keeps its environment.
+    """
+    if verbose():
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def tensorflow() -> ModuleType:

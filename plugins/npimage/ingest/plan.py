@@ -6,7 +6,8 @@ signature has the FV this run needs) is skipped without reading it; the signatur
 then reads the others and still reuses a stored signature when size + sha256 show the
 bytes are unchanged. Images that left the catalogue simply are not carried over.
 Batches are sized so that there are never more than `max_batches` of them (Airflow's
-limit on mapped task instances).
+limit on mapped task instances). For `npimage run`, which knows its worker processes, the
+batches are shared evenly and the last ones are smaller (`batch_sizes`).
 """
 
 from __future__ import annotations
@@ -98,8 +99,44 @@ def batch_size_for(n: int, batch_size: int, max_batches: int) -> int:
     return max(batch_size, math.ceil(n / max_batches)) if n else batch_size
 
 
+#: The smallest batch of the halved last round: below it the per-batch cost (two files
+#: written, a task handed to a worker: ~5-15 ms, a few images' work) outweighs the wait
+#: it saves.
+MIN_TAIL_BATCH = 32
+
+
+def _cut(n: int, size: int) -> list[int]:
+    return [min(size, n - start) for start in range(0, n, size)]
+
+
+def batch_sizes(n: int, batch_size: int, max_batches: int, workers: int | None = None
+                ) -> list[int]:
+    """How n images are cut into batches, in order.
+
+    Without `workers` (the DAG, whose workers are not known here): equal batches of
+    `batch_size_for`. With `workers` (`npimage run` hands batches out in order, each to the
+    next free worker): as many equal batches as a multiple of the workers (each worker gets
+    the same share), no larger than that size, and the last round cut in halves, so that a
+    worker that is slower or started later leaves the others at most half a batch to wait.
+    Never more than max_batches batches.
+    """
+    full = batch_size_for(n, batch_size, max_batches)
+    equal = _cut(n, full)
+    if not workers or workers < 2 or n == 0:
+        return equal
+    rounds = math.ceil(math.ceil(n / full) / workers)
+    size = math.ceil(n / (rounds * workers))
+    sizes = _cut(n, size)
+    if len(sizes) >= workers and size >= 2 * MIN_TAIL_BATCH:
+        last = sizes[-workers:]
+        halves = [h for s in last for h in (math.ceil(s / 2), s // 2) if h]
+        sizes = sizes[:-workers] + sorted(halves, reverse=True)
+    return sizes if len(sizes) <= max_batches else equal
+
+
 def plan_batches(catalog_path: Path, baseline: Path | None, out_dir: Path, *, incremental: bool,
-                 fv: bool, fv_model: str, batch_size: int, max_batches: int = 1024) -> Plan:
+                 fv: bool, fv_model: str, batch_size: int, max_batches: int = 1024,
+                 workers: int | None = None) -> Plan:
     """Write the batches of images needing signatures into out_dir and list them."""
     catalog = read_table(catalog_path, CATALOG)
     if incremental and baseline is not None:
@@ -112,11 +149,11 @@ def plan_batches(catalog_path: Path, baseline: Path | None, out_dir: Path, *, in
         todo = catalog.filter(pa.array([not k for k in keep], pa.bool_()))
     else:
         todo = catalog
-    size = batch_size_for(todo.num_rows, batch_size, max_batches)
     for stale in out_dir.glob("batch-*.parquet"):  # a retried plan starts clean
         stale.unlink()
-    batches = []
-    for i, start in enumerate(range(0, todo.num_rows, size)):
+    batches, start = [], 0
+    for i, size in enumerate(batch_sizes(todo.num_rows, batch_size, max_batches, workers)):
         path = write_table(todo.slice(start, size), out_dir / f"batch-{i:05d}.parquet")
         batches.append(str(path))
+        start += size
     return Plan(batches, todo.num_rows, catalog.num_rows - todo.num_rows)
