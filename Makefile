@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/compare.py --n 100000 --m 100000
 	$(BIN)/python bench/compare.py --n 10000 --m 1000000
 	$(BIN)/python bench/signatures.py
+	$(BIN)/python bench/throughput.py
 
 # Images/s against the number of Celery workers (a real Airflow cluster; docs/SCALE.md).
 bench-scale: $(STAMP)

@@ -9,15 +9,18 @@ All on the same files, in one run, so that ratios are measured under the same lo
   in its own throwaway virtualenv under --peers-dir (never in the project's environment);
 - `npimage run` end to end (extract → signatures → compare → merge → publish, no report),
   hashes only and with FV, as a subprocess with a fresh data dir;
-- where npimage's time goes per step (read, sha256, decode, hashes, FV, Parquet,
-  thumbnails), timed in this process on a sample of the same files.
+- where npimage's time goes: per stage of each run (its `--timings`), and per step of the
+  signature stage (read, sha256, decode, hashes, detail, FV, Parquet, thumbnails) timed on
+  its real code path (`pipeline.signatures` under cProfile) on a sample of the same files;
+- the curve of images/s against the number of workers (`--workers-curve 1 2 ...`).
 
 Photo sets: ~350 px smartphone photos (grocery-store) and ~1600 px photos. The datasets
 hold only a handful of distinct 1600 px photos (pdq-edits), so the large set is the
 grocery photos upscaled to 1600 px (Lanczos, JPEG q90) into a temporary folder: real
 photo content at the size where decoding dominates.
 
-    .venv/bin/python bench/throughput.py [--limit 2000] [--large 300] [--no-peers]
+    .venv/bin/python bench/throughput.py [--limit 2000] [--large 300] [--no-peers] [--no-fv]
+                                         [--workers-curve 1 2] [--codes]
 
 Prints Markdown tables; the last line is one JSON object with every figure.
 """
@@ -25,10 +28,9 @@ Prints Markdown tables; the last line is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import hashlib
-import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -36,8 +38,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,62 +100,130 @@ def peer_seconds(name: str, folder: Path, peers_dir: Path) -> float | None:
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def npimage_seconds(folder: Path, fv: bool, workers: int) -> float:
-    """Wall seconds of `npimage run` end to end on `folder` in a fresh data dir."""
+def npimage_run(folder: Path, fv: bool, workers: int, codes: bool = False
+                ) -> tuple[float, dict[str, float]]:
+    """Wall seconds of `npimage run` end to end on `folder` in a fresh data dir, and the
+    seconds of each of its stages (its --timings table). Pack reading is off unless
+    `codes`: the peers read no barcode."""
     with tempfile.TemporaryDirectory() as data:
         cmd = [str(NPIMAGE), "run", "--client", "bench", "--source", str(folder),
-               "--data-dir", data, "--no-report", "--workers", str(workers)]
+               "--data-dir", data, "--no-report", "--workers", str(workers), "--timings"]
         if not fv:
             cmd.append("--no-fv")
+        if not codes:
+            cmd += ["--read", "none"]
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
         if done.returncode != 0:
             raise SystemExit(f"npimage run failed: {done.stderr.strip()[-600:]}")
-        return seconds
+        table = done.stdout.split("stage             seconds")[-1]
+        stages = {m.group(1): float(m.group(2))
+                  for m in re.finditer(r"^  (\w+) +([\d.]+)$", table, re.M)}
+        stages.pop("total", None)
+        return seconds, stages
+
+
+#: Functions of the signature code path whose time makes a step of the per-step table,
+#: matched by name wherever they are in the call tree (so the table follows the code).
+STEP_FUNCTIONS = {
+    "read": ("read_bytes",),
+    "sha256": ("openssl_sha256", "sha256", "hexdigest"),
+    "decode": ("decode", "decode_for", "draft"),
+    "hashes": ("image_hashes", "hashes_of", "grey_hashes"),
+    "detail": ("detail_signature",),
+    "fv": ("embed",),
+    "parquet": ("write_table",),
+    "thumbnails": ("thumbnail", "write_thumbnails", "thumbnails", "save_thumbnails"),
+}
+STEP_NAMES = {name for names in STEP_FUNCTIONS.values() for name in names}
 
 
 def step_seconds(paths: list[Path], fv: bool) -> dict[str, float]:
-    """Seconds per image of each per-image step of npimage, on `paths`, in this process."""
-    from npimage.ingest.decode import decode
-    from npimage.matching.hashing import image_hashes
+    """Seconds per image of each step of npimage's signature stage, measured on its real
+    code path (`pipeline.signatures` on one batch of `paths`, in this process).
 
-    steps = dict.fromkeys(("read", "sha256", "decode", "hashes", "fv", "parquet",
-                           "thumbnails"), 0.0)
-    decoded, rows = [], []
-    for p in paths:
-        t0 = time.perf_counter()
-        data = p.read_bytes()
-        t1 = time.perf_counter()
-        digest = hashlib.sha256(data).hexdigest()
-        t2 = time.perf_counter()
-        img = decode(data, MAX_PIXELS)
-        t3 = time.perf_counter()
-        rows.append((digest, *image_hashes(img.rgb)))
-        t4 = time.perf_counter()
-        thumb = img.rgb.copy()
-        thumb.thumbnail((240, 240))
-        thumb.save(io.BytesIO(), "JPEG", quality=80)
-        t5 = time.perf_counter()
-        decoded.append(img.rgb)
-        for key, dt in zip(("read", "sha256", "decode", "hashes", "thumbnails"),
-                           (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4), strict=True):
-            steps[key] += dt
-    t0 = time.perf_counter()
-    table = pa.table({"sha256": [r[0] for r in rows], "ahash": [r[1] for r in rows],
-                      "dhash": [r[2] for r in rows], "phash": [r[3] for r in rows]})
-    pq.write_table(table, io.BytesIO())
-    steps["parquet"] = time.perf_counter() - t0
-    if fv:
-        from npimage.fv import load_extractor
+    The batch runs twice: once plain for the total, once under cProfile for the shares
+    of the step functions (STEP_FUNCTIONS, cumulative, outermost call only); "other" is
+    the rest (batch files, rows, resume markers). FV's start-up (TensorFlow and the
+    model) is paid before, once, as in a worker.
+    """
+    import cProfile
+    import pstats
 
-        extractor = load_extractor("efficientnet-lite0", REPO / "data" / "models")
-        extractor.embed(decoded[:8])  # model start-up is paid once per worker
+    from npimage import pipeline
+    from npimage.config import Settings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = linked(paths, Path(tmp) / "src")
+        settings = Settings().with_overrides(data_dir=Path(tmp) / "data", fv=fv, read="none",
+                                             batch_size=len(paths))
+        ctx = pipeline.settings_context("steps", str(src), "r1", settings)
+        pipeline.extract(ctx)
+        batch = pipeline.plan(ctx)  # one batch: the sample
+        if fv:
+            pipeline._extractor(ctx.fv_model, str(settings.model_cache)).embed(
+                [Image.new("RGB", (64, 64))])  # start-up, once per worker
+        pipeline.signatures(ctx, batch[0])
+        _clear(ctx.run_dir)
         t0 = time.perf_counter()
-        for start in range(0, len(decoded), 64):
-            extractor.embed(decoded[start:start + 64])
-        steps["fv"] = time.perf_counter() - t0
-    return {k: v / len(paths) for k, v in steps.items()}
+        pipeline.signatures(ctx, batch[0])
+        total = time.perf_counter() - t0
+        _clear(ctx.run_dir)
+        profiler = cProfile.Profile()
+        profiler.runcall(pipeline.signatures, ctx, batch[0])
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    profiled = sum(v[3] for k, v in stats.items() if k[2] == "signatures"
+                   and k[0].endswith("pipeline.py"))
+    steps = {step: _cumulative(stats, names, STEP_NAMES) for step, names in
+             STEP_FUNCTIONS.items()}
+    steps["other"] = max(profiled - sum(steps.values()), 0.0)
+    scale = total / profiled if profiled else 1.0  # the profiler's own cost taken out
+    return {k: v * scale / len(paths) for k, v in steps.items()}
+
+
+def _clear(run_dir: Path) -> None:
+    """Forget a computed batch so that it is computed again (not resumed)."""
+    for name in ("sig_batches", "sig_rejects", "sig_counts"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+
+
+def _name(key: tuple[str, int, str]) -> str:
+    """`decode` of a profile key ("file", line, "decode" or "<method 'x' of 'y'>")."""
+    name = key[2]
+    if name.startswith("<method '"):
+        name = name.split("'")[1]
+    elif name.startswith("<built-in method "):
+        name = name.removeprefix("<built-in method ").rstrip(">")
+    return name.split(".")[-1]
+
+
+def _cumulative(stats: dict, names: tuple[str, ...], all_names: set[str]) -> float:
+    """Cumulative seconds of the functions called `names`, counting only the calls made
+    outside every step function (PIL's thumbnail inside decode is decode's time)."""
+    inside: dict[tuple, bool] = {}
+
+    def under_a_step(key: tuple, seen: frozenset = frozenset()) -> bool:
+        """Whether a step function is among key's callers, transitively."""
+        if key in inside:
+            return inside[key]
+        callers = stats.get(key, (0, 0, 0, 0, {}))[4]
+        found = any(_name(c) in all_names or (c not in seen and under_a_step(c, seen | {key}))
+                    for c in callers)
+        inside[key] = found
+        return found
+
+    total = 0.0
+    for key, (_, _, _, _, callers) in stats.items():
+        if _name(key) in names:
+            total += sum(v[3] for c, v in callers.items()
+                         if _name(c) not in all_names and not under_a_step(c))
+    return total
+
+
+def workers_curve(folder: Path, counts: list[int], fv: bool) -> dict[int, float]:
+    """Seconds of `npimage run` end to end on `folder` with each number of workers."""
+    return {n: npimage_run(folder, fv, n)[0] for n in counts}
 
 
 def upscaled(paths: list[Path], folder: Path, side: int = 1600) -> list[Path]:
@@ -181,7 +249,7 @@ def linked(paths: list[Path], folder: Path) -> Path:
 
 
 def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, object]:
-    """Every tool on one folder; a dict of images/s and ratios."""
+    """Every tool on one folder; a dict of images/s and ratios, npimage's stages and steps."""
     paths = sorted(folder.iterdir())
     n = len(paths)
     for p in paths:
@@ -192,9 +260,14 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
             got = peer_seconds(peer, folder, args.peers_dir)
             if got is not None:
                 seconds[peer] = got
-    seconds["npimage hashes only"] = npimage_seconds(folder, False, args.workers)
+    stages = {}
+    seconds["npimage hashes only"], stages["hashes only"] = npimage_run(folder, False,
+                                                                        args.workers)
+    if args.codes:
+        seconds["npimage hashes + codes"], stages["hashes + codes"] = npimage_run(
+            folder, False, args.workers, codes=True)
     if not args.no_fv:
-        seconds["npimage with FV"] = npimage_seconds(folder, True, args.workers)
+        seconds["npimage with FV"], stages["with FV"] = npimage_run(folder, True, args.workers)
     rates = {k: n / v for k, v in seconds.items()}
     print(f"\n### {name}: {n} images\n")
     print("| tool | seconds | images/s | npimage hashes-only ÷ it | npimage FV ÷ it |")
@@ -203,13 +276,36 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
         ours = rates["npimage hashes only"] / rates[k]
         fv = rates.get("npimage with FV", 0) / rates[k]
         print(f"| {k} | {v:.1f} | {rates[k]:.0f} | {ours:.2f}x | {fv:.2f}x |")
+    print_stages(stages)
     steps = step_seconds(paths[: args.sample], not args.no_fv)
-    print("\n| npimage step (1 process) | ms / image |")
+    print(f"\n| npimage signature step (real code path, 1 process, {min(n, args.sample)} "
+          "images) | ms / image |")
     print("|---|---|")
     for k, v in steps.items():
         print(f"| {k} | {v * 1000:.2f} |")
+    curve = {}
+    if args.workers_curve:
+        curve = workers_curve(folder, args.workers_curve, False)
+        print("\n| npimage hashes only, workers | seconds | images/s | speed-up over 1st |")
+        print("|---|---|---|---|")
+        first = curve[args.workers_curve[0]]
+        for w, v in curve.items():
+            print(f"| {w} | {v:.1f} | {n / v:.0f} | {first / v:.2f}x |")
     return {"set": name, "images": n, "seconds": seconds, "images_per_s": rates,
-            "step_ms": {k: v * 1000 for k, v in steps.items()}}
+            "stage_seconds": stages, "step_ms": {k: v * 1000 for k, v in steps.items()},
+            "workers_curve": {str(w): n / v for w, v in curve.items()}}
+
+
+def print_stages(stages: dict[str, dict[str, float]]) -> None:
+    """Seconds per stage of each `npimage run` (its --timings): where the run's time goes."""
+    names = [s for s in next(iter(stages.values()))]
+    print("\n| npimage stage (seconds) | " + " | ".join(stages) + " |")
+    print("|---|" + "---|" * len(stages))
+    for stage in names:
+        print(f"| {stage} | " + " | ".join(f"{run.get(stage, 0):.2f}" for run in
+                                            stages.values()) + " |")
+    print("| sum of stages | " + " | ".join(f"{sum(run.values()):.2f}" for run in
+                                           stages.values()) + " |")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -221,6 +317,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--no-fv", action="store_true", help="skip the FV rows")
     ap.add_argument("--no-peers", action="store_true", help="skip imagededup and fastdup")
+    ap.add_argument("--codes", action="store_true",
+                    help="also time `npimage run` with barcode reading (its default)")
+    ap.add_argument("--workers-curve", type=int, nargs="*", default=None,
+                    help="numbers of workers to time npimage hashes-only end to end with "
+                         "(default: 1, 2, 4, ... up to the cores; none: no curve)")
+    ap.add_argument("--model-cache", type=Path, default=REPO / "data" / "models",
+                    help="FV model weights, kept between runs (NPIMAGE_MODEL_CACHE)")
     ap.add_argument("--peers-dir", type=Path,
                     default=Path(tempfile.gettempdir()) / "npimage-bench-peers",
                     help="where the peers' throwaway virtualenvs live")
@@ -228,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     if not GROCERY.is_dir():
         print(f"dataset not found: {GROCERY} (needs ../shared/datasets)", file=sys.stderr)
         return 2
+    if args.workers_curve is None:
+        args.workers_curve = _default_curve(len(os.sched_getaffinity(0)))
+    os.environ.setdefault("NPIMAGE_MODEL_CACHE", str(args.model_cache))  # also for runs
     photos = sorted(GROCERY.rglob("*.jpg"))
     print(f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}, "
           f"{args.workers} npimage workers")
@@ -241,6 +347,15 @@ def main(argv: list[str] | None = None) -> int:
         results.append(measure("~1600 px photos (grocery-store upscaled)", big_dir, args))
     print(json.dumps({"load": os.getloadavg()[0], "results": results}))
     return 0
+
+
+def _default_curve(cores: int) -> list[int]:
+    """1, 2, 4, ... and the number of cores."""
+    counts, n = [], 1
+    while n < cores:
+        counts.append(n)
+        n *= 2
+    return [*counts, cores]
 
 
 if __name__ == "__main__":

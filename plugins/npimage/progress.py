@@ -122,8 +122,8 @@ class StageBar:
         if self.tty and total > 0:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False,
-                            dynamic_ncols=True)
+            self.bar = tqdm(total=total, desc=desc, unit=unit, leave=False,
+                            unit_scale=total >= 1_000_000, dynamic_ncols=True)
 
     @property
     def done(self) -> int:
