@@ -253,14 +253,20 @@ def print_summary(info: dict[str, Any]) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from npimage.pipeline import settings_context  # lazy: keeps `--help` fast
-    from npimage.runner import run_pipeline
+    from npimage.runner import run_pipeline, start_workers
 
-    settings = _settings(args)
-    ctx = settings_context(args.client, args.source, new_run_id(), settings, mode=args.mode,
-                           backend=args.backend, allow_shrink=args.allow_shrink,
-                           max_shrink=args.max_shrink)
-    info = run_pipeline(ctx, workers=args.workers, report=not args.no_report)
+    pool = start_workers(args.workers)  # they load the library while this process does
+    try:
+        from npimage.pipeline import settings_context  # lazy: keeps `--help` fast
+
+        settings = _settings(args)
+        ctx = settings_context(args.client, args.source, new_run_id(), settings,
+                               mode=args.mode, backend=args.backend,
+                               allow_shrink=args.allow_shrink, max_shrink=args.max_shrink)
+    except BaseException:
+        pool.kill()
+        raise
+    info = run_pipeline(ctx, report=not args.no_report, pool=pool)
     print_summary(info)
     if args.timings:
         print_timings(info.get("stage_seconds", {}))

@@ -55,6 +55,7 @@ def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
     while the parent is still extracting, rather than when the first batch arrives.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by Workers.start
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
@@ -107,8 +108,14 @@ class Workers:
         self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=_SPAWN,
                                         initializer=_worker_init,
                                         initargs=(os.getpid(), self.counter))
-        for _ in range(self.n):  # the pool starts a process per pending task
-            self.pool.submit(_ready)
+        # A Ctrl-C reaches the whole process group: the workers inherit SIGINT blocked
+        # until their initializer ignores it (no traceback from a worker starting up).
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(self.n):  # the pool starts a process per pending task
+                self.pool.submit(_ready)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def map(self, fn: Callable[..., Any], ctx: RunContext, items: list[Any]) -> list[Any]:
         """fn(ctx, item) for every item, in the workers when it pays; see `_map`."""
@@ -170,33 +177,46 @@ def _kill_workers(pool: ProcessPoolExecutor) -> None:
         proc.join(timeout=5)
 
 
-def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = True
-                 ) -> dict[str, Any]:
+def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = True,
+                 pool: Workers | None = None) -> dict[str, Any]:
     """Every stage of a run; returns the run summary (see pipeline.summary).
 
     The run's environment is checked first (npimage.preflight): nothing is computed when
     it could not be published.
     The client's run lock (npimage.storage.locks) is held throughout: a second run of the same
     client is refused with RunInProgress before it writes anything.
+    `pool`: worker processes the caller started already (`npimage run` starts them before
+    it loads the library), else `workers` of them are started here; stopped at the end.
     """
     from npimage import pipeline
 
-    check_run(ctx)  # a read-only data dir or an unreachable database: refused now
-    with client_run_lock(ctx.client_dir, ctx.client_id, ctx.run_id):
-        try:
-            return _run_stages(ctx, workers, report)
-        except KeyboardInterrupt:
-            pipeline.record_failure(ctx, "interrupted (Ctrl-C); run again to resume")
-            raise
-        except Exception as exc:
-            pipeline.record_failure(ctx, exc)
-            raise
+    pool = pool or Workers(_workers(workers))
+    try:
+        check_run(ctx)  # a read-only data dir or an unreachable database: refused now
+        with client_run_lock(ctx.client_dir, ctx.client_id, ctx.run_id):
+            try:
+                return _run_stages(ctx, pool, report)
+            except KeyboardInterrupt:
+                pipeline.record_failure(ctx, "interrupted (Ctrl-C); run again to resume")
+                raise
+            except Exception as exc:
+                pipeline.record_failure(ctx, exc)
+                raise
+    except BaseException:
+        pool.kill()
+        raise
 
 
-def _run_stages(ctx: RunContext, workers: int | None, report: bool) -> dict[str, Any]:
+def start_workers(requested: int | None) -> Workers:
+    """The worker processes of a run, started now (one per core unless `requested`)."""
+    pool = Workers(_workers(requested))
+    pool.start()
+    return pool
+
+
+def _run_stages(ctx: RunContext, pool: Workers, report: bool) -> dict[str, Any]:
     """Each declared stage in turn; returns publish's summary (+ the report's path and
     `stage_seconds`, the wall time of each stage)."""
-    pool = Workers(_workers(workers))
     pool.start()  # the workers start up while extract runs
     outputs: dict[str, Any] = {}
     seconds: dict[str, float] = {}
