@@ -232,10 +232,13 @@ def test_workers_count_every_image_on_the_stage_counter(tmp_path):
         assert workers.map(_count_items, None, [3, 5, 7, 2]) == [30, 50, 70, 20]
         assert workers.counter.value == 17
         workers.counter.value = 0
-        assert workers.map(_count_items, None, [4]) == [40]  # one item: in this process
+        assert workers.map(_count_items, None, [4]) == [40]  # one item: a ready worker
         assert workers.counter.value == 4
     finally:
         workers.stop()
+    workers.counter.value = 0
+    assert workers.map(_count_items, None, [6]) == [60]  # none running: in this process
+    assert workers.counter.value == 6 and workers.pool is None
     from npimage import progress
 
     assert progress._sink is None  # the run's own later stages show their own progress

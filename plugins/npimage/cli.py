@@ -2,6 +2,7 @@
 
     npimage run --client C --source PATH [--data-dir D] [--no-fv] [--top-k 10]
                 [--threshold 0.82] [--mode full|incremental] [--backend postgresql://...]
+                [--workers N] [--timings]
     npimage demo [--airflow] [--products N] [--no-fv]
     npimage report --client C [--data-dir D]
     npimage evaluate --client C --truth FILE [--data-dir D]

@@ -31,9 +31,7 @@ from npimage.guards import Shrink, check_shrink
 from npimage.ingest.consolidate import all_signatures, batch_outputs, shard_rows, write_shards
 from npimage.ingest.extract import extract_catalog, screen_catalog_file
 from npimage.ingest.plan import plan_batches
-from npimage.ingest.signatures import compute_batch
 from npimage.matching import compare as cmp
-from npimage.matching.merge import merge_image_matches, roll_up_products
 from npimage.matching.queries import (
     incremental_query_ids,
     query_table,
@@ -206,6 +204,25 @@ def plan(ctx: RunContext, workers: int | None = None) -> list[str]:
     return result.batches
 
 
+#: Modules that only the per-image stages need (loaded by the workers), and those that only
+#: the stages after them need (loaded by the run's process while the workers compute).
+WORKER_MODULES = ("npimage.ingest.signatures", "npimage.reading.codes")
+LATER_MODULES = ("npimage.matching.merge", "npimage.matching.verify", "npimage.review.store",
+                 "npimage.families.stage")
+
+
+def preload(modules: tuple[str, ...]) -> None:
+    """Import `modules` now (ahead of the stage that needs them); a failure is left to the
+    stage's own import, which reports it."""
+    import importlib
+
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # the stage's own import raises it properly
+            log.debug("preload of %s failed: %s", name, exc)
+
+
 def work_units(ctx: RunContext, stage_name: str, items: list[Any]) -> tuple[int, str]:
     """The work a mapped stage's items hold, for its progress bar: (count, unit).
 
@@ -240,6 +257,8 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
     if done is not None:
         log.info("signatures %s: complete on disk, %d resumed", name, done["resumed"])
         return done
+    from npimage.ingest.signatures import compute_batch  # Pillow, decoders: workers only
+
     extractor = _extractor(ctx.fv_model, str(settings.model_cache)) if ctx.fv else None
     baseline = _baseline_for_increment(ctx)
     n = num_rows(batch)
@@ -356,6 +375,7 @@ def merge(ctx: RunContext) -> dict[str, int]:
     if missing:
         raise RuntimeError(f"compare shards not computed: {missing[:5]}")
     baseline = _reusable_matches(ctx)
+    from npimage.matching.merge import merge_image_matches, roll_up_products
     from npimage.review.store import rejected  # reviewers' "not the same" decisions
 
     data_dir = Path(ctx.data_dir)

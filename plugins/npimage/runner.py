@@ -70,7 +70,9 @@ def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
 
     quiet_worker()  # TensorFlow, if a stage loads it here, says nothing but errors
     if warm:
-        import npimage.pipeline  # noqa: F401
+        from npimage import pipeline
+
+        pipeline.preload(pipeline.WORKER_MODULES)
 
 
 def _ready() -> None:
@@ -92,8 +94,9 @@ class WorkerLost(UserError):
 class Workers:
     """The run's worker processes: started once, early, and reused by every mapped stage.
 
-    Items run in this process when there is one item only or one worker (no process start
-    for tiny work). Work is counted on `counter` wherever it runs.
+    Items run in this process with one worker, or when a single item would need workers
+    started for it (no process start for tiny work). Work is counted on `counter` wherever
+    it runs.
     """
 
     def __init__(self, n: int) -> None:
@@ -118,8 +121,13 @@ class Workers:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     def map(self, fn: Callable[..., Any], ctx: RunContext, items: list[Any]) -> list[Any]:
-        """fn(ctx, item) for every item, in the workers when it pays; see `_map`."""
-        if self.n <= 1 or len(items) <= 1:
+        """fn(ctx, item) for every item, in the workers when it pays; see `_map`.
+
+        In this process with one worker, or for a single item when no worker is running
+        (none is started for it); on the running workers otherwise, a single item too
+        (they are ready, and TensorFlow stays out of this process).
+        """
+        if self.n <= 1 or (self.pool is None and len(items) <= 1):
             progress.set_sink(progress.counter_sink(self.counter))
             try:
                 return [fn(ctx, item) for item in items]
@@ -270,6 +278,10 @@ def _run_mapped(stage: Stage, fn: Callable[..., Any], ctx: RunContext, items: li
 
     total, unit = work_units(ctx, stage.name, items)
     pool.counter.value = 0
+    if stage.name == "signatures" and pool.n > 1:  # this process waits: load what comes next
+        from npimage.pipeline import LATER_MODULES, preload
+
+        threading.Thread(target=preload, args=(LATER_MODULES,), daemon=True).start()
     with progress.StageBar(pool.counter, total, stage.name, unit):
         return pool.map(fn, ctx, items)
 
