@@ -243,6 +243,13 @@ def _extractor(spec: str, cache_dir: str) -> FeatureExtractor:
     return load_extractor(spec, Path(cache_dir))
 
 
+def load_fv_model(ctx: RunContext) -> None:
+    """Load this run's FV model in this process now (TensorFlow and the weights, once per
+    process): `npimage run`'s workers do it while extract runs, not at their first batch."""
+    if ctx.fv:
+        _extractor(ctx.fv_model, str(ctx.settings.model_cache))
+
+
 def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
     """Signatures of one planned batch -> sig_batches/, sig_rejects/ and sig_counts/.
 

@@ -137,11 +137,22 @@ class Workers:
         assert self.pool is not None
         return _map(self.pool, fn, ctx, items, self.kill)
 
-    def stop(self) -> None:
-        """Let the workers exit (at the end of the run, or to free their memory)."""
+    def preload_model(self, ctx: RunContext) -> None:
+        """Have each worker load the FV model now (a task per worker, queued before any
+        batch; a failure shows again, and is raised, at the first batch)."""
         if self.pool is not None:
-            self.pool.shutdown()
-            self.pool = None
+            from npimage.pipeline import load_fv_model
+
+            for _ in range(self.n):
+                self.pool.submit(load_fv_model, ctx)
+
+    def stop(self) -> None:
+        """End the workers between stages or at the end of the run (to free their memory).
+
+        They are idle (every result is in, every batch file written): killed rather than
+        waited for, as a worker holding TensorFlow takes seconds to tear itself down.
+        """
+        self.kill()
 
     def kill(self) -> None:
         """Stop the workers now: cancel what has not started, kill the running ones."""
@@ -226,6 +237,8 @@ def _run_stages(ctx: RunContext, pool: Workers, report: bool) -> dict[str, Any]:
     """Each declared stage in turn; returns publish's summary (+ the report's path and
     `stage_seconds`, the wall time of each stage)."""
     pool.start()  # the workers start up while extract runs
+    if ctx.fv:
+        pool.preload_model(ctx)
     outputs: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     try:
