@@ -15,11 +15,12 @@ setting NPIMAGE_FV_ENGINE, else npimage.fv.tflite.DEFAULT_ENGINE).
 
 --options adds a table of what TensorFlow offers on CPUs, each in fresh processes (thread
 pools are fixed when TensorFlow starts), on the first --option-limit photos already fitted
-(fit_square is timed on its own row): engine (TensorFlow on the SavedModel, plain or XLA
-compiled; TF Lite with XNNPACK at fp32, fp16 weights or dynamic-range int8), threads, and
-batch size. Columns: images/s of one process, CPU ms per image (less sensitive to other
-load on the machine), images/s of two such processes at once (the 2-worker case), the
-least cosine of its vectors with the "tf" engine's, and the start-up: TensorFlow's import
+(fit_square is timed on its own row): engine (TensorFlow on the SavedModel: float32, XLA
+compiled, or oneDNN bfloat16; TF Lite with XNNPACK at fp32, fp16 weights or dynamic-range
+int8), threads, and batch size. Columns: images/s of one process, CPU ms per image (less
+sensitive to other load on the machine), images/s of two such processes at once (the
+2-worker case), the least cosine of its vectors with the first row's ("tf-fp32"), and the
+start-up: TensorFlow's import
 and the model's load from the warm cache. Usage:
 
     .venv/bin/python bench/fv_speed.py [--limit 1024] [--model SPEC] [--repeat 2]
@@ -105,10 +106,12 @@ def stage_runner(paths: list[Path], workdir: Path):
 
 
 #: (engine, threads, batch) rows of the --options table; engine "tf-xla" is a measurement
-#: only: the "tf" engine's function compiled with jit_compile=True.
-OPTIONS = (("tf", 1, 32), ("tf", 2, 8), ("tf", 2, 32), ("tf", 2, 64), ("tf-xla", 2, 32),
-           ("tflite-fp32", 1, 1), ("tflite-fp32", 2, 1), ("tflite-fp16", 1, 1),
-           ("tflite-int8", 1, 1))
+#: only: the "tf-fp32" engine's function compiled with jit_compile=True. It is slow (XLA's
+#: CPU convolutions; minutes per row on a loaded machine): run only when named in
+#: --option-engines.
+OPTIONS = (("tf-fp32", 1, 32), ("tf-fp32", 2, 8), ("tf-fp32", 2, 32), ("tf-fp32", 2, 64),
+           ("tf-xla", 2, 32), ("tf-bf16", 1, 32), ("tf-bf16", 2, 32), ("tflite-fp32", 1, 1),
+           ("tflite-fp32", 2, 1), ("tflite-fp16", 1, 1), ("tflite-int8", 1, 1))
 
 
 def option_child(args: argparse.Namespace) -> int:
@@ -121,10 +124,10 @@ def option_child(args: argparse.Namespace) -> int:
     tf = tensorflow()
     import_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    extractor = load(args.model, args.cache, engine="tf" if engine == "tf-xla" else engine)
+    extractor = load(args.model, args.cache, engine="tf-fp32" if engine == "tf-xla" else engine)
     load_s = time.perf_counter() - t0
     run = extractor._run_model  # float32 [N, S, S, 3] in [0, 1] -> [N, D]
-    if engine == "tf-xla":
+    if engine == "tf-xla":  # a measurement only, not an engine
         from npimage.fv.models import features_fn
 
         size = extractor.input_size
@@ -194,7 +197,9 @@ def options_table(args: argparse.Namespace, paths: list[Path]) -> None:
         px = Path(tmp) / "pixels.npy"
         np.save(px, np.stack([fit_square(img, 224) for img in decoded]))
         ref = None
-        for option in OPTIONS:
+        wanted = (args.option_engines.split(",") if args.option_engines
+                  else [o[0] for o in OPTIONS if o[0] != "tf-xla"])
+        for option in [o for o in OPTIONS if o[0] in wanted]:
             one = run_children(args, option, px, 1, Path(tmp) / "one")[0]
             vec = np.load(Path(tmp) / "one.0.npy")
             ref = vec if ref is None else ref
@@ -218,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine", default=None, help="FV engine (default: the setting)")
     ap.add_argument("--options", action="store_true", help="also the table of options")
     ap.add_argument("--option-limit", type=int, default=256)
+    ap.add_argument("--option-engines", default=None,
+                    help="comma list: only the options of these engines (first row = reference)")
     ap.add_argument("--only-options", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--pixels", type=Path, help=argparse.SUPPRESS)
@@ -232,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     for p in paths:  # warm the page cache
         p.read_bytes()
     if args.only_options:
-        for engine in dict.fromkeys(o[0] for o in OPTIONS if o[0] != "tf-xla"):
+        for engine in dict.fromkeys(o[0] for o in OPTIONS if o[0] not in ("tf-xla", "tf-bf16")):
             load(args.model, args.cache, engine=engine)  # converted before the children run
         options_table(args, paths)
         return 0

