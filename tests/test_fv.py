@@ -316,11 +316,12 @@ def _save_tiny_model(folder: Path, size: int | None) -> None:
 def test_local_folder_loads_with_declared_input_size(tmp_path, model_cache):
     folder = tmp_path / "tiny"
     _save_tiny_model(folder, 64)
-    extractor = load(str(folder), model_cache)
+    extractor = load(str(folder), model_cache, engine="tflite-fp32")
     assert extractor.input_size == 64 and extractor.dim == 4
     assert extractor.model_id.startswith(f"{folder}@") and extractor.model_id.endswith("-pad64")
-    assert extractor.engine == "tflite-fp32"  # the default engine: converted
-    assert extractor.model_id.startswith(model_id_prefix(str(folder), model_cache))
+    assert extractor.engine == "tflite-fp32"  # converted, like the default model
+    assert extractor.model_id.startswith(model_id_prefix(str(folder), model_cache,
+                                                         "tflite-fp32"))
     red = Image.new("RGB", (64, 64), (255, 0, 0))
     vec = extractor.embed([red])[0]
     np.testing.assert_allclose(vec, np.array([1, 0, 0, 1]) / np.sqrt(2), atol=1e-6)
@@ -405,7 +406,8 @@ def test_engine_setting(monkeypatch):
     assert tflite.engine_setting() == "tf-fp32"  # an alias
     assert tflite.engine_setting("tflite-fp16") == "tflite-fp16"
     monkeypatch.delenv("NPIMAGE_FV_ENGINE")
-    assert tflite.engine_setting() == tflite.DEFAULT_ENGINE
+    auto = "tf-bf16" if tflite.bf16_supported() else "tflite-fp32"
+    assert tflite.engine_setting() == tflite.engine_setting("auto") == auto
     with pytest.raises(ValueError, match="unknown FV engine"):
         tflite.engine_setting("onnx")
 

@@ -33,7 +33,7 @@ def load_extractor(spec: str, cache_dir: Path, engine: str | None = None) -> Fea
     """Load the model named by `spec` (see module docstring) for inference, once per process.
 
     `engine`: one of npimage.fv.tflite.ENGINES ("tf" = "tf-fp32"); default the setting
-    NPIMAGE_FV_ENGINE, else "tflite-fp32" (npimage.fv.tflite).
+    NPIMAGE_FV_ENGINE, else "auto" (npimage.fv.tflite).
     """
     from npimage.fv.models import load
 

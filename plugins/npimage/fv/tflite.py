@@ -2,7 +2,8 @@
 
 TensorFlow Lite (`tf.lite`, part of TensorFlow) runs a converted model with XNNPACK, its
 CPU kernel library, on a fixed number of threads. EfficientNet-Lite was designed for it.
-Engines (setting NPIMAGE_FV_ENGINE, docs/FV.md "Engines"):
+Engines (setting NPIMAGE_FV_ENGINE, default "auto": "tf-bf16" where the CPU has bfloat16,
+else "tflite-fp32"; docs/FV.md "Engines"):
 
 - "tf-fp32" (alias "tf"): the SavedModel called through TensorFlow, as `hub.load` gave it;
 - "tf-bf16": the same with oneDNN's automatic bfloat16 mixed precision (Grappler's
@@ -40,7 +41,9 @@ ENGINES = ("tf-fp32", "tf-bf16", "tflite-fp32", "tflite-fp16", "tflite-int8")
 ALIASES = {"tf": "tf-fp32"}
 #: CPU flags (/proc/cpuinfo) of a native bfloat16 dot product.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
-DEFAULT_ENGINE = "tflite-fp32"
+#: "auto": "tf-bf16" on a CPU with native bfloat16 (the fastest there, same recall), else
+#: "tflite-fp32" (docs/FV.md, "Speed"). Workers of one client must resolve it alike.
+DEFAULT_ENGINE = "auto"
 #: Bump when the conversion changes: the file names include it.
 VERSION = 1
 #: Least cosine between converted and SavedModel vectors on the probe pictures.
@@ -50,11 +53,14 @@ BATCH = 1
 
 
 def engine_setting(engine: str | None = None) -> str:
-    """The engine asked for: `engine`, else NPIMAGE_FV_ENGINE, else DEFAULT_ENGINE."""
+    """The engine asked for: `engine`, else NPIMAGE_FV_ENGINE, else DEFAULT_ENGINE; "auto"
+    resolved for this CPU."""
     name = (engine or os.environ.get("NPIMAGE_FV_ENGINE", "").strip() or DEFAULT_ENGINE).lower()
     name = ALIASES.get(name, name)
+    if name == "auto":
+        return "tf-bf16" if bf16_supported() else "tflite-fp32"
     if name not in ENGINES:
-        raise ValueError(f"unknown FV engine {name!r}; use one of {ENGINES}")
+        raise ValueError(f"unknown FV engine {name!r}; use auto or one of {ENGINES}")
     return name
 
 
