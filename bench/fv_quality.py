@@ -11,10 +11,14 @@ the others (leave-one-out). Metrics, averaged over queries:
 Scores: dfv = max(cosine, 0) of the FV (stored as float16, as the signature stage does);
 hashes = weighted mean of dah, ddh, dph; combined = weighted mean of all four (weights of
 npimage.matching.scoring, or --weights FILE). --sweep adds the combined score with dfv given other
-shares of the total weight (the hash weights keep their ratios). Usage:
+shares of the total weight (the hash weights keep their ratios). --engine picks the FV
+engine (npimage.fv.tflite); --engines E1,E2,... adds a table comparing engines on the same
+decoded photos: recall@1 and precision@10 of dfv and of the combined score, and the least
+and median cosine of each engine's vectors with the first engine's. Usage:
 
     .venv/bin/python bench/fv_quality.py [--data DIR] [--model SPEC] [--fit pad|squash|crop]
-                                         [--weights FILE] [--sweep]
+                                         [--weights FILE] [--sweep] [--engine E]
+                                         [--engines tf,tflite-fp32,tflite-fp16,tflite-int8]
 """
 
 from __future__ import annotations
@@ -43,14 +47,38 @@ def photos(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
     return paths, np.array([index[p.parent.name] for p in paths]), names
 
 
-def signatures(paths: list[Path], spec: str, cache: Path, fit: str):
-    """(hashes uint64 (n, 3), fv float32 (n, d) via float16, model id) of the photos."""
-    extractor = load(spec, cache, fit)
-    decoded = [decode(p.read_bytes(), 250_000_000).rgb for p in paths]
-    hashes = np.array([image_hashes(img) for img in decoded], dtype=np.int64).view(np.uint64)
+def vectors(decoded: list, spec: str, cache: Path, fit: str,
+            engine: str | None = None) -> tuple[np.ndarray, str]:
+    """(fv float32 (n, d) through float16 as stored, model id) of decoded pictures."""
+    extractor = load(spec, cache, fit, engine=engine)
     fv = extractor.embed(decoded).astype(np.float16).astype(np.float32)
     fv /= np.linalg.norm(fv, axis=1, keepdims=True)
-    return hashes, fv, extractor.model_id
+    return fv, extractor.model_id
+
+
+def signatures(paths: list[Path], spec: str, cache: Path, fit: str, engine: str | None = None):
+    """(hashes uint64 (n, 3), fv float32 (n, d) via float16, model id, decoded pictures)."""
+    decoded = [decode(p.read_bytes(), 250_000_000).rgb for p in paths]
+    hashes = np.array([image_hashes(img) for img in decoded], dtype=np.int64).view(np.uint64)
+    fv, model_id = vectors(decoded, spec, cache, fit, engine)
+    return hashes, fv, model_id, decoded
+
+
+def engines_table(decoded: list, hashes: np.ndarray, labels: np.ndarray, weights: Weights,
+                  args: argparse.Namespace) -> None:
+    """Print the --engines table: retrieval per engine and agreement with the first."""
+    print("\n| engine (model id) | dfv recall@1 | dfv precision@10 | combined recall@1 "
+          "| combined precision@10 | cosine vs first: min | median |")
+    print("|---|---|---|---|---|---|---|")
+    first = None
+    for engine in args.engines.split(","):
+        fv, model_id = vectors(decoded, args.model, args.cache, args.fit, engine)
+        first = fv if first is None else first
+        cos = (fv * first).sum(axis=1)
+        mats = score_matrices(hashes, fv, weights)
+        (r1, p10), (c1, c10) = retrieval(mats["dfv"], labels), retrieval(mats["combined"], labels)
+        print(f"| {engine} (`{model_id}`) | {r1:.3f} | {p10:.3f} | {c1:.3f} | {c10:.3f} "
+              f"| {cos.min():.4f} | {np.median(cos):.5f} |", flush=True)
 
 
 def score_matrices(hashes: np.ndarray, fv: np.ndarray, weights) -> dict[str, np.ndarray]:
@@ -102,13 +130,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fit", choices=FITS, default="pad")
     ap.add_argument("--weights", default=None, help="JSON weights file (default: built-in)")
     ap.add_argument("--sweep", action="store_true", help="also other dfv weight shares")
+    ap.add_argument("--engine", default=None, help="FV engine (default: the setting)")
+    ap.add_argument("--engines", default=None, help="comma list of engines to compare")
     args = ap.parse_args(argv)
     if not args.data.is_dir():
         print(f"dataset not found: {args.data} (needs ../shared/datasets)", file=sys.stderr)
         return 2
     paths, labels, names = photos(args.data)
     t0 = time.perf_counter()
-    hashes, fv, model_id = signatures(paths, args.model, args.cache, args.fit)
+    hashes, fv, model_id, decoded = signatures(paths, args.model, args.cache, args.fit,
+                                               args.engine)
     elapsed = time.perf_counter() - t0
     weights = load_weights(args.weights)
     print(f"{len(paths)} photos, {len(names)} products; model {model_id}; "
@@ -128,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|---|---|---|---|")
     for name, score in matrices.items():
         print(f"| {name} | {distribution(score, labels)} |")
+    if args.engines:
+        engines_table(decoded, hashes, labels, weights, args)
     return 0
 
 

@@ -1,5 +1,6 @@
 """Feature vectors: the torch-free checkpoint reader, the EfficientNet-Lite0 conversion
-(proved by its ImageNet head on real photos), the hub loading path and batched embedding.
+(proved by its ImageNet head on real photos), the hub loading path, batched embedding and
+the engines (TensorFlow on the SavedModel, its TF Lite conversion, the fallback).
 
 The model is converted once per test session into a temporary model cache.
 """
@@ -21,8 +22,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npimage.fv import efficientnet_lite, load_extractor
-from npimage.fv.models import cpu_share, ensure_default, fit_square, load
+from npimage.fv import efficientnet_lite, load_extractor, models, tflite
+from npimage.fv.models import (
+    HubExtractor,
+    cache_key,
+    cpu_share,
+    ensure_default,
+    fit_square,
+    load,
+    model_id_prefix,
+)
 from npimage.fv.torchfile import LEGACY_MAGIC, CheckpointError, load_state_dict
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,8 +203,14 @@ def model_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def lite0(model_cache):
-    """The default extractor, converted once into the session's model cache."""
-    return load_extractor("efficientnet-lite0", model_cache)
+    """The default model through TensorFlow, converted once into the session's cache."""
+    return load_extractor("efficientnet-lite0", model_cache, engine="tf-fp32")
+
+
+@pytest.fixture(scope="session")
+def lite0_tflite(lite0, model_cache):
+    """The default model through its TF Lite conversion (fp32), made once per session."""
+    return load_extractor("efficientnet-lite0", model_cache, engine="tflite-fp32")
 
 
 def _top1(extractor, images: list[Image.Image]) -> list[int]:
@@ -230,7 +245,7 @@ def test_saved_model_loads_with_hub_and_tf(lite0, model_cache):
 
     folder = ensure_default(model_cache)
     assert lite0.model_id.startswith("efficientnet-lite0@")
-    assert lite0.model_id.endswith("-pad224") and lite0.dim == 1280
+    assert lite0.model_id.endswith("-tf-fp32-pad224") and lite0.dim == 1280
     batch = tf.random.uniform([2, 224, 224, 3], dtype=tf.float32)
     for obj in (hub.load(str(folder)), tf.saved_model.load(str(folder))):
         assert obj(batch).shape == (2, 1280)
@@ -242,7 +257,7 @@ def test_conversion_is_done_once_and_atomically(lite0, model_cache):
     stamp = (folder / "saved_model.pb").stat().st_mtime_ns
     assert ensure_default(model_cache) == folder
     assert (folder / "saved_model.pb").stat().st_mtime_ns == stamp
-    assert [p.name for p in model_cache.iterdir()] == [folder.name]  # no temporary left
+    assert not [p.name for p in model_cache.rglob(".*")]  # no temporary left
 
 
 def test_embed_gives_unit_rows_independent_of_batching(lite0):
@@ -301,9 +316,12 @@ def _save_tiny_model(folder: Path, size: int | None) -> None:
 def test_local_folder_loads_with_declared_input_size(tmp_path, model_cache):
     folder = tmp_path / "tiny"
     _save_tiny_model(folder, 64)
-    extractor = load(str(folder), model_cache)
+    extractor = load(str(folder), model_cache, engine="tflite-fp32")
     assert extractor.input_size == 64 and extractor.dim == 4
     assert extractor.model_id.startswith(f"{folder}@") and extractor.model_id.endswith("-pad64")
+    assert extractor.engine == "tflite-fp32"  # converted, like the default model
+    assert extractor.model_id.startswith(model_id_prefix(str(folder), model_cache,
+                                                         "tflite-fp32"))
     red = Image.new("RGB", (64, 64), (255, 0, 0))
     vec = extractor.embed([red])[0]
     np.testing.assert_allclose(vec, np.array([1, 0, 0, 1]) / np.sqrt(2), atol=1e-6)
@@ -327,3 +345,112 @@ def test_cpu_share_follows_the_setting(monkeypatch):
     assert cpu_share() == 3
     monkeypatch.delenv("NPIMAGE_FV_THREADS")
     assert 1 <= cpu_share() <= len(os.sched_getaffinity(0))
+
+
+# --- engines -------------------------------------------------------------------------------
+
+
+def _grocery_or_shipped_photos() -> list[Image.Image]:
+    """A few real photos: grocery-store ones when present, else scikit-image's."""
+    if ICONIC.is_dir():
+        files = sorted(ICONIC.rglob("*_Iconic.jpg"))[::9][:8]
+    else:
+        files = [SKIMAGE_DATA / n for n in ("chelsea.png", "coffee.png", "rocket.jpg",
+                                            "astronaut.png")]
+    return [Image.open(f).convert("RGB") for f in files]
+
+
+@pytest.mark.parametrize("engine", ["tflite-fp32", "tflite-fp16", "tflite-int8", "tf-bf16"])
+def test_engine_vectors_agree_with_the_saved_model(lite0, model_cache, engine):
+    photos = _grocery_or_shipped_photos()
+    lite = load_extractor("efficientnet-lite0", model_cache, engine=engine)
+    if engine == "tf-bf16" and not tflite.bf16_supported():
+        assert lite.engine == "tf-fp32"  # the fallback of CPUs without bfloat16
+    else:
+        assert lite.engine == engine and lite.dim == lite0.dim
+    cos = (lite.embed(photos) * lite0.embed(photos)).sum(axis=1)
+    assert cos.min() > 0.99, cos
+    if engine == "tflite-fp32":
+        assert cos.min() > 0.9999  # same arithmetic, other kernels
+
+
+def test_model_id_names_the_engine(lite0, lite0_tflite, model_cache):
+    tf_id, lite_id = lite0.model_id, lite0_tflite.model_id
+    assert tf_id != lite_id
+    assert tf_id.endswith("-tf-fp32-pad224") and lite_id.endswith("-tflite-fp32-pad224")
+    assert tf_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tf-fp32"))
+    assert lite_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tflite-fp32"))
+    assert not lite_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tf-fp32"))
+    assert not tf_id.startswith(model_id_prefix("efficientnet-lite0", model_cache, "tflite-fp32"))
+    assert not lite_id.startswith(model_id_prefix("efficientnet-lite0", model_cache,
+                                                  "tflite-fp16"))
+
+
+def test_tflite_is_cached_and_loaded_without_the_saved_model(lite0_tflite, model_cache,
+                                                             monkeypatch):
+    from npimage.fv import models
+
+    key = cache_key("efficientnet-lite0", lite0_tflite.model_id.split("@")[1].split("-")[0])
+    model_file, facts_file, _ = tflite.paths(model_cache, key, "tflite-fp32")
+    assert model_file.stat().st_size > 10_000_000 and facts_file.exists()
+    monkeypatch.setattr(models, "_LOADED", {})
+    monkeypatch.setattr("tensorflow_hub.load", lambda *a, **k: pytest.fail("hub.load called"))
+    again = load("efficientnet-lite0", model_cache, engine="tflite-fp32")
+    assert again is not lite0_tflite and again.model_id == lite0_tflite.model_id
+    photos = _grocery_or_shipped_photos()[:2]
+    np.testing.assert_allclose(again.embed(photos), lite0_tflite.embed(photos), atol=1e-6)
+
+
+def test_engine_setting(monkeypatch):
+    monkeypatch.setenv("NPIMAGE_FV_ENGINE", "TF")
+    assert tflite.engine_setting() == "tf-fp32"  # an alias
+    assert tflite.engine_setting("tflite-fp16") == "tflite-fp16"
+    monkeypatch.delenv("NPIMAGE_FV_ENGINE")
+    auto = "tf-bf16" if tflite.bf16_supported() else "tflite-fp32"
+    assert tflite.engine_setting() == tflite.engine_setting("auto") == auto
+    with pytest.raises(ValueError, match="unknown FV engine"):
+        tflite.engine_setting("onnx")
+
+
+def _save_unconvertible_model(folder: Path) -> None:
+    """A SavedModel TF Lite cannot convert: a string op (tf.strings) inside the call."""
+    import tensorflow as tf
+
+    class Odd(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None, 32, 32, 3], tf.float32)])
+        def __call__(self, images):
+            means = tf.reduce_mean(images, axis=[1, 2])
+            text = tf.strings.as_string(means)
+            lengths = tf.cast(tf.strings.length(text), tf.float32)
+            return tf.concat([means, lengths * 0.0 + 1.0], axis=1)
+
+    tf.saved_model.save(Odd(), str(folder))
+
+
+def test_a_model_that_does_not_convert_falls_back_to_tf(tmp_path, caplog):
+    folder, cache = tmp_path / "odd", tmp_path / "cache"
+    _save_unconvertible_model(folder)
+    extractor = load(str(folder), cache, engine="tflite-fp32")
+    assert extractor.engine == "tf-fp32"
+    assert extractor.model_id.endswith("-tf-fp32-pad32")
+    assert "running it through TensorFlow" in caplog.text
+    assert extractor.embed([Image.new("RGB", (32, 32), (0, 255, 0))]).shape == (1, 6)
+    key = cache_key(str(folder), extractor.model_id.split("@")[1].split("-")[0])
+    assert tflite.failed(cache, key, "tflite-fp32")  # recorded: not tried again
+    assert model_id_prefix(str(folder), cache, "tflite-fp32") == model_id_prefix(
+        str(folder), cache, "tf-fp32")
+    assert extractor.model_id.startswith(model_id_prefix(str(folder), cache, "tflite-fp32"))
+
+
+def test_bfloat16_stays_with_its_own_extractor(lite0, model_cache):
+    """tf-bf16 sets a process-wide TensorFlow option only around its first call."""
+    if not tflite.bf16_supported():
+        pytest.skip("this CPU has no bfloat16 (avx512_bf16 / amx_bf16)")
+    photos = _grocery_or_shipped_photos()
+    before = lite0.embed(photos)
+    bf16 = load_extractor("efficientnet-lite0", model_cache, engine="tf-bf16")
+    assert bf16.model_id.endswith("-tf-bf16-pad224")
+    low = bf16.embed(photos)
+    assert 0.99 < (low * before).sum(axis=1).min() < 0.99999  # bfloat16: close, not equal
+    fresh = HubExtractor(models._tf_runner(models.features_fn(lite0._obj), 224), "x", 224)
+    np.testing.assert_allclose(fresh.embed(photos), before, atol=1e-5)  # float32 again

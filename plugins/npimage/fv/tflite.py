@@ -1,0 +1,212 @@
+"""The TensorFlow Lite engine: a loaded FV model converted once into a .tflite file.
+
+TensorFlow Lite (`tf.lite`, part of TensorFlow) runs a converted model with XNNPACK, its
+CPU kernel library, on a fixed number of threads. EfficientNet-Lite was designed for it.
+Engines (setting NPIMAGE_FV_ENGINE, default "auto": "tf-bf16" where the CPU has bfloat16,
+else "tflite-fp32"; docs/FV.md "Engines"):
+
+- "tf-fp32" (alias "tf"): the SavedModel called through TensorFlow, as `hub.load` gave it;
+- "tf-bf16": the same with oneDNN's automatic bfloat16 mixed precision (Grappler's
+  `auto_mixed_precision_onednn_bfloat16`): convolutions in bfloat16 on CPUs that have it
+  (AVX512-BF16 or AMX); elsewhere it falls back to "tf-fp32";
+- "tflite-fp32": the same graph converted to TF Lite, float32 weights;
+- "tflite-fp16": weights stored as float16 (half the file; computed in float32);
+- "tflite-int8": dynamic-range quantisation (int8 weights, activations quantised per call).
+
+The conversion takes the function that `hub.load` gave (any TF Hub or SavedModel model,
+not only the default), fixes its input to [N, S, S, 3] float32, freezes its variables and
+converts it. The result is checked against the SavedModel on fixed probe pictures: a
+conversion that fails, or whose vectors agree to a cosine below MIN_COSINE, is recorded as
+failed (a `.failed` file beside it) and the caller falls back to the "tf-fp32" engine. Files are
+written atomically into `<model cache>/tflite/`, named by a key of the model (its weights
+or graph digest) and the engine, so a process that finds them skips conversion and
+`hub.load`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from npimage.fv.quiet import tensorflow
+
+ENGINES = ("tf-fp32", "tf-bf16", "tflite-fp32", "tflite-fp16", "tflite-int8")
+#: Other names accepted for an engine.
+ALIASES = {"tf": "tf-fp32"}
+#: CPU flags (/proc/cpuinfo) of a native bfloat16 dot product.
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: "auto": "tf-bf16" on a CPU with native bfloat16 (the fastest there, same recall), else
+#: "tflite-fp32" (docs/FV.md, "Speed"). Workers of one client must resolve it alike.
+DEFAULT_ENGINE = "auto"
+#: Bump when the conversion changes: the file names include it.
+VERSION = 1
+#: Least cosine between converted and SavedModel vectors on the probe pictures.
+MIN_COSINE = 0.99
+#: Pictures per interpreter call (XNNPACK is as fast at 1 as at 16; 1 needs no padding).
+BATCH = 1
+
+
+def engine_setting(engine: str | None = None) -> str:
+    """The engine asked for: `engine`, else NPIMAGE_FV_ENGINE, else DEFAULT_ENGINE; "auto"
+    resolved for this CPU."""
+    name = (engine or os.environ.get("NPIMAGE_FV_ENGINE", "").strip() or DEFAULT_ENGINE).lower()
+    name = ALIASES.get(name, name)
+    if name == "auto":
+        return "tf-bf16" if bf16_supported() else "tflite-fp32"
+    if name not in ENGINES:
+        raise ValueError(f"unknown FV engine {name!r}; use auto or one of {ENGINES}")
+    return name
+
+
+def is_tflite(engine: str) -> bool:
+    """Whether the engine runs a TF Lite conversion (else TensorFlow on the SavedModel)."""
+    return engine.startswith("tflite-")
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU computes bfloat16 natively (else "tf-bf16" falls back to fp32)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines()
+                  if line.startswith("flags")), [])
+    return any(f in flags for f in BF16_FLAGS)
+
+
+def paths(cache_dir: Path, key: str, engine: str) -> tuple[Path, Path, Path]:
+    """(.tflite file, its .json facts, the .failed marker) of a model key and engine."""
+    stem = Path(cache_dir) / "tflite" / f"{key}-{engine}-v{VERSION}"
+    return stem.with_suffix(".tflite"), stem.with_suffix(".json"), stem.with_suffix(".failed")
+
+
+def failed(cache_dir: Path, key: str, engine: str) -> bool:
+    """Whether converting this model for this engine failed before (then: engine "tf-fp32")."""
+    return paths(cache_dir, key, engine)[2].exists()
+
+
+def probe(size: int) -> np.ndarray:
+    """Four fixed [0, 1] pictures (gradients, coloured blocks, stripes) to compare engines
+    on: smooth regions and edges like photos, no pixel noise (which no photo has)."""
+    rng = np.random.default_rng(15)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)
+    grad = np.stack(np.broadcast_arrays(ramp[None, :], ramp[:, None], ramp[None, ::-1]), -1)
+    blocks = np.kron(rng.random((6, 6, 3)), np.ones((size // 6 + 1, size // 6 + 1, 1)))
+    stripes = 0.5 + 0.5 * np.sin(np.arange(size)[:, None, None] * [0.2, 0.05, 0.11]
+                                 + np.arange(size)[None, :, None] * 0.07)
+    return np.stack([grad, blocks[:size, :size], stripes,
+                     1.0 - 0.5 * grad]).astype(np.float32)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)  # readable by every worker, like the SavedModel's files
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def convert(fn: Any, trackable: Any, size: int, engine: str) -> bytes:
+    """The .tflite bytes of `fn` (uint8-free: float32 [N, size, size, 3] -> [N, D])."""
+    tf = tensorflow()
+
+    spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
+    concrete = tf.function(fn).get_concrete_function(spec)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)
+    if engine in ("tflite-fp16", "tflite-int8"):
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if engine == "tflite-fp16":
+        converter.target_spec.supported_types = [tf.float16]
+    data: bytes = converter.convert()
+    return data
+
+
+class LiteModel:
+    """A tf.lite.Interpreter (XNNPACK, `threads`) running [N, S, S, 3] float32 -> [N, D]."""
+
+    def __init__(self, model: Path | bytes, threads: int) -> None:
+        import warnings
+
+        tf = tensorflow()
+        content = model if isinstance(model, bytes) else Path(model).read_bytes()
+        with warnings.catch_warnings():  # tf.lite.Interpreter warns of its future move
+            warnings.simplefilter("ignore")
+            self._it = tf.lite.Interpreter(model_content=content, num_threads=threads)
+        self._in = self._it.get_input_details()[0]["index"]
+        self._out = self._it.get_output_details()[0]["index"]
+        self._it.resize_tensor_input(self._in, [BATCH, *self._it.get_input_details()[0]
+                                                ["shape_signature"][1:]])
+        self._it.allocate_tensors()
+        self._lock = threading.Lock()  # an interpreter runs one call at a time
+        self.size = int(self._it.get_input_details()[0]["shape"][1])
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """Float32 [N, D] of a float32 batch [N, S, S, 3] in [0, 1]."""
+        rows = []
+        with self._lock:
+            for start in range(0, len(pixels), BATCH):
+                self._it.set_tensor(self._in, np.ascontiguousarray(pixels[start:start + BATCH]))
+                self._it.invoke()
+                rows.append(self._it.get_tensor(self._out).reshape(BATCH, -1).copy())
+        if not rows:
+            return np.zeros((0, 0), np.float32)
+        return np.concatenate(rows).astype(np.float32, copy=False)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two [N, D] arrays."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.asarray((a * b).sum(axis=1) / np.maximum(na * nb, 1e-12))
+
+
+def build(fn: Any, trackable: Any, size: int, engine: str, cache_dir: Path, key: str,
+          threads: int) -> LiteModel:
+    """Convert `fn`, check it against `fn` on the probe, cache it and return it to run.
+
+    Raises RuntimeError (after writing the `.failed` marker) when the conversion fails or
+    disagrees with the SavedModel, so that the caller falls back to the "tf-fp32" engine.
+    """
+    tf = tensorflow()
+
+    model_file, facts_file, failed_file = paths(cache_dir, key, engine)
+    pictures = probe(size)
+    try:
+        data = convert(fn, trackable, size, engine)
+        lite = LiteModel(data, threads)
+        want = np.asarray(fn(tf.constant(pictures)), np.float32).reshape(len(pictures), -1)
+        got = lite(pictures)
+        agreement = float(cosines(got, want).min()) if got.shape == want.shape else -1.0
+        if not agreement >= MIN_COSINE:  # also NaN
+            raise ValueError(f"vectors differ from the SavedModel's (cosine {agreement:.4f}, "
+                             f"shapes {got.shape} vs {want.shape})")
+    except Exception as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+        _write_atomic(failed_file, json.dumps({"engine": engine, "reason": reason[:2000]},
+                                              indent=2).encode() + b"\n")
+        raise RuntimeError(f"cannot convert to {engine}: {reason}") from exc
+    facts = {"engine": engine, "input_size": size, "dim": int(got.shape[1]),
+             "probe_min_cosine": round(agreement, 6), "tensorflow": tf.__version__,
+             "version": VERSION}
+    _write_atomic(model_file, data)
+    _write_atomic(facts_file, json.dumps(facts, indent=2).encode() + b"\n")
+    return lite
+
+
+def cached(cache_dir: Path, key: str, engine: str, threads: int) -> LiteModel | None:
+    """The converted model of this key and engine from the cache, or None."""
+    model_file, facts_file, _ = paths(cache_dir, key, engine)
+    if not (model_file.exists() and facts_file.exists()):
+        return None
+    return LiteModel(model_file, threads)
