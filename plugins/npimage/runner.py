@@ -44,7 +44,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
-                 warm: bool = True) -> None:
+                 warm: bool = True, threads: int | None = None) -> None:
     """Tie a worker's life to the run's process; leave Ctrl-C to the parent; report progress.
 
     PR_SET_PDEATHSIG makes the kernel SIGKILL the worker when the process that started
@@ -53,7 +53,12 @@ def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
     the parent handles Ctrl-C and stops the workers. Every `Progress` of the worker adds
     to `counter`, the stage's bar in the parent. `warm`: import the stage functions now,
     while the parent is still extracting, rather than when the first batch arrives.
+    `threads`: the worker's share of the cores, given to TensorFlow before it starts
+    (NPIMAGE_FV_THREADS, unless the user set it): n workers each running TensorFlow on
+    every core would fight over them.
     """
+    if threads is not None:
+        os.environ.setdefault("NPIMAGE_FV_THREADS", str(threads))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by Workers.start
     try:
@@ -104,13 +109,18 @@ class Workers:
         self.counter: Any = _SPAWN.Value("q", 0)
         self.pool: ProcessPoolExecutor | None = None
 
+    def threads(self) -> int:
+        """Cores per worker: the process's CPU affinity shared between the n workers."""
+        return max(1, len(os.sched_getaffinity(0)) // max(1, self.n))
+
     def start(self) -> None:
         """Start the n workers now (they import the library in the background)."""
         if self.n <= 1 or self.pool is not None:
             return
         self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=_SPAWN,
                                         initializer=_worker_init,
-                                        initargs=(os.getpid(), self.counter))
+                                        initargs=(os.getpid(), self.counter, True,
+                                                  self.threads()))
         # A Ctrl-C reaches the whole process group: the workers inherit SIGINT blocked
         # until their initializer ignores it (no traceback from a worker starting up).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
