@@ -201,7 +201,7 @@ def photo_costs(folder: Path, limit: int) -> None:
         marks.append(time.process_time())
         codes = read_codes(gray)
         marks.append(time.process_time())
-        for name, a, b in zip(names, marks, marks[1:], strict=True):
+        for name, a, b in zip(names, marks[:-1], marks[1:], strict=True):
             spent[name] += b - a
         with_gtin += any(c.gtin for c in codes)
         screened += bar_like(gray)

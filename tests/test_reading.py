@@ -201,8 +201,11 @@ def test_costly_passes_only_where_the_screen_sees_bars(monkeypatch):
     gray = np.pad(np.asarray(Image.open(io.BytesIO(case.jpeg)).convert("L")), 120,
                   constant_values=255)
     assert gray.size > C.SCREEN_BELOW
-    assert [c.gtin for c in read_codes(gray) if c.gtin] == [case.gtin]
+    read = [c for c in read_codes(gray) if c.gtin]
+    assert [c.gtin for c in read] == [case.gtin]
     assert calls, "the upscaled passes were skipped"
+    x0, y0, x1, y1 = read[0].box  # in the padded picture's pixels, not the region's
+    assert 110 <= x0 < x1 <= gray.shape[1] - 110 and 110 <= y0 <= y1 <= gray.shape[0] - 110
     assert "screen1" in C.reader_version()
 
 

@@ -271,23 +271,25 @@ SCREEN_CELLS = 11
 SCREEN_BELOW = 160 * 160
 
 
-def bar_like(gray: np.ndarray) -> bool:
-    """Whether a picture shows a barcode-like patch: the cheap test before the costly passes.
+def bar_patch(gray: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box of a picture's barcode-like patches: the cheap test before the costly passes.
 
     A linear code is a patch where many parallel edges sit close together: the gradient's
     structure tensor, averaged over ~15 pixels, is coherent (edges parallel, at any
     angle), edges are dense for the local grey range (many bars, not one outline) and the
-    range is high (printed bars, not texture). A connected patch of at least SCREEN_CELLS
-    such cells passes. Statistics are taken per 3x3 cell (area averages), so the test
-    costs about a millisecond on a 350-pixel picture; it lets through ~7 % of grocery-store
-    photos and every demo pack whose code only the later passes read (docs/BENCHMARKS.md).
+    range is high (printed bars, not texture). The box (x0, y0, x1, y1) spans the
+    connected patches of at least SCREEN_CELLS such cells; None when there is none.
+    Statistics are taken per 3x3 cell (area averages), so the test costs about a
+    millisecond on a 350-pixel picture; it lets through ~8 % of grocery-store photos and
+    all but one demo pack whose code only the later passes read, at native size and at
+    half size (docs/BENCHMARKS.md). Photos, textures and printed text do not pass.
     """
     import cv2
 
     c = SCREEN_CELL
     h, w = gray.shape[0] // c, gray.shape[1] // c
     if h < SCREEN_SPAN or w < SCREEN_SPAN:
-        return True
+        return 0, 0, gray.shape[1], gray.shape[0]
     g = gray[:h * c, :w * c]
     gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
@@ -305,36 +307,71 @@ def bar_like(gray: np.ndarray) -> bool:
     coherent = (jxx - jyy) ** 2 + 4 * jxy ** 2 > (SCREEN_COHERENCE * (jxx + jyy)) ** 2
     mask = coherent & (edges > SCREEN_EDGES * (8 * rng + 1)) & (rng > SCREEN_RANGE)
     if np.count_nonzero(mask) < SCREEN_CELLS:
-        return False
-    n, _, stats, _ = cv2.connectedComponentsWithStats(mask.view(np.uint8))
-    return n > 1 and int(stats[1:, cv2.CC_STAT_AREA].max()) >= SCREEN_CELLS
+        return None
+    stats = cv2.connectedComponentsWithStats(mask.view(np.uint8))[2]
+    big = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= SCREEN_CELLS]
+    if not len(big):
+        return None
+    x0, y0 = big[:, 0].min(), big[:, 1].min()
+    x1, y1 = (big[:, 0] + big[:, 2]).max(), (big[:, 1] + big[:, 3]).max()
+    return int(x0) * c, int(y0) * c, int(x1) * c, int(y1) * c
 
 
-def _read_again(gray: np.ndarray, codes: list[Code]) -> bool:
-    """Whether a small picture's first-pass codes call for the costly passes: thin bars
-    read (their GTIN goes to a vote), or nothing read on a picture that looks coded."""
+def bar_like(gray: np.ndarray) -> bool:
+    """Whether a picture shows a barcode-like patch (see bar_patch)."""
+    return bar_patch(gray) is not None
+
+
+#: Pixels the costly passes read around a screened patch, at least, each side: the patch
+#: is often a part of the code only (its most regular bars).
+REGION_MARGIN = 64
+
+
+def _region(gray: np.ndarray, codes: list[Code]) -> tuple[int, int, int, int] | None:
+    """Where a small picture's costly passes read, or None: the whole picture when the
+    first pass read thin bars (their GTIN goes to a vote) or the picture is tiny; the
+    bar-like patch, widened, when nothing was read; None when no patch is seen."""
+    h, w = gray.shape
     if codes:
-        return any(_thin(c) for c in codes if c.gtin)
-    return gray.size <= SCREEN_BELOW or bar_like(gray)
+        return (0, 0, w, h) if any(_thin(c) for c in codes if c.gtin) else None
+    if gray.size <= SCREEN_BELOW:
+        return 0, 0, w, h
+    patch = bar_patch(gray)
+    if patch is None:
+        return None
+    x0, y0, x1, y1 = patch
+    mx, my = max(REGION_MARGIN, (x1 - x0) // 2), max(REGION_MARGIN, (y1 - y0) // 2)
+    return max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)
 
 
 def read_codes(gray: np.ndarray) -> list[Code]:
     """Every code zxing-cpp decodes in a grayscale (H, W) uint8 picture, deduplicated.
 
     Boxes are in the picture's pixels, codes sorted top to bottom. A small picture where
-    the first pass finds only thin-barred codes, or nothing while it shows a barcode-like
-    patch (bar_like: the first pass and this screen cost ~3 ms on a 350-pixel photo, the
-    later passes 40x that), is also read upscaled, and its linear codes' GTINs are
-    decided by a vote of the resamplings (see _vote). When that still leaves no GTIN,
-    the regions that look like barcodes (bar_regions) are cut out, upscaled further and
-    binarised, and those reads join the vote.
+    the first pass finds only thin-barred codes is also read upscaled, and its linear
+    codes' GTINs are decided by a vote of the resamplings (see _vote). Where the first
+    pass finds nothing, only the barcode-like patch the screen sees (bar_patch, widened
+    by REGION_MARGIN) is read so; a picture without one is not (the first pass and the
+    screen cost ~3 ms on a 350-pixel photo, the upscaled passes ~40x that on the whole
+    picture). When that still leaves no GTIN, the regions of it that look like barcodes
+    (bar_regions) are cut out, upscaled further and binarised, and those reads join the
+    vote.
     """
     codes = _decode(gray, 1.0)
-    side = max(gray.shape)
-    if side <= UPSCALE_BELOW and _read_again(gray, codes):
-        runs = [codes] + [_decode(_upscaled(gray, f, interp), f)
+    region = _region(gray, codes) if max(gray.shape) <= UPSCALE_BELOW else None
+    if region is not None:
+        x0, y0, x1, y1 = region
+        part = gray[y0:y1, x0:x1]
+        side = max(part.shape)
+        runs = [codes] + [_decode(_upscaled(part, f, interp), f, (x0, y0))
                           for f, interp in _RESAMPLINGS if side * f <= UPSCALED_MAX]
         codes = _vote(runs)
         if not any(c.gtin for c in codes):
-            codes = _vote(runs + _crop_runs(gray))
+            codes = _vote(runs + [[replace(c, box=_shift(c.box, x0, y0)) for c in run]
+                                  for run in _crop_runs(part)])
     return sorted(codes, key=lambda c: (c.box[1], c.box[0]))
+
+
+def _shift(box: tuple[int, int, int, int], dx: int, dy: int) -> tuple[int, int, int, int]:
+    """A box moved by (dx, dy): from a region's pixels to the picture's."""
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy
