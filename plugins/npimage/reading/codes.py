@@ -221,8 +221,10 @@ def bar_regions(gray: np.ndarray, limit: int = MAX_CROPS) -> list[tuple[int, int
     return [box for _, box in found[:limit]]
 
 
-def _crop_runs(gray: np.ndarray) -> list[list[Code]]:
-    """One list of codes per crop resampling, over every candidate region of the picture.
+def _crop_runs(gray: np.ndarray,
+               near: tuple[int, int, int, int] | None = None) -> list[list[Code]]:
+    """One list of codes per crop resampling, over every candidate region of the picture
+    (those that meet the box `near`, when given: the screen's patch).
 
     Each region is widened (a quarter of its width, half its height), padded with the
     picture's light level so a code cut by the picture's edge gets a quiet zone back,
@@ -231,6 +233,8 @@ def _crop_runs(gray: np.ndarray) -> list[list[Code]]:
     import cv2
 
     regions = bar_regions(gray)
+    if near is not None:
+        regions = [r for r in regions if _meets(r, near)]
     if not regions:
         return []
     light = int(np.percentile(gray, 95))
@@ -327,21 +331,26 @@ def bar_like(gray: np.ndarray) -> bool:
 REGION_MARGIN = 64
 
 
-def _region(gray: np.ndarray, codes: list[Code]) -> tuple[int, int, int, int] | None:
-    """Where a small picture's costly passes read, or None: the whole picture when the
-    first pass read thin bars (their GTIN goes to a vote) or the picture is tiny; the
-    bar-like patch, widened, when nothing was read; None when no patch is seen."""
+Box = tuple[int, int, int, int]
+
+
+def _region(gray: np.ndarray, codes: list[Code]) -> tuple[Box, Box | None] | None:
+    """Where a small picture's costly passes read, and the screen's patch in it, or None:
+    the whole picture when the first pass read thin bars (their GTIN goes to a vote) or
+    the picture is tiny (no patch then); the bar-like patch, widened, when nothing was
+    read; None when no patch is seen."""
     h, w = gray.shape
     if codes:
-        return (0, 0, w, h) if any(_thin(c) for c in codes if c.gtin) else None
+        return ((0, 0, w, h), None) if any(_thin(c) for c in codes if c.gtin) else None
     if gray.size <= SCREEN_BELOW:
-        return 0, 0, w, h
+        return (0, 0, w, h), None
     patch = bar_patch(gray)
     if patch is None:
         return None
     x0, y0, x1, y1 = patch
     mx, my = max(REGION_MARGIN, (x1 - x0) // 2), max(REGION_MARGIN, (y1 - y0) // 2)
-    return max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)
+    rx, ry = max(0, x0 - mx), max(0, y0 - my)
+    return (rx, ry, min(w, x1 + mx), min(h, y1 + my)), _shift(patch, -rx, -ry)
 
 
 def read_codes(gray: np.ndarray) -> list[Code]:
@@ -358,9 +367,9 @@ def read_codes(gray: np.ndarray) -> list[Code]:
     vote.
     """
     codes = _decode(gray, 1.0)
-    region = _region(gray, codes) if max(gray.shape) <= UPSCALE_BELOW else None
-    if region is not None:
-        x0, y0, x1, y1 = region
+    found = _region(gray, codes) if max(gray.shape) <= UPSCALE_BELOW else None
+    if found is not None:
+        (x0, y0, x1, y1), patch = found
         part = gray[y0:y1, x0:x1]
         side = max(part.shape)
         runs = [codes] + [_decode(_upscaled(part, f, interp), f, (x0, y0))
@@ -368,8 +377,13 @@ def read_codes(gray: np.ndarray) -> list[Code]:
         codes = _vote(runs)
         if not any(c.gtin for c in codes):
             codes = _vote(runs + [[replace(c, box=_shift(c.box, x0, y0)) for c in run]
-                                  for run in _crop_runs(part)])
+                                  for run in _crop_runs(part, patch)])
     return sorted(codes, key=lambda c: (c.box[1], c.box[0]))
+
+
+def _meets(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two boxes (x0, y0, x1, y1) overlap."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
 def _shift(box: tuple[int, int, int, int], dx: int, dy: int) -> tuple[int, int, int, int]:
