@@ -13,10 +13,15 @@ with its reading_truth.csv) and the rendered code set (npimage_demo.codeset).
    of every picture; then the rendered code set by symbology x module size.
 
     .venv/bin/python bench/reading.py [--work bench/out/reading] [--products 160]
-                                      [--workers 2] [--fv] [--codes-only]
+                                      [--variant-families 0] [--workers 2] [--fv]
+                                      [--codes-only] [--photos DIR [--photos-max N]]
 
 --codes-only skips the runs (1-2) and OCR: codes at native size and after a 50 % resize,
 the rendered code set, and the code reader's CPU cost per picture, in about a minute.
+--variant-families 12 draws the catalogue `npimage demo` reads (447 pictures).
+--photos DIR (with --codes-only) also times, per picture of DIR (photos without codes,
+e.g. ../shared/datasets grocery photos), the steps of the stage's read_image (read,
+sha256, decode, grey) and read_codes, and says how many passed the screen (bar_like).
 """
 
 from __future__ import annotations
@@ -172,6 +177,43 @@ def code_set(workers: int) -> None:
         print(f"| {sym} | {r} | {n} | {ok} ({100 * ok / n:.0f} %) |")
 
 
+def photo_costs(folder: Path, limit: int) -> None:
+    """CPU ms per picture of read_image's steps and of read_codes on a folder of photos."""
+    import hashlib
+
+    from npimage.ingest.decode import decode_for_reading, read_bytes
+    from npimage.reading.codes import bar_like
+    from npimage.reading.stage import grey
+
+    files = sorted(f for f in folder.iterdir() if f.is_file())[:limit]
+    names = ("read", "sha256", "decode", "grey", "read_codes")
+    spent = dict.fromkeys(names, 0.0)
+    screened = with_gtin = 0
+    for f in files:
+        marks = [time.process_time()]
+        data = read_bytes(str(f), 30.0)
+        marks.append(time.process_time())
+        hashlib.sha256(data).hexdigest()
+        marks.append(time.process_time())
+        rgb = np.asarray(decode_for_reading(data, 1 << 28).rgb)
+        marks.append(time.process_time())
+        gray = grey(rgb)
+        marks.append(time.process_time())
+        codes = read_codes(gray)
+        marks.append(time.process_time())
+        for name, a, b in zip(names, marks[:-1], marks[1:], strict=True):
+            spent[name] += b - a
+        with_gtin += any(c.gtin for c in codes)
+        screened += bar_like(gray)
+    n = max(1, len(files))
+    print(f"\nphotos {folder}: {len(files)} pictures, {with_gtin} with a GTIN, "
+          f"{screened} through the screen (bar_like); CPU ms per picture, one process")
+    print("| " + " | ".join(names) + " | all |")
+    print("|" + "---:|" * (len(names) + 1))
+    print("| " + " | ".join(f"{1000 * spent[k] / n:.2f}" for k in names)
+          + f" | {1000 * sum(spent.values()) / n:.2f} |")
+
+
 def codes_only(demo_dir: Path, truth: dict, workers: int) -> None:
     """Codes' quality (native, 50 % resize, code set) and CPU images/s, without the runs."""
     rows = list(csv.DictReader((demo_dir / "manifest.csv").open()))
@@ -189,7 +231,8 @@ def codes_only(demo_dir: Path, truth: dict, workers: int) -> None:
             read_codes(gray)
         cpu = time.process_time() - t0
         print(f"read_codes at {scale:.0%}: {len(pictures)} pictures, {cpu:.1f} s CPU, "
-              f"{len(pictures) / cpu:.1f} images/s per process")
+              f"{len(pictures) / cpu:.1f} images/s per process, "
+              f"{1000 * cpu / len(pictures):.1f} ms per picture")
         resized_codes(demo_dir, truth, scale, workers)
     code_set(workers)
 
@@ -198,18 +241,25 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "reading")
     ap.add_argument("--products", type=int, default=160)
+    ap.add_argument("--variant-families", type=int, default=0,
+                    help="look-alike families drawn (npimage demo draws 12)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--fv", action="store_true", help="feature vectors on (slower signatures)")
     ap.add_argument("--codes-only", action="store_true",
                     help="only the code reader: quality at native size and 50 %%, code set, cost")
+    ap.add_argument("--photos", type=Path, help="with --codes-only: also time a folder of photos")
+    ap.add_argument("--photos-max", type=int, default=2000, help="pictures of --photos read")
     args = ap.parse_args(argv)
     shutil.rmtree(args.work, ignore_errors=True)
-    demo = build_demo_catalogue(args.work / "demo", n_products=args.products)
+    demo = build_demo_catalogue(args.work / "demo", n_products=args.products,
+                                variant_families=args.variant_families)
     truth = load_reading_truth(args.work / "demo" / "reading_truth.csv")
     if args.codes_only:
         print(f"machine: {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}; "
               f"demo {demo.n_images} images")
         codes_only(args.work / "demo", truth, args.workers)
+        if args.photos:
+            photo_costs(args.photos, args.photos_max)
         return 0
     base = args.work / "base.csv"
     n_base = _subset_manifest(demo.manifest, base, 0.9)

@@ -165,6 +165,61 @@ def test_thin_barred_codes_read_by_the_crop_pass():
         assert [c.gtin for c in read_codes(gray) if c.gtin] == [case.gtin], case.label
 
 
+def _skimage_grey(name: str) -> np.ndarray:
+    data = pytest.importorskip("skimage.data")
+    return np.asarray(Image.fromarray(getattr(data, name)()).convert("L"))
+
+
+def test_screen_tells_thin_codes_from_photos_and_print():
+    """bar_like: thin-barred codes at any tilt pass; photos, textures and text do not."""
+    from npimage_demo.codeset import cases
+
+    from npimage.reading.codes import bar_like
+
+    for case in cases(seed=3, symbologies=("EAN-13", "GS1-128"), modules=(1, 2),
+                      rotations=(0, 7, 25, 90), qualities=(75,)):
+        gray = np.asarray(Image.open(io.BytesIO(case.jpeg)).convert("L"))
+        assert bar_like(np.pad(gray, 120, constant_values=255)), case.label
+    for name in ("astronaut", "coffee", "camera", "brick", "gravel", "text", "page"):
+        assert not bar_like(_skimage_grey(name)), name
+
+
+def test_costly_passes_only_where_the_screen_sees_bars(monkeypatch):
+    """A photo without code gets the first pass only; a 1-pixel-barred code on a picture
+    too large to skip the screen is still read by the upscaled passes."""
+    from npimage_demo.codeset import cases
+
+    from npimage.reading import codes as C
+
+    calls = []
+    upscaled = C._upscaled
+    monkeypatch.setattr(C, "_upscaled", lambda *a: calls.append(a[1:]) or upscaled(*a))
+    photo = _skimage_grey("coffee")
+    assert photo.size > C.SCREEN_BELOW and read_codes(photo) == [] and calls == []
+    case = next(iter(cases(seed=3, symbologies=("EAN-13",), modules=(1,), rotations=(0,),
+                           qualities=(75,))))
+    gray = np.pad(np.asarray(Image.open(io.BytesIO(case.jpeg)).convert("L")), 120,
+                  constant_values=255)
+    assert gray.size > C.SCREEN_BELOW
+    read = [c for c in read_codes(gray) if c.gtin]
+    assert [c.gtin for c in read] == [case.gtin]
+    assert calls, "the upscaled passes were skipped"
+    x0, y0, x1, y1 = read[0].box  # in the padded picture's pixels, not the region's
+    assert 110 <= x0 < x1 <= gray.shape[1] - 110 and 110 <= y0 <= y1 <= gray.shape[0] - 110
+    assert "screen1" in C.reader_version()
+
+
+def test_grey_of_the_stage_is_rounded_luma():
+    """The stage's grey (OpenCV) is PIL's convert('L') to within one level."""
+    from npimage.reading.stage import grey
+
+    rgb = np.random.default_rng(0).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    got = grey(rgb)
+    want = np.asarray(Image.fromarray(rgb).convert("L"))
+    assert got.shape == want.shape and got.dtype == np.uint8
+    assert int(np.abs(got.astype(int) - want).max()) <= 1
+
+
 def test_vote_drops_a_gtin_that_other_reads_contradict():
     """3 reads of a misread against 2 of the printed code at the same place: no GTIN."""
     from npimage.reading.codes import Code, _vote

@@ -94,7 +94,7 @@ UPSCALED_MAX = 3200
 
 
 #: Names the passes read_codes makes besides zxing-cpp's own; part of reader_version().
-READER_PASSES = "upscale,crops1"
+READER_PASSES = "upscale,crops1,screen1"
 
 
 def _decode(gray: np.ndarray, scale: float,
@@ -221,8 +221,10 @@ def bar_regions(gray: np.ndarray, limit: int = MAX_CROPS) -> list[tuple[int, int
     return [box for _, box in found[:limit]]
 
 
-def _crop_runs(gray: np.ndarray) -> list[list[Code]]:
-    """One list of codes per crop resampling, over every candidate region of the picture.
+def _crop_runs(gray: np.ndarray,
+               near: tuple[int, int, int, int] | None = None) -> list[list[Code]]:
+    """One list of codes per crop resampling, over every candidate region of the picture
+    (those that meet the box `near`, when given: the screen's patch).
 
     Each region is widened (a quarter of its width, half its height), padded with the
     picture's light level so a code cut by the picture's edge gets a quiet zone back,
@@ -231,6 +233,8 @@ def _crop_runs(gray: np.ndarray) -> list[list[Code]]:
     import cv2
 
     regions = bar_regions(gray)
+    if near is not None:
+        regions = [r for r in regions if _meets(r, near)]
     if not regions:
         return []
     light = int(np.percentile(gray, 95))
@@ -256,21 +260,132 @@ def _crop_runs(gray: np.ndarray) -> list[list[Code]]:
     return runs
 
 
+#: The screen works on cells of SCREEN_CELL x SCREEN_CELL pixels, its statistics
+#: averaged over SCREEN_SPAN x SCREEN_SPAN cells (15 pixels: a few bars of a thin code).
+SCREEN_CELL, SCREEN_SPAN = 3, 5
+#: Screen thresholds: orientation coherence of the gradient (1 = every edge parallel),
+#: edges per pixel (mean |gradient| over 8x the local grey range: ~0.6 per module on a
+#: barcode, ~0.07 for one outline in the window), local grey range (levels).
+SCREEN_COHERENCE, SCREEN_EDGES, SCREEN_RANGE = 0.7, 0.25, 70.0
+#: Cells (of 9 pixels) of the largest connected bar-like patch that let a picture through.
+SCREEN_CELLS = 11
+#: Pictures of at most this many pixels skip the screen: the later passes cost 30 ms or
+#: less on them, and there the screen misses most: 2-D codes (DataMatrix, QR) with
+#: 1-pixel modules (their edges run both ways) and codes of ~1-pixel bars on thumbnails.
+SCREEN_BELOW = 160 * 160
+
+
+def bar_patch(gray: np.ndarray) -> tuple[int, int, int, int] | None:
+    """The box of a picture's barcode-like patches: the cheap test before the costly passes.
+
+    A linear code is a patch where many parallel edges sit close together: the gradient's
+    structure tensor, averaged over ~15 pixels, is coherent (edges parallel, at any
+    angle), edges are dense for the local grey range (many bars, not one outline) and the
+    range is high (printed bars, not texture). The box (x0, y0, x1, y1) spans the
+    connected patches of at least SCREEN_CELLS such cells; None when there is none.
+    Statistics are taken per 3x3 cell (area averages), so the test costs about a
+    millisecond on a 350-pixel picture; it lets through ~8 % of grocery-store photos and
+    all but one demo pack whose code only the later passes read, at native size and at
+    half size (docs/BENCHMARKS.md). Photos, textures and printed text do not pass.
+    """
+    import cv2
+
+    c = SCREEN_CELL
+    h, w = gray.shape[0] // c, gray.shape[1] // c
+    if h < SCREEN_SPAN or w < SCREEN_SPAN:
+        return 0, 0, gray.shape[1], gray.shape[0]
+    g = gray[:h * c, :w * c]
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3)
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3)
+    span = (SCREEN_SPAN, SCREEN_SPAN)
+
+    def cells(a: np.ndarray) -> np.ndarray:
+        small = cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA)
+        return cv2.boxFilter(small, -1, span)
+
+    jxx, jyy, jxy = cells(gx * gx), cells(gy * gy), cells(gx * gy)
+    edges = cells(cv2.add(np.abs(gx), np.abs(gy)))
+    kernel = np.ones((c * SCREEN_SPAN, c * SCREEN_SPAN), np.uint8)
+    rng = cv2.subtract(cv2.dilate(g, kernel), cv2.erode(g, kernel))[c // 2::c, c // 2::c]
+    rng = rng.astype(np.float32)
+    coherent = (jxx - jyy) ** 2 + 4 * jxy ** 2 > (SCREEN_COHERENCE * (jxx + jyy)) ** 2
+    mask = coherent & (edges > SCREEN_EDGES * (8 * rng + 1)) & (rng > SCREEN_RANGE)
+    if np.count_nonzero(mask) < SCREEN_CELLS:
+        return None
+    stats = cv2.connectedComponentsWithStats(mask.view(np.uint8))[2]
+    big = stats[1:][stats[1:, cv2.CC_STAT_AREA] >= SCREEN_CELLS]
+    if not len(big):
+        return None
+    x0, y0 = big[:, 0].min(), big[:, 1].min()
+    x1, y1 = (big[:, 0] + big[:, 2]).max(), (big[:, 1] + big[:, 3]).max()
+    return int(x0) * c, int(y0) * c, int(x1) * c, int(y1) * c
+
+
+def bar_like(gray: np.ndarray) -> bool:
+    """Whether a picture shows a barcode-like patch (see bar_patch)."""
+    return bar_patch(gray) is not None
+
+
+#: Pixels the costly passes read around a screened patch, at least, each side: the patch
+#: is often a part of the code only (its most regular bars).
+REGION_MARGIN = 64
+
+
+Box = tuple[int, int, int, int]
+
+
+def _region(gray: np.ndarray, codes: list[Code]) -> tuple[Box, Box | None] | None:
+    """Where a small picture's costly passes read, and the screen's patch in it, or None:
+    the whole picture when the first pass read thin bars (their GTIN goes to a vote) or
+    the picture is tiny (no patch then); the bar-like patch, widened, when nothing was
+    read; None when no patch is seen."""
+    h, w = gray.shape
+    if codes:
+        return ((0, 0, w, h), None) if any(_thin(c) for c in codes if c.gtin) else None
+    if gray.size <= SCREEN_BELOW:
+        return (0, 0, w, h), None
+    patch = bar_patch(gray)
+    if patch is None:
+        return None
+    x0, y0, x1, y1 = patch
+    mx, my = max(REGION_MARGIN, (x1 - x0) // 2), max(REGION_MARGIN, (y1 - y0) // 2)
+    rx, ry = max(0, x0 - mx), max(0, y0 - my)
+    return (rx, ry, min(w, x1 + mx), min(h, y1 + my)), _shift(patch, -rx, -ry)
+
+
 def read_codes(gray: np.ndarray) -> list[Code]:
     """Every code zxing-cpp decodes in a grayscale (H, W) uint8 picture, deduplicated.
 
     Boxes are in the picture's pixels, codes sorted top to bottom. A small picture where
-    the first pass finds nothing, or only thin-barred codes, is also read upscaled, and
-    its linear codes' GTINs are decided by a vote of the resamplings (see _vote). When
-    that still leaves no GTIN, the regions that look like barcodes (bar_regions) are cut
-    out, upscaled further and binarised, and those reads join the vote.
+    the first pass finds only thin-barred codes is also read upscaled, and its linear
+    codes' GTINs are decided by a vote of the resamplings (see _vote). Where the first
+    pass finds nothing, only the barcode-like patch the screen sees (bar_patch, widened
+    by REGION_MARGIN) is read so; a picture without one is not (the first pass and the
+    screen cost ~3 ms on a 350-pixel photo, the upscaled passes ~40x that on the whole
+    picture). When that still leaves no GTIN, the regions of it that look like barcodes
+    (bar_regions) are cut out, upscaled further and binarised, and those reads join the
+    vote.
     """
     codes = _decode(gray, 1.0)
-    side = max(gray.shape)
-    if side <= UPSCALE_BELOW and (not codes or any(_thin(c) for c in codes if c.gtin)):
-        runs = [codes] + [_decode(_upscaled(gray, f, interp), f)
+    found = _region(gray, codes) if max(gray.shape) <= UPSCALE_BELOW else None
+    if found is not None:
+        (x0, y0, x1, y1), patch = found
+        part = gray[y0:y1, x0:x1]
+        side = max(part.shape)
+        runs = [codes] + [_decode(_upscaled(part, f, interp), f, (x0, y0))
                           for f, interp in _RESAMPLINGS if side * f <= UPSCALED_MAX]
         codes = _vote(runs)
         if not any(c.gtin for c in codes):
-            codes = _vote(runs + _crop_runs(gray))
+            codes = _vote(runs + [[replace(c, box=_shift(c.box, x0, y0)) for c in run]
+                                  for run in _crop_runs(part, patch)])
     return sorted(codes, key=lambda c: (c.box[1], c.box[0]))
+
+
+def _meets(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    """Whether two boxes (x0, y0, x1, y1) overlap."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _shift(box: tuple[int, int, int, int], dx: int, dy: int) -> tuple[int, int, int, int]:
+    """A box moved by (dx, dy): from a region's pixels to the picture's."""
+    return box[0] + dx, box[1] + dy, box[2] + dx, box[3] + dy

@@ -94,6 +94,17 @@ def _text_rows(base: dict, rgb: np.ndarray) -> list[dict]:
     return rows
 
 
+def grey(rgb: np.ndarray) -> np.ndarray:
+    """The (H, W) uint8 grey picture the code reader reads, of an (H, W, 3) uint8 RGB one.
+
+    ITU-R 601 luma rounded (what PIL's convert('L') gives), by OpenCV's integer path:
+    ~0.1 ms on a 350-pixel picture where float math per channel took ~0.6 ms.
+    """
+    import cv2
+
+    return cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2GRAY)
+
+
 def read_image(uri: str, reader: str, *, max_pixels: int, read_timeout: float,
                base: dict | None = None) -> tuple[str, tuple[int, int], list[dict]]:
     """(sha256, (width, height), rows) of one image for one reader ('codes' or 'text').
@@ -108,9 +119,7 @@ def read_image(uri: str, reader: str, *, max_pixels: int, read_timeout: float,
     rgb = np.asarray(img.rgb)
     base = {**(base or {}), "sha256": sha}
     if reader == "codes":
-        gray = np.ascontiguousarray(
-            (rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114).astype(np.uint8))
-        return sha, (img.width, img.height), _code_rows(base, gray)
+        return sha, (img.width, img.height), _code_rows(base, grey(rgb))
     return sha, (img.width, img.height), _text_rows(base, rgb)
 
 
