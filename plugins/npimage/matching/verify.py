@@ -172,14 +172,16 @@ def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None,
     Both are blurred by BLUR; each side is also tried with BLUR_EQUALISE and the pair keeps
     the combination with the least mean difference (a resized copy has less fine grain).
     `valid` (n, S, S) masks pixels outside the overlap of an alignment; `tolerant` forgives
-    a one-pixel misregistration (`_diff`), for aligned pairs.
+    a one-pixel misregistration (`_diff`), for aligned pairs (the blur combination is chosen
+    on the plain difference, then only the chosen one is compared with tolerance).
     """
     sigmas = (BLUR, *BLUR_EQUALISE)
     ba, bb = {s: _blur(a, s) for s in sigmas}, {s: _blur(b, s) for s in sigmas}
     combos = [(BLUR, BLUR)] + [c for s in BLUR_EQUALISE for c in ((s, BLUR), (BLUR, s))]
     d = best = None
-    for sa, sb in combos:
-        part = _diff(ba[sa], bb[sb], tolerant, _grey_dist)
+    pick = np.zeros(len(a), np.int64)
+    for k, (sa, sb) in enumerate(combos):
+        part = _grey_dist(ba[sa], bb[sb])
         if valid is not None:
             part *= valid
         mean = part.mean(axis=(1, 2))
@@ -187,8 +189,14 @@ def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None,
             d, best = part, mean
             continue
         better = mean < best
-        d[better], best = part[better], np.minimum(best, mean)
+        d[better], best, pick[better] = part[better], np.minimum(best, mean), k
     assert d is not None
+    if tolerant:
+        xa = np.stack([ba[combos[k][0]][i] for i, k in enumerate(pick)]) if len(a) else a
+        xb = np.stack([bb[combos[k][1]][i] for i, k in enumerate(pick)]) if len(a) else b
+        d = _diff(xa, xb, True, _grey_dist)
+        if valid is not None:
+            d *= valid
     m = _box(d, WINDOW)
     return m.max(axis=(1, 2)), m
 
@@ -220,7 +228,7 @@ def _colourless(c: np.ndarray) -> np.ndarray:
 #: ECC stopping criteria (iterations, epsilon) of the coarse pass (half size, smoothed) and
 #: of the fine pass (full size), which runs only for pairs the coarse one left unclean.
 ECC_COARSE = (60, 1e-4)
-ECC_FINE = (100, 1e-6)
+ECC_FINE = (30, 1e-4)
 
 
 def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None = None) -> np.ndarray | None:
