@@ -16,9 +16,10 @@ Per pair (`verify`):
 1. photometric normalisation (each thumbnail to zero mean, unit deviation: tone changes
    vanish), then at identity and mirrored, vectorised over the batch: the difference map,
    smoothed over a window the size of a printed word, and its peak = `peak`;
-2. the pairs that are not clean at identity are aligned one by one (OpenCV ECC, an affine
-   transform from the content boxes of both pictures, straight and mirrored), then step 1
-   again on the overlap;
+2. the pairs that are not clean at identity are aligned one by one (OpenCV ECC, affine,
+   straight or mirrored: at half size first, at full size only when that is not clean),
+   then step 1 again on the overlap with a one-pixel tolerance (`_diff`: an edge left up
+   to a pixel off by the alignment or the interpolation is not a difference);
 3. verdict from the residual: clean -> the same picture (kept; lifted to `retouched` when
    the alignment was geometric); one region or a few differ -> a variant (moved below
    0.95, with the kind of region: text, colour, ...); an opaque patch over the picture
