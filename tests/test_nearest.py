@@ -23,21 +23,29 @@ def _run(data_dir: Path, manifest: Path, client: str, fv: bool) -> dict:
     return run_pipeline(ctx, workers=1, report=False)
 
 
-def _stored(data_dir: Path, client: str, image_id: str, k: int) -> dict[str, float]:
-    """The run's k best image_matches of one image by compare's score: {match id: score}.
+def _stored(data_dir: Path, client: str, image_id: str, k: int
+            ) -> dict[str, tuple[float, float]]:
+    """The run's k best image_matches of one image by compare's score:
+    {match id: (verified score, compare's score)}.
 
     image_matches also holds pairs where the other image has this one in its top-k, so
-    the image's own top-k is the k best by (score desc, image_id asc). `nearest` does not
-    verify, so a pair the run's verification moved is compared by its score_before.
+    the image's own top-k is the k best by compare's score (score_before; desc, image_id
+    asc). `nearest` verifies as the run does, so it must give the stored verified score.
     """
     ctx = current_run(client, data_dir)
     t = pq.read_table(ctx.run_dir / "image_matches.parquet",
                       columns=["image_id", "match_image_id", "score", "score_before"]
                       ).to_pylist()
-    rows = sorted(((r["match_image_id"], r["score_before"] if r["score_before"] is not None
-                    else r["score"]) for r in t if r["image_id"] == image_id),
-                  key=lambda x: (-x[1], x[0]))
+    rows = sorted(((r["match_image_id"], (r["score"], r["score_before"]
+                    if r["score_before"] is not None else r["score"]))
+                   for r in t if r["image_id"] == image_id), key=lambda x: (-x[1][1], x[0]))
     return dict(rows[:k])
+
+
+def _verified(rows: list[dict], original_id: str) -> dict[str, tuple[float, float]]:
+    """{match id: (score, score_before)} of nearest's rows other than the picture itself."""
+    return {r["image_id"]: (r["score"], r["score_before"]) for r in rows
+            if r["image_id"] != original_id}
 
 
 def _uri(manifest: Path, image_id: str) -> Path:
@@ -70,9 +78,12 @@ def test_a_catalogue_image_finds_itself_first_then_what_the_run_stored(hashes_ru
     assert itself[0]["product_id"] and itself[0]["uri"]
     assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
     assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
-    others = {r["image_id"]: r["score"] for r in rows if r["image_id"] != original_id}
+    others = _verified(rows, original_id)
     assert copy_id in others
-    assert others == pytest.approx(_stored(hashes_run, "near", original_id, len(others)))
+    stored = _stored(hashes_run, "near", original_id, len(others))
+    assert set(others) == set(stored)
+    for i, (score, before) in others.items():  # the verified score the run stored
+        assert (score, before) == pytest.approx(stored[i], abs=1e-6), i
     assert all(r["dfv"] is None for r in rows)
 
 
@@ -126,7 +137,42 @@ def test_fv_run_is_queried_with_its_model(small_demo, tmp_path):
     itself = [r for r in rows_out if r["image_id"] == original_id]
     assert result.fv and itself[0]["score"] == 1.0
     assert itself[0]["dfv"] == pytest.approx(1.0, abs=1e-3)
-    others = {r["image_id"]: r["score"] for r in rows_out if r["image_id"] != original_id}
+    others = _verified(rows_out, original_id)
     assert copy_id in others
-    assert others == pytest.approx(_stored(data, "nearfv", original_id, len(others)))
+    stored = _stored(data, "nearfv", original_id, len(others))
+    assert set(others) == set(stored)
+    for i, (score, before) in others.items():
+        assert (score, before) == pytest.approx(stored[i], abs=1e-6), i
     assert "FV" in result.timings
+
+
+def test_nearest_verifies_as_the_run_did(tmp_path):
+    """A strength (dosage) variant of one template: compare puts it in `same` with the base pack;
+    nearest moves it below `retouched` with the run's reason and score, and keeps a copy."""
+    import numpy as np
+    from npimage_demo import variants
+
+    members = variants._family(np.random.default_rng(3), set(), 4)
+    packs = {change: variants._on_white(p, 11) for p, change in members}
+    base, variant = packs["base"], packs["dosage"]
+    folder = tmp_path / "catalogue"
+    (folder / "images").mkdir(parents=True)
+    base.save(folder / "images" / "base.png")
+    base.save(folder / "images" / "copy.jpg", quality=80)
+    variant.save(folder / "images" / "variant.png")
+    (folder / "manifest.csv").write_text(
+        "image_id,product_id,uri,reference,family,name\n"
+        "base,P1,images/base.png,,,base\ncopy,P2,images/copy.jpg,,,copy\n"
+        "variant,P3,images/variant.png,,,variant\n")
+    settings = Settings().with_overrides(data_dir=tmp_path / "data", fv=False, read="none")
+    run_pipeline(settings_context("fam", str(folder / "manifest.csv"), "r1", settings),
+                 workers=1, report=False)
+    result = nearest(folder / "images" / "variant.png", "fam", tmp_path / "data", top_k=5)
+    rows = {r["image_id"]: r for r in result.table.to_pylist()}
+    assert rows["base"]["score_before"] >= 0.95 > rows["base"]["score"], rows["base"]
+    assert rows["base"]["verify_reason"] and rows["base"]["band"] != "same"
+    stored = _stored(tmp_path / "data", "fam", "variant", 5)
+    assert (rows["base"]["score"], rows["base"]["score_before"]) == pytest.approx(
+        stored["base"], abs=1e-6)
+    assert rows["variant"]["score"] == 1.0 and rows["variant"]["verify_reason"] is None
+    assert "from " in format_result(result)  # the moved row says what it moved from

@@ -5,6 +5,11 @@ read, sha256 + size, one decode, the three hashes, and the feature vector when t
 used FV, with the same model), then through npimage.matching.compare against the run's signature
 shards, with the run's weights and threshold: so a picture that is in the catalogue
 scores exactly what the run scored, and an identical file scores 1.0.
+
+The close ones are then verified as the run's verify stage does (npimage.matching.verify:
+the detail signature of the picture against the run's stored ones, and the GTIN check when
+the run read codes), so `score` is the verified score the run would store, `score_before`
+compare's, and `verify_reason` why a pair moved.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +39,7 @@ from npimage.storage.runs import RunContext
 
 #: Columns of the result, best first.
 COLUMNS = ("rank", "image_id", "product_id", "score", "band", "dah", "ddh", "dph", "dfv",
-           "same_bytes", "uri")
+           "same_bytes", "uri", "score_before", "verify_reason")
 
 
 @dataclass
@@ -74,8 +80,11 @@ def load_catalogue(ctx: RunContext) -> tuple[cmp.SignatureArrays, str | None]:
 
 
 def query_signature(image: str, ctx: RunContext, settings: Settings, catalogue_model: str | None,
-                    timings: dict[str, float]) -> cmp.SignatureArrays:
-    """Signature of the picture as a one-row SignatureArrays (row -1: never "itself")."""
+                    timings: dict[str, float]) -> tuple[cmp.SignatureArrays, bytes]:
+    """Signature of the picture as a one-row SignatureArrays (row -1: never "itself"), and
+    its detail signature (for verification)."""
+    from npimage.matching.detail import detail_signature
+
     t0 = time.perf_counter()
     try:
         data = read_bytes(image, settings.read_timeout)
@@ -84,6 +93,7 @@ def query_signature(image: str, ctx: RunContext, settings: Settings, catalogue_m
         raise ValueError(f"{image}: {exc}") from exc
     hashes = np.array([image_hashes(picture.rgb)], np.int64).view(np.uint64)
     sha = int(hashlib.sha256(data).hexdigest()[:16], 16)
+    detail = detail_signature(picture.rgb)
     timings["read, decode, hashes"] = time.perf_counter() - t0
     fv = None
     if ctx.fv:
@@ -101,7 +111,7 @@ def query_signature(image: str, ctx: RunContext, settings: Settings, catalogue_m
     return cmp.SignatureArrays(
         ids=np.array([image], dtype=object), rows=np.array([-1], np.int64),
         sha=np.array([sha], np.uint64).view(np.int64), size=np.array([len(data)], np.int64),
-        hashes=hashes, fv=fv)
+        hashes=hashes, fv=fv), detail
 
 
 def _products(ctx: RunContext, ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -115,11 +125,70 @@ def _products(ctx: RunContext, ids: list[str]) -> dict[str, tuple[str, str]]:
                                          strict=True)}
 
 
+#: The query's id in the pairs it verifies (not an image id of the run).
+QUERY_ID = "\x00query"
+
+
+def _query_codes(image: str, ctx: RunContext, settings: Settings, ids: list[str]
+                 ) -> pa.Table | None:
+    """(image_id, gtin) of the codes of the picture (read as the run's read_codes stage
+    reads) and of the run's images `ids`, or None when the run did not read codes (then
+    the run's verify had no GTIN check either)."""
+    from npimage.reading.stage import read_image, readers
+    from npimage.schemas import IMAGE_CODES
+
+    stored = ctx.run_dir / "image_codes.parquet"
+    if "codes" not in readers(ctx) or not stored.exists():
+        return None
+    _, _, rows = read_image(image, "codes", max_pixels=settings.max_pixels,
+                            read_timeout=settings.read_timeout)
+    mine = pa.table({"image_id": pa.array([QUERY_ID] * len(rows), pa.string()),
+                     "gtin": pa.array([r.get("gtin") for r in rows], pa.string())})
+    run = read_table(stored, IMAGE_CODES)
+    run = run.filter(pc.is_in(run["image_id"], pa.array(ids, pa.string())))
+    return pa.concat_tables([mine, run.select(["image_id", "gtin"]).cast(mine.schema)])
+
+
+def verify_nearest(matches: pa.Table, detail: bytes, image: str, ctx: RunContext,
+                   settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+    """(verified score, reason) of compare's top-k rows: the pairs the run's verify stage
+    would check (`pairs_to_verify`'s rule) are checked the same way (visual and GTIN
+    checks); the others keep their score and an empty reason."""
+    from npimage.matching import verify as V
+
+    score = matches["score"].to_numpy(zero_copy_only=False).astype(np.float32)
+    reason = np.full(len(score), "", dtype=object)
+    ids = matches["match_image_id"].to_pylist()
+    dfv = np.nan_to_num(matches["dfv"].to_numpy(zero_copy_only=False).astype(np.float32))
+    same = matches["same_bytes"].to_numpy(zero_copy_only=False).astype(bool)
+    todo = np.flatnonzero(((score >= V.VERIFY_FROM) | (dfv >= V.VERIFY_FV_FROM)) & ~same)
+    if not len(todo):
+        return score, reason
+    wanted = [ids[i] for i in todo]
+    sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                      columns=["image_id", "detail"], ids=wanted)
+    details: dict[str, bytes | None] = dict(zip(sigs["image_id"].to_pylist(),
+                                                sigs["detail"].to_pylist(), strict=True))
+    details[QUERY_ID] = detail
+    pairs = pa.table({"a": pa.array([QUERY_ID] * len(todo), pa.string()),
+                      "b": pa.array(wanted, pa.string()),
+                      "score": pa.array(score[todo], pa.float32())})
+    verified = V.verify_matches(pairs, details, _query_codes(image, ctx, settings, wanted))
+    got = {m: (s, r) for i, m, s, r in zip(*(verified[c].to_pylist() for c in (
+        "image_id", "match_image_id", "score", "verify_reason")), strict=True) if i == QUERY_ID}
+    for i in todo:
+        if ids[i] in got:
+            score[i], reason[i] = got[ids[i]]
+    return score, reason
+
+
 def nearest(image: str | Path, client_id: str, data_dir: str | Path | None = None,
             top_k: int = 10, threshold: float | None = None) -> NearestResult:
-    """The top_k images of the client's last run that score >= threshold with the picture.
+    """The top_k images of the client's last run that score >= threshold with the picture,
+    verified as the run verifies (`verify_nearest`), best verified score first.
 
-    threshold defaults to the run's; the run's weights and FV setting are used.
+    threshold (on compare's score, as in the run) defaults to the run's; the run's weights
+    and FV setting are used.
     """
     settings = Settings().with_overrides(data_dir=data_dir)
     timings: dict[str, float] = {}
@@ -127,26 +196,45 @@ def nearest(image: str | Path, client_id: str, data_dir: str | Path | None = Non
     ctx = current_run(client_id, settings.data_dir)
     catalogue, model = load_catalogue(ctx)
     timings["load run signatures"] = time.perf_counter() - t0
-    query = query_signature(str(image), ctx, settings, model, timings)
+    query, detail = query_signature(str(image), ctx, settings, model, timings)
     cut = ctx.threshold if threshold is None else threshold
     scorer = Scorer(load_weights(ctx.weights_file), ctx.fv)
     t0 = time.perf_counter()
     matches = cmp.compare(query, catalogue, scorer, top_k=top_k, threshold=cut)
     timings["compare"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    verified, reason = verify_nearest(matches, detail, str(image), ctx, settings)
+    timings["verify"] = time.perf_counter() - t0
+    order = sorted(range(len(verified)), key=lambda i: (-float(verified[i]),
+                                                         matches["match_image_id"][i].as_py()))
+    matches = matches.take(pa.array(order, pa.int64()))
+    score_before = matches["score"]
+    verified, reason = verified[order], reason[order]
     ids = matches["match_image_id"].to_pylist()
     info = _products(ctx, ids)
     table = pa.table({
         "rank": pa.array(range(1, len(ids) + 1), pa.int32()),
         "image_id": pa.array(ids, pa.string()),
         "product_id": pa.array([info.get(i, (None, None))[0] for i in ids], pa.string()),
-        "score": matches["score"],
-        "band": pa.array(band_codes(matches["score"].to_numpy()).tolist(), pa.string()),
+        "score": pa.array(verified, pa.float32()),
+        "band": pa.array(band_codes(verified).tolist(), pa.string()),
         "dah": matches["dah"], "ddh": matches["ddh"], "dph": matches["dph"],
         "dfv": matches["dfv"], "same_bytes": matches["same_bytes"],
         "uri": pa.array([info.get(i, (None, None))[1] for i in ids], pa.string()),
+        "score_before": score_before,
+        "verify_reason": pa.array([r or None for r in reason], pa.string()),
     })
     return NearestResult(str(image), client_id, ctx.run_id, ctx.fv, cut, len(catalogue),
                          table, timings)
+
+
+def _moved(row: dict[str, Any]) -> str:
+    """What verification said of a row: "" (not checked), its reason, and the score it
+    moved from when it moved."""
+    reason = row["verify_reason"] or ""
+    if reason and abs(row["score"] - row["score_before"]) > 5e-7:
+        return f"{reason} (from {row['score_before']:.4f})"
+    return reason
 
 
 def format_result(result: NearestResult) -> str:
@@ -163,13 +251,14 @@ def format_result(result: NearestResult) -> str:
         pwidth = max(len("product_id"), *(len(r["product_id"] or "") for r in rows))
         lines.append(f"  {'rank':>4}  {'image_id':<{width}}  {'product_id':<{pwidth}}  "
                      f"{'score':>6}  {'band':<12}  {'dah':>5}  {'ddh':>5}  {'dph':>5}  "
-                     f"{'dfv':>5}  same_bytes")
+                     f"{'dfv':>5}  same_bytes  verified")
         for r in rows:
             dfv = "-" if r["dfv"] is None else f"{r['dfv']:.3f}"
             lines.append(
                 f"  {r['rank']:>4}  {r['image_id']:<{width}}  {r['product_id'] or '':<{pwidth}}  "
                 f"{r['score']:>6.4f}  {r['band'] or '-':<12}  {r['dah']:>5.3f}  "
-                f"{r['ddh']:>5.3f}  {r['dph']:>5.3f}  {dfv:>5}  {'yes' if r['same_bytes'] else ''}")
+                f"{r['ddh']:>5.3f}  {r['dph']:>5.3f}  {dfv:>5}  "
+                f"{'yes' if r['same_bytes'] else '':<10}  {_moved(r)}")
     lines.append("  time: " + ", ".join(f"{k} {v * 1000:.0f} ms"
                                         for k, v in result.timings.items()))
     return "\n".join(lines)

@@ -16,9 +16,10 @@ Per pair (`verify`):
 1. photometric normalisation (each thumbnail to zero mean, unit deviation: tone changes
    vanish), then at identity and mirrored, vectorised over the batch: the difference map,
    smoothed over a window the size of a printed word, and its peak = `peak`;
-2. the pairs that are not clean at identity are aligned one by one (OpenCV ECC, an affine
-   transform from the content boxes of both pictures, straight and mirrored), then step 1
-   again on the overlap;
+2. the pairs that are not clean at identity are aligned one by one (OpenCV ECC, affine,
+   straight or mirrored: at half size first, at full size only when that is not clean),
+   then step 1 again on the overlap with a one-pixel tolerance (`_diff`: an edge left up
+   to a pixel off by the alignment or the interpolation is not a difference);
 3. verdict from the residual: clean -> the same picture (kept; lifted to `retouched` when
    the alignment was geometric); one region or a few differ -> a variant (moved below
    0.95, with the kind of region: text, colour, ...); an opaque patch over the picture
@@ -105,9 +106,15 @@ def _renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def _box(x: np.ndarray, w: int) -> np.ndarray:
-    """Mean over every w x w window of a stack of maps (valid windows only), by cumsums."""
-    c = np.pad(x, ((0, 0), (1, 0), (1, 0))).cumsum(1).cumsum(2)
-    out: np.ndarray = (c[:, w:, w:] - c[:, :-w, w:] - c[:, w:, :-w] + c[:, :-w, :-w]) / (w * w)
+    """Mean over every w x w window of a stack of maps (valid windows only): w*w shifted
+    adds (w is 2: cheaper than cumulative sums over the whole stack)."""
+    h, wd = x.shape[1] - w + 1, x.shape[2] - w + 1
+    out = x[:, :h, :wd].copy()
+    for dy in range(w):
+        for dx in range(w):
+            if dy or dx:
+                out += x[:, dy:dy + h, dx:dx + wd]
+    out /= w * w
     return out
 
 
@@ -117,33 +124,91 @@ def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
     return np.stack([cv2.GaussianBlur(i, (0, 0), sigma) for i in x]) if len(x) else x
 
 
-def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _envelope(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(lowest, highest) value of each pixel's 3 x 3 neighbourhood in a stack (n, H, W, ...),
+    edges replicated; separable, 4 comparisons each."""
+    def run(op: Callable[..., np.ndarray]) -> np.ndarray:
+        out = y.copy()
+        for axis in (1, 2):
+            src = out.copy()
+            lo = [slice(None)] * y.ndim
+            hi = [slice(None)] * y.ndim
+            lo[axis], hi[axis] = slice(None, -1), slice(1, None)
+            op(out[tuple(lo)], src[tuple(hi)], out=out[tuple(lo)])
+            op(out[tuple(hi)], src[tuple(lo)], out=out[tuple(hi)])
+        return out
+    return run(np.minimum), run(np.maximum)
+
+
+def _diff(x: np.ndarray, y: np.ndarray, tolerant: bool,
+          dist: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Distance map of x and y. `tolerant`: each side's distance to the range of values the
+    other takes within one pixel (an edge that an alignment left up to one pixel off costs
+    nothing, and any sub-pixel shift is covered), the larger of the two ways (a stroke on one
+    side only still counts: nothing near it on the other side has its level)."""
+    if not tolerant:
+        return dist(x, y)
+    (xl, xh), (yl, yh) = _envelope(x), _envelope(y)
+    zero = np.zeros((), x.dtype)
+    x_to_y = np.maximum(np.maximum(x - yh, yl - x), zero)
+    y_to_x = np.maximum(np.maximum(y - xh, xl - y), zero)
+    return dist(np.maximum(x_to_y, y_to_x), zero)
+
+
+def _grey_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    out: np.ndarray = np.abs(x - y)
+    return out
+
+
+def _chroma_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    d = x - y
+    out: np.ndarray = np.sqrt((d * d).sum(axis=-1))
+    return out
+
+
+def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None,
+                  tolerant: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(peak, map) of the windowed grey difference of normalised stacks a and b (n, S, S).
 
     Both are blurred by BLUR; each side is also tried with BLUR_EQUALISE and the pair keeps
     the combination with the least mean difference (a resized copy has less fine grain).
-    `valid` (n, S, S) masks pixels outside the overlap of an alignment.
+    `valid` (n, S, S) masks pixels outside the overlap of an alignment; `tolerant` forgives
+    a one-pixel misregistration (`_diff`), for aligned pairs (the blur combination is chosen
+    on the plain difference, then only the chosen one is compared with tolerance).
     """
-    a7, b7 = _blur(a, BLUR), _blur(b, BLUR)
-    parts = [np.abs(a7 - b7)]
-    for sigma in BLUR_EQUALISE:
-        parts += [np.abs(_blur(a, sigma) - b7), np.abs(a7 - _blur(b, sigma))]
-    cands = np.stack(parts)
-    if valid is not None:
-        cands *= valid[None]
-    best = cands.mean(axis=(2, 3)).argmin(0)
-    d = cands[best, np.arange(len(best))]
+    sigmas = (BLUR, *BLUR_EQUALISE)
+    ba, bb = {s: _blur(a, s) for s in sigmas}, {s: _blur(b, s) for s in sigmas}
+    combos = [(BLUR, BLUR)] + [c for s in BLUR_EQUALISE for c in ((s, BLUR), (BLUR, s))]
+    d = best = None
+    pick = np.zeros(len(a), np.int64)
+    for k, (sa, sb) in enumerate(combos):
+        part = _grey_dist(ba[sa], bb[sb])
+        if valid is not None:
+            part *= valid
+        mean = part.mean(axis=(1, 2))
+        if d is None or best is None:
+            d, best = part, mean
+            continue
+        better = mean < best
+        d[better], best, pick[better] = part[better], np.minimum(best, mean), k
+    assert d is not None
+    if tolerant:
+        xa = np.stack([ba[combos[k][0]][i] for i, k in enumerate(pick)]) if len(a) else a
+        xb = np.stack([bb[combos[k][1]][i] for i, k in enumerate(pick)]) if len(a) else b
+        d = _diff(xa, xb, True, _grey_dist)
+        if valid is not None:
+            d *= valid
     m = _box(d, WINDOW)
     return m.max(axis=(1, 2)), m
 
 
-def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None,
+                    tolerant: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(peak, map) of the windowed chroma distance above the pair's median (a global cast
     from a tone change or white balance is not a local colour change). `valid` (n, S, S)
-    masks, at the grey thumbnail's size, what lies outside the overlap of an alignment."""
-    d = np.hypot(*(a.astype(np.float32) - b.astype(np.float32)).transpose(3, 0, 1, 2))
+    masks, at the grey thumbnail's size, what lies outside the overlap of an alignment;
+    `tolerant` forgives a one-pixel misregistration (`_diff`)."""
+    d = _diff(a.astype(np.float32), b.astype(np.float32), tolerant, _chroma_dist)
     if valid is not None:
         k = DETAIL_SIDE // CHROMA_SIDE
         d *= valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
@@ -161,29 +226,38 @@ def _colourless(c: np.ndarray) -> np.ndarray:
     return out
 
 
-def _ecc(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
-    """Affine warp (2x3, float32) taking b onto a by ECC, coarse to fine; None if it fails."""
+#: ECC stopping criteria (iterations, epsilon) of the coarse pass (half size, smoothed) and
+#: of the fine pass (full size), which runs only for pairs the coarse one left unclean.
+ECC_COARSE = (60, 1e-4)
+ECC_FINE = (30, 1e-4)
+
+
+def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None = None) -> np.ndarray | None:
+    """Affine warp (2x3, float32, full-size frame) taking b onto a by ECC; None if it fails.
+
+    Without `warp`: the coarse pass, at half size and smoothed, from identity (converges
+    over crops, turns and margins, and costs a quarter). With `warp` (a coarse result): the
+    fine pass at full size, barely smoothed (the smoothing biases the scale by ~0.5 %,
+    which leaves every edge of the picture a fraction of a pixel off)."""
     import cv2
 
-    warp = np.eye(2, 3, dtype=np.float32)
-    coarse = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 60, 1e-4)
-    fine = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 1e-6)
+    crit = cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT
     try:
-        # half size, smoothed: converges from identity over crops, turns and margins
-        size = (a.shape[1] // 2, a.shape[0] // 2)
-        sa = cv2.resize(cv2.GaussianBlur(a, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
-        sb = cv2.resize(cv2.GaussianBlur(b, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
-        _, warp = cv2.findTransformECC(  # type: ignore[call-overload]  # stubs: mask None
-            sa, sb, warp, cv2.MOTION_AFFINE, coarse, None, 5)
-        warp[:, 2] *= 2
-        # full size, barely smoothed: the smoothing biases the scale by ~0.5 %, which
-        # leaves every edge of the picture a fraction of a pixel off
-        _, warp = cv2.findTransformECC(  # type: ignore[call-overload]  # stubs: mask None
-            a, b, warp, cv2.MOTION_AFFINE, fine, None, 3)
+        if warp is None:
+            size = (a.shape[1] // 2, a.shape[0] // 2)
+            sa = cv2.resize(cv2.GaussianBlur(a, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
+            sb = cv2.resize(cv2.GaussianBlur(b, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
+            _, out = cv2.findTransformECC(  # type: ignore[call-overload]  # stubs: mask None
+                sa, sb, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE,
+                (crit, *ECC_COARSE), None, 5)
+            out[:, 2] *= 2
+        else:
+            _, out = cv2.findTransformECC(  # type: ignore[call-overload]  # stubs: mask None
+                a, b, warp.copy(), cv2.MOTION_AFFINE, (crit, *ECC_FINE), None, 3)
     except cv2.error:
         return None
-    out: np.ndarray = warp
-    return out
+    result: np.ndarray = out
+    return result
 
 
 def _warp(img: np.ndarray, warp: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -229,10 +303,56 @@ class VisualResult:
     cb: np.ndarray = field(repr=False)
 
 
+@dataclass
+class _Aligned:
+    """Pairs aligned by one ECC pass: b (grey, chroma) warped onto a, overlap, warps."""
+
+    a: np.ndarray
+    b: np.ndarray
+    cb: np.ndarray
+    valid: np.ndarray
+    moved: np.ndarray
+    warps: list[np.ndarray | None]
+    grey: np.ndarray = field(init=False)
+    gmap: np.ndarray = field(init=False)
+    chroma: np.ndarray = field(init=False)
+    cmap: np.ndarray = field(init=False)
+
+
+def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
+           start: Sequence[np.ndarray | None] | None) -> _Aligned:
+    """One ECC pass over pairs (coarse when `start` is None, else fine from those warps),
+    then their residuals on the overlap, forgiving one pixel of misregistration."""
+    n = len(a)
+    wb, wc = b.copy(), cb.astype(np.float32)
+    valid = np.ones(a.shape, np.float32)
+    moved = np.zeros(n, bool)
+    warps: list[np.ndarray | None] = []
+    for j in range(n):
+        w0 = None if start is None else start[j]
+        warp = _ecc(a[j], b[j], w0) if start is None or w0 is not None else None
+        warps.append(warp if warp is not None else w0)
+        if warps[-1] is None:
+            continue
+        wb[j], valid[j] = _warp(b[j], warps[-1])
+        wc[j] = _warp(cb[j].astype(np.float32), warps[-1], CHROMA_SIDE / DETAIL_SIDE)[0]
+        moved[j] = _is_geometric(warps[-1], False)
+    out = _Aligned(_renorm(a, valid), _renorm(wb, valid), wc, valid, moved, warps)
+    # the tolerant peaks say whether the pair is clean; the plain maps say where it differs
+    # (one pixel of tolerance thins changed strokes, and a thinned text change can pass
+    # for a flat patch in the region tests)
+    out.grey = grey_residual(out.a, out.b, valid, tolerant=True)[0]
+    out.gmap = grey_residual(out.a, out.b, valid)[1]
+    out.chroma = chroma_residual(ca, wc, valid, tolerant=True)[0]
+    out.cmap = chroma_residual(ca, wc, valid)[1]
+    return out
+
+
 def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
                     params: VisualParams) -> VisualResult:
     """Residuals of pairs of detail thumbnails, aligning (straight or mirrored) those that
-    differ at identity. Vectorised over pairs except the per-pair ECC alignment."""
+    differ at identity: a coarse ECC pass first, the fine pass only for pairs it leaves
+    unclean. Vectorised over pairs except the per-pair ECC."""
     a, b = _norm(ga), _norm(gb)
     bf = b[:, :, ::-1]
     mirrored = np.abs(a - bf).mean(axis=(1, 2)) < 0.75 * np.abs(a - b).mean(axis=(1, 2))
@@ -245,27 +365,21 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     spread = (gmap > params.grey_clean).mean(axis=(1, 2))
     todo = np.flatnonzero((grey > params.grey_clean) & (spread > params.align_share))
     if len(todo):
-        wb, valid, wc = b[todo].copy(), np.ones((len(todo), *a.shape[1:]), np.float32), \
-            cb[todo].copy()
-        moved = np.zeros(len(todo), bool)
-        for j, i in enumerate(todo):
-            warp = _ecc(a[i], b[i])
-            if warp is None:
-                continue
-            wb[j], v = _warp(b[i], warp)
-            valid[j] = v
-            wc[j] = _warp(cb[i].astype(np.float32), warp, CHROMA_SIDE / DETAIL_SIDE)[0]
-            moved[j] = _is_geometric(warp, False)
         aligned[todo] = True
-        aa = _renorm(a[todo], valid)
-        wb = _renorm(wb, valid)
-        g2, m2 = grey_residual(aa, wb, valid)
-        c2, cm2 = chroma_residual(ca[todo], wc, valid)
-        better = g2 < grey[todo]
-        sel = todo[better]
-        grey[sel], gmap[sel], b[sel], a[sel] = g2[better], m2[better], wb[better], aa[better]
-        chroma[sel], cmap[sel], cb[sel] = c2[better], cm2[better], wc[better]
-        geometric[sel] |= moved[better]
+        coarse = _align(a[todo], b[todo], ca[todo], cb[todo], None)
+        passes = [(todo, coarse)]
+        again = np.flatnonzero((coarse.grey > params.grey_clean)
+                               | (coarse.chroma > params.chroma_clean))
+        if len(again):
+            passes.append((todo[again], _align(a[todo[again]], b[todo[again]], ca[todo[again]],
+                                               cb[todo[again]], [coarse.warps[j] for j in again])))
+        for idx, al in passes:  # each pass replaces what it improves
+            better = al.grey < grey[idx]
+            sel = idx[better]
+            grey[sel], gmap[sel], chroma[sel], cmap[sel] = (
+                al.grey[better], al.gmap[better], al.chroma[better], al.cmap[better])
+            a[sel], b[sel], cb[sel] = al.a[better], al.b[better], al.cb[better]
+            geometric[sel] = mirrored[sel] | al.moved[better]
     return VisualResult(grey, chroma, mirrored, geometric, aligned, gmap, cmap, a, b, ca, cb)
 
 
@@ -525,21 +639,36 @@ def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarr
     return out.astype(np.float32), reason
 
 
+#: Threads the checks run on (ECC, OpenCV filters and NumPy's array operations release the
+#: GIL, so chunks of pairs run side by side on the machine's cores; chunks bound memory).
+THREADS = 2
+CHUNK = 512
+
+
 def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
-                 checks: Sequence[Check] | None = None, chunk: int = 2048
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the checks over pairs (chunks bound memory); (verified score, reason) per pair."""
+                 checks: Sequence[Check] | None = None, chunk: int = CHUNK,
+                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Run the checks over pairs, `threads` chunks at a time (default THREADS, at most the
+    machine's cores); (verified score, reason) per pair, in the pairs' order."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
     checks = CHECKS if checks is None else checks
-    scores, reasons = [], []
-    for s in range(0, len(score), chunk):
+    threads = max(1, min(threads or THREADS, os.cpu_count() or 1))
+
+    def one(s: int) -> tuple[np.ndarray, np.ndarray]:
         part = slice(s, s + chunk)
-        results = [c(details_a[part], details_b[part]) for c in checks]
-        v, r = combine(score[part], results)
-        scores.append(v)
-        reasons.append(r)
-    if not scores:
+        return combine(score[part], [c(details_a[part], details_b[part]) for c in checks])
+
+    starts = range(0, len(score), chunk)
+    if threads == 1 or len(starts) < 2:
+        done = [one(s) for s in starts]
+    else:
+        with ThreadPoolExecutor(threads) as pool:
+            done = list(pool.map(one, starts))
+    if not done:
         return np.zeros(0, np.float32), np.zeros(0, object)
-    return np.concatenate(scores), np.concatenate(reasons)
+    return np.concatenate([v for v, _ in done]), np.concatenate([r for _, r in done])
 
 
 # -- the stage -----------------------------------------------------------------------------------
