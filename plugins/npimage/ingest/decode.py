@@ -15,6 +15,11 @@ Hostile input is refused with an `ImageError` whose message is the reason stored
 - size: the pixel count declared in the header is checked before any pixel is decoded
   (decompression bombs); JPEGs are decoded at a reduced scale (draft mode) and other
   large pictures are reduced right after decoding, before any mode conversion.
+
+Decoded to the size the consumers need, never more: a JPEG is decoded at the smallest DCT
+scale (1/2, 1/4, 1/8) that keeps its long side at least DRAFT_SIZE (the largest consumer:
+report thumbnail 240 px, FV input 224 px, detail signature 128 px of the content box), and
+only a working copy still longer than WORK_SIZE is resampled, from that reduced decode.
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ from PIL import Image, UnidentifiedImageError
 
 #: Longest side of the working picture: plenty for 8x8/32x32 hashes and 224x224 FV input.
 WORK_SIZE = 512
+#: Long side a JPEG keeps at least when decoded at a reduced DCT scale (draft mode): the
+#: largest consumer of the working copy (report thumbnail 240 px, FV 224 px after a
+#: pad-fit, detail signature 128 px of the content box) with room for the content box.
+DRAFT_SIZE = 384
 
 Image.init()
 #: The only formats tried: what catalogues and browsers use (AVIF where Pillow has it).
@@ -333,9 +342,21 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
+def draft_scale(width: int, height: int, need: int = DRAFT_SIZE) -> int:
+    """The largest JPEG DCT reduction (8, 4, 2 or 1) that keeps the long side >= `need`."""
+    return next(a for a in (8, 4, 2, 1) if max(width, height) // a >= need or a == 1)
+
+
 def _decode_pixels(img: Image.Image) -> Image.Image:
-    """Decode the first frame at a reduced scale where the format allows it."""
-    img.draft(None, (WORK_SIZE * 2, WORK_SIZE * 2))  # JPEG only; a no-op elsewhere
+    """Decode the first frame at a reduced scale where the format allows it.
+
+    Pillow's draft picks the largest scale whose picture is at least the size asked for
+    in both dimensions: asking for the size divided by `draft_scale` gets that scale
+    whatever the aspect ratio (a square request would keep a wide picture at full size).
+    """
+    scale = draft_scale(*img.size)
+    if scale > 1:  # JPEG only; a no-op elsewhere
+        img.draft(None, (img.width // scale, img.height // scale))
     img.load()
     return _reduce(img)
 
@@ -372,7 +393,7 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
         work = work.transpose(_UPRIGHT[orientation])
         if orientation >= 5:  # quarter turns: report the size as displayed
             width, height = height, width
-    work.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=3.0)
+    work.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
     return Decoded(width=width, height=height, rgb=work)
 
 
