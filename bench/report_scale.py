@@ -34,6 +34,7 @@ from npimage.bands import BANDS, band_codes
 from npimage.ingest.decode import decode
 from npimage.ingest.thumbnail import thumbnail_jpeg
 from npimage.report import render_report
+from npimage.storage.parquet_io import conform
 
 CLIENT = "bench"
 RUN = "bench-run"
@@ -126,14 +127,14 @@ def _image_matches(ids: np.ndarray, rng: np.random.Generator) -> pa.Table:
     src, dst = src[order], dst[order]
     s = {c: v[order] for c, v in s.items()}
     rank = np.arange(len(src)) - np.searchsorted(src, src) + 1
-    return pa.table({
+    return conform(pa.table({
         "client_id": pa.array(np.full(len(src), CLIENT)), "image_id": pa.array(ids[src]),
         "match_image_id": pa.array(ids[dst]), "rank": pa.array(rank, pa.int32()),
         "score": s["score"], "band": pa.array(s["band"], pa.string()),
         "dah": s["dah"], "ddh": s["ddh"], "dph": s["dph"], "dfv": s["dfv"],
         "same_bytes": pa.array(s["score"] > 0.999), "run_id": pa.array(np.full(len(src), RUN)),
         "rejected": pa.array(np.zeros(len(src), bool)),
-    }).cast(schemas.IMAGE_MATCHES)
+    }), schemas.IMAGE_MATCHES)
 
 
 def _product_matches(pids: np.ndarray, rng: np.random.Generator) -> pa.Table:
@@ -143,7 +144,7 @@ def _product_matches(pids: np.ndarray, rng: np.random.Generator) -> pa.Table:
     src = np.repeat(np.arange(n), k)
     dst = (src + rng.integers(1, n, size=len(src))) % n
     s = _scored(len(src), rng)
-    return pa.table({
+    return conform(pa.table({
         "client_id": pa.array(np.full(len(src), CLIENT)), "product_id": pa.array(pids[src]),
         "match_product_id": pa.array(pids[dst]), "score": s["score"],
         "band": pa.array(s["band"], pa.string()),
@@ -152,7 +153,7 @@ def _product_matches(pids: np.ndarray, rng: np.random.Generator) -> pa.Table:
         "best_match_image_id": pa.array(np.char.add(pids[dst], "_PIECE_01")),
         "run_id": pa.array(np.full(len(src), RUN)),
         "rejected": pa.array(np.zeros(len(src), bool)),
-    }).cast(schemas.PRODUCT_MATCHES)
+    }), schemas.PRODUCT_MATCHES)
 
 
 def build_warehouse(path: Path, tables: dict[str, pa.Table]) -> None:

@@ -2,13 +2,13 @@
 
 A signature batch is a pure function of its catalog rows and the settings that shape a
 signature (FV on/off, FV model, pixel limit, SIGNATURE_VERSION). When a batch's two
-outputs are written, a its counts file `sig_counts/<batch>.json` records that key: it is the marker of a
-complete batch. Before computing a batch, the
-signatures stage looks for a marker with the same key, first in its own run folder (a
-retried task, a lost worker) and then in the client's most recent other runs (a run
-stopped by Ctrl-C or kill -9 and started again under a new run id), and copies those
-outputs instead of computing them again. A batch killed half-way has no marker, so it is
-computed again; a marker is never trusted without both of its files.
+outputs are written, its counts file `sig_counts/<batch>.json` records that key: it is
+the marker of a complete batch. Before computing a batch, the signatures stage looks for
+a marker with the same key, first in its own run folder (a retried task, a lost worker)
+and then in the client's most recent other runs (a run stopped by Ctrl-C or kill -9 and
+started again under a new run id), and copies those outputs instead of computing them
+again. A batch killed half-way has no marker, so it is computed again; a marker is never
+trusted without both of its files.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ square, made by Pillow from the working copy) and for a whole batch at once
 (`hashes_of_greys`): each squash is a Lanczos-3 resampling matrix like Pillow's (the
 filter imagehash asks for), so a batch costs three small matrix products; levels are
 rounded to integers after each pass, as Pillow does for imagehash, which compares 8-bit
-pixels (a flat backdrop gives ties, hence cleared bits, not noise). Values differ from imagehash's by a
-few bits per hash (resampling from the small copy, one rounding instead of two); the
+pixels (a flat backdrop gives ties, hence cleared bits, not noise). Values differ from
+imagehash's by about a bit per hash on average (resampling from the small copy); the
 signature version (npimage.schemas.SIGNATURE_VERSION) names this definition.
 
 The hashes are packed into signed int64 (row-major, first bit highest: the bits of the

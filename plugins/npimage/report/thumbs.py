@@ -109,8 +109,8 @@ def stored_thumbnails(warehouse: Path | str, client_id: str) -> StoredThumbs:
             if not _has_thumbs(con):
                 return
             con.register("wanted", pa.table({"image_id": pa.array(ids, pa.string())}))
-            result = con.execute(load_sql("duckdb", "report_thumbs"), {"client": client_id})
-            reader: pa.RecordBatchReader = result.to_arrow_reader(FETCH_ROWS)
+            query = con.sql(load_sql("duckdb", "report_thumbs"), params={"client": client_id})
+            reader: pa.RecordBatchReader = query.to_arrow_reader(FETCH_ROWS)
             for batch in reader:
                 yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(),
                                strict=True)
