@@ -13,7 +13,8 @@ square, made by Pillow from the working copy) and for a whole batch at once
 filter imagehash asks for), so a batch costs three small matrix products; levels are
 rounded to integers after each pass, as Pillow does for imagehash, which compares 8-bit
 pixels (a flat backdrop gives ties, hence cleared bits, not noise). Values differ from
-imagehash's by about a bit per hash on average (resampling from the small copy); the
+imagehash's by a fraction of a bit per hash on average (0.1 / 0.3 / 0.1 on real
+photos; resampling from the small copy); the
 signature version (npimage.schemas.SIGNATURE_VERSION) names this definition.
 
 The hashes are packed into signed int64 (row-major, first bit highest: the bits of the
@@ -68,11 +69,13 @@ def _dct_rows() -> np.ndarray:
 def grey_copy(rgb: Image.Image) -> np.ndarray:
     """(GREY_SIDE, GREY_SIDE) uint8: the picture in grey, squashed to a square.
 
-    Resized first (BOX: an area mean, cheap) then converted, so the conversion works on
-    the small copy; at most a few hundred microseconds for a 512-pixel working copy.
+    Converted first (as imagehash does), then resized with Pillow's BILINEAR (a triangle
+    widened by the reduction: no aliasing); a quarter of a millisecond for a 348-pixel
+    photo. Resizing first then converting is a little cheaper but moves dhash by a bit
+    more (a 1-bit dithered copy then falls out of `same`).
     """
-    small = rgb.resize((GREY_SIDE, GREY_SIDE), Image.Resampling.BOX, reducing_gap=2.0)
-    return np.asarray(small.convert("L"))
+    return np.asarray(rgb.convert("L").resize((GREY_SIDE, GREY_SIDE),
+                                              Image.Resampling.BILINEAR))
 
 
 def _squash(greys: np.ndarray, rows: int, cols: int) -> np.ndarray:
