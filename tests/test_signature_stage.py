@@ -228,3 +228,35 @@ def test_resume_key_names_the_signature_version(tmp_path, monkeypatch):
     assert resume.batch_key(ctx, batch, 10**8) == key
     monkeypatch.setattr(resume, "SIGNATURE_VERSION", SIGNATURE_VERSION + 1)
     assert resume.batch_key(ctx, batch, 10**8) != key
+
+
+def test_read_all_reads_ahead_and_abandons_a_hung_read(tmp_path, monkeypatch):
+    """One reader thread per batch; a read that hangs is given up after the time-out and
+    the files after it are still read, in order."""
+    import threading
+    import time
+
+    from npimage.ingest import decode as dec
+
+    files = []
+    for k in range(6):
+        path = tmp_path / f"f{k}.bin"
+        path.write_bytes(bytes([k]) * (k + 1))
+        files.append(str(path))
+    hang = threading.Event()
+    real = dec._read
+
+    def slow(uri, max_bytes):
+        if uri.endswith("f2.bin"):
+            hang.wait(5)  # a hung mount
+        return real(uri, max_bytes)
+
+    monkeypatch.setattr(dec, "_read", slow)
+    t0 = time.perf_counter()
+    got = list(dec.read_all([*files, str(tmp_path / "missing.jpg")], timeout=0.5))
+    hang.set()
+    assert time.perf_counter() - t0 < 4
+    assert [g for i, g in enumerate(got[:6]) if i != 2] == [
+        bytes([k]) * (k + 1) for k in (0, 1, 3, 4, 5)]
+    assert isinstance(got[2], dec.ImageError) and "timed out" in str(got[2])
+    assert isinstance(got[6], dec.ImageError) and str(got[6]) == "file not found"

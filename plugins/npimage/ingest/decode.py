@@ -27,10 +27,11 @@ from __future__ import annotations
 import codecs
 import io
 import os
+import queue
 import stat
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -197,6 +198,58 @@ def read_bytes(uri: str, timeout: float, max_bytes: int = MAX_BYTES) -> bytes:
     if errors:
         raise _read_error(errors[0]) from errors[0]
     return data[0]
+
+
+#: Files a batch reader reads ahead of the one being decoded.
+READ_AHEAD = 8
+
+
+def read_all(uris: Sequence[str], timeout: float,
+             max_bytes: int = MAX_BYTES) -> Iterator[bytes | ImageError]:
+    """The bytes of each of `uris` in order, or the ImageError of its read.
+
+    One daemon thread reads ahead (at most READ_AHEAD files) while the caller decodes, so
+    a batch pays no thread start and no wake-up per file (`read_bytes` starts one thread
+    per file). The caller waits at most `timeout` seconds for any one file: a read still
+    running then is abandoned with its thread (as in `read_bytes`) and a fresh reader
+    takes the files after it. Leaving the loop early stops the reader.
+    """
+    pos = 0
+    stop = threading.Event()
+    try:
+        while pos < len(uris):
+            results: queue.Queue[tuple[int, bytes | ImageError]] = queue.Queue(READ_AHEAD)
+            threading.Thread(target=_reader, args=(uris, pos, max_bytes, results, stop),
+                             name="npimage-read", daemon=True).start()
+            while pos < len(uris):
+                try:
+                    _, item = results.get(timeout=timeout)
+                except queue.Empty:
+                    pos += 1
+                    yield ImageError(f"read timed out after {timeout:g}s")
+                    break  # that reader is stuck: a new one reads the rest
+                pos += 1
+                yield item
+    finally:
+        stop.set()
+
+
+def _reader(uris: Sequence[str], start: int, max_bytes: int,
+            results: queue.Queue[tuple[int, bytes | ImageError]], stop: threading.Event) -> None:
+    """Read uris[start:] in order into `results` until done or `stop` (see `read_all`)."""
+    for i in range(start, len(uris)):
+        try:
+            item: bytes | ImageError = _read(uris[i], max_bytes)
+        except BaseException as exc:  # handed to the caller as its reject reason
+            item = _read_error(exc)
+        while not stop.is_set():
+            try:
+                results.put((i, item), timeout=0.5)
+                break
+            except queue.Full:
+                continue
+        if stop.is_set():
+            return
 
 
 # -- pixels ------------------------------------------------------------------------------

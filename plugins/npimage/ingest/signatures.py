@@ -27,7 +27,7 @@ import pyarrow.dataset as ds
 from PIL import Image
 
 from npimage.fv import FeatureExtractor
-from npimage.ingest.decode import ImageError, decode, read_bytes
+from npimage.ingest.decode import ImageError, decode, read_all
 from npimage.ingest.thumbnail import thumbnail_jpeg
 from npimage.matching.detail import DETAIL_BYTES, DETAIL_VERSION, detail_signature
 from npimage.matching.detail import is_current as detail_is_current
@@ -146,10 +146,12 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
     greys: list[np.ndarray] = []
     reused = 0
     now = datetime.now(UTC)
-    for cat in rows:
+    reads = read_all([cat["uri"] for cat in rows], read_timeout)  # one reader thread, ahead
+    for cat, data in zip(rows, reads, strict=True):
         base = {"client_id": cat["client_id"], "image_id": cat["image_id"], "uri": cat["uri"]}
         try:
-            data = read_bytes(cat["uri"], read_timeout)
+            if isinstance(data, ImageError):
+                raise data
             sha, size = hashlib.sha256(data).hexdigest(), len(data)
             old = prior_rows.get(cat["image_id"])
             if old is not None and _reusable(old, sha, size, extractor):
