@@ -145,11 +145,23 @@ def test_detail_signature_within_a_few_levels_of_the_direct_computation():
 
 
 def test_jpeg_is_decoded_at_the_scale_consumers_need():
-    """A 1600 px JPEG decodes at 1/4 (400 px: above DRAFT_SIZE); a small one at full size."""
-    assert draft_scale(1600, 1004) == 4 and draft_scale(348, 348) == 1
-    assert draft_scale(6000, 4000) == 8 and draft_scale(800, 100) == 2
+    """A 1600 px JPEG decodes at 1/2 (800 px, then 512: the working copy of every format);
+    a small one at full size."""
+    assert draft_scale(1600, 1004) == 2 and draft_scale(348, 348) == 1
+    assert draft_scale(6000, 4000) == 8 and draft_scale(4096, 100) == 8
+    assert draft_scale(1000, 700) == 1
     big = decode(_jpeg(_pack_shot(1, (1600, 1004))), 10**8)
-    assert (big.width, big.height) == (1600, 1004) and big.rgb.size == (400, 251)
+    assert (big.width, big.height) == (1600, 1004) and big.rgb.size == (512, 321)
+
+
+def test_jpeg_and_its_png_copy_give_the_same_detail():
+    """The DCT-scaled decode stays within a level or two of a full decode's working copy."""
+    img = _pack_shot(3, (1600, 1004))
+    png = io.BytesIO()
+    img.save(png, "PNG")
+    a = np.frombuffer(D.detail_signature(decode(_jpeg(img, 95), 10**8).rgb), np.uint8)
+    b = np.frombuffer(D.detail_signature(decode(png.getvalue(), 10**8).rgb), np.uint8)
+    assert np.abs(a.astype(int) - b).mean() < 1.0
 
 
 # -- the stage in a run ------------------------------------------------------------------

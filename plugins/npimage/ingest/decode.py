@@ -17,9 +17,9 @@ Hostile input is refused with an `ImageError` whose message is the reason stored
   large pictures are reduced right after decoding, before any mode conversion.
 
 Decoded to the size the consumers need, never more: a JPEG is decoded at the smallest DCT
-scale (1/2, 1/4, 1/8) that keeps its long side at least DRAFT_SIZE (the largest consumer:
-report thumbnail 240 px, FV input 224 px, detail signature 128 px of the content box), and
-only a working copy still longer than WORK_SIZE is resampled, from that reduced decode.
+scale (1/2, 1/4, 1/8) that keeps its long side at least DRAFT_SIZE (= WORK_SIZE), and only
+a working copy still longer than WORK_SIZE is resampled, from that reduced decode (a
+1600 px JPEG: decoded at 1/2, 800 -> 512 px, never LANCZOS over the full picture).
 """
 
 from __future__ import annotations
@@ -42,10 +42,13 @@ from PIL import Image, UnidentifiedImageError
 
 #: Longest side of the working picture: plenty for 8x8/32x32 hashes and 224x224 FV input.
 WORK_SIZE = 512
-#: Long side a JPEG keeps at least when decoded at a reduced DCT scale (draft mode): the
-#: largest consumer of the working copy (report thumbnail 240 px, FV 224 px after a
-#: pad-fit, detail signature 128 px of the content box) with room for the content box.
-DRAFT_SIZE = 384
+#: Long side a JPEG keeps at least when decoded at a reduced DCT scale (draft mode). The
+#: largest consumer (report thumbnail 240 px, FV 224 px after a pad-fit, detail signature
+#: 128 px of the content box) would be served by less, but the working copy stays what
+#: every other format gets (LANCZOS to WORK_SIZE from at least WORK_SIZE): a JPEG and its
+#: PNG copy must give the same detail signature (a 1/4-scale decode used as it is moved
+#: the detail by 1.4 levels on average and cost 3 of 24 format copies their `same`).
+DRAFT_SIZE = WORK_SIZE
 
 Image.init()
 #: The only formats tried: what catalogues and browsers use (AVIF where Pillow has it).
