@@ -200,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-images", type=int, default=120,
                     help="images per dataset in the per-step table")
     ap.add_argument("--no-density", action="store_true", help="skip the candidate density table")
+    ap.add_argument("--steps-only", action="store_true", help="only the per-step table")
     args = ap.parse_args(argv)
     sets = {name: sorted(p for p in folder.rglob("*.jpg"))[: args.limit]
             for name, folder in SETS.items() if folder.is_dir()}
@@ -217,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     print("per step, 1 process (best of --repeat per image, summed):\n")
     print(step_table(sets, max(args.repeat, 3), args.step_images))
     print(f"\nload average {os.getloadavg()[0]:.1f}\n")
+    if args.steps_only:
+        return 0
     print("| dataset | images | method | seconds | images/s | vs POC |")
     print("|---|---|---|---|---|---|")
     for name, paths in sets.items():
