@@ -29,13 +29,15 @@ with the default weights), without FV and with the FV term's headroom, beside wh
 random hashes give. compare scores candidates one by one up to the density in
 npimage.matching.compare.SPARSE_MAX_DENSITY (10 % with FV, 1.5 % without), denser tiles densely.
 
-    .venv/bin/python bench/signatures.py [--limit 1024] [--repeat 2]
+    .venv/bin/python bench/signatures.py [--limit 1024] [--repeat 2] [--steps-only]
+                                         [--baseline CHECKOUT] [--no-density]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import multiprocessing as mp
 import os
 import sys
@@ -141,6 +143,66 @@ def step_table(sets: dict[str, list[Path]], repeat: int, limit: int) -> str:
     return "\n".join(lines)
 
 
+def _module(name: str, path: Path) -> object:
+    """A module of another checkout, loaded under its own name (not npimage's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def interleaved_table(sets: dict[str, list[Path]], baseline: Path, limit: int,
+                      rounds: int = 5) -> str:
+    """ms per image of the POC, the `baseline` checkout's per-image work and ours, each
+    image timed as the best of `rounds` interleaved rounds (all three see the same load)."""
+    pkg = baseline / "plugins" / "npimage"
+    old_decode = _module("baseline_decode", pkg / "ingest" / "decode.py")
+    old_hashing = _module("baseline_hashing", pkg / "matching" / "hashing.py")
+    old_detail = _module("baseline_detail", pkg / "matching" / "detail.py")
+
+    def poc(data: bytes) -> None:
+        hashlib.sha256(data).hexdigest()
+        img = Image.open(io.BytesIO(data))
+        imagehash.average_hash(img)
+        imagehash.dhash(img)
+        imagehash.phash(img)
+
+    def old(data: bytes) -> None:
+        hashlib.sha256(data).hexdigest()
+        rgb = old_decode.decode(data, MAX_PIXELS).rgb  # type: ignore[attr-defined]
+        old_hashing.image_hashes(rgb)  # type: ignore[attr-defined]
+        old_detail.detail_signature(rgb)  # type: ignore[attr-defined]
+
+    def new(data: bytes) -> None:
+        hashlib.sha256(data).hexdigest()
+        pixel_features(decode(data, MAX_PIXELS).rgb)
+
+    methods = {"POC: sha256 + imagehash average, difference, perceptual": poc,
+               f"baseline {baseline.name}: sha256, decode, hashes, detail": old,
+               "npimage: sha256, decode, grey copy, detail, thumbnail": new}
+    lines = ["| photos | method | ms per image |", "|---|---|---|"]
+    for name, paths in sets.items():
+        datas = [p.read_bytes() for p in paths[:limit]]
+        total = dict.fromkeys(methods, 0.0)
+        for data in datas:
+            best = dict.fromkeys(methods, float("inf"))
+            for _ in range(rounds):
+                for label, fn in methods.items():
+                    t0 = time.perf_counter()
+                    fn(data)
+                    best[label] = min(best[label], time.perf_counter() - t0)
+            for label in methods:
+                total[label] += best[label]
+        for label in methods:
+            lines.append(f"| {name} ({len(datas)}) | {label} | "
+                         f"{total[label] / len(datas) * 1000:.2f} |")
+    return "\n".join(lines)
+
+
 def write_batches(paths: list[Path], folder: Path) -> list[Path]:
     """Catalog Parquet batches of BATCH photos, as the plan stage writes them."""
     now = datetime.now(UTC)
@@ -201,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="images per dataset in the per-step table")
     ap.add_argument("--no-density", action="store_true", help="skip the candidate density table")
     ap.add_argument("--steps-only", action="store_true", help="only the per-step table")
+    ap.add_argument("--baseline", type=Path,
+                    help="another checkout (e.g. of the previous release): adds a table of "
+                         "its per-image work beside ours and the POC's, interleaved")
     args = ap.parse_args(argv)
     sets = {name: sorted(p for p in folder.rglob("*.jpg"))[: args.limit]
             for name, folder in SETS.items() if folder.is_dir()}
@@ -218,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     print("per step, 1 process (best of --repeat per image, summed):\n")
     print(step_table(sets, max(args.repeat, 3), args.step_images))
     print(f"\nload average {os.getloadavg()[0]:.1f}\n")
+    if args.baseline:
+        print(interleaved_table(sets, args.baseline, args.step_images))
+        print(f"\nload average {os.getloadavg()[0]:.1f}\n")
     if args.steps_only:
         return 0
     print("| dataset | images | method | seconds | images/s | vs POC |")
