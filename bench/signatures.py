@@ -7,10 +7,11 @@ hashes only (FV speed: bench/fv_speed.py):
 
 - POC method: for each file, Image.open + imagehash.average_hash, dhash and phash on
   the opened picture, + sha256 of the bytes (the POC's "dsize" signature), 1 process;
-- npimage, decode + hashes: npimage.ingest.decode.decode (one decode, JPEG draft mode, working
-  copy <= 512 px) + npimage.matching.hashing.image_hashes (one grey copy for the three), 1 process;
+- npimage, per-image work: npimage.ingest.decode.decode (one decode, at the JPEG DCT scale
+  the consumers need) + npimage.ingest.signatures.pixel_features (grey copy, detail
+  signature, thumbnail) + the batch's hashes in NumPy, + sha256, 1 process;
 - npimage signature stage: npimage.ingest.signatures.compute_batch on a catalog Parquet (read,
-  sha256, decode, hashes, rejects, Parquet out), 1 process;
+  sha256, decode, hashes, detail, thumbnail, rejects, Parquet out), 1 process;
 - the same stage on the batches mapped over worker processes, as `npimage run` and the
   DAG's mapped tasks do (one per core).
 
@@ -18,19 +19,25 @@ Datasets: ../shared/datasets/grocery-store (smartphone photos, most 348x348) and
 pdq-edits bridge photos (1600x1004 and edits: large pictures, where draft decoding pays).
 Files are read once first so that the page cache is warm.
 
+A first table gives the per-step cost (ms per image, 1 process): each step is timed per
+image as the best of `--repeat` calls, summed over the images, so that a busy machine
+(preemption) inflates it less than a wall-clock loop.
+
 A second table gives the hash candidate density of these real photos: the share of all
 pairs whose hash distances could still reach the threshold (npimage.matching.compare.hash_bound
 with the default weights), without FV and with the FV term's headroom, beside what
 random hashes give. compare scores candidates one by one up to the density in
 npimage.matching.compare.SPARSE_MAX_DENSITY (10 % with FV, 1.5 % without), denser tiles densely.
 
-    .venv/bin/python bench/signatures.py [--limit 1024] [--repeat 2]
+    .venv/bin/python bench/signatures.py [--limit 1024] [--repeat 2] [--steps-only]
+                                         [--baseline CHECKOUT] [--no-density]
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import multiprocessing as mp
 import os
 import sys
@@ -49,9 +56,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from npimage.ingest.decode import decode
-from npimage.ingest.signatures import compute_batch
+from npimage.ingest.signatures import compute_batch, pixel_features
+from npimage.ingest.thumbnail import thumbnail_jpeg
 from npimage.matching import compare as cmp
-from npimage.matching.hashing import image_hashes
+from npimage.matching.detail import detail_signature
+from npimage.matching.hashing import grey_copy, hashes_of_greys, image_hashes
 from npimage.matching.scoring import Scorer, Weights
 from npimage.schemas import CATALOG
 
@@ -78,11 +87,120 @@ def poc_method(paths: list[Path]) -> None:
 
 
 def npimage_core(paths: list[Path]) -> None:
-    """npimage's per-image work without Parquet: one decode, three hashes, sha256."""
+    """npimage's per-image work without Parquet: sha256, one decode, grey copy, detail,
+    thumbnail, then the hashes of the whole set in one NumPy pass."""
+    greys = []
     for p in paths:
         data = p.read_bytes()
         hashlib.sha256(data).hexdigest()
-        image_hashes(decode(data, MAX_PIXELS).rgb)
+        greys.append(pixel_features(decode(data, MAX_PIXELS).rgb)[0])
+    hashes_of_greys(np.stack(greys))
+
+
+def best_per_item(fn: Callable[[object], object], items: list, repeat: int) -> float:
+    """Seconds per item: for each item the best of `repeat` calls, averaged over items."""
+    total = 0.0
+    for item in items:
+        best = float("inf")
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            fn(item)
+            best = min(best, time.perf_counter() - t0)
+        total += best
+    return total / max(len(items), 1)
+
+
+def step_costs(paths: list[Path], repeat: int) -> dict[str, float]:
+    """ms per image of each step of the signature work, 1 process (see the module doc)."""
+    datas = [p.read_bytes() for p in paths]
+    rgbs = [decode(d, MAX_PIXELS).rgb for d in datas]
+    greys = np.stack([grey_copy(rgb) for rgb in rgbs])
+    batch = best_seconds(lambda: hashes_of_greys(greys), repeat) / len(paths)
+    steps = {
+        "read": best_per_item(lambda p: p.read_bytes(), paths, repeat),
+        "sha256": best_per_item(lambda d: hashlib.sha256(d).hexdigest(), datas, repeat),
+        "decode": best_per_item(lambda d: decode(d, MAX_PIXELS), datas, repeat),
+        "grey copy": best_per_item(grey_copy, rgbs, repeat),
+        "hashes (batch)": batch,
+        "detail": best_per_item(detail_signature, rgbs, repeat),
+        "thumbnail": best_per_item(thumbnail_jpeg, rgbs, repeat),
+    }
+    return {k: v * 1000 for k, v in steps.items()}
+
+
+def step_table(sets: dict[str, list[Path]], repeat: int, limit: int) -> str:
+    """Markdown table: per-step ms/image per dataset, their sum and the images/s it allows."""
+    costs = {name: step_costs(paths[:limit], repeat) for name, paths in sets.items()}
+    names = list(sets)
+    lines = ["| step | " + " | ".join(f"{n}: ms/image" for n in names) + " |",
+             "|---|" + "---|" * len(names)]
+    for step in next(iter(costs.values())):
+        lines.append(f"| {step} | " + " | ".join(f"{costs[n][step]:.3f}" for n in names) + " |")
+    totals = {n: sum(c.values()) for n, c in costs.items()}
+    lines.append("| **total** | " + " | ".join(f"**{totals[n]:.2f}**" for n in names) + " |")
+    lines.append("| images/s per core | " + " | ".join(f"{1000 / totals[n]:.0f}" for n in names)
+                 + " |")
+    return "\n".join(lines)
+
+
+def _module(name: str, path: Path) -> object:
+    """A module of another checkout, loaded under its own name (not npimage's)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def interleaved_table(sets: dict[str, list[Path]], baseline: Path, limit: int,
+                      rounds: int = 5) -> str:
+    """ms per image of the POC, the `baseline` checkout's per-image work and ours, each
+    image timed as the best of `rounds` interleaved rounds (all three see the same load)."""
+    pkg = baseline / "plugins" / "npimage"
+    old_decode = _module("baseline_decode", pkg / "ingest" / "decode.py")
+    old_hashing = _module("baseline_hashing", pkg / "matching" / "hashing.py")
+    old_detail = _module("baseline_detail", pkg / "matching" / "detail.py")
+
+    def poc(data: bytes) -> None:
+        hashlib.sha256(data).hexdigest()
+        img = Image.open(io.BytesIO(data))
+        imagehash.average_hash(img)
+        imagehash.dhash(img)
+        imagehash.phash(img)
+
+    def old(data: bytes) -> None:
+        hashlib.sha256(data).hexdigest()
+        rgb = old_decode.decode(data, MAX_PIXELS).rgb  # type: ignore[attr-defined]
+        old_hashing.image_hashes(rgb)  # type: ignore[attr-defined]
+        old_detail.detail_signature(rgb)  # type: ignore[attr-defined]
+
+    def new(data: bytes) -> None:
+        hashlib.sha256(data).hexdigest()
+        pixel_features(decode(data, MAX_PIXELS).rgb)
+
+    methods = {"POC: sha256 + imagehash average, difference, perceptual": poc,
+               f"baseline {baseline.name}: sha256, decode, hashes, detail": old,
+               "npimage: sha256, decode, grey copy, detail, thumbnail": new}
+    lines = ["| photos | method | ms per image |", "|---|---|---|"]
+    for name, paths in sets.items():
+        datas = [p.read_bytes() for p in paths[:limit]]
+        total = dict.fromkeys(methods, 0.0)
+        for data in datas:
+            best = dict.fromkeys(methods, float("inf"))
+            for _ in range(rounds):
+                for label, fn in methods.items():
+                    t0 = time.perf_counter()
+                    fn(data)
+                    best[label] = min(best[label], time.perf_counter() - t0)
+            for label in methods:
+                total[label] += best[label]
+        for label in methods:
+            lines.append(f"| {name} ({len(datas)}) | {label} | "
+                         f"{total[label] / len(datas) * 1000:.2f} |")
+    return "\n".join(lines)
 
 
 def write_batches(paths: list[Path], folder: Path) -> list[Path]:
@@ -141,6 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--threshold", type=float, default=0.82)
+    ap.add_argument("--step-images", type=int, default=120,
+                    help="images per dataset in the per-step table")
+    ap.add_argument("--no-density", action="store_true", help="skip the candidate density table")
+    ap.add_argument("--steps-only", action="store_true", help="only the per-step table")
+    ap.add_argument("--baseline", type=Path,
+                    help="another checkout (e.g. of the previous release): adds a table of "
+                         "its per-image work beside ours and the POC's, interleaved")
     args = ap.parse_args(argv)
     sets = {name: sorted(p for p in folder.rglob("*.jpg"))[: args.limit]
             for name, folder in SETS.items() if folder.is_dir()}
@@ -152,6 +277,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"{len(os.sched_getaffinity(0))} cores, load average {os.getloadavg()[0]:.1f}; "
           f"best of {args.repeat}; hashes only\n")
+    for paths in sets.values():
+        for p in paths:
+            p.read_bytes()
+    print("per step, 1 process (best of --repeat per image, summed):\n")
+    print(step_table(sets, max(args.repeat, 3), args.step_images))
+    print(f"\nload average {os.getloadavg()[0]:.1f}\n")
+    if args.baseline:
+        print(interleaved_table(sets, args.baseline, args.step_images))
+        print(f"\nload average {os.getloadavg()[0]:.1f}\n")
+    if args.steps_only:
+        return 0
     print("| dataset | images | method | seconds | images/s | vs POC |")
     print("|---|---|---|---|---|---|")
     for name, paths in sets.items():
@@ -161,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             batches = write_batches(paths, Path(tmp))
             runs = [
                 ("POC method (Python loop of imagehash calls)", partial(poc_method, paths)),
-                ("npimage decode + hashes, 1 process", partial(npimage_core, paths)),
+                ("npimage per-image work (no Parquet), 1 process", partial(npimage_core, paths)),
                 ("npimage signature stage, 1 process", partial(stage, batches, 1)),
                 (f"npimage signature stage, {args.workers} processes",
                  partial(stage, batches, args.workers)),
@@ -172,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
                 poc = poc or seconds
                 print(f"| {name} | {len(paths)} | {label} | {seconds:.2f} | "
                       f"{len(paths) / seconds:.0f} | {poc / seconds:.1f}x |", flush=True)
+    print(f"\nload average {os.getloadavg()[0]:.1f}")
+    if args.no_density:
+        return 0
     print("\n| dataset | distinct photos | pairs | candidates, hashes only "
           "| candidates, hashes + FV bound | random hashes (hashes only / + FV) |")
     print("|---|---|---|---|---|---|")

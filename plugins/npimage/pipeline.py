@@ -310,7 +310,7 @@ def consolidate(ctx: RunContext) -> list[dict[str, int]]:
     baseline = _reusable_matches(ctx)
     query_ids = incremental_query_ids(fresh, sigs, baseline) if baseline else None
     queries = query_table(sigs, query_ids)
-    write_table(queries.drop_columns(["detail"]), ctx.path("queries.parquet"))
+    write_table(queries.drop_columns(["detail", "thumb"]), ctx.path("queries.parquet"))
     atomic_write_text(ctx.path("queries.json"), json.dumps({"all_images": query_ids is None}))
 
     rows = shard_rows(sigs.num_rows, settings.shard_size, settings.max_batches)
@@ -330,7 +330,7 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
     queries = cmp.arrays_from_table(qtable, ctx.fv)
     queries.rows = qtable["row"].to_numpy()
     part = read_table(ctx.path(f"signatures/shard-{shard['shard']:05d}.parquet"),
-                      columns=[n for n in SIGNATURES.names if n != "detail"])
+                      columns=[n for n in SIGNATURES.names if n not in ("detail", "thumb")])
     catalogue = cmp.arrays_from_table(part, ctx.fv, first_row=shard["first_row"])
     with Progress(len(queries) * len(catalogue), f"compare shard {shard['shard']}",
                   "pairs") as progress:

@@ -1,14 +1,14 @@
 """Resume interrupted runs: reuse the signature batches already complete on disk.
 
 A signature batch is a pure function of its catalog rows and the settings that shape a
-signature (FV on/off, FV model, pixel limit). When a batch's two outputs are written, a
-its counts file `sig_counts/<batch>.json` records that key: it is the marker of a
-complete batch. Before computing a batch, the
-signatures stage looks for a marker with the same key, first in its own run folder (a
-retried task, a lost worker) and then in the client's most recent other runs (a run
-stopped by Ctrl-C or kill -9 and started again under a new run id), and copies those
-outputs instead of computing them again. A batch killed half-way has no marker, so it is
-computed again; a marker is never trusted without both of its files.
+signature (FV on/off, FV model, pixel limit, SIGNATURE_VERSION). When a batch's two
+outputs are written, its counts file `sig_counts/<batch>.json` records that key: it is
+the marker of a complete batch. Before computing a batch, the signatures stage looks for
+a marker with the same key, first in its own run folder (a retried task, a lost worker)
+and then in the client's most recent other runs (a run stopped by Ctrl-C or kill -9 and
+started again under a new run id), and copies those outputs instead of computing them
+again. A batch killed half-way has no marker, so it is computed again; a marker is never
+trusted without both of its files.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import json
 from pathlib import PurePosixPath
 from typing import Any
 
+from npimage.schemas import SIGNATURE_VERSION
 from npimage.storage.parquet_io import read_table
 from npimage.storage.runs import RunContext, atomic_write_text
 from npimage.storage.store import Location, write_bytes_atomic
@@ -33,7 +34,8 @@ def batch_key(ctx: RunContext, batch: Location, max_pixels: int) -> str:
     """Digest of a batch's catalog rows and of the settings its signatures depend on."""
     rows = read_table(batch).to_pylist()
     shape = {"client_id": ctx.client_id, "fv": ctx.fv,
-             "fv_model": ctx.fv_model if ctx.fv else None, "max_pixels": max_pixels}
+             "fv_model": ctx.fv_model if ctx.fv else None, "max_pixels": max_pixels,
+             "version": SIGNATURE_VERSION}
     text = json.dumps([shape, rows], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -38,8 +38,18 @@ SIGNATURES = pa.schema(
         # local-detail signature for verification (npimage.matching.verify): grey 128x128
         # + chroma 2x32x32 of the content box, uint8; NULL in signatures of npimage < 0.3
         ("detail", pa.binary()),
+        # the definition the hashes and detail were computed with (SIGNATURE_VERSION);
+        # NULL in signatures of npimage < 0.4: recomputed by the next run
+        ("sig_version", pa.int16()),
+        # the report's thumbnail (JPEG, npimage.ingest.thumbnail), made from the decode
+        ("thumb", pa.binary()),
     ]
 )
+
+#: Version of the signature values (hashes, detail): a stored signature of another
+#: version is recomputed by the next run (npimage.ingest.signatures.is_current).
+#: 2: hashes in NumPy from one grey copy; JPEG DCT-scaled decode; thumbnails.
+SIGNATURE_VERSION = 2
 
 REJECTS = pa.schema(
     [

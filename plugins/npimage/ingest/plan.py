@@ -72,9 +72,9 @@ def unchanged_mask(catalog: pa.Table, prior_catalog: pa.Table, prior_sigs: pa.Ta
 
 
 def _prior_signature_keys(folder: Path) -> pa.Table:
-    """image_id, fv_model and detail_ok (a detail signature of this version) of stored
-    signatures; the detail bytes are measured by the reader, never held."""
-    from npimage.matching.detail import DETAIL_BYTES, DETAIL_VERSION
+    """image_id, fv_model and detail_ok (a signature of this version, detail included) of
+    stored signatures; the detail bytes are measured by the reader, never held."""
+    from npimage.ingest.signatures import current_expression
     from npimage.storage.parquet_io import list_parts
     from npimage.storage.store import arrow
 
@@ -83,10 +83,7 @@ def _prior_signature_keys(folder: Path) -> pa.Table:
         return pa.table({"image_id": pa.array([], pa.string()),
                          "fv_model": pa.array([], pa.string()),
                          "detail_ok": pa.array([], pa.bool_())})
-    detail = ds.field("detail")
-    ok = pc.coalesce(pc.and_kleene(pc.equal(pc.binary_length(detail), DETAIL_BYTES), pc.equal(
-        pc.binary_slice(detail, 0, 1), pa.scalar(bytes([DETAIL_VERSION]), pa.binary()))),
-        pa.scalar(False))
+    ok = current_expression()
     fs, _ = arrow(files[0])
     dataset = ds.dataset([arrow(p)[1] for p in files], schema=SIGNATURES, format="parquet",
                          filesystem=fs)

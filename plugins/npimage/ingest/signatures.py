@@ -1,9 +1,14 @@
-"""Signatures: per image, the byte signature, three perceptual hashes and an optional FV.
+"""Signatures: per image, the byte signature, three perceptual hashes, the detail
+signature, the report's thumbnail and an optional FV.
 
 One batch of catalog rows in, one Parquet of signatures and one of rejects out. Each image
-is read once and decoded once; the decoded picture feeds the hashes and the FV model.
-A stored signature is reused when size + sha256 show the bytes have not changed (and it
-carries the FV this run needs), so unchanged images are never decoded again.
+is read once and decoded once, at the size its consumers need (npimage.ingest.decode);
+from that working copy come the hashes' grey copy, the detail signature, the report's
+thumbnail (JPEG, stored in the `thumb` column) and the FV input. The hashes of the whole
+batch are computed at once in NumPy (npimage.matching.hashing.hashes_of_greys). A stored
+signature is reused when size + sha256 show the bytes have not changed, it is of the
+current SIGNATURE_VERSION and detail version (`is_current`) and carries the FV this run
+needs, so unchanged images are never decoded again.
 """
 
 from __future__ import annotations
@@ -17,13 +22,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
 from PIL import Image
 
 from npimage.fv import FeatureExtractor
-from npimage.ingest.decode import ImageError, decode, read_bytes
-from npimage.matching.detail import detail_signature, is_current
-from npimage.matching.hashing import image_hashes
-from npimage.schemas import CATALOG, REJECTS, SIGNATURES
+from npimage.ingest.decode import ImageError, decode, read_all
+from npimage.ingest.thumbnail import thumbnail_jpeg
+from npimage.matching.detail import DETAIL_BYTES, DETAIL_VERSION, detail_signature
+from npimage.matching.detail import is_current as detail_is_current
+from npimage.matching.hashing import grey_copy, hashes_of_greys
+from npimage.schemas import CATALOG, REJECTS, SIGNATURE_VERSION, SIGNATURES
 from npimage.storage.parquet_io import read_parts, read_table, write_table
 
 #: Images embedded per model call: bounds the memory of decoded pictures held for FV.
@@ -45,9 +54,25 @@ class BatchResult:
 Row = dict[str, Any]
 
 
-def _current_detail(row: dict[str, Any]) -> bool:
-    """Does a stored signature carry a detail signature of this version (else recompute)?"""
-    return is_current(row.get("detail"))
+def is_current(row: dict[str, Any]) -> bool:
+    """Is a stored signature of the current version, detail included (else recompute)?"""
+    return row.get("sig_version") == SIGNATURE_VERSION and detail_is_current(row.get("detail"))
+
+
+def current_expression() -> ds.Expression:
+    """`is_current` as a dataset expression (never null): the plan stage measures stored
+    signatures with it without reading their detail bytes into Python."""
+    detail = ds.field("detail")
+    detail_ok = pc.and_kleene(
+        pc.equal(pc.binary_length(detail), DETAIL_BYTES),
+        pc.equal(pc.binary_slice(detail, 0, 1), pa.scalar(bytes([DETAIL_VERSION]), pa.binary())))
+    version_ok = pc.equal(ds.field("sig_version"), pa.scalar(SIGNATURE_VERSION, pa.int16()))
+    return pc.coalesce(pc.and_kleene(detail_ok, version_ok), pa.scalar(False))
+
+
+def pixel_features(rgb: Image.Image) -> tuple[np.ndarray, bytes, bytes]:
+    """(grey copy for the hashes, detail signature, thumbnail JPEG) of a working copy."""
+    return grey_copy(rgb), detail_signature(rgb), thumbnail_jpeg(rgb)
 
 
 def _prior_rows(prior: Path | None, ids: list[str]) -> dict[str, Row]:
@@ -72,16 +97,40 @@ class _Rows:
         return pa.table(self.cols, schema=self.schema)
 
 
-def _embed_pending(pending: list[tuple[Row, Image.Image]], extractor: FeatureExtractor,
-                   sigs: _Rows) -> None:
-    """Run the FV model on the decoded pictures waiting in `pending`, then store their rows."""
+def _embed_pending(pending: list[tuple[Row, Image.Image]], extractor: FeatureExtractor) -> None:
+    """Run the FV model on the decoded pictures waiting in `pending`; set their rows' fv."""
     if not pending:
         return
     vectors = extractor.embed([img for _, img in pending]).astype(np.float16)
     for (row, _), vec in zip(pending, vectors, strict=True):
         row["fv"] = vec
-        sigs.add(row)
     pending.clear()
+
+
+def _reusable(old: Row | None, sha: str, size: int,
+              extractor: FeatureExtractor | None) -> bool:
+    """May the stored signature `old` stand for bytes of this sha256 and size?"""
+    return bool(old and old["sha256"] == sha and old["size_bytes"] == size and is_current(old)
+                and (extractor is None or (old["fv"] is not None
+                                           and old["fv_model"] == extractor.model_id)))
+
+
+def _signature_row(cat: Row, sha: str, size: int, width: int, height: int, detail: bytes,
+                   thumb: bytes, now: datetime) -> Row:
+    """A computed signature row; the hashes are filled in once per batch."""
+    return {"client_id": cat["client_id"], "image_id": cat["image_id"], "sha256": sha,
+            "size_bytes": size, "width": width, "height": height, "fv": None,
+            "fv_model": None, "computed_at": now, "detail": detail,
+            "sig_version": SIGNATURE_VERSION, "thumb": thumb}
+
+
+def _set_hashes(rows: list[Row], greys: list[np.ndarray]) -> None:
+    """ahash, dhash, phash of every computed row, in one NumPy pass over the batch."""
+    if not rows:
+        return
+    hashes = hashes_of_greys(np.stack(greys)).tolist()
+    for row, (ah, dh, ph) in zip(rows, hashes, strict=True):
+        row["ahash"], row["dhash"], row["phash"] = ah, dh, ph
 
 
 def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rejects: Path, *,
@@ -93,24 +142,24 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
     prior_rows = _prior_rows(prior, [r["image_id"] for r in rows])
     sigs, rejects = _Rows(SIGNATURES), _Rows(REJECTS)
     pending: list[tuple[Row, Image.Image]] = []
+    computed: list[Row] = []
+    greys: list[np.ndarray] = []
     reused = 0
     now = datetime.now(UTC)
-    for cat in rows:
+    reads = read_all([cat["uri"] for cat in rows], read_timeout)  # one reader thread, ahead
+    for cat, data in zip(rows, reads, strict=True):
         base = {"client_id": cat["client_id"], "image_id": cat["image_id"], "uri": cat["uri"]}
         try:
-            data = read_bytes(cat["uri"], read_timeout)
+            if isinstance(data, ImageError):
+                raise data
             sha, size = hashlib.sha256(data).hexdigest(), len(data)
             old = prior_rows.get(cat["image_id"])
-            if old and old["sha256"] == sha and old["size_bytes"] == size and _current_detail(
-                    old) and (
-                    extractor is None or (old["fv"] is not None
-                                          and old["fv_model"] == extractor.model_id)):
+            if old is not None and _reusable(old, sha, size, extractor):
                 sigs.add(old)
                 reused += 1
                 continue
             img = decode(data, max_pixels)
-            ah, dh, ph = image_hashes(img.rgb)
-            detail = detail_signature(img.rgb)
+            grey, detail, thumb = pixel_features(img.rgb)
         except ImageError as exc:
             rejects.add({**base, "stage": "signatures", "reason": str(exc)})
             continue
@@ -121,21 +170,19 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
         finally:
             if progress:
                 progress(1)
-        row = {"client_id": cat["client_id"], "image_id": cat["image_id"], "sha256": sha,
-               "size_bytes": size, "width": img.width, "height": img.height, "ahash": ah,
-               "dhash": dh, "phash": ph, "fv": None, "fv_model": None, "computed_at": now,
-               "detail": detail}
-        if extractor is None:
-            sigs.add(row)
-        else:
+        row = _signature_row(cat, sha, size, img.width, img.height, detail, thumb, now)
+        computed.append(row)
+        greys.append(grey)
+        if extractor is not None:
             row["fv_model"] = extractor.model_id
             pending.append((row, img.rgb))
             if len(pending) >= FV_CHUNK:
-                _embed_pending(pending, extractor, sigs)
+                _embed_pending(pending, extractor)
     if extractor is not None:
-        _embed_pending(pending, extractor, sigs)
+        _embed_pending(pending, extractor)
+    _set_hashes(computed, greys)
+    for row in computed:
+        sigs.add(row)
     write_table(sigs.table(), out_signatures)
-    written = len(sigs.cols["image_id"])
     write_table(rejects.table(), out_rejects)
-    return BatchResult(written - reused, reused, len(rejects.cols["image_id"]))
-
+    return BatchResult(len(computed), reused, len(rejects.cols["image_id"]))

@@ -9,7 +9,8 @@ Everything is paginated or split (see pages.py), so it stays fast at 100 000 ima
 
 A re-render updates the report in place: it rewrites only the pages whose content
 changed, writes the index pages last, then deletes the pages of images and products gone
-from the warehouse. Thumbnails are cached across renders (see thumbs.py). On disks where
+from the warehouse. Thumbnails come from the signatures (the signature stage makes them:
+no image is decoded here) and are cached across renders (see thumbs.py). On disks where
 creating and deleting files is slow, this keeps a nightly re-render cheap.
 """
 
@@ -22,7 +23,7 @@ from npimage.progress import StepProgress
 from npimage.report.data import connect, load_report_data
 from npimage.report.families import misfiled
 from npimage.report.pages import PER_PAGE, Writer
-from npimage.report.thumbs import make_thumbnails, prune_thumbnails
+from npimage.report.thumbs import make_thumbnails, prune_thumbnails, stored_thumbnails
 
 __all__ = ["render_report"]
 
@@ -48,11 +49,13 @@ def render_report(
     one per core). Raises LookupError when the client has no image in the warehouse.
     """
     out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     with connect(warehouse) as con:
         data = load_report_data(con, client_id)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    # The connection is closed while thumbnails are made (slow): no lock held meanwhile.
-    make_thumbnails(data.images, out_dir, progress, workers)
+    # Thumbnails stored by the signature stage are written out (their own connection);
+    # only images whose signature has none (older runs) are decoded, with no connection.
+    make_thumbnails(data.images, out_dir, progress, workers,
+                    stored=stored_thumbnails(warehouse, client_id))
     writer = Writer(out_dir, data, per_page=per_page, progress=progress)
     where = str(warehouse)  # a data dir, or a warehouse.duckdb inside one
     data_dir = Path(where).parent if where.endswith(".duckdb") else Path(where)

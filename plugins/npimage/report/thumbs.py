@@ -1,47 +1,57 @@
 """Small cached JPEG thumbnails of the catalogue images, for the report pages.
 
-Each image's bytes are read once (`decode.read_bytes`) and decoded once (`decode.decode`,
-which already bounds the picture to a small working copy). A thumbnail is named by a hash
-of (image_id, uri, size_bytes) and of the thumbnail settings, so a re-render reuses every
-thumbnail whose image did not change and makes the others; thumbnails of images no longer
-in the catalogue are pruned. An image that cannot be read gets a placeholder, never an
-error: the report must render even when some files are gone.
+The signature stage makes each image's thumbnail from the decode it already does and
+stores the JPEG bytes in the `thumb` column of the signatures (npimage.ingest.thumbnail),
+so the report writes them out as they are: it decodes no image. Only an image whose
+published signature has no thumbnail (signatures of npimage < 0.4, before the next run
+recomputes them) is read (`decode.read_bytes`) and decoded (`decode.decode`) here, the
+same way the signature stage would. A thumbnail is named by a hash of (image_id, uri,
+size_bytes) and of the thumbnail settings, so a re-render reuses every thumbnail whose
+image did not change and writes the others; thumbnails of images no longer in the
+catalogue are pruned. An image that cannot be read gets a placeholder, never an error:
+the report must render even when some files are gone.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from PIL import Image
+import duckdb
+import pyarrow as pa
 
 from npimage.config import Settings
 from npimage.ingest.decode import ImageError, decode, read_bytes
+from npimage.ingest.thumbnail import THUMB_SIZE, THUMB_VERSION, thumbnail_jpeg
 from npimage.progress import StepProgress
 from npimage.report.data import ImageRow
+from npimage.sqlfiles import load_sql
 
 THUMB_DIR = "thumbs"
-#: Longest side in pixels: two side by side fit a laptop screen with the details beside.
-THUMB_SIZE = 240
-JPEG_QUALITY = 80
-#: Changing the look of thumbnails changes their names, so old ones are not reused.
-THUMB_VERSION = f"v1-{THUMB_SIZE}-q{JPEG_QUALITY}"
+__all__ = ["PLACEHOLDER", "THUMB_DIR", "THUMB_SIZE", "ThumbStats", "make_thumbnails",
+           "prune_thumbnails", "stored_thumbnails", "thumb_path"]
 #: Shown instead of a thumbnail when the image cannot be read (relative to report root).
 PLACEHOLDER = "assets/unreadable.svg"
+#: Stored thumbnails fetched from the warehouse per batch (bounded memory: ~10 KB each).
+FETCH_ROWS = 2048
 
+#: `stored(ids)`: (image_id, JPEG bytes) of the stored thumbnails of some of those ids.
+StoredThumbs = Callable[[list[str]], Iterable[tuple[str, bytes]]]
 
 
 @dataclass(frozen=True)
 class ThumbStats:
-    """How the thumbnail step went: made now, reused from a previous render, unreadable."""
+    """How the thumbnail step went: written now (from stored thumbnails, or decoded),
+    reused from a previous render, unreadable."""
 
     made: int
     reused: int
     unreadable: int
+    decoded: int = 0  # of `made`: images decoded here (their signature had no thumbnail)
 
 
 def thumb_path(img: ImageRow) -> str:
@@ -63,20 +73,66 @@ def _existing(out_dir: Path) -> set[str]:
     return found
 
 
+def _write(target: Path, data: bytes) -> None:
+    """Write a thumbnail atomically (a render cut short leaves no half file to reuse)."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
 def _make_one(img: ImageRow, target: Path, settings: Settings) -> str | None:
-    """Write the thumbnail of `img` to `target`; the reason when the image cannot be read."""
+    """Decode `img` and write its thumbnail to `target`; the reason when it cannot be read."""
     if not img.uri:
         return "no uri"
     try:
         picture = decode(read_bytes(img.uri, settings.read_timeout), settings.max_pixels).rgb
     except ImageError as exc:
         return str(exc)
-    picture.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    picture.save(tmp, "JPEG", quality=JPEG_QUALITY, optimize=True)
-    os.replace(tmp, target)
+    _write(target, thumbnail_jpeg(picture))
     return None
+
+
+def _has_thumbs(con: duckdb.DuckDBPyConnection) -> bool:
+    """Does the warehouse have signatures with a thumb column (a hand-built one may not)?"""
+    rows = con.execute(load_sql("duckdb", "report_has_thumbs")).fetchall()
+    return bool(rows and rows[0][0])
+
+
+def stored_thumbnails(warehouse: Path | str, client_id: str) -> StoredThumbs:
+    """`stored(ids)` over the warehouse's signatures (sql/duckdb/report_thumbs.sql), fetched
+    FETCH_ROWS at a time on a read-only connection of its own, closed when done."""
+    from npimage.report.data import connect
+
+    def stored(ids: list[str]) -> Iterator[tuple[str, bytes]]:
+        with connect(warehouse) as con:
+            if not _has_thumbs(con):
+                return
+            con.register("wanted", pa.table({"image_id": pa.array(ids, pa.string())}))
+            query = con.sql(load_sql("duckdb", "report_thumbs"), params={"client": client_id})
+            reader: pa.RecordBatchReader = query.to_arrow_reader(FETCH_ROWS)
+            for batch in reader:
+                yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(),
+                               strict=True)
+    return stored
+
+
+def _write_stored(todo: list[ImageRow], out_dir: Path, stored: StoredThumbs,
+                  progress: StepProgress | None) -> set[str]:
+    """Write the stored thumbnails of `todo`; returns the image ids written."""
+    by_id = {img.image_id: img for img in todo}
+    made_dirs: set[Path] = set()
+    written: set[str] = set()
+    for image_id, data in stored(list(by_id)):
+        target = out_dir / by_id[image_id].thumb
+        if target.parent not in made_dirs:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            made_dirs.add(target.parent)
+        _write(target, data)
+        written.add(image_id)
+        if progress and len(written) % 2000 == 0:
+            progress("thumbnails", len(written), len(todo))
+    return written
 
 
 def make_thumbnails(
@@ -85,11 +141,13 @@ def make_thumbnails(
     progress: StepProgress | None = None,
     workers: int | None = None,
     settings: Settings | None = None,
+    stored: StoredThumbs | None = None,
 ) -> ThumbStats:
-    """Give every image a thumbnail (made or reused) or the placeholder; set `img.thumb`.
+    """Give every image a thumbnail (written or reused) or the placeholder; set `img.thumb`.
 
-    Images already known as rejected are not read again: they get the placeholder.
-    Decoding and JPEG encoding release the GIL, so threads use every core.
+    Thumbnails `stored` by the signature stage are written as they are; images without
+    one are decoded here (threads: decoding and JPEG encoding release the GIL). Images
+    already known as rejected are not read again: they get the placeholder.
     """
     settings = settings or Settings()
     existing = _existing(out_dir)
@@ -104,18 +162,23 @@ def make_thumbnails(
         else:
             img.thumb = path
             todo.append(img)
-    made = 0
+    written = _write_stored(todo, out_dir, stored, progress) if stored and todo else set()
+    rest = [img for img in todo if img.image_id not in written]
+    decoded = 0
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 2) as pool:
-        results = pool.map(lambda i: _make_one(i, out_dir / i.thumb, settings), todo)
-        for n, (img, error) in enumerate(zip(todo, results, strict=True), start=1):
+        results = pool.map(lambda i: _make_one(i, out_dir / i.thumb, settings), rest)
+        for n, (img, error) in enumerate(zip(rest, results, strict=True), start=1):
             if error is None:
-                made += 1
+                decoded += 1
             else:
                 img.thumb, img.thumb_error = PLACEHOLDER, error
                 unreadable += 1
-            if progress and (n % 500 == 0 or n == len(todo)):
-                progress("thumbnails", n, len(todo))
-    return ThumbStats(made=made, reused=reused, unreadable=unreadable)
+            if progress and (n % 500 == 0 or n == len(rest)):
+                progress("thumbnails", len(written) + n, len(todo))
+    if progress and todo and not rest:
+        progress("thumbnails", len(todo), len(todo))
+    return ThumbStats(made=len(written) + decoded, reused=reused, unreadable=unreadable,
+                      decoded=decoded)
 
 
 def prune_thumbnails(images: Sequence[ImageRow], out_dir: Path) -> int:
