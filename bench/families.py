@@ -76,7 +76,8 @@ def _signatures(image_ids: pa.Array, fv: np.ndarray | None) -> pa.Table:
                      "height": pa.array(np.ones(n, np.int32)), "ahash": zeros, "dhash": zeros,
                      "phash": zeros, "fv": vec, "fv_model": pa.array(["bench@1"] * n),
                      "computed_at": pa.nulls(n, pa.timestamp("us", tz="UTC")),
-                     "detail": pa.nulls(n, pa.binary())},
+                     "detail": pa.nulls(n, pa.binary()),
+                     "sig_version": pa.nulls(n, pa.int16()), "thumb": pa.nulls(n, pa.binary())},
                     schema=SIGNATURES)
 
 

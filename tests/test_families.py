@@ -108,7 +108,8 @@ def _write_run(run_dir: Path, fv: np.ndarray, products: list[str], families: dic
         "dhash": [0] * len(ids), "phash": [0] * len(ids),
         "fv": pa.array(list(fv.astype(np.float16)), pa.list_(pa.float16())),
         "fv_model": ["m@1"] * len(ids), "computed_at": [now] * len(ids),
-        "detail": [None] * len(ids)}, SIGNATURES)
+        "detail": [None] * len(ids), "sig_version": [None] * len(ids),
+        "thumb": [None] * len(ids)}, SIGNATURES)
     (run_dir / "signatures").mkdir(parents=True)
     pq.write_table(sig, run_dir / "signatures" / "shard-00000.parquet")
     (run_dir / "sig_batches").mkdir()
