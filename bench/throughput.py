@@ -127,14 +127,14 @@ def npimage_run(folder: Path, fv: bool, workers: int, codes: bool = False
 #: Functions of the signature code path whose time makes a step of the per-step table,
 #: matched by name wherever they are in the call tree (so the table follows the code).
 STEP_FUNCTIONS = {
-    "read": ("read_bytes",),
+    "read": ("read_bytes", "read_all"),
     "sha256": ("openssl_sha256", "sha256", "hexdigest"),
     "decode": ("decode", "decode_for", "draft"),
-    "hashes": ("image_hashes", "hashes_of", "grey_hashes"),
+    "hashes": ("image_hashes", "grey_copy", "hashes_of_greys"),
     "detail": ("detail_signature",),
     "fv": ("embed",),
     "parquet": ("write_table",),
-    "thumbnails": ("thumbnail", "write_thumbnails", "thumbnails", "save_thumbnails"),
+    "thumbnails": ("thumbnail_jpeg",),
 }
 STEP_NAMES = {name for names in STEP_FUNCTIONS.values() for name in names}
 
