@@ -81,6 +81,16 @@ def fit_projection(fv: np.ndarray, dims: int = DIMS, sample: int = FIT_SAMPLE,
 
 
 @njit(nogil=True, cache=True)
+def _lowest(row):  # pragma: no cover - compiled by Numba
+    """(slot, value) of the smallest entry of a running top-k row."""
+    lo = 0
+    for t in range(1, row.shape[0]):
+        if row[t] < row[lo]:
+            lo = t
+    return lo, row[lo]
+
+
+@njit(nogil=True, cache=True)
 def _scan_topk(sims, q_group, b_group, b_ok, offset, best_val, best_idx):  # pragma: no cover
     """Merge the rows of a (nq, nb) block of similarities into each query's top-k.
 
@@ -89,26 +99,15 @@ def _scan_topk(sims, q_group, b_group, b_ok, offset, best_val, best_idx):  # pra
     `offset` turns block columns into catalogue rows.
     """
     nq, nb = sims.shape
-    k = best_val.shape[1]
     for i in range(nq):
-        lo = 0
-        low = best_val[i, 0]
-        for t in range(1, k):
-            if best_val[i, t] < low:
-                low = best_val[i, t]
-                lo = t
+        lo, low = _lowest(best_val[i])
         g = q_group[i]
         for j in range(nb):
             s = sims[i, j]
             if s > low and b_ok[offset + j] and b_group[offset + j] != g:
                 best_val[i, lo] = s
                 best_idx[i, lo] = offset + j
-                lo = 0
-                low = best_val[i, 0]
-                for t in range(1, k):
-                    if best_val[i, t] < low:
-                        low = best_val[i, t]
-                        lo = t
+                lo, low = _lowest(best_val[i])
 
 
 def top_k(queries: np.ndarray, q_group: np.ndarray, base: np.ndarray, b_group: np.ndarray,
