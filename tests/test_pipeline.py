@@ -235,7 +235,7 @@ def test_workers_count_every_image_on_the_stage_counter(tmp_path):
         assert workers.map(_count_items, None, [4]) == [40]  # one item: a ready worker
         assert workers.counter.value == 4
     finally:
-        workers.stop()
+        workers.kill()
     workers.counter.value = 0
     assert workers.map(_count_items, None, [6]) == [60]  # none running: in this process
     assert workers.counter.value == 6 and workers.pool is None

@@ -156,16 +156,12 @@ class Workers:
             for _ in range(self.n):
                 self.pool.submit(load_fv_model, ctx)
 
-    def stop(self) -> None:
-        """End the workers between stages or at the end of the run (to free their memory).
-
-        They are idle (every result is in, every batch file written): killed rather than
-        waited for, as a worker holding TensorFlow takes seconds to tear itself down.
-        """
-        self.kill()
-
     def kill(self) -> None:
-        """Stop the workers now: cancel what has not started, kill the running ones."""
+        """Stop the workers now: cancel what has not started, kill the running ones.
+
+        Also how idle workers end between stages and at the end of a run: killed rather
+        than waited for, as a worker holding TensorFlow takes seconds to tear itself down.
+        """
         if self.pool is not None:
             _kill_workers(self.pool)
             self.pool = None
@@ -260,11 +256,9 @@ def _run_stages(ctx: RunContext, pool: Workers, report: bool) -> dict[str, Any]:
             seconds[stage.name] = time.perf_counter() - t0
             log.debug("stage %s: %.2fs", stage.name, seconds[stage.name])
             if stage.name == _LAST_PER_IMAGE_STAGE and ctx.fv:
-                pool.stop()  # their TensorFlow model is not needed by compare: free it
-    except BaseException:
+                pool.kill()  # their TensorFlow model is not needed by compare: free it
+    finally:
         pool.kill()
-        raise
-    pool.stop()
     info = dict(outputs["publish"])
     if report:
         info.update(_report_outcome(outputs["report"]))
