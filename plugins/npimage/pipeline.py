@@ -16,7 +16,7 @@ import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -364,12 +364,24 @@ def verify(ctx: RunContext) -> dict[str, int]:
                            strict=True))
     codes = reading.codes_so_far(ctx, ids)  # None with --read none: no GTIN check
     with Progress(pairs.num_rows, "verify", "pairs"):
-        verified = verify_matches(pairs, details, codes)
+        verified = verify_matches(pairs, details, codes, partial(stored_thumbs, ctx))
     write_table(verified, ctx.path("verified.parquet"))
     moved = int(pc.sum(pc.cast(pc.not_equal(
         verified["verify_reason"], "detail identical"), pa.int64())).as_py() or 0)
     log.info("verify: %d pairs checked, %d with a finding", verified.num_rows // 2, moved // 2)
     return {"verified_pairs": verified.num_rows // 2, "findings": moved // 2}
+
+
+def stored_thumbs(ctx: RunContext, ids: list[str]) -> dict[str, bytes | None]:
+    """The stored thumbnails (`thumb`) of these images only: verify's second look needs a
+    few of them (pairs capped for one region), not the whole run's."""
+    from npimage.storage.parquet_io import read_parts
+
+    if not ids:
+        return {}
+    sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                      columns=["image_id", "thumb"], ids=ids)
+    return dict(zip(sigs["image_id"].to_pylist(), sigs["thumb"].to_pylist(), strict=True))
 
 
 # -- merge -------------------------------------------------------------------------------

@@ -80,9 +80,10 @@ def load_catalogue(ctx: RunContext) -> tuple[cmp.SignatureArrays, str | None]:
 
 
 def query_signature(image: str, ctx: RunContext, settings: Settings, catalogue_model: str | None,
-                    timings: dict[str, float]) -> tuple[cmp.SignatureArrays, bytes]:
+                    timings: dict[str, float]) -> tuple[cmp.SignatureArrays, bytes, bytes]:
     """Signature of the picture as a one-row SignatureArrays (row -1: never "itself"), and
-    its detail signature (for verification)."""
+    its detail signature and thumbnail (for verification and its second look)."""
+    from npimage.ingest.thumbnail import thumbnail_jpeg
     from npimage.matching.detail import detail_signature
 
     t0 = time.perf_counter()
@@ -94,6 +95,7 @@ def query_signature(image: str, ctx: RunContext, settings: Settings, catalogue_m
     hashes = np.array([image_hashes(picture.rgb)], np.int64).view(np.uint64)
     sha = int(hashlib.sha256(data).hexdigest()[:16], 16)
     detail = detail_signature(picture.rgb)
+    thumb = thumbnail_jpeg(picture.rgb)
     timings["read, decode, hashes"] = time.perf_counter() - t0
     fv = None
     if ctx.fv:
@@ -111,7 +113,7 @@ def query_signature(image: str, ctx: RunContext, settings: Settings, catalogue_m
     return cmp.SignatureArrays(
         ids=np.array([image], dtype=object), rows=np.array([-1], np.int64),
         sha=np.array([sha], np.uint64).view(np.int64), size=np.array([len(data)], np.int64),
-        hashes=hashes, fv=fv), detail
+        hashes=hashes, fv=fv), detail, thumb
 
 
 def _products(ctx: RunContext, ids: list[str]) -> dict[str, tuple[str, str]]:
@@ -150,7 +152,7 @@ def _query_codes(image: str, ctx: RunContext, settings: Settings, ids: list[str]
 
 
 def verify_nearest(matches: pa.Table, detail: bytes, image: str, ctx: RunContext,
-                   settings: Settings) -> tuple[np.ndarray, np.ndarray]:
+                   settings: Settings, thumb: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(verified score, reason) of compare's top-k rows: the pairs the run's verify stage
     would check (`pairs_to_verify`'s rule) are checked the same way (visual and GTIN
     checks); the others keep their score and an empty reason."""
@@ -173,7 +175,18 @@ def verify_nearest(matches: pa.Table, detail: bytes, image: str, ctx: RunContext
     pairs = pa.table({"a": pa.array([QUERY_ID] * len(todo), pa.string()),
                       "b": pa.array(wanted, pa.string()),
                       "score": pa.array(score[todo], pa.float32())})
-    verified = V.verify_matches(pairs, details, _query_codes(image, ctx, settings, wanted))
+    def thumbs(some: list[str]) -> dict[str, bytes | None]:
+        """The run's stored thumbnails, and the picture's own (the second look)."""
+        run = [i for i in some if i != QUERY_ID]
+        got = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                         columns=["image_id", "thumb"], ids=run)
+        found: dict[str, bytes | None] = dict(zip(got["image_id"].to_pylist(),
+                                                  got["thumb"].to_pylist(), strict=True))
+        found[QUERY_ID] = thumb
+        return found
+
+    verified = V.verify_matches(pairs, details, _query_codes(image, ctx, settings, wanted),
+                                thumbs)
     got = {m: (s, r) for i, m, s, r in zip(*(verified[c].to_pylist() for c in (
         "image_id", "match_image_id", "score", "verify_reason")), strict=True) if i == QUERY_ID}
     for i in todo:
@@ -196,14 +209,14 @@ def nearest(image: str | Path, client_id: str, data_dir: str | Path | None = Non
     ctx = current_run(client_id, settings.data_dir)
     catalogue, model = load_catalogue(ctx)
     timings["load run signatures"] = time.perf_counter() - t0
-    query, detail = query_signature(str(image), ctx, settings, model, timings)
+    query, detail, thumb = query_signature(str(image), ctx, settings, model, timings)
     cut = ctx.threshold if threshold is None else threshold
     scorer = Scorer(load_weights(ctx.weights_file), ctx.fv)
     t0 = time.perf_counter()
     matches = cmp.compare(query, catalogue, scorer, top_k=top_k, threshold=cut)
     timings["compare"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    verified, reason = verify_nearest(matches, detail, str(image), ctx, settings)
+    verified, reason = verify_nearest(matches, detail, str(image), ctx, settings, thumb)
     timings["verify"] = time.perf_counter() - t0
     order = sorted(range(len(verified)), key=lambda i: (-float(verified[i]),
                                                          matches["match_image_id"][i].as_py()))

@@ -731,11 +731,14 @@ def _detail(details: dict[str, bytes | None], image_id: str) -> bytes:
     return found
 
 
-def verify_matches(pairs: Any, details: dict[str, bytes | None], codes: Any = None) -> Any:
+def verify_matches(pairs: Any, details: dict[str, bytes | None], codes: Any = None,
+                   thumbs: Callable[[list[str]], dict[str, bytes | None]] | None = None) -> Any:
     """The verified rows (both directions) of a pairs_to_verify table, given detail
     signatures by image id. A pair whose image lacks a detail signature is left as it was
     (not verified). `codes` (image_id, gtin: the codes the reading stage read, or None when
-    reading is off) adds the GTIN check (`gtin_check`) to the visual CHECKS."""
+    reading is off) adds the GTIN check (`gtin_check`) to the visual CHECKS. `thumbs`
+    (image ids -> stored 240 px thumbnails) lets the pairs capped for one region get a
+    second look (`npimage.matching.second_look`: a sticker is forgiven)."""
     import pyarrow as pa
 
     a, b = pairs["a"].to_pylist(), pairs["b"].to_pylist()
@@ -745,6 +748,12 @@ def verify_matches(pairs: Any, details: dict[str, bytes | None], codes: Any = No
     ia, ib = [a[i] for i in keep], [b[i] for i in keep]
     verified, reason = verify_pairs(score, [_detail(details, i) for i in ia],
                                     [_detail(details, i) for i in ib])
+    if thumbs is not None:  # a second, sharper look at the pairs capped for one region
+        from npimage.matching.second_look import forgive_stickers
+
+        verified, reason = forgive_stickers(score, verified, reason,
+                                            [_detail(details, i) for i in ia],
+                                            [_detail(details, i) for i in ib], ia, ib, thumbs)
     if codes is not None:  # what the packs say overrides what the thumbnails let through
         packs = gtin_check(pa.table({"a": pa.array(ia, pa.string()),
                                      "b": pa.array(ib, pa.string())}), codes)

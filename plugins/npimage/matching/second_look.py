@@ -1,0 +1,309 @@
+"""A second, sharper look at the one changed region of a capped pair: was a sticker stuck on?
+
+Why: at 128 px (the detail thumbnail) a price sticker on a ~350 px photo is ~15 x 7 pixels,
+and no statistic of the changed area separates it from a changed strength text
+(docs/QUALITY.md, issue #12). The signature stage stores a 240 px JPEG thumbnail of every
+image (`thumb`); for the few pairs the visual check caps with exactly one small changed
+region, this module cuts that region out of the two thumbnails at twice the detail
+thumbnail's resolution, aligned by the same ECC warp, and asks whether one side added a
+new closed object:
+
+- a sticker: one side has a near-uniform fill (apart from its print), that fill is new
+  (the other side differs there), it is a compact closed shape that does not run out of
+  the region, its outline is new (along its boundary the other side has no edge), and it
+  covers the changed pixels;
+- a text or strength variant keeps the shared background (the fill around the strokes is
+  the same on both sides, or runs out of the region);
+- a colour (accent) variant keeps the boundary: the other side has an edge along the same
+  outline, only the fill changed.
+
+Only when one side passes every test is the pair forgiven (reason STICKER); a wrong
+forgive of a variant is worse than a missed sticker. The thresholds were fitted on the
+demo generator's sticker range (10-14 % of the width, yellow/red/white rounded rectangles)
+on grocery photos of one seed and measured on a wider range (bench/verify.py).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from npimage.matching import verify as V
+from npimage.matching.detail import DETAIL_SIDE, content_boxes, unpack_details
+
+#: Version of the second look (part of the verifier's verdicts: a change moves pairs).
+SECOND_LOOK_VERSION = 1
+#: Side of the second look's picture: the detail thumbnail's frame at twice its size.
+LOOK_SIDE = 2 * DETAIL_SIDE
+#: Reasons of the pairs that get a second look (one region differs).
+LOOKED_AT = (V.TEXT, V.CODE, V.COLOUR)
+#: The changed components (128 px grid) must fit in a box of this share of the frame.
+REGION_AREA = 0.08
+#: Pixels (second-look grid) added around the changed region.
+PAD = 10
+#: A pixel differs when its colour is this far (RGB levels, after matching the two sides'
+#: tone, with one pixel of tolerance) from every value the other side takes around it.
+DIFF = 45.0
+#: A pixel belongs to the fill when within this distance (RGB levels) of the fill colour.
+FILL = 40.0
+#: The object: at least this many pixels (second-look grid), fill over this share of its
+#: area (the rest is print), new (differing) over this share of its fill, convex (area over
+#: its hull's), covering this share of the changed pixels (its outline included).
+MIN_AREA = 40
+FILL_SHARE = 0.2
+NEW_OBJECT = 0.75
+#: Diameter (pixels) of the disk that closes the changed pixels into one object.
+CLOSE = 5
+#: Width (pixels) of the bands inside and outside the object's boundary, and the window
+#: (pixels) over which each side's step across the boundary is measured.
+BAND = 2
+STEP_WINDOW = 5
+#: ... and a step under this (RGB levels), or under TEXTURE_RATIO times the step across
+#: the boundary's shape moved by SHIFT pixels (the texture's own steps), is no edge.
+STEP_MIN = 30.0
+TEXTURE_RATIO = 2.0
+SHIFT = 4
+SOLIDITY = 0.8
+COVERS = 0.85
+#: Along its boundary, the sticker side has an edge (a range of EDGE_MIN levels near the
+#: boundary) where the other side makes no step, at this share of the boundary at least.
+EDGE_MIN = 60.0
+NEW_OUTLINE = 0.6
+
+
+def look_picture(thumb: bytes, detail: bytes) -> np.ndarray:
+    """The content box of a stored thumbnail squashed to LOOK_SIDE^2 (RGB float32): the
+    detail thumbnail's frame at twice its resolution."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(thumb)) as im:
+        rgb = im.convert("RGB")
+    x0, y0, x1, y1 = (float(v) for v in content_boxes([detail])[0]
+                      * np.array([rgb.width, rgb.height] * 2, np.float32))
+    out = rgb.resize((LOOK_SIDE, LOOK_SIDE), Image.Resampling.BILINEAR, box=(x0, y0, x1, y1))
+    return np.asarray(out, np.float32)
+
+
+def changed_region(r: V.VisualResult, i: int, params: V.VisualParams
+                   ) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) on the detail grid of the pair's changed components, when they are
+    few (at most two) and fit in a small box; else None (several regions: no second look)."""
+    import cv2
+
+    bad = (r.grey_map[i] > params.grey_clean).astype(np.uint8)
+    if not bad.any():  # colour only: where the chroma differs
+        k = DETAIL_SIDE // r.chroma_map.shape[1]
+        bad = np.kron((r.chroma_map[i] > params.chroma_clean).astype(np.uint8),
+                      np.ones((k, k), np.uint8))
+    n, _, stats, _ = cv2.connectedComponentsWithStats(
+        cv2.dilate(bad, np.ones((5, 5), np.uint8)), connectivity=8)
+    if n < 2 or n > 3:
+        return None
+    x0, y0 = stats[1:, 0].min(), stats[1:, 1].min()
+    x1 = (stats[1:, 0] + stats[1:, 2]).max() + V.WINDOW - 1
+    y1 = (stats[1:, 1] + stats[1:, 3]).max() + V.WINDOW - 1
+    if (x1 - x0) * (y1 - y0) > REGION_AREA * DETAIL_SIDE ** 2:
+        return None
+    return int(x0), int(y0), int(x1), int(y1)
+
+
+def _warp_of(ga: np.ndarray, gb: np.ndarray, mirrored: bool, aligned: bool) -> np.ndarray:
+    """The ECC warp (detail grid) taking b onto a, as the visual check finds it (coarse,
+    then fine); identity when the check did not align the pair or ECC fails."""
+    eye = np.eye(2, 3, dtype=np.float32)
+    if not aligned:
+        return eye
+    a = V._norm(ga[None])[0]
+    b = V._norm(gb[None])[0]
+    if mirrored:
+        b = np.ascontiguousarray(b[:, ::-1])
+    coarse = V._ecc(a, b)
+    if coarse is None:
+        return eye
+    fine = V._ecc(a, b, coarse)
+    return fine if fine is not None else coarse
+
+
+def _tone_matched(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """y with each channel's mean and deviation matched to x's over the valid overlap
+    (a tone retouch is not a change)."""
+    xs, ys = x[valid], y[valid]
+    out: np.ndarray = (y - ys.mean(0)) / (ys.std(0) + 1.0) * xs.std(0) + xs.mean(0)
+    return out.astype(np.float32)
+
+
+def _local_range(x: np.ndarray) -> np.ndarray:
+    """Per pixel, the largest range of a channel over its STEP_WINDOW square (an edge or
+    a line near it)."""
+    import cv2
+
+    k = np.ones((STEP_WINDOW, STEP_WINDOW), np.uint8)
+    out: np.ndarray = (cv2.dilate(x, k) - cv2.erode(x, k)).max(axis=-1)
+    return out
+
+
+def _commonest_colour(pix: np.ndarray, sample: int = 256) -> np.ndarray:
+    """The colour most pixels of `pix` (n, 3) lie near (within FILL / 2 of a sampled
+    pixel, the mean of those): the fill of a label under its print."""
+    pick = pix[np.linspace(0, len(pix) - 1, min(sample, len(pix))).astype(np.int64)]
+    d = np.sqrt(((pick[:, None, :] - pick[None, :, :]) ** 2).sum(axis=-1))
+    close = d <= FILL / 2
+    out: np.ndarray = pick[close[close.sum(axis=1).argmax()]].mean(axis=0)
+    return out
+
+
+def _step(x: np.ndarray, inner: np.ndarray, outer: np.ndarray) -> np.ndarray:
+    """Per pixel, the colour distance between the mean of x over the inner band and over
+    the outer band within a STEP_WINDOW square around it: the step x makes across the
+    boundary there (a photo continuing under a sticker makes none)."""
+    import cv2
+
+    k = (STEP_WINDOW, STEP_WINDOW)
+
+    def mean(band: np.ndarray) -> np.ndarray:
+        w = cv2.boxFilter(band.astype(np.float32), -1, k, normalize=False)
+        s = cv2.boxFilter(x * band[..., None], -1, k, normalize=False)
+        out: np.ndarray = s / np.maximum(w, 1e-3)[..., None]
+        return out
+
+    d = mean(inner) - mean(outer)
+    out: np.ndarray = np.sqrt((d * d).sum(axis=-1))
+    return out
+
+
+def _texture_step(x: np.ndarray, inner: np.ndarray, outer: np.ndarray, border: np.ndarray
+                  ) -> float:
+    """The step x makes across the boundary's shape moved by SHIFT pixels each way (the
+    median over its pixels, the median over the four moves): the step its texture makes
+    anywhere, against which a step along the boundary itself is measured."""
+    steps = []
+    for dy, dx in ((SHIFT, 0), (-SHIFT, 0), (0, SHIFT), (0, -SHIFT)):
+        def move(m: np.ndarray, dy: int = dy, dx: int = dx) -> np.ndarray:
+            out: np.ndarray = np.roll(m, (dy, dx), axis=(0, 1))
+            return out
+        steps.append(float(np.median(_step(x, move(inner), move(outer))[move(border)])))
+    return float(np.median(steps))
+
+
+def _is_stuck_on(s: np.ndarray, o: np.ndarray, changed: np.ndarray) -> bool:
+    """Does side `s` of a region (RGB, aligned and tone-matched with `o`) carry a new closed
+    object over the changed pixels `changed`?
+
+    The object: the changed pixels closed and their holes filled, the largest piece. It
+    must be compact (convex), new as a whole (the two sides differ over most of it: changed
+    text leaves the shared background between its strokes), and carry a near-uniform fill
+    (apart from its print); along its boundary `s` must make a step (its outline) that `o`
+    does not make (a photo continues under a sticker; a recoloured accent keeps its
+    boundary on both sides)."""
+    import cv2
+    from scipy import ndimage
+
+    disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (CLOSE, CLOSE))
+    shut = cv2.morphologyEx(changed.astype(np.uint8), cv2.MORPH_CLOSE, disk) > 0
+    labels, n = ndimage.label(ndimage.binary_fill_holes(shut))
+    if n == 0:
+        return False
+    obj = labels == np.bincount(labels[labels > 0]).argmax()
+    area = int(obj.sum())
+    if area < MIN_AREA:
+        return False
+    new = (changed & obj).sum() / area
+    if new < NEW_OBJECT:
+        return False
+    if (changed & ~obj).sum() > (1 - COVERS) * changed.sum():
+        return False
+    u8 = obj.astype(np.uint8)
+    pts = cv2.findContours(u8, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    hull = cv2.convexHull(np.concatenate(pts))  # in pixel centres: add half its perimeter
+    solid = area / (cv2.contourArea(hull) + cv2.arcLength(hull, True) / 2 + 1)
+    if solid < SOLIDITY:
+        return False
+    fill = _commonest_colour(s[obj])
+    share = (np.sqrt(((s[obj] - fill) ** 2).sum(axis=-1)) <= FILL).mean()
+    if share < FILL_SHARE:
+        return False
+    three = np.ones((3, 3), np.uint8)
+    inner = obj & ~(cv2.erode(u8, three, iterations=BAND) > 0)
+    outer = (cv2.dilate(u8, three, iterations=BAND) > 0) & ~obj
+    border = inner & ~(cv2.erode(u8, three) > 0)
+    rs, so = _local_range(s)[border], _step(o, inner, outer)[border]
+    texture = _texture_step(o, inner, outer, border)
+    lacks = ((rs >= EDGE_MIN) & (so < max(STEP_MIN, TEXTURE_RATIO * texture))).mean()
+    return bool(lacks >= NEW_OUTLINE)
+
+
+def is_sticker_pair(pa: np.ndarray, pb: np.ndarray, warp: np.ndarray, mirrored: bool,
+                    region: tuple[int, int, int, int]) -> bool:
+    """The second look at one pair: look pictures `pa`, `pb` (LOOK_SIDE^2 RGB), b brought
+    onto a by the detail grid's `warp` (after mirroring), the changed `region` (detail
+    grid). True when one side stuck a new closed object over the region."""
+    scale = LOOK_SIDE / DETAIL_SIDE
+    if mirrored:
+        pb = np.ascontiguousarray(pb[:, ::-1])
+    w = warp.copy()
+    w[:, 2] *= scale
+    b, valid = V._warp(pb, w, 1.0)
+    a = pa
+    b = _tone_matched(a, b, valid)
+    dist = V._diff(a[None], b[None], True, V._chroma_dist)[0]
+    changed = (dist > DIFF) & valid
+    x0, y0, x1, y1 = (int(v * scale) for v in region)
+    y0, x0 = max(0, y0 - PAD), max(0, x0 - PAD)
+    y1, x1 = min(LOOK_SIDE, y1 + PAD), min(LOOK_SIDE, x1 + PAD)
+    sl = (slice(y0, y1), slice(x0, x1))
+    ch = changed[sl]
+    if ch.sum() < MIN_AREA / 2:
+        return False
+    return _is_stuck_on(a[sl], b[sl], ch) or _is_stuck_on(b[sl], a[sl], ch)
+
+
+def stickers(details_a: Sequence[bytes], details_b: Sequence[bytes],
+             thumbs_a: Sequence[bytes | None], thumbs_b: Sequence[bytes | None],
+             params: V.VisualParams | None = None) -> np.ndarray:
+    """Per pair (pairs the visual check capped with one region): is it a sticker on a
+    second look? A pair without both thumbnails keeps its verdict (False)."""
+    params = params or V.VisualParams()
+    n = len(details_a)
+    out = np.zeros(n, bool)
+    have = [i for i in range(n) if thumbs_a[i] and thumbs_b[i]]
+    if not have:
+        return out
+    ga, ca = unpack_details([details_a[i] for i in have])
+    gb, cb = unpack_details([details_b[i] for i in have])
+    r = V.compare_details(ga, ca, gb, cb, params)
+    for j, i in enumerate(have):
+        region = changed_region(r, j, params)
+        if region is None:
+            continue
+        warp = _warp_of(ga[j], gb[j], bool(r.mirrored[j]), bool(r.aligned[j]))
+        ta, tb = thumbs_a[i], thumbs_b[i]
+        assert ta is not None and tb is not None
+        out[i] = is_sticker_pair(look_picture(ta, details_a[i]), look_picture(tb, details_b[i]),
+                                 warp, bool(r.mirrored[j]), region)
+    return out
+
+
+#: Loads the stored thumbnails of some image ids (missing or old signatures: None).
+ThumbLoader = Callable[[list[str]], dict[str, bytes | None]]
+
+
+def forgive_stickers(score: np.ndarray, verified: np.ndarray, reason: np.ndarray,
+                     details_a: Sequence[bytes], details_b: Sequence[bytes],
+                     ids_a: Sequence[str], ids_b: Sequence[str], thumbs: ThumbLoader
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """The verify stage's hook: the pairs the visual check capped for one region get a
+    second look; those it finds a sticker on get their score back (compare's) and the
+    STICKER reason. `thumbs` loads the thumbnails of those pairs' images only (memory
+    stays bounded); a pair with a thumbnail missing keeps its verdict."""
+    todo = [int(i) for i in np.flatnonzero(np.isin(reason, LOOKED_AT) & (verified < score))]
+    if not todo:
+        return verified, reason
+    found = thumbs(sorted({ids_a[i] for i in todo} | {ids_b[i] for i in todo}))
+    hit = np.array(todo)[stickers([details_a[i] for i in todo], [details_b[i] for i in todo],
+                        [found.get(ids_a[i]) for i in todo],
+                        [found.get(ids_b[i]) for i in todo])]
+    verified, reason = verified.copy(), reason.copy()
+    verified[hit], reason[hit] = score[hit], V.STICKER
+    return verified, reason
