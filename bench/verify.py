@@ -552,7 +552,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.second_look:
         t00 = time.perf_counter()
         if not args.skip_demo:
-            for seed in (args.fit_seed, args.test_seed):
+            for seed in dict.fromkeys((args.fit_seed, args.test_seed)):
                 data, truth = demo_run(args.work, seed, args.products, args.families)
                 demo_measure(data, truth, f"demo seed {seed}, pipeline")
                 demo_second_look(data, truth, f"demo seed {seed}")

@@ -33,8 +33,6 @@ import numpy as np
 from npimage.matching import verify as V
 from npimage.matching.detail import DETAIL_SIDE, content_boxes, unpack_details
 
-#: Version of the second look (part of the verifier's verdicts: a change moves pairs).
-SECOND_LOOK_VERSION = 1
 #: Side of the second look's picture: the detail thumbnail's frame at twice its size.
 LOOK_SIDE = 2 * DETAIL_SIDE
 #: Reasons of the pairs that get a second look (one region differs).
