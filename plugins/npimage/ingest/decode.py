@@ -464,12 +464,47 @@ def decode_for_reading(data: bytes, max_pixels: int, max_side: int = READ_SIZE) 
     The pack readers (npimage.reading) need the pixels of bars and small print, which the
     512-pixel working copy of `decode` has lost. Same checks, same orientation.
     """
+    return _decode_full(data, max_pixels, max_side)[0]
+
+
+def decode_both(data: bytes, max_pixels: int,
+                max_side: int = READ_SIZE) -> tuple[Decoded, Decoded | ImageError]:
+    """(`decode(data)`, `decode_for_reading(data)` or the ImageError of that one): the
+    working copy and the pack readers' picture, decoded once when they can share it.
+
+    They share it when the working copy's decode reduces nothing before its LANCZOS fit
+    (no JPEG draft scale, no box reduction) and the readers' picture is the file's full
+    size: the working copy is then that picture fitted into WORK_SIZE, the very pixels
+    `decode` gives (tests/test_reading.py checks it). Otherwise (a JPEG of 1024 px or more,
+    a huge picture) both are decoded, from the same bytes. Raises ImageError when the
+    working copy cannot be made, as `decode` does.
+    """
+    try:
+        full, fmt, (width, height) = _decode_full(data, max_pixels, max_side)
+    except Exception as exc:  # the working copy may still decode: the readers only lose it
+        return decode(data, max_pixels), exc if isinstance(exc, ImageError) else ImageError(
+            f"cannot decode at full size: {type(exc).__name__}: {exc}")
+    shared = ((fmt != "JPEG" or draft_scale(width, height) == 1)
+              and min(width, height) // (WORK_SIZE * 2) < 2 and max(width, height) <= max_side)
+    if not shared:
+        return decode(data, max_pixels), full
+    work = full.rgb
+    if max(work.size) > WORK_SIZE:
+        work = work.copy()
+        work.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return Decoded(width=full.width, height=full.height, rgb=work), full
+
+
+def _decode_full(data: bytes, max_pixels: int,
+                 max_side: int) -> tuple[Decoded, str | None, tuple[int, int]]:
+    """`decode_for_reading`'s picture, the file's format and its stored (w, h)."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = _open(data, max_pixels)
+            fmt, stored = img.format, img.size
             orientation = _orientation(img)
             img.draft(None, (max_side, max_side))
             img.load()
@@ -482,4 +517,4 @@ def decode_for_reading(data: bytes, max_pixels: int, max_side: int = READ_SIZE) 
     if orientation in _UPRIGHT:
         work = work.transpose(_UPRIGHT[orientation])
     work.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return Decoded(width=work.width, height=work.height, rgb=work)
+    return Decoded(width=work.width, height=work.height, rgb=work), fmt, stored
