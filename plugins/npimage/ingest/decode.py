@@ -285,9 +285,15 @@ def _on_white(img: Image.Image) -> Image.Image:
 def _to_rgb(img: Image.Image, top: float | None = None) -> Image.Image:
     """Normalise any Pillow mode into RGB, compositing transparency on white.
 
+    An RGB picture is returned as a plain Image over the same pixels (Pillow's
+    convert("RGB") would copy them: 0.6 ms for a 1600 px photo decoded at 800 px); the
+    file's image object is not used after this.
+
     `top`: the maximum value of the whole picture when `img` is a strip of a
     high-depth one (see `_to_8bit`).
     """
+    if img.mode == "RGB":  # what almost every JPEG is: its decoded pixels, not a copy
+        return img if type(img) is Image.Image else img._new(img.im)
     if img.mode in _HIGH_DEPTH:
         img = _to_8bit(img, top)
     if img.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa"):
