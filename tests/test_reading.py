@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 from contextlib import closing
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -350,3 +351,28 @@ def test_report_image_page_shows_codes_and_catalogue_errors(read_run, small_demo
     assert truth[wrong]["printed_gtin"] in page and truth[wrong]["reference_gtin"] in page
     page = (tmp_path / "report" / page_path("i", right)).read_text()
     assert 'class="code-box"' in page and "Catalogue error" not in page
+
+
+def test_codes_read_by_the_signature_stage_match_the_read_codes_stage(read_run, small_demo):
+    """The signature stage reads the codes from its own decode and read_codes takes them
+    over (a marker per batch); read again by read_codes itself, the files are the same."""
+    from npimage import pipeline
+
+    data, _ = read_run
+    ctx = _ctx(data, small_demo.manifest, "r1")
+    batches = sorted(str(p) for p in (ctx.run_dir / "plan").glob("batch-*.parquet"))
+    reading = ctx.run_dir / "reading"
+    assert batches and all((reading / "done" / f"codes-{Path(b).stem}.json").exists()
+                           for b in batches)
+    name = Path(batches[0]).name
+    files = (reading / "codes" / name, reading / "reads" / f"codes-{name}")
+    shared = [pq.read_table(f).drop(["computed_at"] if "computed_at" in
+                                    pq.read_schema(f).names else []) for f in files]
+    taken = pipeline.read_codes(ctx, batches[0])
+    (reading / "done" / f"codes-{Path(name).stem}.json").unlink()  # read_codes reads itself
+    again = pipeline.read_codes(ctx, batches[0])
+    assert taken == again and taken["read"] > 0
+    for f, before in zip(files, shared, strict=True):
+        after = pq.read_table(f)
+        after = after.drop(["computed_at"] if "computed_at" in after.column_names else [])
+        assert after.equals(before)

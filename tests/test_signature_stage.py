@@ -272,3 +272,36 @@ def test_read_all_reads_ahead_and_abandons_a_hung_read(tmp_path, monkeypatch):
         bytes([k]) * (k + 1) for k in (0, 1, 3, 4, 5)]
     assert isinstance(got[2], dec.ImageError) and "timed out" in str(got[2])
     assert isinstance(got[6], dec.ImageError) and str(got[6]) == "file not found"
+
+
+def _encoded(img: Image.Image, fmt: str, **kw: object) -> bytes:
+    out = io.BytesIO()
+    img.save(out, fmt, **kw)
+    return out.getvalue()
+
+
+def test_one_decode_serves_the_signature_and_the_code_reader():
+    """decode_both gives `decode`'s and `decode_for_reading`'s pixels, sharing one decode
+    where it can (JPEG under 1024 px, other formats), decoding twice where it cannot."""
+    from npimage.ingest.decode import decode_both, decode_for_reading
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated: the working copy is turned upright like the full picture
+    shot = _pack_shot(5, (700, 460))
+    cases = [
+        _jpeg(_pack_shot(1)),
+        _jpeg(_pack_shot(2, (300, 500))),
+        _encoded(shot, "JPEG", quality=85, exif=exif.tobytes()),
+        _jpeg(_pack_shot(3, (1300, 900))),  # draft-scaled working copy: decoded twice
+        _encoded(shot.convert("RGBA"), "PNG"),
+        _encoded(shot.convert("P"), "PNG"),
+        _encoded(_pack_shot(4, (2400, 1800)), "PNG"),  # box-reduced working copy
+    ]
+    for data in cases:
+        work, full = decode_both(data, 10**9)
+        ref, ref_full = decode(data, 10**9), decode_for_reading(data, 10**9)
+        assert not isinstance(full, Exception)
+        assert (work.width, work.height) == (ref.width, ref.height)
+        assert np.array_equal(np.asarray(work.rgb), np.asarray(ref.rgb))
+        assert full.rgb.size == ref_full.rgb.size
+        assert np.array_equal(np.asarray(full.rgb), np.asarray(ref_full.rgb))

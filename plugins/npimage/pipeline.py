@@ -255,7 +255,9 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
 
     A batch already complete on disk with the same rows and settings (this run's, after
     a retry or a lost worker, or an interrupted run's of the client) is taken over, not
-    computed again (npimage.resume); its signatures count as `resumed`.
+    computed again (npimage.resume); its signatures count as `resumed`. With codes on,
+    the images' codes are read here from the same decode (npimage.reading.stage.BatchCodes)
+    and the read_codes stage takes them over; a resumed batch leaves them to that stage.
     """
     settings = ctx.settings
     name = location(batch).name
@@ -268,13 +270,16 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
 
     extractor = _extractor(ctx.fv_model, str(settings.model_cache)) if ctx.fv else None
     baseline = _baseline_for_increment(ctx)
+    codes = reading.batch_codes(ctx, location(batch), key)  # read from the same decode
     n = num_rows(batch)
     with Progress(n, f"signatures {name}", "img") as progress:
         result = compute_batch(
             location(batch), baseline / "signatures" if baseline else None,
             ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
             extractor=extractor, max_pixels=settings.max_pixels,
-            read_timeout=settings.read_timeout, progress=progress)
+            read_timeout=settings.read_timeout, progress=progress, codes=codes)
+    if codes is not None:  # before the batch's marker: the read_codes stage takes them over
+        codes.done()
     counts = {**result.as_dict(), "resumed": 0}
     resume.mark_done(ctx, name, key, counts)  # after both outputs: marks the batch complete
     return counts

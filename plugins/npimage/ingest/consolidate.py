@@ -38,7 +38,16 @@ def all_signatures(run_dir: Path, catalog: pa.Table, fresh: pa.Table,
         unplanned = pc.invert(pc.is_in(catalog["image_id"], planned["image_id"]))
         kept_ids = catalog.filter(unplanned)["image_id"].to_pylist()
         parts.append(read_parts(baseline / "signatures", SIGNATURES, ids=kept_ids))
-    return concat(parts, SIGNATURES).sort_by("image_id")
+    return sorted_by_id(concat(parts, SIGNATURES))
+
+
+def sorted_by_id(sigs: pa.Table) -> pa.Table:
+    """`sigs` sorted by image_id; as it is when it is so already (a full run's batches come
+    in catalogue order), since sorting copies every thumbnail and detail signature."""
+    ids = sigs["image_id"]
+    if len(ids) < 2 or pc.all(pc.less_equal(ids[:-1], ids[1:])).as_py():
+        return sigs
+    return sigs.sort_by("image_id")
 
 
 def shard_rows(n_signatures: int, shard_size: int, max_shards: int) -> int:

@@ -285,9 +285,15 @@ def _on_white(img: Image.Image) -> Image.Image:
 def _to_rgb(img: Image.Image, top: float | None = None) -> Image.Image:
     """Normalise any Pillow mode into RGB, compositing transparency on white.
 
+    An RGB picture is returned as a plain Image over the same pixels (Pillow's
+    convert("RGB") would copy them: 0.6 ms for a 1600 px photo decoded at 800 px); the
+    file's image object is not used after this.
+
     `top`: the maximum value of the whole picture when `img` is a strip of a
     high-depth one (see `_to_8bit`).
     """
+    if img.mode == "RGB":  # what almost every JPEG is: its decoded pixels, not a copy
+        return img if type(img) is Image.Image else img._new(img.im)
     if img.mode in _HIGH_DEPTH:
         img = _to_8bit(img, top)
     if img.mode in ("P", "PA", "LA", "La", "RGBA", "RGBa"):
@@ -464,12 +470,47 @@ def decode_for_reading(data: bytes, max_pixels: int, max_side: int = READ_SIZE) 
     The pack readers (npimage.reading) need the pixels of bars and small print, which the
     512-pixel working copy of `decode` has lost. Same checks, same orientation.
     """
+    return _decode_full(data, max_pixels, max_side)[0]
+
+
+def decode_both(data: bytes, max_pixels: int,
+                max_side: int = READ_SIZE) -> tuple[Decoded, Decoded | ImageError]:
+    """(`decode(data)`, `decode_for_reading(data)` or the ImageError of that one): the
+    working copy and the pack readers' picture, decoded once when they can share it.
+
+    They share it when the working copy's decode reduces nothing before its LANCZOS fit
+    (no JPEG draft scale, no box reduction) and the readers' picture is the file's full
+    size: the working copy is then that picture fitted into WORK_SIZE, the very pixels
+    `decode` gives (tests/test_reading.py checks it). Otherwise (a JPEG of 1024 px or more,
+    a huge picture) both are decoded, from the same bytes. Raises ImageError when the
+    working copy cannot be made, as `decode` does.
+    """
+    try:
+        full, fmt, (width, height) = _decode_full(data, max_pixels, max_side)
+    except Exception as exc:  # the working copy may still decode: the readers only lose it
+        return decode(data, max_pixels), exc if isinstance(exc, ImageError) else ImageError(
+            f"cannot decode at full size: {type(exc).__name__}: {exc}")
+    shared = ((fmt != "JPEG" or draft_scale(width, height) == 1)
+              and min(width, height) // (WORK_SIZE * 2) < 2 and max(width, height) <= max_side)
+    if not shared:
+        return decode(data, max_pixels), full
+    work = full.rgb
+    if max(work.size) > WORK_SIZE:
+        work = work.copy()
+        work.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    return Decoded(width=full.width, height=full.height, rgb=work), full
+
+
+def _decode_full(data: bytes, max_pixels: int,
+                 max_side: int) -> tuple[Decoded, str | None, tuple[int, int]]:
+    """`decode_for_reading`'s picture, the file's format and its stored (w, h)."""
     if not data:
         raise ImageError("empty file (0 bytes)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             img = _open(data, max_pixels)
+            fmt, stored = img.format, img.size
             orientation = _orientation(img)
             img.draft(None, (max_side, max_side))
             img.load()
@@ -482,4 +523,4 @@ def decode_for_reading(data: bytes, max_pixels: int, max_side: int = READ_SIZE) 
     if orientation in _UPRIGHT:
         work = work.transpose(_UPRIGHT[orientation])
     work.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-    return Decoded(width=work.width, height=work.height, rgb=work)
+    return Decoded(width=work.width, height=work.height, rgb=work), fmt, stored

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,14 @@ import pyarrow.dataset as ds
 from PIL import Image
 
 from npimage.fv import FeatureExtractor
-from npimage.ingest.decode import ImageError, decode, read_all
+from npimage.ingest.decode import (
+    Decoded,
+    ImageError,
+    decode,
+    decode_both,
+    decode_for_reading,
+    read_all,
+)
 from npimage.ingest.thumbnail import thumbnail_jpeg
 from npimage.matching.detail import DETAIL_BYTES, DETAIL_VERSION, detail_signature
 from npimage.matching.detail import is_current as detail_is_current
@@ -52,6 +59,15 @@ class BatchResult:
 
 
 Row = dict[str, Any]
+
+
+class CodeSink(Protocol):
+    """Reads the codes of a batch's images from the pictures the batch decodes
+    (npimage.reading.stage.BatchCodes): one read and one decode per image for both."""
+
+    def wanted(self, base: Row, sha: str) -> bool: ...
+    def read(self, base: Row, sha: str, picture: Decoded | Exception) -> None: ...
+    def failed(self, base: Row, exc: BaseException) -> None: ...
 
 
 def is_current(row: dict[str, Any]) -> bool:
@@ -133,11 +149,39 @@ def _set_hashes(rows: list[Row], greys: list[np.ndarray]) -> None:
         row["ahash"], row["dhash"], row["phash"] = ah, dh, ph
 
 
+def _decode(data: bytes, max_pixels: int, base: Row, sha: str,
+            codes: CodeSink | None) -> Decoded:
+    """The working copy of `data`; with `codes`, the codes read from the same decode too."""
+    if codes is None or not codes.wanted(base, sha):
+        return decode(data, max_pixels)
+    try:
+        img, full = decode_both(data, max_pixels)
+    except ImageError as exc:
+        codes.failed(base, exc)
+        raise
+    codes.read(base, sha, full)
+    return img
+
+
+def _codes_only(data: bytes, max_pixels: int, base: Row, sha: str, codes: CodeSink) -> None:
+    """Codes of an image whose signature is reused (its bytes unchanged)."""
+    if codes.wanted(base, sha):
+        try:
+            picture: Decoded | Exception = decode_for_reading(data, max_pixels)
+        except Exception as exc:  # the reused signature stands; the read is counted failed
+            picture = exc
+        codes.read(base, sha, picture)
+
+
 def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rejects: Path, *,
                   extractor: FeatureExtractor | None, max_pixels: int,
                   read_timeout: float,
-                  progress: Callable[[int], None] | None = None) -> BatchResult:
-    """Compute the signatures of one batch of catalog rows and write them atomically."""
+                  progress: Callable[[int], None] | None = None,
+                  codes: CodeSink | None = None) -> BatchResult:
+    """Compute the signatures of one batch of catalog rows and write them atomically.
+
+    `codes`: also read each image's codes (pack reading on), from the same read and decode.
+    """
     rows = read_table(batch, CATALOG).to_pylist()
     prior_rows = _prior_rows(prior, [r["image_id"] for r in rows])
     sigs, rejects = _Rows(SIGNATURES), _Rows(REJECTS)
@@ -151,14 +195,18 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
         base = {"client_id": cat["client_id"], "image_id": cat["image_id"], "uri": cat["uri"]}
         try:
             if isinstance(data, ImageError):
+                if codes is not None:
+                    codes.failed(base, data)
                 raise data
             sha, size = hashlib.sha256(data).hexdigest(), len(data)
             old = prior_rows.get(cat["image_id"])
             if old is not None and _reusable(old, sha, size, extractor):
+                if codes is not None:
+                    _codes_only(data, max_pixels, base, sha, codes)
                 sigs.add(old)
                 reused += 1
                 continue
-            img = decode(data, max_pixels)
+            img = _decode(data, max_pixels, base, sha, codes)
             grey, detail, thumb = pixel_features(img.rgb)
         except ImageError as exc:
             rejects.add({**base, "stage": "signatures", "reason": str(exc)})

@@ -49,8 +49,9 @@ def box_thumbnail(rgb: Image.Image) -> Image.Image:
     """The small copy `content_box` works on: at most BOX_SIDE, aspect kept, BOX filter.
 
     The signature stage makes it once per image and shares it (the hashes' grey copy is
-    made from it too)."""
-    small = rgb.copy()
+    made from it too). `thumbnail` works in place: it gets a new Image over `rgb`'s pixels,
+    not a copy of them, and swaps in its resized pixels without writing into `rgb`'s."""
+    small = rgb._new(rgb.im)
     small.thumbnail((BOX_SIDE, BOX_SIDE), Image.Resampling.BOX)
     return small
 

@@ -137,62 +137,181 @@ def _reuse(prior: Location | None, reader: str, ids: list[str]) -> tuple[dict, p
     return {r["image_id"]: r for r in reads.to_pylist()}, rows
 
 
+class _Reads:
+    """What one reader read of one batch: result rows, one read row per image read, the
+    image ids whose prior read is kept, failures; written by `write`."""
+
+    def __init__(self, ctx: RunContext, kind: str, ids: list[str]) -> None:
+        self.ctx, self.kind = ctx, kind
+        self.version = _versions()[kind]
+        self.prior_reads, self.prior_rows = _reuse(_prior(ctx), kind, ids)
+        self.out_rows: list[dict] = []
+        self.reads: list[dict] = []
+        self.keep_prior: list[str] = []
+        self.failed = 0
+        self.now = datetime.now(UTC)
+
+    def prior(self, image_id: str) -> dict | None:
+        """The baseline's read of this image by this reader's current version, if any."""
+        old = self.prior_reads.get(image_id)
+        return old if old is not None and old["version"] == self.version else None
+
+    def keep(self, old: dict) -> None:
+        self.reads.append(old)
+        self.keep_prior.append(old["image_id"])
+
+    def add(self, base: dict, sha: str, size: tuple[int, int], rows: list[dict]) -> None:
+        self.out_rows.extend(rows)
+        self.reads.append({**base, "sha256": sha, "reader": self.kind, "version": self.version,
+                           "n_found": len(rows), "width": size[0], "height": size[1],
+                           "computed_at": self.now})
+
+    def fail(self, image_id: str, exc: BaseException) -> None:
+        self.failed += 1
+        log.warning("%s: %s not read: %s", self.kind, image_id, exc)
+
+    def write(self, name: str) -> dict[str, int]:
+        """Write reading/<kind>/<name> and reading/reads/<kind>-<name>; return the counts."""
+        schema = IMAGE_CODES if self.kind == "codes" else IMAGE_TEXT
+        table = pa.Table.from_pylist(self.out_rows, schema=schema)
+        if self.prior_rows is not None and self.keep_prior:
+            kept = self.prior_rows.filter(pc.is_in(self.prior_rows["image_id"],
+                                                   pa.array(self.keep_prior)))
+            table = pa.concat_tables([table, kept.cast(schema)])
+        write_table(table, _dir(self.ctx) / self.kind / name, schema)
+        write_table(pa.Table.from_pylist(self.reads, schema=IMAGE_READS),
+                    _dir(self.ctx) / "reads" / f"{self.kind}-{name}", IMAGE_READS)
+        return {"read": len(self.reads) - len(self.keep_prior), "reused": len(self.keep_prior),
+                "failed": self.failed, "found": table.num_rows}
+
+
 def _read_batch(ctx: RunContext, batch: Location, reader: str,
                 progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Read one batch of catalog rows with one reader; write result and read rows."""
     settings = ctx.settings
     kind = "codes" if reader == "codes" else "text"
-    schema = IMAGE_CODES if kind == "codes" else IMAGE_TEXT
     cat = read_table(batch, CATALOG).to_pylist()
-    version = _versions()[kind]
-    prior_reads, prior_rows = _reuse(_prior(ctx), kind, [r["image_id"] for r in cat])
-    out_rows: list[dict] = []
-    reads: list[dict] = []
-    keep_prior: list[str] = []
-    failed = 0
-    now = datetime.now(UTC)
+    acc = _Reads(ctx, kind, [r["image_id"] for r in cat])
     for r in cat:
         base = {"client_id": r["client_id"], "image_id": r["image_id"]}
         try:
-            old = prior_reads.get(r["image_id"])
-            if old is not None and old["version"] == version:
+            old = acc.prior(r["image_id"])
+            if old is not None:
                 from npimage.ingest.decode import read_bytes
 
                 sha = hashlib.sha256(read_bytes(r["uri"], settings.read_timeout)).hexdigest()
                 if sha == old["sha256"]:
-                    reads.append(old)
-                    keep_prior.append(r["image_id"])
+                    acc.keep(old)
                     continue
-            sha, (w, h), rows = read_image(r["uri"], kind, max_pixels=settings.max_pixels,
-                                           read_timeout=settings.read_timeout, base=base)
+            sha, size, rows = read_image(r["uri"], kind, max_pixels=settings.max_pixels,
+                                         read_timeout=settings.read_timeout, base=base)
         except Exception as exc:
-            failed += 1
-            log.warning("%s: %s not read: %s", kind, r["image_id"], exc)
+            acc.fail(r["image_id"], exc)
             continue
         finally:
             if progress:
                 progress(1)
-        out_rows.extend(rows)
-        reads.append({**base, "sha256": sha, "reader": kind, "version": version,
-                      "n_found": len(rows), "width": w, "height": h, "computed_at": now})
-    table = pa.Table.from_pylist(out_rows, schema=schema)
-    if prior_rows is not None and keep_prior:
-        kept = prior_rows.filter(pc.is_in(prior_rows["image_id"], pa.array(keep_prior)))
-        table = pa.concat_tables([table, kept.cast(schema)])
-    write_table(table, _dir(ctx) / kind / batch.name, schema)
-    write_table(pa.Table.from_pylist(reads, schema=IMAGE_READS),
-                _dir(ctx) / "reads" / f"{kind}-{batch.name}", IMAGE_READS)
-    return {"read": len(reads) - len(keep_prior), "reused": len(keep_prior), "failed": failed,
-            "found": table.num_rows}
+        acc.add(base, sha, size, rows)
+    return acc.write(batch.name)
+
+
+class BatchCodes:
+    """The codes of one planned batch, read by the signature stage from its own decode.
+
+    With codes on, `pipeline.signatures` hands one to `compute_batch`, which reads and
+    decodes each image once for its signature, its thumbnail and its codes (the readers'
+    full-size picture; npimage.ingest.decode.decode_both). `done` writes the same files as
+    the read_codes stage, plus a marker holding the batch's key: the read_codes stage of
+    that batch then takes them over instead of reading and decoding every image again.
+    A batch whose signatures were resumed from disk has no marker and is read by the
+    read_codes stage as before. Reuse of the baseline's reads is the same as there (same
+    sha256 and reader version).
+    """
+
+    def __init__(self, ctx: RunContext, batch: Location, key: str) -> None:
+        self.batch, self.key = batch, key
+        self.acc = _Reads(ctx, "codes", read_table(batch, CATALOG, ["image_id"])[
+            "image_id"].to_pylist())
+
+    def wanted(self, base: dict, sha: str) -> bool:
+        """Whether this image must be read (else its baseline read is kept, now)."""
+        old = self.acc.prior(base["image_id"])
+        if old is not None and old["sha256"] == sha:
+            self.acc.keep(old)
+            return False
+        return True
+
+    def read(self, base: dict, sha: str, picture: Any) -> None:
+        """Read the codes on `picture` (a Decoded at the readers' size, or the ImageError
+        its decode raised); a failure is counted and logged, as in read_codes."""
+        base = {"client_id": base["client_id"], "image_id": base["image_id"]}
+        try:
+            if isinstance(picture, Exception):
+                raise picture
+            rows = _code_rows({**base, "sha256": sha}, grey(np.asarray(picture.rgb)))
+        except Exception as exc:
+            self.acc.fail(base["image_id"], exc)
+            return
+        self.acc.add(base, sha, (picture.width, picture.height), rows)
+
+    def failed(self, base: dict, exc: BaseException) -> None:
+        """An image the signature stage could not read or decode."""
+        self.acc.fail(base["image_id"], exc)
+
+    def done(self) -> dict[str, int]:
+        """Write the batch's codes and reads, then its marker; return the counts."""
+        counts = self.acc.write(self.batch.name)
+        write_text_atomic(_marker(self.acc.ctx, self.batch.name),
+                          json.dumps({**counts, "key": self.key}))
+        return counts
+
+
+def codes_key(signature_key: str) -> str:
+    """The key of a batch's codes: its signature key (catalog rows, pixel limit) and the
+    code reader's version."""
+    return hashlib.sha256(f"{signature_key} {_versions()['codes']}".encode()).hexdigest()
+
+
+def _marker(ctx: RunContext, name: str) -> Location:
+    return _dir(ctx) / "done" / f"codes-{name.removesuffix('.parquet')}.json"
+
+
+def batch_codes(ctx: RunContext, batch: Location, signature_key: str) -> BatchCodes | None:
+    """A BatchCodes for the signature stage when this run reads codes, else None."""
+    if "codes" not in readers(ctx):
+        return None
+    return BatchCodes(ctx, batch, codes_key(signature_key))
+
+
+def _taken_over(ctx: RunContext, batch: Location) -> dict[str, int] | None:
+    """The counts of a batch whose codes the signature stage read (marker with this
+    batch's key and both files present), else None."""
+    from npimage import resume
+
+    try:
+        done = json.loads(_marker(ctx, batch.name).read_text())
+    except (OSError, ValueError):
+        return None
+    key = codes_key(resume.batch_key(ctx, batch, ctx.settings.max_pixels))
+    files = (_dir(ctx) / "codes" / batch.name, _dir(ctx) / "reads" / f"codes-{batch.name}")
+    if done.get("key") != key or not all(f.is_file() for f in files):
+        return None
+    return {k: int(done.get(k, 0)) for k in ("read", "reused", "failed", "found")}
 
 
 # -- stages ------------------------------------------------------------------------------
 
 def read_codes(ctx: RunContext, batch: str,
                progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Codes of the images of one planned batch (the signature batches)."""
+    """Codes of the images of one planned batch (the signature batches): taken over when
+    the signature stage read them already (`BatchCodes`), else read here."""
     if "codes" not in readers(ctx):
         return {"read": 0, "reused": 0, "failed": 0, "found": 0}
+    done = _taken_over(ctx, location(batch))
+    if done is not None:  # read by the signature stage from its decode
+        if progress:
+            progress(num_rows(batch))
+        return done
     return _read_batch(ctx, location(batch), "codes", progress)
 
 
