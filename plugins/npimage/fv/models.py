@@ -130,8 +130,12 @@ class HubExtractor:
         self.dim = int(self._run(np.zeros((1, input_size, input_size, 3), np.uint8)).shape[1])
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
-        """Model output for a uint8 batch [N, S, S, 3], as float32 [N, D]."""
-        out = self._run_model(pixels.astype(np.float32) / np.float32(255.0))
+        """Model output for a uint8 batch [N, S, S, 3], as float32 [N, D]. A runner that
+        takes uint8 pixels itself (`takes_uint8`, "tflite-qs8") gets them as they are."""
+        if getattr(self._run_model, "takes_uint8", False):
+            out = self._run_model(pixels)
+        else:
+            out = self._run_model(pixels.astype(np.float32) / np.float32(255.0))
         return np.asarray(out, np.float32).reshape(len(pixels), -1)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:

@@ -11,7 +11,10 @@ else "tflite-fp32"; docs/FV.md "Engines"):
   (AVX512-BF16 or AMX); elsewhere it falls back to "tf-fp32";
 - "tflite-fp32": the same graph converted to TF Lite, float32 weights;
 - "tflite-fp16": weights stored as float16 (half the file; computed in float32);
-- "tflite-int8": dynamic-range quantisation (int8 weights, activations quantised per call).
+- "tflite-int8": dynamic-range quantisation (int8 weights, activations quantised per call);
+- "tflite-qs8": full-integer quantisation (int8 weights and activations, uint8 pixels in:
+  XNNPACK's QS8 kernels, VNNI where the CPU has it), activation ranges calibrated on
+  `calibration` pictures (synthetic, made here: no data set is needed or shipped).
 
 The conversion takes the function that `hub.load` gave (any TF Hub or SavedModel model,
 not only the default), fixes its input to [N, S, S, 3] float32, freezes its variables and
@@ -36,7 +39,7 @@ import numpy as np
 
 from npimage.fv.quiet import tensorflow
 
-ENGINES = ("tf-fp32", "tf-bf16", "tflite-fp32", "tflite-fp16", "tflite-int8")
+ENGINES = ("tf-fp32", "tf-bf16", "tflite-fp32", "tflite-fp16", "tflite-int8", "tflite-qs8")
 #: Other names accepted for an engine.
 ALIASES = {"tf": "tf-fp32"}
 #: CPU flags (/proc/cpuinfo) of a native bfloat16 dot product.
@@ -48,6 +51,13 @@ DEFAULT_ENGINE = "auto"
 VERSION = 1
 #: Least cosine between converted and SavedModel vectors on the probe pictures.
 MIN_COSINE = 0.99
+#: The same for "tflite-qs8": 8-bit activations move vectors more (least cosine 0.97 on
+#: the grocery photos, 0.94 on the probe's stripes and ramps, outside the calibrated
+#: ranges; recall@1 within half a point of tf-fp32, docs/FV.md "Speed"). Unrelated photos
+#: have cosines around 0.6 (ReLU6 features), so a broken conversion still fails this.
+MIN_COSINE_QS8 = 0.9
+#: Pictures the "tflite-qs8" activation ranges are calibrated on (`calibration`).
+CALIBRATION_PICTURES = 96
 #: Pictures per interpreter call (XNNPACK is as fast at 1 as at 16; 1 needs no padding).
 BATCH = 1
 
@@ -118,17 +128,74 @@ def _write_atomic(path: Path, data: bytes) -> None:
             os.unlink(tmp)
 
 
+def calibration(size: int, n: int = CALIBRATION_PICTURES, seed: int = 15) -> np.ndarray:
+    """`n` product-photo-like uint8 pictures [n, size, size, 3] to calibrate "tflite-qs8".
+
+    Deterministic and made here (no data set at conversion time, none shipped): mostly
+    white backgrounds (some plain coloured) with filled boxes, ellipses, colour ramps and
+    printed text, light sensor noise and blur - the value ranges and edges of catalogue
+    photos. Measured against calibrating on real photos (grocery-store Fruit and
+    Vegetables, scikit-image's photos): the same recall@1 within 0.3 points (docs/FV.md).
+    """
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0.0, 1.0, size, dtype=np.float32)[None, :, None]
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        img = np.empty((size, size, 3), np.uint8)
+        img[:] = 255 if i % 4 else rng.integers(0, 256, 3)
+        for _ in range(int(rng.integers(2, 8))):
+            _calibration_shape(img, rng, ramp)
+        noisy = img + rng.normal(0.0, rng.random() * 12.0, img.shape)
+        out[i] = cv2.GaussianBlur(np.clip(noisy, 0, 255).astype(np.uint8), (0, 0),
+                                  0.3 + 1.5 * rng.random())
+    return out
+
+
+def _calibration_shape(img: np.ndarray, rng: np.random.Generator, ramp: np.ndarray) -> None:
+    """Draw one random box, ellipse, text block or colour ramp into `img` (in place)."""
+    import cv2
+
+    size = img.shape[0]
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    x0, y0 = (int(v) for v in rng.integers(0, size, 2))
+    w, h = (int(v) for v in rng.integers(size // 8, size * 2 // 3, 2))
+    kind = int(rng.integers(0, 4))
+    if kind == 0:
+        cv2.rectangle(img, (x0, y0), (x0 + w, y0 + h), colour, -1)
+    elif kind == 1:
+        cv2.ellipse(img, (x0, y0), (w // 2, h // 2), float(rng.random() * 180), 0, 360,
+                    colour, -1)
+    elif kind == 2:
+        for line in range(int(rng.integers(3, 12))):
+            cv2.putText(img, "ABC123xyz"[: int(rng.integers(2, 9))], (x0, y0 + 14 * line),
+                        int(rng.integers(0, 7)), float(0.3 + rng.random()), colour,
+                        int(rng.integers(1, 3)))
+    else:
+        other = rng.integers(0, 256, 3)
+        grad = (ramp * np.array(colour) + (1 - ramp) * other).astype(np.uint8)
+        box = (slice(y0, y0 + h), slice(x0, x0 + w))
+        img[box] = np.broadcast_to(grad, img.shape)[box]
+
+
 def convert(fn: Any, trackable: Any, size: int, engine: str) -> bytes:
-    """The .tflite bytes of `fn` (uint8-free: float32 [N, size, size, 3] -> [N, D])."""
+    """The .tflite bytes of `fn`: float32 [N, size, size, 3] in [0, 1] -> [N, D]
+    ("tflite-qs8": uint8 pixels in, the quantisation of [0, 1] being 1/255)."""
     tf = tensorflow()
 
     spec = tf.TensorSpec([None, size, size, 3], tf.float32, name="images")
     concrete = tf.function(fn).get_concrete_function(spec)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)
-    if engine in ("tflite-fp16", "tflite-int8"):
+    if engine in ("tflite-fp16", "tflite-int8", "tflite-qs8"):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if engine == "tflite-fp16":
         converter.target_spec.supported_types = [tf.float16]
+    if engine == "tflite-qs8":
+        pictures = calibration(size).astype(np.float32) / np.float32(255.0)
+        converter.representative_dataset = lambda: ([p[None]] for p in pictures)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
     data: bytes = converter.convert()
     return data
 
@@ -150,10 +217,17 @@ class LiteModel:
                                                 ["shape_signature"][1:]])
         self._it.allocate_tensors()
         self._lock = threading.Lock()  # an interpreter runs one call at a time
-        self.size = int(self._it.get_input_details()[0]["shape"][1])
+        details = self._it.get_input_details()[0]
+        self.size = int(details["shape"][1])
+        scale, zero = details["quantization"]
+        #: uint8 pixels go in as they are ("tflite-qs8": [0, 1] quantised with scale 1/255).
+        self.takes_uint8 = bool(details["dtype"] == np.uint8 and zero == 0
+                                and abs(scale * 255.0 - 1.0) < 1e-6)
+        self._quantised = details["dtype"] != np.float32
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """Float32 [N, D] of a float32 batch [N, S, S, 3] in [0, 1]."""
+        """Float32 [N, D] of a batch [N, S, S, 3]: float32 in [0, 1], or uint8 pixels."""
+        pixels = self._input(pixels)
         rows = []
         with self._lock:
             for start in range(0, len(pixels), BATCH):
@@ -163,6 +237,18 @@ class LiteModel:
         if not rows:
             return np.zeros((0, 0), np.float32)
         return np.concatenate(rows).astype(np.float32, copy=False)
+
+    def _input(self, pixels: np.ndarray) -> np.ndarray:
+        """`pixels` in the dtype the model takes (uint8 and float32 [0, 1] both accepted)."""
+        if self.takes_uint8:
+            if pixels.dtype == np.uint8:
+                return pixels
+            return np.clip(np.rint(pixels * np.float32(255.0)), 0, 255).astype(np.uint8)
+        if self._quantised:
+            raise ValueError("TF Lite model with a quantised input other than uint8 pixels")
+        if pixels.dtype == np.uint8:
+            return pixels.astype(np.float32) / np.float32(255.0)
+        return pixels
 
 
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -188,7 +274,7 @@ def build(fn: Any, trackable: Any, size: int, engine: str, cache_dir: Path, key:
         want = np.asarray(fn(tf.constant(pictures)), np.float32).reshape(len(pictures), -1)
         got = lite(pictures)
         agreement = float(cosines(got, want).min()) if got.shape == want.shape else -1.0
-        if not agreement >= MIN_COSINE:  # also NaN
+        if not agreement >= (MIN_COSINE_QS8 if engine == "tflite-qs8" else MIN_COSINE):  # also NaN
             raise ValueError(f"vectors differ from the SavedModel's (cosine {agreement:.4f}, "
                              f"shapes {got.shape} vs {want.shape})")
     except Exception as exc:
