@@ -433,7 +433,14 @@ def test_engine_setting(monkeypatch):
     assert tflite.engine_setting("tflite-fp16") == "tflite-fp16"
     monkeypatch.delenv("NPIMAGE_FV_ENGINE")
     auto = "tf-bf16" if tflite.bf16_supported() else "tflite-fp32"
+    auto = "tflite-qs8" if tflite.vnni_supported() else auto
     assert tflite.engine_setting() == tflite.engine_setting("auto") == auto
+    for flags, want in ((["avx2", "avx512_vnni", "avx512_bf16"], "tflite-qs8"),
+                        (["avx2", "avx_vnni"], "tflite-qs8"),
+                        (["avx2", "avx512_bf16"], "tf-bf16"), (["avx2"], "tflite-fp32"),
+                        ([], "tflite-fp32")):
+        monkeypatch.setattr(tflite, "cpu_flags", lambda flags=flags: flags)
+        assert tflite.engine_setting("auto") == want, flags
     with pytest.raises(ValueError, match="unknown FV engine"):
         tflite.engine_setting("onnx")
 
