@@ -392,6 +392,26 @@ def test_qs8_takes_uint8_pixels_and_ranks_like_the_saved_model(lite0, model_cach
     assert (sa.argmax(axis=1) == sb.argmax(axis=1)).mean() >= 0.75
 
 
+def test_one_process_converts_at_a_time(tmp_path):
+    """A second loader waits for the first one's conversion (then opens its file)."""
+    import threading
+
+    entered = threading.Event()
+
+    def second() -> None:
+        with tflite.converting(tmp_path, "k", "tflite-qs8"):
+            entered.set()
+
+    with tflite.converting(tmp_path, "k", "tflite-qs8"):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        assert not entered.wait(0.3)  # held by the first
+    waiter.join(5)
+    assert entered.is_set()
+    with tflite.converting(tmp_path / "none", "k", "tf-bf16"):  # TensorFlow engines: no lock
+        assert not (tmp_path / "none").exists()
+
+
 def test_calibration_pictures_are_fixed_and_photo_like():
     one, two = tflite.calibration(64, 6), tflite.calibration(64, 6)
     np.testing.assert_array_equal(one, two)  # the same model from every conversion

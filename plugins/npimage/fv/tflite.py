@@ -28,10 +28,13 @@ or graph digest) and the engine, so a process that finds them skips conversion a
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +112,32 @@ def paths(cache_dir: Path, key: str, engine: str) -> tuple[Path, Path, Path]:
     """(.tflite file, its .json facts, the .failed marker) of a model key and engine."""
     stem = Path(cache_dir) / "tflite" / f"{key}-{engine}-v{VERSION}"
     return stem.with_suffix(".tflite"), stem.with_suffix(".json"), stem.with_suffix(".failed")
+
+
+@contextmanager
+def converting(cache_dir: Path, key: str, engine: str) -> Iterator[None]:
+    """Hold the model cache's lock of this key and engine (a no-op for "tf-*" engines).
+
+    Workers of one run start together on a cold cache: one converts (15 CPU s for
+    "tflite-qs8"), the others wait here and then open its file instead of converting it
+    again on the same cores. An advisory `flock`, released when its holder ends.
+    """
+    if not is_tflite(engine):
+        yield
+        return
+    lock = paths(cache_dir, key, engine)[0].with_suffix(".lock")
+    try:
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a")  # noqa: SIM115 - closed below
+    except OSError:  # a read-only cache of converted models: nothing to convert into
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def failed(cache_dir: Path, key: str, engine: str) -> bool:
