@@ -40,7 +40,7 @@ from typing import Any
 
 import numpy as np
 
-from npimage.fv.quiet import tensorflow
+from npimage.fv.quiet import lite_output, tensorflow
 
 ENGINES = ("tf-fp32", "tf-bf16", "tflite-fp32", "tflite-fp16", "tflite-int8", "tflite-qs8")
 #: Other names accepted for an engine.
@@ -240,7 +240,8 @@ def convert(fn: Any, trackable: Any, size: int, engine: str) -> bytes:
         converter.representative_dataset = lambda: ([p[None]] for p in pictures)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         converter.inference_input_type = tf.uint8
-    data: bytes = converter.convert()
+    with lite_output():  # its flags, the quantiser's summary: not for the task log
+        data: bytes = converter.convert()
     return data
 
 
@@ -252,14 +253,14 @@ class LiteModel:
 
         tf = tensorflow()
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
-        with warnings.catch_warnings():  # tf.lite.Interpreter warns of its future move
-            warnings.simplefilter("ignore")
+        with warnings.catch_warnings(), lite_output():  # "Created ... XNNPACK delegate"
+            warnings.simplefilter("ignore")  # tf.lite.Interpreter warns of its future move
             self._it = tf.lite.Interpreter(model_content=content, num_threads=threads)
-        self._in = self._it.get_input_details()[0]["index"]
-        self._out = self._it.get_output_details()[0]["index"]
-        self._it.resize_tensor_input(self._in, [BATCH, *self._it.get_input_details()[0]
-                                                ["shape_signature"][1:]])
-        self._it.allocate_tensors()
+            self._in = self._it.get_input_details()[0]["index"]
+            self._out = self._it.get_output_details()[0]["index"]
+            self._it.resize_tensor_input(self._in, [BATCH, *self._it.get_input_details()[0]
+                                                    ["shape_signature"][1:]])
+            self._it.allocate_tensors()
         self._lock = threading.Lock()  # an interpreter runs one call at a time
         details = self._it.get_input_details()[0]
         self.size = int(details["shape"][1])
