@@ -16,9 +16,11 @@ setting NPIMAGE_FV_ENGINE, else npimage.fv.tflite.DEFAULT_ENGINE).
 --options adds a table of what TensorFlow offers on CPUs, each in fresh processes (thread
 pools are fixed when TensorFlow starts), on the first --option-limit photos already fitted
 (fit_square is timed on its own row): engine (TensorFlow on the SavedModel: float32, XLA
-compiled, or oneDNN bfloat16; TF Lite with XNNPACK at fp32, fp16 weights or dynamic-range
-int8), threads, and batch size. Columns: images/s of one process, CPU ms per image (less
-sensitive to other load on the machine), images/s of two such processes at once (the
+compiled, or oneDNN bfloat16; TF Lite with XNNPACK at fp32, fp16 weights, dynamic-range
+int8 or full-integer qs8), threads, and batch size; the time runs from the fitted uint8
+pixels (their conversion to float32 included, which qs8 does not need) to the vectors.
+Columns: images/s of one process, CPU ms per image (less sensitive to other load on the
+machine), images/s of two such processes at once (the
 2-worker case), the least cosine of its vectors with the first row's ("tf-fp32"), and the
 start-up: TensorFlow's import
 and the model's load from the warm cache. Usage:
@@ -111,7 +113,8 @@ def stage_runner(paths: list[Path], workdir: Path):
 #: --option-engines.
 OPTIONS = (("tf-fp32", 1, 32), ("tf-fp32", 2, 8), ("tf-fp32", 2, 32), ("tf-fp32", 2, 64),
            ("tf-xla", 2, 32), ("tf-bf16", 1, 32), ("tf-bf16", 2, 32), ("tflite-fp32", 1, 1),
-           ("tflite-fp32", 2, 1), ("tflite-fp16", 1, 1), ("tflite-int8", 1, 1))
+           ("tflite-fp32", 2, 1), ("tflite-fp16", 1, 1), ("tflite-int8", 1, 1),
+           ("tflite-qs8", 1, 1), ("tflite-qs8", 2, 1))
 
 
 def option_child(args: argparse.Namespace) -> int:
@@ -126,16 +129,15 @@ def option_child(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     extractor = load(args.model, args.cache, engine="tf-fp32" if engine == "tf-xla" else engine)
     load_s = time.perf_counter() - t0
-    run = extractor._run_model  # float32 [N, S, S, 3] in [0, 1] -> [N, D]
+    run = extractor._run  # uint8 [N, S, S, 3] -> [N, D], the pixels' conversion included
     if engine == "tf-xla":  # a measurement only, not an engine
         from npimage.fv.models import features_fn
 
         size = extractor.input_size
         fn = tf.function(features_fn(extractor._obj), jit_compile=True, input_signature=[
             tf.TensorSpec([None, size, size, 3], tf.float32)])
-        run = lambda px: fn(tf.constant(px)).numpy()  # noqa: E731
-    pixels = np.load(args.pixels)
-    x = pixels.astype(np.float32) / np.float32(255.0)
+        run = lambda px: fn(tf.constant(px.astype(np.float32) / 255.0)).numpy()  # noqa: E731
+    x = np.load(args.pixels)
     b = int(batch)
 
     def embed() -> np.ndarray:

@@ -130,8 +130,12 @@ class HubExtractor:
         self.dim = int(self._run(np.zeros((1, input_size, input_size, 3), np.uint8)).shape[1])
 
     def _run(self, pixels: np.ndarray) -> np.ndarray:
-        """Model output for a uint8 batch [N, S, S, 3], as float32 [N, D]."""
-        out = self._run_model(pixels.astype(np.float32) / np.float32(255.0))
+        """Model output for a uint8 batch [N, S, S, 3], as float32 [N, D]. A runner that
+        takes uint8 pixels itself (`takes_uint8`, "tflite-qs8") gets them as they are."""
+        if getattr(self._run_model, "takes_uint8", False):
+            out = self._run_model(pixels)
+        else:
+            out = self._run_model(pixels.astype(np.float32) / np.float32(255.0))
         return np.asarray(out, np.float32).reshape(len(pixels), -1)
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
@@ -306,22 +310,29 @@ def _model_id(spec: str, digest: str | None, engine: str, fit: str, size: int) -
 def _open(spec: str, cache_dir: Path, fit: str, engine: str) -> HubExtractor:
     """Resolve `spec`, load it with the engine asked (or "tf-fp32" as the fallback), wrap it."""
     tensorflow()  # first: TensorFlow's start-up noise stays out of the task log
-    import tensorflow_hub as hub
-
     configure_threads()
     handle, digest, size = _resolve(spec, cache_dir)
     key = cache_key(spec, digest)
-    if tflite.is_tflite(engine) and tflite.failed(cache_dir, key, engine):
-        engine = "tf-fp32"
     if engine == "tf-bf16" and not tflite.bf16_supported():
         log.warning("FV engine tf-bf16: this CPU has no bfloat16 (%s); using tf-fp32",
                     "/".join(tflite.BF16_FLAGS))
         engine = "tf-fp32"
-    if tflite.is_tflite(engine):
-        lite = tflite.cached(cache_dir, key, engine, cpu_share())
-        if lite is not None:  # converted before: no hub.load at all
-            return HubExtractor(lite, _model_id(spec, digest, engine, fit, lite.size),
-                                lite.size, fit, engine=engine)
+    with tflite.converting(cache_dir, key, engine):  # one converter per cache at a time
+        if tflite.is_tflite(engine) and tflite.failed(cache_dir, key, engine):
+            engine = "tf-fp32"
+        if tflite.is_tflite(engine):
+            lite = tflite.cached(cache_dir, key, engine, cpu_share())
+            if lite is not None:  # converted before (or while waiting): no hub.load at all
+                return HubExtractor(lite, _model_id(spec, digest, engine, fit, lite.size),
+                                    lite.size, fit, engine=engine)
+        return _open_saved_model(spec, cache_dir, fit, engine, handle, digest, size, key)
+
+
+def _open_saved_model(spec: str, cache_dir: Path, fit: str, engine: str, handle: str,
+                      digest: str | None, size: int | None, key: str) -> HubExtractor:
+    """`hub.load` the model and run it with `engine` (converting it for "tflite-*")."""
+    import tensorflow_hub as hub
+
     with _hub_cache(cache_dir):
         obj = hub.load(handle)
     size = size or _declared_size(obj) or DEFAULT_INPUT_SIZE

@@ -21,6 +21,8 @@ import re
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 #: TensorFlow start-up lines that say nothing about this job (a CPU-only machine is normal).
@@ -31,7 +33,16 @@ STARTUP_NOISE = re.compile(
     r"To enable the following instructions:|rebuild TensorFlow with the appropriate|"
     r"failed call to cuInit|Unable to register cu(DNN|FFT|BLAS) factory|TF-TRT Warning")
 
+#: What TF Lite's converter and interpreter write to file descriptor 2 on every conversion
+#: or model load (converter flags it ignores, the quantiser's summary, the SavedModel
+#: reader's progress, "Created TensorFlow Lite XNNPACK delegate for CPU").
+LITE_NOISE = re.compile(
+    r"(tf_tfl_flatbuffer_helpers|reader|loader|mlir_graph_optimization_pass|dump_mlir_util|"
+    r"tf_tfl_translate|flatbuffer_export)\.cc:\d+\]|"
+    r"^fully_quantize: |Created TensorFlow Lite XNNPACK delegate")
+
 _LOCK = threading.Lock()
+_CAPTURE = threading.Lock()
 
 
 def verbose() -> bool:
@@ -82,9 +93,31 @@ def tensorflow() -> ModuleType:
     return tf
 
 
-def _replay(text: str) -> None:
-    """Write back to stderr every captured line that is not known start-up noise."""
-    kept = [line for line in text.splitlines() if line.strip() and not STARTUP_NOISE.search(line)]
+@contextmanager
+def lite_output() -> Iterator[None]:
+    """Run the block (a TF Lite conversion or interpreter creation) with file descriptor 2
+    captured: `LITE_NOISE` lines are dropped, anything else is written back to stderr.
+    Nothing is captured with NPIMAGE_TF_VERBOSE=1."""
+    if verbose():
+        yield
+        return
+    with _CAPTURE, tempfile.TemporaryFile() as captured:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            _replay(captured.read().decode(errors="replace"), LITE_NOISE)
+
+
+def _replay(text: str, noise: re.Pattern[str] = STARTUP_NOISE) -> None:
+    """Write back to stderr every captured line that is not known noise."""
+    kept = [line for line in text.splitlines() if line.strip() and not noise.search(line)]
     if kept:
         sys.stderr.write("\n".join(kept) + "\n")
         sys.stderr.flush()
