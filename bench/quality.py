@@ -31,6 +31,13 @@ Steps:
 
     .venv/bin/python bench/quality.py [--work bench/out/quality] [--seed 0] [--sources 800]
                                       [--rebuild] [--write-default] [--no-cv] [--no-demo]
+
+Before -> after a refit, and the held-out range (docs/QUALITY.md, "Refit on the version-2
+hashes"): `--measure FILE` (repeatable) replaces steps 3-5 by the exact tables of the given
+weights files, FV on and off (`--pipeline`: plus a run with each, verification included);
+`--heldout N` builds and runs, in bench/out/quality-heldout, stronger edits (HELDOUT_KINDS)
+of N grocery photos that are not sources of the fit set, to measure weights on a range the
+fit never saw.
 """
 
 from __future__ import annotations
@@ -41,8 +48,10 @@ import hashlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -182,6 +191,101 @@ def build_eval_set(out_dir: Path, datasets: Path, n_sources: int, seed: int) -> 
         edits.append(make_edit(src, same[i], out_dir, 2 * i, int(seeds[i, 0])))
         edits.append(make_edit(src, retouch[i], out_dir, 2 * i + 1, int(seeds[i, 1])))
     rows = originals + pdq[1:] + edits
+    write_truth(out_dir, rows)
+    return rows
+
+
+#: The held-out set (--heldout): stronger edits than the fitted ones, of other photos.
+#: (kind, expected band); the same-image kinds go past the fit's range (JPEG q 40-59
+#: against 60-80, scale 0.3-0.5 or 1.5-2 against 0.5-0.8 or 1.2-1.5, a grey copy), the
+#: retouches too (tone 10-20 % against 5-10 %, crop 5-10 % against 1.5-4 %, rotation
+#: 3-5 degrees against 1-3, unsharp mask 150-250 % against 80-150 %; stickers as fitted).
+HELDOUT_KINDS: dict[str, str] = {
+    "recompress q40-59": "same", "resize 0.3-0.5|1.5-2": "same", "grey": "same",
+    "tone 10-20 %": "retouched", "crop 5-10 %": "retouched", "rotate 3-5": "retouched",
+    "sharpen 150-250": "retouched", "sticker": "retouched"}
+
+
+def strong_edit(img, kind: str, rng: np.random.Generator):
+    """The picture of a held-out edit of `img` (PIL RGB), and its JPEG quality."""
+    from npimage_demo.catalogue import retouch
+    from PIL import Image, ImageEnhance, ImageFilter
+
+    sign = (-1, 1)
+    if kind == "recompress q40-59":
+        return img, int(rng.integers(40, 60))
+    if kind == "resize 0.3-0.5|1.5-2":
+        f = float(rng.choice((rng.uniform(0.3, 0.5), rng.uniform(1.5, 2.0))))
+        size = (max(64, round(img.width * f)), max(64, round(img.height * f)))
+        return img.resize(size, Image.Resampling.LANCZOS), 90
+    if kind == "grey":
+        return img.convert("L").convert("RGB"), 90
+    if kind == "tone 10-20 %":
+        b, c = 1 + rng.choice(sign, 2) * rng.uniform(0.1, 0.2, 2)
+        return ImageEnhance.Contrast(ImageEnhance.Brightness(img).enhance(b)).enhance(c), 90
+    if kind == "crop 5-10 %":
+        fx, fy = rng.uniform(0.05, 0.10, size=2)
+        left, top = rng.uniform(0, 1) * fx * img.width, rng.uniform(0, 1) * fy * img.height
+        box = (round(left), round(top), round(img.width * (1 - fx) + left),
+               round(img.height * (1 - fy) + top))
+        return img.crop(box), 90
+    if kind == "rotate 3-5":
+        fill = tuple(int(v) for v in np.asarray(img)[[0, -1]].reshape(-1, 3).mean(axis=0))
+        angle = float(rng.choice(sign) * rng.uniform(3.0, 5.0))
+        return img.rotate(angle, Image.Resampling.BICUBIC, fillcolor=fill), 90
+    if kind == "sharpen 150-250":
+        pct = int(rng.integers(150, 251))
+        return img.filter(ImageFilter.UnsharpMask(radius=2, percent=pct)), 90
+    return retouch(img, kind, rng), 90
+
+
+def build_heldout_set(out_dir: Path, datasets: Path, n_sources: int, seed: int,
+                      fit_sources: int) -> list[Row]:
+    """The held-out set: every original as in the fit set, and HELDOUT_KINDS edits of
+    `n_sources` grocery photos (half Packages) that were NOT sources of the fit set
+    (build_eval_set with seed 0 and `fit_sources`), each photo one same-image edit and
+    one retouch, kinds in balanced turns."""
+    import io
+
+    from PIL import Image
+
+    originals = grocery_rows(datasets / "grocery-store")
+    pdq = pdq_rows(datasets / "pdq-edits")
+    originals.append(pdq[0])
+    fitted = {r.image_id for r in pick_sources(originals, fit_sources, np.random.default_rng(0))}
+    rng = np.random.default_rng(seed)
+    pool = [r for r in originals if r.image_id not in fitted
+            and r.collection in ("packages", "grocery")]
+    sources = []
+    for coll, share in (("packages", n_sources // 2), ("grocery", n_sources - n_sources // 2)):
+        sub = [r for r in pool if r.collection == coll]
+        sources += [sub[i] for i in sorted(rng.choice(len(sub), min(share, len(sub)), False))]
+    same = [k for k, b in HELDOUT_KINDS.items() if b == "same"]
+    ret = [k for k, b in HELDOUT_KINDS.items() if b != "same"]
+    kinds = list(zip(_turns(tuple(same), len(sources), rng),
+                     _turns(tuple(ret), len(sources), rng), strict=True))
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    edits = []
+    for n, (src, pair) in enumerate(zip(sources, kinds, strict=True)):
+        with Image.open(src.uri) as im:
+            img = im.convert("RGB")
+        for m, kind in enumerate(pair):
+            pic, q = strong_edit(img, kind, np.random.default_rng([seed, n, m]))
+            image_id = f"{src.image_id}~{kind.split()[0]}"
+            name = image_id.replace("/", "__") + ".jpg"
+            buf = io.BytesIO()
+            pic.save(buf, "JPEG", quality=q)
+            (out_dir / "images" / name).write_bytes(buf.getvalue())
+            edits.append(Row(image_id, f"{src.product}#{2 * n + m}", f"images/{name}",
+                             src.product, src.group_id, kind, HELDOUT_KINDS[kind],
+                             collection=src.collection))
+    rows = originals + edits  # the pdq variants are fitted pairs: left out
+    write_truth(out_dir, rows)
+    return rows
+
+
+def write_truth(out_dir: Path, rows: list[Row]) -> None:
+    """manifest.csv and truth.csv of an evaluation set (see the module docstring)."""
     write_csv(out_dir / "manifest.csv", ("image_id", "product_id", "uri", "reference"),
               [(r.image_id, r.product_id, r.uri, r.product) for r in rows])
     write_csv(out_dir / "truth.csv",
@@ -190,7 +294,6 @@ def build_eval_set(out_dir: Path, datasets: Path, n_sources: int, seed: int) -> 
               [(r.image_id, r.group_id, r.kind, r.expected_band, r.product,
                 int(r.collection == "packages" and r.kind == "original"), r.collection)
                for r in rows])
-    return rows
 
 
 def write_csv(path: Path, header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -286,7 +389,7 @@ def previous_defaults():
                    source="previous defaults", hashes_only=None)
 
 
-def scorers(weights) -> list[tuple[str, object]]:
+def scorers(weights) -> list[tuple[str, Any]]:
     """The columns of the table: ours with FV, hashes alone, FV alone, previous defaults."""
     from dataclasses import replace
 
@@ -317,7 +420,7 @@ def _same_product_ret(m) -> int:
     return sum(m.neg_bands["same product"][b] for b in ("same", "retouched"))
 
 
-def quality_table(columns: list[tuple[str, object]]) -> str:
+def quality_table(columns: Sequence[tuple[str, Any]]) -> str:
     """Markdown: one row per target, one column per scorer, the POC's claims last."""
     head = "| measure | " + " | ".join(n for n, _ in columns) + " | POC (claimed) |"
     rows = [head, "|" + "---|" * (len(columns) + 2)]
@@ -346,7 +449,8 @@ def kind_table(m) -> str:
     rows = ["| kind | pairs | must reach | recall | " + " | ".join(names) + " |",
             "|" + "---|" * (len(names) + 4)]
     for kind, k in m.by_kind.items():
-        rows.append(f"| {kind} | {k['n']} | {k['expected']} | {_pct(k['recall'])} | "
+        rows.append(f"| {kind.replace('|', '/')} | {k['n']} | {k['expected']} | "
+                    f"{_pct(k['recall'])} | "
                     + " | ".join(str(k["bands"][b]) for b in names) + " |")
     for cls, counts in m.neg_bands.items():
         rows.append(f"| different photos, {cls} | {sum(counts.values())} | - | - | "
@@ -407,6 +511,82 @@ def demo_check(work: Path, weights: Path, seed: int, workers: int | None) -> str
     return "\n".join(lines)
 
 
+# -- measure given weights files (before / after a refit, the held-out set) -------------
+
+def pair_components(ls, a: str, b: str) -> str:
+    """aHash, dHash, pHash bits apart and FV cosine of two images of a labelled set."""
+    where = {str(x): k for k, x in enumerate(ls.ids)}
+    i, j = where[a], where[b]
+    bits = [int(x ^ y).bit_count() for x, y in zip(ls.hashes[i], ls.hashes[j], strict=True)]
+    cos = "" if ls.fv is None else f", cosine {float(ls.fv[i] @ ls.fv[j]):.3f}"
+    return f"aHash {bits[0]}, dHash {bits[1]}, pHash {bits[2]} bits{cos}"
+
+
+def measure_files(args: argparse.Namespace) -> int:
+    """The tables of every weights file of --measure on the built set, FV on and off,
+    without fitting (the same exact measure as the fit's: every pair, every candidate);
+    with --pipeline also a run with each file and what its tables store."""
+    from npimage.matching.scoring import Scorer, load_weights
+    from npimage.quality import fitting
+    from npimage.quality.curves import classes
+
+    t0 = time.perf_counter()
+    ls = labelled(args.work)
+    data = classes(ls, fitting.FitOptions(seed=args.seed))
+    columns = [(f"{Path(f).name}, FV {'on' if fv else 'off'}",
+                fitting.measure(ls, Scorer(load_weights(f), fv), data))
+               for f in args.measure for fv in (True, False)]
+    print(f"\n{args.work}: {len(ls)} images, {len(ls.pos[0])} labelled pairs of one photo, "
+          f"{len(data.neg)} pairs of different photos, {data.cand.n_queries} top-1 queries\n")
+    print(quality_table(columns))
+    for name, m in columns:
+        print(f"\n{name}, per kind:\n")
+        print(kind_table(m))
+        print("\nclosest pairs of different photos:")
+        for a, b, score in m.worst_negatives[:5]:
+            print(f"  {score:.4f}  {a}  {b}  ({pair_components(ls, a, b)})")
+    if args.pipeline:
+        for f in args.measure:
+            print(f"\npipeline with {f}:\n")
+            print(pipeline_view(args.work, Path(f), args.workers))
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def pipeline_view(work: Path, weights: Path, workers: int | None) -> str:
+    """A run with `weights` (compare, verify, merge: the real pipeline) and what it
+    stores: labelled pairs found in band, pairs of different photos per band after
+    verification and the compare score they had before it."""
+    import duckdb
+
+    from npimage.quality.evaluate import planted_found
+
+    named = work / f"weights-{hashlib.sha256(weights.read_bytes()).hexdigest()[:12]}.json"
+    named.write_bytes(weights.read_bytes())
+    info = run(work, str(named), workers)
+    lines = [f"run {info['run_id']}: pairs by band {json.dumps(info['image_pairs_by_band'])}",
+             "", "| kind | pairs | found | in band |", "|---|---|---|---|"]
+    truth = work / "eval" / "truth.csv"
+    for r in planted_found(work / "data" / "warehouse.duckdb", CLIENT, truth):
+        lines.append(f"| {r.kind} | {r.total} | {r.found} | {r.in_band} |")
+    with truth.open(newline="", encoding="utf-8") as fh:
+        group = {r["image_id"]: r["group_id"] for r in csv.DictReader(fh)}
+    con = duckdb.connect(str(work / "data" / "warehouse.duckdb"), read_only=True)
+    rows = con.execute("SELECT image_id, match_image_id, score, score_before, band, "
+                       "verify_reason FROM image_matches WHERE client_id = ? "
+                       "AND image_id < match_image_id AND greatest(score, score_before) >= 0.95",
+                       [CLIENT]).fetchall()
+    con.close()
+    neg = [r for r in rows if group.get(r[0]) != group.get(r[1])]
+    lines.append(f"\npairs of different photos scored >= 0.95 by compare: "
+                 f"{sum(r[3] >= 0.95 for r in neg)}, >= 0.99: {sum(r[3] >= 0.99 for r in neg)}; "
+                 f"stored (after verification) in same: {sum(r[4] == 'same' for r in neg)}, "
+                 f">= 0.95: {sum(r[2] >= 0.95 for r in neg)}")
+    for a, b, score, before, band, reason in sorted(neg, key=lambda r: -r[3])[:8]:
+        lines.append(f"  {before:.4f} -> {score:.4f} {band:<12} {a}  {b}  {reason or ''}")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--work", type=Path, default=REPO / "bench" / "out" / "quality")
@@ -424,7 +604,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the family evaluation (#18): leave-one-product-out and planted "
                          "misfiles on the grocery coarse classes")
     ap.add_argument("--no-families", action="store_true", help="skip the family evaluation")
+    ap.add_argument("--measure", action="append", metavar="FILE",
+                    help="measure this weights file (repeatable) instead of fitting")
+    ap.add_argument("--same-quantiles", metavar="Q,Q",
+                    help="quantiles of same-image pairs tried for the hashes' 0.99 knots "
+                         "(default: FitOptions', 0.005)")
+    ap.add_argument("--pipeline", action="store_true",
+                    help="with --measure: also a pipeline run with each file (verify included)")
+    ap.add_argument("--heldout", type=int, metavar="N",
+                    help="build the held-out set instead: stronger edits of N grocery photos "
+                         "that are not sources of the fit set (default work "
+                         "bench/out/quality-heldout); use with --measure")
     args = ap.parse_args(argv)
+    if args.heldout and args.work == REPO / "bench" / "out" / "quality":
+        args.work = REPO / "bench" / "out" / "quality-heldout"
     args.work = args.work.resolve()
     if not (args.datasets / "grocery-store").is_dir():
         print(f"datasets not found: {args.datasets}", file=sys.stderr)
@@ -435,18 +628,22 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     eval_dir = args.work / "eval"
     if args.rebuild or not (eval_dir / "truth.csv").exists():
-        rows = build_eval_set(eval_dir, args.datasets, args.sources, args.seed)
+        rows = (build_heldout_set(eval_dir, args.datasets, args.heldout, args.seed, args.sources)
+                if args.heldout else
+                build_eval_set(eval_dir, args.datasets, args.sources, args.seed))
         print(f"build: {len(rows)} images in {time.perf_counter() - t0:.0f} s -> {eval_dir}")
     if args.rebuild or not (args.work / "data" / "warehouse.duckdb").exists():
         t1 = time.perf_counter()
         info = run(args.work, args.weights, args.workers)
         print(f"run: {info['images']} images in {time.perf_counter() - t1:.0f} s")
         print(json.dumps(info["image_pairs_by_band"]))
-    return evaluate_and_fit(args)
+    return measure_files(args) if args.measure else evaluate_and_fit(args)
 
 
 def evaluate_and_fit(args: argparse.Namespace) -> int:
     """Steps 3-5 on a built and run evaluation set; prints the tables."""
+    from dataclasses import replace
+
     from npimage.quality import fitting
     from npimage.quality.curves import classes
     from npimage.quality.evaluate import planted_found
@@ -455,6 +652,8 @@ def evaluate_and_fit(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     ls = labelled(args.work)
     opt = fitting.FitOptions(seed=args.seed)
+    if args.same_quantiles:  # the fit's 0.99 knots of the hashes (docs/QUALITY.md, refit)
+        opt = replace(opt, same_quantiles=tuple(float(q) for q in args.same_quantiles.split(",")))
     result = fitting.fit(ls, opt, source="bench/quality.py")
     run_id = run_files(args.work / "data", CLIENT)[0]
     models = sorted({str(m) for m in fitting.read_run(args.work / "data", CLIENT)[0]["fv_model"]
