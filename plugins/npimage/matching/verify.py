@@ -118,12 +118,6 @@ def _box(x: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    import cv2
-
-    return np.stack([cv2.GaussianBlur(i, (0, 0), sigma) for i in x]) if len(x) else x
-
-
 def _envelope(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(lowest, highest) value of each pixel's 3 x 3 neighbourhood in a stack (n, H, W, ...),
     edges replicated; separable, 4 comparisons each."""
@@ -155,73 +149,60 @@ def _diff(x: np.ndarray, y: np.ndarray, tolerant: bool,
     return dist(np.maximum(x_to_y, y_to_x), zero)
 
 
-def _grey_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    out: np.ndarray = np.abs(x - y)
-    return out
-
-
 def _chroma_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     d = x - y
     out: np.ndarray = np.sqrt((d * d).sum(axis=-1))
     return out
 
 
-def _grey_plain(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(difference map, blurred a, blurred b) of the blur combination with the least mean
-    difference per pair (see `grey_residual`)."""
-    sigmas = (BLUR, *BLUR_EQUALISE)
-    ba, bb = {s: _blur(a, s) for s in sigmas}, {s: _blur(b, s) for s in sigmas}
-    combos = [(BLUR, BLUR)] + [c for s in BLUR_EQUALISE for c in ((s, BLUR), (BLUR, s))]
-    d = best = None
-    pick = np.zeros(len(a), np.int64)
-    for k, (sa, sb) in enumerate(combos):
-        part = _grey_dist(ba[sa], bb[sb])
-        if valid is not None:
-            part *= valid
-        mean = part.mean(axis=(1, 2))
-        if d is None or best is None:
-            d, best = part, mean
-            continue
-        better = mean < best
-        d[better], best, pick[better] = part[better], np.minimum(best, mean), k
-    assert d is not None
-    xa = np.stack([ba[combos[k][0]][i] for i, k in enumerate(pick)]) if len(a) else a
-    xb = np.stack([bb[combos[k][1]][i] for i, k in enumerate(pick)]) if len(a) else b
-    return d, xa, xb
+#: The blurs each side of a pair is tried with: BLUR, then each of BLUR_EQUALISE.
+SIGMAS = (BLUR, *BLUR_EQUALISE)
 
 
-def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None,
-                  tolerant: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _blurs(x: np.ndarray) -> np.ndarray:
+    """(3, n, S, S) float32: the stack x blurred by each of SIGMAS (OpenCV, per thumbnail,
+    written in place)."""
+    import cv2
+
+    out = np.empty((len(SIGMAS), *x.shape), np.float32)
+    x = np.ascontiguousarray(x, np.float32)
+    for k, s in enumerate(SIGMAS):
+        for i in range(len(x)):
+            cv2.GaussianBlur(x[i], (0, 0), s, dst=out[k, i])
+    return out
+
+
+def _grey_maps(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None, tolerant: bool
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(plain peak, plain windowed map, tolerant peak) of normalised stacks a and b: one
+    compiled pass per pair (npimage.matching.verify_kernels.grey_maps)."""
+    from npimage.matching.verify_kernels import grey_maps
+
+    mask = np.zeros((0, *a.shape[1:]), np.float32) if valid is None \
+        else np.ascontiguousarray(valid, np.float32)
+    _, peak, gmap, tpeak = grey_maps(_blurs(a), _blurs(b), mask, tolerant)
+    return peak, gmap, tpeak
+
+
+def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(peak, map) of the windowed grey difference of normalised stacks a and b (n, S, S).
 
     Both are blurred by BLUR; each side is also tried with BLUR_EQUALISE and the pair keeps
     the combination with the least mean difference (a resized copy has less fine grain).
-    `valid` (n, S, S) masks pixels outside the overlap of an alignment; `tolerant` forgives
-    a one-pixel misregistration (`_diff`), for aligned pairs (the blur combination is chosen
-    on the plain difference, then only the chosen one is compared with tolerance).
+    `valid` (n, S, S) masks pixels outside the overlap of an alignment.
     """
-    d, xa, xb = _grey_plain(a, b, valid)
-    if tolerant:
-        d = _tolerant_grey(xa, xb, valid)
-    m = _box(d, WINDOW)
-    return m.max(axis=(1, 2)), m
-
-
-def _tolerant_grey(xa: np.ndarray, xb: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    d = _diff(xa, xb, True, _grey_dist)
-    if valid is not None:
-        d *= valid
-    return d
+    peak, gmap, _ = _grey_maps(a, b, valid, False)
+    return peak, gmap
 
 
 def grey_residuals(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(tolerant peak, plain map): `grey_residual` both ways with the blurs computed once
-    (an aligned pair needs both: see `_align`)."""
-    d, xa, xb = _grey_plain(a, b, valid)
-    peak = _box(_tolerant_grey(xa, xb, valid), WINDOW).max(axis=(1, 2))
-    return peak, _box(d, WINDOW)
+    """(tolerant peak, plain map), for aligned pairs: the blur combination is chosen on the
+    plain difference, then the chosen one is also compared forgiving a one-pixel
+    misregistration (`_diff`); the plain map says where the pair differs (see `_align`)."""
+    _, gmap, tpeak = _grey_maps(a, b, valid, True)
+    return tpeak, gmap
 
 
 def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None,
