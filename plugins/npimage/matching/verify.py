@@ -429,9 +429,21 @@ class CheckResult:
     reason: np.ndarray  # object (str)
 
 
+def _median(x: np.ndarray) -> float:
+    """np.median of a small float array, the same value (the middle one, or the mean of the
+    two middle ones in the array's dtype) without np.median's ~40 us of overhead: the
+    region tests take tens of medians per changed pair."""
+    v = x.ravel()
+    k = v.size // 2
+    if v.size % 2:
+        return float(np.partition(v, k)[k])
+    p = np.partition(v, (k - 1, k))
+    return float((p[k - 1] + p[k]) / 2)
+
+
 def _flat_share(x: np.ndarray) -> tuple[float, float]:
     """(share of pixels within FLAT of the median, the median) of a patch of normalised grey."""
-    med = float(np.median(x))
+    med = _median(x)
     return float((np.abs(x - med) <= FLAT).mean()), med
 
 
@@ -474,7 +486,7 @@ def _pasted(a: np.ndarray, b: np.ndarray, sl: tuple[slice, slice]) -> bool:
         return False
 
     def stands_out(img: np.ndarray) -> float:
-        return abs(float(np.median(img[sl])) - float(np.median(img[ring])))
+        return abs(_median(img[sl]) - _median(img[ring]))
 
     sx, sy = stands_out(x), stands_out(y)
     return sx >= STANDS_OUT and sx - sy >= STANDS_OUT / 2
