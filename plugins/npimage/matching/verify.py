@@ -172,15 +172,18 @@ def _blurs(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _grey_maps(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None, tolerant: bool
+def _grey_maps(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None, tolerant: bool,
+               blurred: tuple[np.ndarray, np.ndarray] | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(plain peak, plain windowed map, tolerant peak) of normalised stacks a and b: one
-    compiled pass per pair (npimage.matching.verify_kernels.grey_maps)."""
+    compiled pass per pair (npimage.matching.verify_kernels.grey_maps). `blurred`: their
+    `_blurs`, when already made (once per image)."""
     from npimage.matching.verify_kernels import grey_maps
 
     mask = np.zeros((0, *a.shape[1:]), np.float32) if valid is None \
         else np.ascontiguousarray(valid, np.float32)
-    _, peak, gmap, tpeak = grey_maps(_blurs(a), _blurs(b), mask, tolerant)
+    ba, bb = blurred if blurred is not None else (_blurs(a), _blurs(b))
+    _, peak, gmap, tpeak = grey_maps(ba, bb, mask, tolerant)
     return peak, gmap, tpeak
 
 
@@ -240,21 +243,31 @@ ECC_COARSE = (30, 1e-3)
 ECC_FINE = (10, 1e-3)
 
 
-def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None = None) -> np.ndarray | None:
+def _small(x: np.ndarray) -> np.ndarray:
+    """A thumbnail smoothed and halved: what the coarse ECC pass aligns."""
+    import cv2
+
+    size = (x.shape[1] // 2, x.shape[0] // 2)
+    out: np.ndarray = cv2.resize(cv2.GaussianBlur(x, (0, 0), 1.0), size,
+                                 interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None = None,
+         small: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
     """Affine warp (2x3, float32, full-size frame) taking b onto a by ECC; None if it fails.
 
-    Without `warp`: the coarse pass, at half size and smoothed, from identity (converges
-    over crops, turns and margins, and costs a quarter). With `warp` (a coarse result): the
-    fine pass at full size, barely smoothed (the smoothing biases the scale by ~0.5 %,
-    which leaves every edge of the picture a fraction of a pixel off)."""
+    Without `warp`: the coarse pass, at half size and smoothed (`_small`, or `small`: both
+    already made, once per image), from identity (converges over crops, turns and margins,
+    and costs a quarter). With `warp` (a coarse result): the fine pass at full size, barely
+    smoothed (the smoothing biases the scale by ~0.5 %, which leaves every edge of the
+    picture a fraction of a pixel off)."""
     import cv2
 
     crit = cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT
     try:
         if warp is None:
-            size = (a.shape[1] // 2, a.shape[0] // 2)
-            sa = cv2.resize(cv2.GaussianBlur(a, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
-            sb = cv2.resize(cv2.GaussianBlur(b, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
+            sa, sb = small if small is not None else (_small(a), _small(b))
             _, out = cv2.findTransformECC(  # type: ignore[call-overload]  # stubs: mask None
                 sa, sb, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE,
                 (crit, *ECC_COARSE), None, 5)
@@ -268,18 +281,28 @@ def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None = None) -> np.nda
     return result
 
 
-def _warp(img: np.ndarray, warp: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """img warped onto the reference frame (warp found at `scale` times this size), and the
-    mask of pixels that came from inside img (eroded by one pixel)."""
+def _warped(img: np.ndarray, warp: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """img warped onto the reference frame (warp found at `scale` times this size)."""
     import cv2
 
     w = warp.copy()
     w[:, 2] *= scale
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    out: np.ndarray = cv2.warpAffine(img, w, (img.shape[1], img.shape[0]), flags=flags,
+                                     borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def _warp(img: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """img warped onto the reference frame (`_warped`), and the mask of pixels that came
+    from inside img (eroded by one pixel)."""
+    import cv2
+
+    out = _warped(img, warp)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     size = (img.shape[1], img.shape[0])
-    out = cv2.warpAffine(img, w, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
     ones = np.ones(img.shape[:2], np.float32)
-    valid = cv2.warpAffine(ones, w, size, flags=flags, borderValue=0.0) > 0.999
+    valid = cv2.warpAffine(ones, warp, size, flags=flags, borderValue=0.0) > 0.999
     valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     return out, valid
 
@@ -328,9 +351,11 @@ class _Aligned:
 
 
 def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
-           start: Sequence[np.ndarray | None] | None) -> _Aligned:
+           start: Sequence[np.ndarray | None] | None,
+           small: tuple[np.ndarray, np.ndarray] | None = None) -> _Aligned:
     """One ECC pass over pairs (coarse when `start` is None, else fine from those warps),
-    then their residuals on the overlap, forgiving one pixel of misregistration."""
+    then their residuals on the overlap, forgiving one pixel of misregistration. `small`:
+    the coarse pass's smoothed half-size stacks of a and b (`_small`), made per image."""
     n = len(a)
     wb, wc = b.copy(), cb.astype(np.float32)
     valid = np.ones(a.shape, np.float32)
@@ -338,12 +363,13 @@ def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
     warps: list[np.ndarray | None] = []
     for j in range(n):
         w0 = None if start is None else start[j]
-        warp = _ecc(a[j], b[j], w0) if start is None or w0 is not None else None
+        pair = None if small is None else (small[0][j], small[1][j])
+        warp = _ecc(a[j], b[j], w0, pair) if start is None or w0 is not None else None
         warps.append(warp if warp is not None else w0)
         if warps[-1] is None:
             continue
         wb[j], valid[j] = _warp(b[j], warps[-1])
-        wc[j] = _warp(cb[j].astype(np.float32), warps[-1], CHROMA_SIDE / DETAIL_SIDE)[0]
+        wc[j] = _warped(cb[j].astype(np.float32), warps[-1], CHROMA_SIDE / DETAIL_SIDE)
         moved[j] = _is_geometric(warps[-1], False)
     out = _Aligned(_renorm(a, valid), _renorm(wb, valid), wc, valid, moved, warps)
     # the tolerant peaks say whether the pair is clean; the plain maps say where it differs
@@ -355,17 +381,44 @@ def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
     return out
 
 
+def _images(x: np.ndarray) -> np.ndarray:
+    """Per thumbnail of a stack, the index of its first identical copy in the stack: the
+    pairs of a run share images (each image is in ~11 pairs on the demo), and the work done
+    on one side of a pair alone (normalisation, blurs, coarse copies) is done once per image."""
+    seen: dict[bytes, int] = {}
+    return np.array([seen.setdefault(t.tobytes(), i) for i, t in enumerate(x)], np.int64)
+
+
+def _per_image(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, image: np.ndarray,
+               axis: int = 0) -> np.ndarray:
+    """fn (a function of each thumbnail alone, on a stack) of x, computed on one thumbnail
+    per distinct key in `image` (see `_images`) and spread to every row; its rows along
+    `axis`."""
+    _, first, where = np.unique(image, return_index=True, return_inverse=True)
+    return np.take(fn(x[first]), where, axis=axis)
+
+
+def _smalls(x: np.ndarray) -> np.ndarray:
+    """`_small` of each thumbnail of a stack."""
+    return np.stack([_small(t) for t in x]) if len(x) else x[:, ::2, ::2]
+
+
 def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
                     params: VisualParams) -> VisualResult:
     """Residuals of pairs of detail thumbnails, aligning (straight or mirrored) those that
     differ at identity: a coarse ECC pass first, the fine pass only for pairs it leaves
     unclean. Vectorised over pairs except the per-pair ECC."""
-    a, b = _norm(ga), _norm(gb)
+    ia, ib = _images(ga), _images(gb)
+    a, b = _per_image(_norm, ga, ia), _per_image(_norm, gb, ib)
     bf = b[:, :, ::-1]
     mirrored = np.abs(a - bf).mean(axis=(1, 2)) < 0.75 * np.abs(a - b).mean(axis=(1, 2))
     b = np.where(mirrored[:, None, None], bf, b).copy()
     cb = np.where(mirrored[:, None, None, None], cb[:, :, ::-1], cb).copy()
-    grey, gmap = grey_residual(a, b)
+    ib = 2 * ib + mirrored  # b's side: one image, straight or mirrored
+    ba = _per_image(_blurs, a, ia, axis=1)
+    bb = _per_image(_blurs, b, ib, axis=1)
+    grey, gmap, _ = _grey_maps(a, b, None, False, (ba, bb))
+    del ba, bb
     chroma, cmap = chroma_residual(ca, cb)
     n = len(a)
     geometric, aligned = mirrored.copy(), np.zeros(n, bool)
@@ -373,7 +426,8 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     todo = np.flatnonzero((grey > params.grey_clean) & (spread > params.align_share))
     if len(todo):
         aligned[todo] = True
-        coarse = _align(a[todo], b[todo], ca[todo], cb[todo], None)
+        small = (_per_image(_smalls, a[todo], ia[todo]), _per_image(_smalls, b[todo], ib[todo]))
+        coarse = _align(a[todo], b[todo], ca[todo], cb[todo], None, small)
         passes = [(todo, coarse)]
         again = np.flatnonzero((coarse.grey > params.grey_clean)
                                | (coarse.chroma > params.chroma_clean))
