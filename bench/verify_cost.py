@@ -115,7 +115,13 @@ def _grocery(work: Path, folder: Path) -> dict:
 
 
 def pair_set(name: str, args: argparse.Namespace) -> dict:
-    """A pair set by name, built once and kept as a pickle under --work."""
+    """A pair set by name, built once and kept as a pickle under --work. `<set>-fv`: the
+    same pairs as if each had come in by its FV cosine alone (score 0.87 < VERIFY_FROM:
+    only a floor can change them, the fine pass is skipped for the far ones)."""
+    if name.endswith("-fv"):
+        got = dict(pair_set(name[:-3], args))
+        got["score"] = np.full(len(got["da"]), 0.87, np.float32)
+        return got
     cache = args.work / f"pairs-{name}.pkl"
     if cache.exists():
         return pickle.loads(cache.read_bytes())
@@ -137,12 +143,18 @@ def verdicts(mod: types.ModuleType, s: dict, threads: int = 1) -> tuple[np.ndarr
     score = np.asarray(s["score"], np.float32)
     res: list = []
 
-    def keep(da, db):
-        r = mod.visual(da, db)
+    shipped = mod.visual
+
+    def keep(da, db, **kw):  # what verify_pairs gives the visual check (kw: lift_only)
+        r = shipped(da, db, **kw)
         res.append(r)
         return r
 
-    out, _ = mod.verify_pairs(score, s["da"], s["db"], checks=[keep], threads=threads)
+    mod.visual = keep
+    try:
+        out, _ = mod.verify_pairs(score, s["da"], s["db"], checks=[keep], threads=threads)
+    finally:
+        mod.visual = shipped
     cap = np.concatenate([r.cap for r in res]) if res else np.zeros(0)
     floor = np.concatenate([r.floor for r in res]) if res else np.zeros(0)
     reason = np.concatenate([r.reason for r in res]) if res else np.zeros(0, object)
