@@ -35,15 +35,28 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
 
-def old_module(rev: str) -> types.ModuleType:
-    """npimage.matching.verify as it was at git revision `rev` (a module of its own)."""
-    src = subprocess.run(["git", "-C", str(REPO), "show",
-                          f"{rev}:plugins/npimage/matching/verify.py"],
-                         capture_output=True, text=True, check=True).stdout
-    mod = types.ModuleType("verify_old")
-    mod.__file__ = f"<verify.py at {rev}>"
-    sys.modules["verify_old"] = mod
+def _load(rev: str, name: str, module: str) -> types.ModuleType | None:
+    """plugins/npimage/matching/<name>.py as it was at git revision `rev`, as `module` (its
+    kernels compiled afresh, its import of verify_kernels pointed at that revision's)."""
+    got = subprocess.run(["git", "-C", str(REPO), "show",
+                          f"{rev}:plugins/npimage/matching/{name}.py"],
+                         capture_output=True, text=True)
+    if got.returncode != 0:
+        return None
+    src = got.stdout.replace("cache=True", "cache=False").replace(
+        "npimage.matching.verify_kernels", "verify_kernels_old")
+    mod = types.ModuleType(module)
+    mod.__file__ = f"<{name}.py at {rev}>"
+    sys.modules[module] = mod
     exec(compile(src, mod.__file__, "exec"), mod.__dict__)
+    return mod
+
+
+def old_module(rev: str) -> types.ModuleType:
+    """npimage.matching.verify (and its kernels) as at git revision `rev`."""
+    _load(rev, "verify_kernels", "verify_kernels_old")
+    mod = _load(rev, "verify", "verify_old")
+    assert mod is not None
     return mod
 
 
