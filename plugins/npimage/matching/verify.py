@@ -727,35 +727,64 @@ def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarr
     return out.astype(np.float32), reason
 
 
-#: Threads the checks run on (ECC, OpenCV filters and NumPy's array operations release the
-#: GIL, so chunks of pairs run side by side on the machine's cores; chunks bound memory).
+#: Threads the checks run on (ECC, OpenCV filters, the residual kernel and NumPy's array
+#: operations release the GIL, so chunks of pairs run side by side on the machine's cores;
+#: chunks bound memory).
 THREADS = 2
 CHUNK = 512
+#: From this many pairs, with the shipped checks, the chunks run in THREADS processes
+#: instead: the region tests of unclean pairs are small NumPy calls that hold the GIL (~30-40 %
+#: of a demo pair's CPU), so two threads cannot use two cores. A process costs ~1-2 s to
+#: start (imports), paid back from a few thousand pairs (a nightly verifies ~55 000).
+PROCESSES_FROM = 8 * CHUNK
+
+
+def _chunk(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
+           checks: Sequence[Check]) -> tuple[np.ndarray, np.ndarray]:
+    """(verified score, reason) of one chunk of pairs; the visual check is told which pairs
+    score below VERIFY_FROM (only a floor can change them: see LIFT_SPREAD)."""
+    lift = score < VERIFY_FROM
+    return combine(score, [c(details_a, details_b, lift_only=lift) if c is visual
+                           else c(details_a, details_b) for c in checks])
+
+
+def _shipped_chunk(job: tuple[np.ndarray, list[bytes], list[bytes]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """`_chunk` with the shipped CHECKS, in a worker process."""
+    return _chunk(*job, CHECKS)
 
 
 def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
                  checks: Sequence[Check] | None = None, chunk: int = CHUNK,
-                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Run the checks over pairs, `threads` chunks at a time (default THREADS, at most the
-    machine's cores); (verified score, reason) per pair, in the pairs' order. The visual
-    check is told which pairs score below VERIFY_FROM (only a floor can change them: see
-    LIFT_SPREAD)."""
+                 threads: int | None = None, processes: bool | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Run the checks over pairs (`_chunk`), `threads` chunks at a time (default THREADS, at
+    most the machine's cores), in as many processes when `processes` (default: from
+    PROCESSES_FROM pairs with the shipped checks), else threads; (verified score, reason)
+    per pair, in the pairs' order."""
+    import multiprocessing as mp
     import os
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
+    shipped = checks is None
     checks = CHECKS if checks is None else checks
     threads = max(1, min(threads or THREADS, os.cpu_count() or 1))
+    starts = range(0, len(score), chunk)
+    if processes is None:
+        processes = shipped and len(score) >= PROCESSES_FROM
 
     def one(s: int) -> tuple[np.ndarray, np.ndarray]:
         part = slice(s, s + chunk)
-        lift = score[part] < VERIFY_FROM
-        return combine(score[part], [c(details_a[part], details_b[part], lift_only=lift)
-                                     if c is visual else c(details_a[part], details_b[part])
-                                     for c in checks])
+        return _chunk(score[part], details_a[part], details_b[part], checks)
 
-    starts = range(0, len(score), chunk)
     if threads == 1 or len(starts) < 2:
         done = [one(s) for s in starts]
+    elif processes and shipped:
+        pool: Executor
+        with ProcessPoolExecutor(threads, mp_context=mp.get_context("spawn")) as pool:
+            done = list(pool.map(_shipped_chunk, [
+                (score[s:s + chunk], list(details_a[s:s + chunk]), list(details_b[s:s + chunk]))
+                for s in starts]))
     else:
         with ThreadPoolExecutor(threads) as pool:
             done = list(pool.map(one, starts))
