@@ -226,6 +226,24 @@ def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = Non
     return m.max(axis=(1, 2)), m
 
 
+def chroma_residuals(a: np.ndarray, b: np.ndarray, valid: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(tolerant peak, plain map) of `chroma_residual`, for aligned pairs: the conversions,
+    the overlap at chroma size and the colourless test made once for both."""
+    fa, fb = a.astype(np.float32), b.astype(np.float32)
+    k = DETAIL_SIDE // CHROMA_SIDE
+    inside = valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
+    grey = _colourless(a) | _colourless(b)
+    out = []
+    for tolerant in (True, False):
+        d = _diff(fa, fb, tolerant, _chroma_dist) * inside
+        d = d - np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
+        m = _box(d, CHROMA_WINDOW)
+        m[grey] = 0.0
+        out.append(m)
+    return out[0].max(axis=(1, 2)), out[1]
+
+
 def _colourless(c: np.ndarray) -> np.ndarray:
     """Per thumbnail: no pixel more than 3 levels from neutral chroma (a grey picture)."""
     out: np.ndarray = np.abs(c.astype(np.int16) - 128).max(axis=(1, 2, 3)) <= 3
@@ -384,8 +402,7 @@ def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
     # (one pixel of tolerance thins changed strokes, and a thinned text change can pass
     # for a flat patch in the region tests)
     out.grey, out.gmap = grey_residuals(out.a, out.b, valid)
-    out.chroma = chroma_residual(ca, wc, valid, tolerant=True)[0]
-    out.cmap = chroma_residual(ca, wc, valid)[1]
+    out.chroma, out.cmap = chroma_residuals(ca, wc, valid)
     return out
 
 
@@ -507,6 +524,18 @@ def _median(x: np.ndarray) -> float:
     return float((p[k - 1] + p[k]) / 2)
 
 
+def _column_medians(x: np.ndarray) -> np.ndarray:
+    """np.median(x, axis=0) of a small 2-d array, the same values (its own last step: the
+    mean of the middle one or two), without np.median's overhead."""
+    n = x.shape[0]
+    if n == 0:
+        return np.median(x, axis=0)
+    k = n // 2
+    mid = (k,) if n % 2 else (k - 1, k)
+    out: np.ndarray = np.mean(np.partition(x, mid, axis=0)[mid[0]:k + 1], axis=0)
+    return out
+
+
 def _flat_share(x: np.ndarray) -> tuple[float, float]:
     """(share of pixels within FLAT of the median, the median) of a patch of normalised grey."""
     med = _median(x)
@@ -561,7 +590,7 @@ def _pasted(a: np.ndarray, b: np.ndarray, sl: tuple[slice, slice]) -> bool:
 def _colour_patch(ca: np.ndarray, cb: np.ndarray) -> bool:
     """Is one side of a changed patch mostly a saturated colour (a yellow or red label)
     where the other side is mostly neutral (a white label, a grey backdrop)?"""
-    sat = [float(np.hypot(*(np.median(c.reshape(-1, 2), axis=0) - 128.0))) for c in (ca, cb)]
+    sat = [float(np.hypot(*(_column_medians(c.reshape(-1, 2)) - 128.0))) for c in (ca, cb)]
     return max(sat) >= STICKER_SATURATION and min(sat) <= NEUTRAL
 
 
