@@ -209,3 +209,17 @@ def test_pipeline_verify_reads_the_codes_unless_reading_is_off(barcode_pair, tmp
     assert "base-variant" in rows and "base-copy" in rows, rows
     assert rows["base-variant"].startswith("GTIN differs: ") == (read == "codes"), rows
     assert not rows["base-copy"].startswith("GTIN"), rows
+
+
+def test_verify_pairs_gives_the_same_in_threads_and_processes(family):
+    """Chunks run on one thread, two threads or two spawned processes: the same answer."""
+    base = family[0][1]
+    others = [img for _, img in family[1:]] + [base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    da = [D.detail_signature(_decoded(base))] * len(others)
+    db = [D.detail_signature(_decoded(x)) for x in others]
+    score = np.array([0.97, 0.93, 0.87, 0.87][:len(others)] + [0.97] * (len(others) - 4),
+                     np.float32)
+    one = V.verify_pairs(score, da, db, chunk=2, threads=1)
+    for processes in (False, True):
+        got = V.verify_pairs(score, da, db, chunk=2, threads=2, processes=processes)
+        assert np.array_equal(got[0], one[0]) and list(got[1]) == list(one[1])
