@@ -529,7 +529,8 @@ def _column_medians(x: np.ndarray) -> np.ndarray:
     mean of the middle one or two), without np.median's overhead."""
     n = x.shape[0]
     if n == 0:
-        return np.median(x, axis=0)
+        empty: np.ndarray = np.median(x, axis=0)
+        return empty
     k = n // 2
     mid = (k,) if n % 2 else (k - 1, k)
     out: np.ndarray = np.mean(np.partition(x, mid, axis=0)[mid[0]:k + 1], axis=0)
