@@ -77,6 +77,30 @@ def test_a_rotated_pack_is_lifted(family):
     assert (res.cap == 1).all() and (res.floor >= 0.95).all(), list(res.reason)
 
 
+def test_pairs_only_a_floor_can_change_skip_the_fine_pass_when_far(family, monkeypatch):
+    """Below VERIFY_FROM (in by their FV cosine) a pair can only be lifted: reframed copies
+    still are, and another picture is not refined by the fine ECC pass (LIFT_SPREAD)."""
+    base = family[0][1]
+    rng = np.random.default_rng(7)
+    geo = [variants.geometric(base, k, rng)[0] for k in ("crop", "mirror", "margin")]
+    other = Image.fromarray(rng.integers(0, 256, (300, 200, 3), np.uint8))
+    da = [D.detail_signature(_decoded(base))] * 4
+    db = [D.detail_signature(_decoded(x)) for x in [*geo, other]]
+    fine: list[bool] = []
+    ecc = V._ecc
+    monkeypatch.setattr(V, "_ecc", lambda a, b, warp=None, small=None: (
+        fine.append(warp is not None), ecc(a, b, warp, small))[1])
+    low = np.full(4, 0.87, np.float32)
+    verified, reason = V.verify_pairs(low, da, db)
+    assert (verified[:3] >= 0.95).all(), list(reason)
+    assert verified[3] == low[3] and reason[3] == V.SEVERAL
+    fine_low = sum(fine)
+    fine.clear()
+    verified, _ = V.verify_pairs(np.ones(4, np.float32), da, db)  # checked in full
+    assert verified[3] == V.VisualParams().variant_cap
+    assert sum(fine) == fine_low + 1
+
+
 def test_checks_combine_lowest_cap_first_reason():
     """A later check (e.g. codes read from the packs) caps a pair the visual check passed."""
     score = np.array([0.999, 0.999, 0.80], np.float32)
@@ -185,3 +209,17 @@ def test_pipeline_verify_reads_the_codes_unless_reading_is_off(barcode_pair, tmp
     assert "base-variant" in rows and "base-copy" in rows, rows
     assert rows["base-variant"].startswith("GTIN differs: ") == (read == "codes"), rows
     assert not rows["base-copy"].startswith("GTIN"), rows
+
+
+def test_verify_pairs_gives_the_same_in_threads_and_processes(family):
+    """Chunks run on one thread, two threads or two spawned processes: the same answer."""
+    base = family[0][1]
+    others = [img for _, img in family[1:]] + [base.transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    da = [D.detail_signature(_decoded(base))] * len(others)
+    db = [D.detail_signature(_decoded(x)) for x in others]
+    score = np.array([0.97, 0.93, 0.87, 0.87][:len(others)] + [0.97] * (len(others) - 4),
+                     np.float32)
+    one = V.verify_pairs(score, da, db, chunk=2, threads=1)
+    for processes in (False, True):
+        got = V.verify_pairs(score, da, db, chunk=2, threads=2, processes=processes)
+        assert np.array_equal(got[0], one[0]) and list(got[1]) == list(one[1])

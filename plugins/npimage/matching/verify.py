@@ -118,12 +118,6 @@ def _box(x: np.ndarray, w: int) -> np.ndarray:
     return out
 
 
-def _blur(x: np.ndarray, sigma: float) -> np.ndarray:
-    import cv2
-
-    return np.stack([cv2.GaussianBlur(i, (0, 0), sigma) for i in x]) if len(x) else x
-
-
 def _envelope(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(lowest, highest) value of each pixel's 3 x 3 neighbourhood in a stack (n, H, W, ...),
     edges replicated; separable, 4 comparisons each."""
@@ -155,73 +149,63 @@ def _diff(x: np.ndarray, y: np.ndarray, tolerant: bool,
     return dist(np.maximum(x_to_y, y_to_x), zero)
 
 
-def _grey_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    out: np.ndarray = np.abs(x - y)
-    return out
-
-
 def _chroma_dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     d = x - y
     out: np.ndarray = np.sqrt((d * d).sum(axis=-1))
     return out
 
 
-def _grey_plain(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(difference map, blurred a, blurred b) of the blur combination with the least mean
-    difference per pair (see `grey_residual`)."""
-    sigmas = (BLUR, *BLUR_EQUALISE)
-    ba, bb = {s: _blur(a, s) for s in sigmas}, {s: _blur(b, s) for s in sigmas}
-    combos = [(BLUR, BLUR)] + [c for s in BLUR_EQUALISE for c in ((s, BLUR), (BLUR, s))]
-    d = best = None
-    pick = np.zeros(len(a), np.int64)
-    for k, (sa, sb) in enumerate(combos):
-        part = _grey_dist(ba[sa], bb[sb])
-        if valid is not None:
-            part *= valid
-        mean = part.mean(axis=(1, 2))
-        if d is None or best is None:
-            d, best = part, mean
-            continue
-        better = mean < best
-        d[better], best, pick[better] = part[better], np.minimum(best, mean), k
-    assert d is not None
-    xa = np.stack([ba[combos[k][0]][i] for i, k in enumerate(pick)]) if len(a) else a
-    xb = np.stack([bb[combos[k][1]][i] for i, k in enumerate(pick)]) if len(a) else b
-    return d, xa, xb
+#: The blurs each side of a pair is tried with: BLUR, then each of BLUR_EQUALISE.
+SIGMAS = (BLUR, *BLUR_EQUALISE)
 
 
-def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None,
-                  tolerant: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _blurs(x: np.ndarray) -> np.ndarray:
+    """(3, n, S, S) float32: the stack x blurred by each of SIGMAS (OpenCV, per thumbnail,
+    written in place)."""
+    import cv2
+
+    out = np.empty((len(SIGMAS), *x.shape), np.float32)
+    x = np.ascontiguousarray(x, np.float32)
+    for k, s in enumerate(SIGMAS):
+        for i in range(len(x)):
+            cv2.GaussianBlur(x[i], (0, 0), s, dst=out[k, i])
+    return out
+
+
+def _grey_maps(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None, tolerant: bool,
+               blurred: tuple[np.ndarray, np.ndarray] | None = None
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(plain peak, plain windowed map, tolerant peak) of normalised stacks a and b: one
+    compiled pass per pair (npimage.matching.verify_kernels.grey_maps). `blurred`: their
+    `_blurs`, when already made (once per image)."""
+    from npimage.matching.verify_kernels import grey_maps
+
+    mask = np.zeros((0, *a.shape[1:]), np.float32) if valid is None \
+        else np.ascontiguousarray(valid, np.float32)
+    ba, bb = blurred if blurred is not None else (_blurs(a), _blurs(b))
+    _, peak, gmap, tpeak = grey_maps(ba, bb, mask, tolerant)
+    return peak, gmap, tpeak
+
+
+def grey_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """(peak, map) of the windowed grey difference of normalised stacks a and b (n, S, S).
 
     Both are blurred by BLUR; each side is also tried with BLUR_EQUALISE and the pair keeps
     the combination with the least mean difference (a resized copy has less fine grain).
-    `valid` (n, S, S) masks pixels outside the overlap of an alignment; `tolerant` forgives
-    a one-pixel misregistration (`_diff`), for aligned pairs (the blur combination is chosen
-    on the plain difference, then only the chosen one is compared with tolerance).
+    `valid` (n, S, S) masks pixels outside the overlap of an alignment.
     """
-    d, xa, xb = _grey_plain(a, b, valid)
-    if tolerant:
-        d = _tolerant_grey(xa, xb, valid)
-    m = _box(d, WINDOW)
-    return m.max(axis=(1, 2)), m
-
-
-def _tolerant_grey(xa: np.ndarray, xb: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
-    d = _diff(xa, xb, True, _grey_dist)
-    if valid is not None:
-        d *= valid
-    return d
+    peak, gmap, _ = _grey_maps(a, b, valid, False)
+    return peak, gmap
 
 
 def grey_residuals(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """(tolerant peak, plain map): `grey_residual` both ways with the blurs computed once
-    (an aligned pair needs both: see `_align`)."""
-    d, xa, xb = _grey_plain(a, b, valid)
-    peak = _box(_tolerant_grey(xa, xb, valid), WINDOW).max(axis=(1, 2))
-    return peak, _box(d, WINDOW)
+    """(tolerant peak, plain map), for aligned pairs: the blur combination is chosen on the
+    plain difference, then the chosen one is also compared forgiving a one-pixel
+    misregistration (`_diff`); the plain map says where the pair differs (see `_align`)."""
+    _, gmap, tpeak = _grey_maps(a, b, valid, True)
+    return tpeak, gmap
 
 
 def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = None,
@@ -242,6 +226,24 @@ def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = Non
     return m.max(axis=(1, 2)), m
 
 
+def chroma_residuals(a: np.ndarray, b: np.ndarray, valid: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(tolerant peak, plain map) of `chroma_residual`, for aligned pairs: the conversions,
+    the overlap at chroma size and the colourless test made once for both."""
+    fa, fb = a.astype(np.float32), b.astype(np.float32)
+    k = DETAIL_SIDE // CHROMA_SIDE
+    inside = valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
+    grey = _colourless(a) | _colourless(b)
+    out = []
+    for tolerant in (True, False):
+        d = _diff(fa, fb, tolerant, _chroma_dist) * inside
+        d = d - np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
+        m = _box(d, CHROMA_WINDOW)
+        m[grey] = 0.0
+        out.append(m)
+    return out[0].max(axis=(1, 2)), out[1]
+
+
 def _colourless(c: np.ndarray) -> np.ndarray:
     """Per thumbnail: no pixel more than 3 levels from neutral chroma (a grey picture)."""
     out: np.ndarray = np.abs(c.astype(np.int16) - 128).max(axis=(1, 2, 3)) <= 3
@@ -257,23 +259,41 @@ def _colourless(c: np.ndarray) -> np.ndarray:
 #: and saves as much again (docs/BENCHMARKS.md).
 ECC_COARSE = (30, 1e-3)
 ECC_FINE = (10, 1e-3)
+#: A pair that can only be lifted (it came in by its FV cosine alone, below VERIFY_FROM: a
+#: cap cannot lower it further) skips the fine pass when the coarse pass leaves it unclean
+#: with more than this share of its windows above grey_clean: the fine pass only refines
+#: the coarse warp by a fraction of a pixel, and such a pair is another picture ("several
+#: regions differ" starts at 0.12 too). Lifted pairs reach at most 0.07 after the coarse
+#: pass (photo edits: margins; demo seeds 0 and 1 and a grocery run: 0.015); different
+#: grocery photos with FV cosine >= 0.85 are above it 9 times in 10 (docs/BENCHMARKS.md).
+LIFT_SPREAD = 0.12
 
 
-def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None = None) -> np.ndarray | None:
+def _small(x: np.ndarray) -> np.ndarray:
+    """A thumbnail smoothed and halved: what the coarse ECC pass aligns."""
+    import cv2
+
+    size = (x.shape[1] // 2, x.shape[0] // 2)
+    out: np.ndarray = cv2.resize(cv2.GaussianBlur(x, (0, 0), 1.0), size,
+                                 interpolation=cv2.INTER_AREA)
+    return out
+
+
+def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None = None,
+         small: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray | None:
     """Affine warp (2x3, float32, full-size frame) taking b onto a by ECC; None if it fails.
 
-    Without `warp`: the coarse pass, at half size and smoothed, from identity (converges
-    over crops, turns and margins, and costs a quarter). With `warp` (a coarse result): the
-    fine pass at full size, barely smoothed (the smoothing biases the scale by ~0.5 %,
-    which leaves every edge of the picture a fraction of a pixel off)."""
+    Without `warp`: the coarse pass, at half size and smoothed (`_small`, or `small`: both
+    already made, once per image), from identity (converges over crops, turns and margins,
+    and costs a quarter). With `warp` (a coarse result): the fine pass at full size, barely
+    smoothed (the smoothing biases the scale by ~0.5 %, which leaves every edge of the
+    picture a fraction of a pixel off)."""
     import cv2
 
     crit = cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT
     try:
         if warp is None:
-            size = (a.shape[1] // 2, a.shape[0] // 2)
-            sa = cv2.resize(cv2.GaussianBlur(a, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
-            sb = cv2.resize(cv2.GaussianBlur(b, (0, 0), 1.0), size, interpolation=cv2.INTER_AREA)
+            sa, sb = small if small is not None else (_small(a), _small(b))
             _, out = cv2.findTransformECC(  # type: ignore[call-overload]  # stubs: mask None
                 sa, sb, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE,
                 (crit, *ECC_COARSE), None, 5)
@@ -287,18 +307,28 @@ def _ecc(a: np.ndarray, b: np.ndarray, warp: np.ndarray | None = None) -> np.nda
     return result
 
 
-def _warp(img: np.ndarray, warp: np.ndarray, scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
-    """img warped onto the reference frame (warp found at `scale` times this size), and the
-    mask of pixels that came from inside img (eroded by one pixel)."""
+def _warped(img: np.ndarray, warp: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """img warped onto the reference frame (warp found at `scale` times this size)."""
     import cv2
 
     w = warp.copy()
     w[:, 2] *= scale
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    out: np.ndarray = cv2.warpAffine(img, w, (img.shape[1], img.shape[0]), flags=flags,
+                                     borderMode=cv2.BORDER_REPLICATE)
+    return out
+
+
+def _warp(img: np.ndarray, warp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """img warped onto the reference frame (`_warped`), and the mask of pixels that came
+    from inside img (eroded by one pixel)."""
+    import cv2
+
+    out = _warped(img, warp)
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     size = (img.shape[1], img.shape[0])
-    out = cv2.warpAffine(img, w, size, flags=flags, borderMode=cv2.BORDER_REPLICATE)
     ones = np.ones(img.shape[:2], np.float32)
-    valid = cv2.warpAffine(ones, w, size, flags=flags, borderValue=0.0) > 0.999
+    valid = cv2.warpAffine(ones, warp, size, flags=flags, borderValue=0.0) > 0.999
     valid = cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
     return out, valid
 
@@ -347,9 +377,11 @@ class _Aligned:
 
 
 def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
-           start: Sequence[np.ndarray | None] | None) -> _Aligned:
+           start: Sequence[np.ndarray | None] | None,
+           small: tuple[np.ndarray, np.ndarray] | None = None) -> _Aligned:
     """One ECC pass over pairs (coarse when `start` is None, else fine from those warps),
-    then their residuals on the overlap, forgiving one pixel of misregistration."""
+    then their residuals on the overlap, forgiving one pixel of misregistration. `small`:
+    the coarse pass's smoothed half-size stacks of a and b (`_small`), made per image."""
     n = len(a)
     wb, wc = b.copy(), cb.astype(np.float32)
     valid = np.ones(a.shape, np.float32)
@@ -357,34 +389,62 @@ def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
     warps: list[np.ndarray | None] = []
     for j in range(n):
         w0 = None if start is None else start[j]
-        warp = _ecc(a[j], b[j], w0) if start is None or w0 is not None else None
+        pair = None if small is None else (small[0][j], small[1][j])
+        warp = _ecc(a[j], b[j], w0, pair) if start is None or w0 is not None else None
         warps.append(warp if warp is not None else w0)
         if warps[-1] is None:
             continue
         wb[j], valid[j] = _warp(b[j], warps[-1])
-        wc[j] = _warp(cb[j].astype(np.float32), warps[-1], CHROMA_SIDE / DETAIL_SIDE)[0]
+        wc[j] = _warped(cb[j].astype(np.float32), warps[-1], CHROMA_SIDE / DETAIL_SIDE)
         moved[j] = _is_geometric(warps[-1], False)
     out = _Aligned(_renorm(a, valid), _renorm(wb, valid), wc, valid, moved, warps)
     # the tolerant peaks say whether the pair is clean; the plain maps say where it differs
     # (one pixel of tolerance thins changed strokes, and a thinned text change can pass
     # for a flat patch in the region tests)
     out.grey, out.gmap = grey_residuals(out.a, out.b, valid)
-    out.chroma = chroma_residual(ca, wc, valid, tolerant=True)[0]
-    out.cmap = chroma_residual(ca, wc, valid)[1]
+    out.chroma, out.cmap = chroma_residuals(ca, wc, valid)
     return out
 
 
+def _images(x: np.ndarray) -> np.ndarray:
+    """Per thumbnail of a stack, the index of its first identical copy in the stack: the
+    pairs of a run share images (each image is in ~11 pairs on the demo), and the work done
+    on one side of a pair alone (normalisation, blurs, coarse copies) is done once per image."""
+    seen: dict[bytes, int] = {}
+    return np.array([seen.setdefault(t.tobytes(), i) for i, t in enumerate(x)], np.int64)
+
+
+def _per_image(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, image: np.ndarray,
+               axis: int = 0) -> np.ndarray:
+    """fn (a function of each thumbnail alone, on a stack) of x, computed on one thumbnail
+    per distinct key in `image` (see `_images`) and spread to every row; its rows along
+    `axis`."""
+    _, first, where = np.unique(image, return_index=True, return_inverse=True)
+    return np.take(fn(x[first]), where, axis=axis)
+
+
+def _smalls(x: np.ndarray) -> np.ndarray:
+    """`_small` of each thumbnail of a stack."""
+    return np.stack([_small(t) for t in x]) if len(x) else x[:, ::2, ::2]
+
+
 def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
-                    params: VisualParams) -> VisualResult:
+                    params: VisualParams, lift_only: np.ndarray | None = None) -> VisualResult:
     """Residuals of pairs of detail thumbnails, aligning (straight or mirrored) those that
     differ at identity: a coarse ECC pass first, the fine pass only for pairs it leaves
-    unclean. Vectorised over pairs except the per-pair ECC."""
-    a, b = _norm(ga), _norm(gb)
+    unclean (and, of the `lift_only` pairs, only those it leaves nearly clean: LIFT_SPREAD).
+    Vectorised over pairs except the per-pair ECC."""
+    ia, ib = _images(ga), _images(gb)
+    a, b = _per_image(_norm, ga, ia), _per_image(_norm, gb, ib)
     bf = b[:, :, ::-1]
     mirrored = np.abs(a - bf).mean(axis=(1, 2)) < 0.75 * np.abs(a - b).mean(axis=(1, 2))
     b = np.where(mirrored[:, None, None], bf, b).copy()
     cb = np.where(mirrored[:, None, None, None], cb[:, :, ::-1], cb).copy()
-    grey, gmap = grey_residual(a, b)
+    ib = 2 * ib + mirrored  # b's side: one image, straight or mirrored
+    ba = _per_image(_blurs, a, ia, axis=1)
+    bb = _per_image(_blurs, b, ib, axis=1)
+    grey, gmap, _ = _grey_maps(a, b, None, False, (ba, bb))
+    del ba, bb
     chroma, cmap = chroma_residual(ca, cb)
     n = len(a)
     geometric, aligned = mirrored.copy(), np.zeros(n, bool)
@@ -392,10 +452,14 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     todo = np.flatnonzero((grey > params.grey_clean) & (spread > params.align_share))
     if len(todo):
         aligned[todo] = True
-        coarse = _align(a[todo], b[todo], ca[todo], cb[todo], None)
+        small = (_per_image(_smalls, a[todo], ia[todo]), _per_image(_smalls, b[todo], ib[todo]))
+        coarse = _align(a[todo], b[todo], ca[todo], cb[todo], None, small)
         passes = [(todo, coarse)]
-        again = np.flatnonzero((coarse.grey > params.grey_clean)
-                               | (coarse.chroma > params.chroma_clean))
+        unclean = (coarse.grey > params.grey_clean) | (coarse.chroma > params.chroma_clean)
+        if lift_only is not None:  # another picture: no alignment will make it clean
+            far = (coarse.gmap > params.grey_clean).mean(axis=(1, 2)) > LIFT_SPREAD
+            unclean &= ~(lift_only[todo] & far)
+        again = np.flatnonzero(unclean)
         if len(again):
             passes.append((todo[again], _align(a[todo[again]], b[todo[again]], ca[todo[again]],
                                                cb[todo[again]], [coarse.warps[j] for j in again])))
@@ -448,9 +512,34 @@ class CheckResult:
     reason: np.ndarray  # object (str)
 
 
+def _median(x: np.ndarray) -> float:
+    """np.median of a small float array, the same value (the middle one, or the mean of the
+    two middle ones in the array's dtype) without np.median's ~40 us of overhead: the
+    region tests take tens of medians per changed pair."""
+    v = x.ravel()
+    k = v.size // 2
+    if v.size % 2:
+        return float(np.partition(v, k)[k])
+    p = np.partition(v, (k - 1, k))
+    return float((p[k - 1] + p[k]) / 2)
+
+
+def _column_medians(x: np.ndarray) -> np.ndarray:
+    """np.median(x, axis=0) of a small 2-d array, the same values (its own last step: the
+    mean of the middle one or two), without np.median's overhead."""
+    n = x.shape[0]
+    if n == 0:
+        empty: np.ndarray = np.median(x, axis=0)
+        return empty
+    k = n // 2
+    mid = (k,) if n % 2 else (k - 1, k)
+    out: np.ndarray = np.mean(np.partition(x, mid, axis=0)[mid[0]:k + 1], axis=0)
+    return out
+
+
 def _flat_share(x: np.ndarray) -> tuple[float, float]:
     """(share of pixels within FLAT of the median, the median) of a patch of normalised grey."""
-    med = float(np.median(x))
+    med = _median(x)
     return float((np.abs(x - med) <= FLAT).mean()), med
 
 
@@ -493,7 +582,7 @@ def _pasted(a: np.ndarray, b: np.ndarray, sl: tuple[slice, slice]) -> bool:
         return False
 
     def stands_out(img: np.ndarray) -> float:
-        return abs(float(np.median(img[sl])) - float(np.median(img[ring])))
+        return abs(_median(img[sl]) - _median(img[ring]))
 
     sx, sy = stands_out(x), stands_out(y)
     return sx >= STANDS_OUT and sx - sy >= STANDS_OUT / 2
@@ -502,7 +591,7 @@ def _pasted(a: np.ndarray, b: np.ndarray, sl: tuple[slice, slice]) -> bool:
 def _colour_patch(ca: np.ndarray, cb: np.ndarray) -> bool:
     """Is one side of a changed patch mostly a saturated colour (a yellow or red label)
     where the other side is mostly neutral (a white label, a grey backdrop)?"""
-    sat = [float(np.hypot(*(np.median(c.reshape(-1, 2), axis=0) - 128.0))) for c in (ca, cb)]
+    sat = [float(np.hypot(*(_column_medians(c.reshape(-1, 2)) - 128.0))) for c in (ca, cb)]
     return max(sat) >= STICKER_SATURATION and min(sat) <= NEUTRAL
 
 
@@ -543,12 +632,13 @@ def _region_kind(r: VisualResult, i: int, params: VisualParams) -> tuple[str, bo
 
 
 def visual_check(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
-                 params: VisualParams | None = None, moved_box: np.ndarray | None = None
-                 ) -> tuple[CheckResult, VisualResult]:
+                 params: VisualParams | None = None, moved_box: np.ndarray | None = None,
+                 lift_only: np.ndarray | None = None) -> tuple[CheckResult, VisualResult]:
     """The visual check of pairs of detail thumbnails (see the module docstring).
-    `moved_box`: pairs whose content boxes sit differently in their frames (margins)."""
+    `moved_box`: pairs whose content boxes sit differently in their frames (margins);
+    `lift_only`: pairs only a floor can change (see LIFT_SPREAD)."""
     params = params or VisualParams()
-    r = compare_details(ga, ca, gb, cb, params)
+    r = compare_details(ga, ca, gb, cb, params, lift_only)
     return verdicts(r, params, moved_box), r
 
 
@@ -585,11 +675,13 @@ def moved_boxes(details_a: Sequence[bytes], details_b: Sequence[bytes]) -> np.nd
 
 
 def visual(details_a: Sequence[bytes], details_b: Sequence[bytes],
-           params: VisualParams | None = None) -> CheckResult:
-    """The visual check on stored detail signatures."""
+           params: VisualParams | None = None, lift_only: np.ndarray | None = None
+           ) -> CheckResult:
+    """The visual check on stored detail signatures (`lift_only`: see LIFT_SPREAD)."""
     ga, ca = unpack_details(details_a)
     gb, cb = unpack_details(details_b)
-    return visual_check(ga, ca, gb, cb, params, moved_boxes(details_a, details_b))[0]
+    return visual_check(ga, ca, gb, cb, params, moved_boxes(details_a, details_b),
+                        lift_only)[0]
 
 
 #: The checks run on every verified pair, in order. Another check (codes and text read from
@@ -665,30 +757,64 @@ def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarr
     return out.astype(np.float32), reason
 
 
-#: Threads the checks run on (ECC, OpenCV filters and NumPy's array operations release the
-#: GIL, so chunks of pairs run side by side on the machine's cores; chunks bound memory).
+#: Threads the checks run on (ECC, OpenCV filters, the residual kernel and NumPy's array
+#: operations release the GIL, so chunks of pairs run side by side on the machine's cores;
+#: chunks bound memory).
 THREADS = 2
 CHUNK = 512
+#: From this many pairs, with the shipped checks, the chunks run in THREADS processes
+#: instead: the region tests of unclean pairs are small NumPy calls that hold the GIL (~30-40 %
+#: of a demo pair's CPU), so two threads cannot use two cores. A process costs ~1-2 s to
+#: start (imports), paid back from a few thousand pairs (a nightly verifies ~55 000).
+PROCESSES_FROM = 8 * CHUNK
+
+
+def _chunk(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
+           checks: Sequence[Check]) -> tuple[np.ndarray, np.ndarray]:
+    """(verified score, reason) of one chunk of pairs; the visual check is told which pairs
+    score below VERIFY_FROM (only a floor can change them: see LIFT_SPREAD)."""
+    lift = score < VERIFY_FROM
+    return combine(score, [c(details_a, details_b, lift_only=lift) if c is visual
+                           else c(details_a, details_b) for c in checks])
+
+
+def _shipped_chunk(job: tuple[np.ndarray, list[bytes], list[bytes]]
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """`_chunk` with the shipped CHECKS, in a worker process."""
+    return _chunk(*job, CHECKS)
 
 
 def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
                  checks: Sequence[Check] | None = None, chunk: int = CHUNK,
-                 threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Run the checks over pairs, `threads` chunks at a time (default THREADS, at most the
-    machine's cores); (verified score, reason) per pair, in the pairs' order."""
+                 threads: int | None = None, processes: bool | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Run the checks over pairs (`_chunk`), `threads` chunks at a time (default THREADS, at
+    most the machine's cores), in as many processes when `processes` (default: from
+    PROCESSES_FROM pairs with the shipped checks), else threads; (verified score, reason)
+    per pair, in the pairs' order."""
+    import multiprocessing as mp
     import os
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
+    shipped = checks is None
     checks = CHECKS if checks is None else checks
     threads = max(1, min(threads or THREADS, os.cpu_count() or 1))
+    starts = range(0, len(score), chunk)
+    if processes is None:
+        processes = shipped and len(score) >= PROCESSES_FROM
 
     def one(s: int) -> tuple[np.ndarray, np.ndarray]:
         part = slice(s, s + chunk)
-        return combine(score[part], [c(details_a[part], details_b[part]) for c in checks])
+        return _chunk(score[part], details_a[part], details_b[part], checks)
 
-    starts = range(0, len(score), chunk)
     if threads == 1 or len(starts) < 2:
         done = [one(s) for s in starts]
+    elif processes and shipped:
+        pool: Executor
+        with ProcessPoolExecutor(threads, mp_context=mp.get_context("spawn")) as pool:
+            done = list(pool.map(_shipped_chunk, [
+                (score[s:s + chunk], list(details_a[s:s + chunk]), list(details_b[s:s + chunk]))
+                for s in starts]))
     else:
         with ThreadPoolExecutor(threads) as pool:
             done = list(pool.map(one, starts))
