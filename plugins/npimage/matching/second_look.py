@@ -242,7 +242,7 @@ def is_sticker_pair(pa: np.ndarray, pb: np.ndarray, warp: np.ndarray, mirrored: 
         pb = np.ascontiguousarray(pb[:, ::-1])
     w = warp.copy()
     w[:, 2] *= scale
-    b, valid = V._warp(pb, w, 1.0)
+    b, valid = V._warp(pb, w)
     a = pa
     b = _tone_matched(a, b, valid)
     dist = V._diff(a[None], b[None], True, V._chroma_dist)[0]
