@@ -13,7 +13,9 @@ new closed object:
   the region, its outline is new (along its boundary the other side has no edge), and it
   covers the changed pixels;
 - a text or strength variant keeps the shared background (the fill around the strokes is
-  the same on both sides, or runs out of the region);
+  the same on both sides, or runs out of the region) and has the other side's strokes
+  about its outline (a sticker may match the photo under it in places: where that photo is
+  quiet about the outline, a lower share of new pixels is enough);
 - a colour (accent) variant keeps the boundary: the other side has an edge along the same
   outline, only the fill changed.
 
