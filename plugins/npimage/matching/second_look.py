@@ -64,7 +64,7 @@ NEW_OBJECT = 0.75
 #: sticker's fill or print may match the photo under it here and there, but a changed text
 #: has the other side's strokes about its outline (demo variants: 36-75 levels).
 NEW_QUIET = 0.55
-QUIET = 25.0
+QUIET = 20.0
 #: Diameter (pixels) of the disk that closes the changed pixels into one object.
 CLOSE = 5
 #: Width (pixels) of the bands inside and outside the object's boundary, and the window
