@@ -62,7 +62,7 @@ NEW_OBJECT = 0.75
 #: ... or new over NEW_QUIET of its area when the other side is quiet around it (its
 #: texture makes steps under QUIET levels across the outline moved by SHIFT pixels): a
 #: sticker's fill or print may match the photo under it here and there, but a changed text
-#: has the other side's strokes about its outline (demo variants: 36-75 levels).
+#: has the other side's strokes about its outline (demo variants: 26-75 levels).
 NEW_QUIET = 0.55
 QUIET = 20.0
 #: Diameter (pixels) of the disk that closes the changed pixels into one object.
