@@ -96,3 +96,52 @@ def test_a_strength_variant_of_a_packshot_stays_capped():
     for change, img in members[1:]:
         score, reason = _verify(base, img)
         assert score < 0.95 and reason != V.STICKER, (change, score, reason)
+
+
+def _half_covered() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sticker side, other side, changed pixels) of a look window where a white price
+    sticker's left half lies on a white pack (its fill is not new there: the object is new
+    over ~60 % of its area), the photo around it smooth."""
+    import cv2
+
+    from npimage.matching import second_look as S
+
+    yy, xx = np.mgrid[0:64, 0:80].astype(np.float32)
+    o = np.stack([90 + xx, 110 + 0.5 * yy, 140 - 0.5 * xx], -1)
+    o[:, :40] = 245.0
+    o8 = np.clip(o, 0, 255).astype(np.uint8)
+    s8 = o8.copy()
+    cv2.rectangle(s8, (18, 24), (58, 42), (255, 255, 255), -1)
+    cv2.rectangle(s8, (18, 24), (58, 42), (40, 40, 40), 1)
+    cv2.putText(s8, "4.90", (24, 38), cv2.FONT_HERSHEY_PLAIN, 1.0, (20, 20, 20), 1)
+    s, o = s8.astype(np.float32), o8.astype(np.float32)
+    return s, o, np.sqrt(((s - o) ** 2).sum(axis=-1)) > S.DIFF
+
+
+def test_a_sticker_partly_on_its_own_colour_is_found_when_the_photo_under_it_is_quiet():
+    from npimage.matching import second_look as S
+
+    s, o, changed = _half_covered()
+    obj = np.zeros_like(changed)
+    obj[24:43, 18:59] = True
+    assert (changed & obj).sum() / obj.sum() < S.NEW_OBJECT  # the case: not new enough
+    assert S._is_stuck_on(s, o, changed)
+    assert not S._is_stuck_on(o, s, changed)
+
+
+def test_a_speck_beside_the_changed_region_does_not_stop_the_second_look():
+    from types import SimpleNamespace
+
+    from npimage.matching import second_look as S
+    from npimage.matching.detail import DETAIL_SIDE
+
+    params = V.VisualParams()
+    side = DETAIL_SIDE - V.WINDOW + 1
+    grey = np.zeros((1, side, side), np.float32)
+    grey[0, 40:46, 50:62] = 2 * params.grey_clean  # the sticker's cluster of windows
+    r = SimpleNamespace(grey_map=grey, chroma_map=np.zeros((1, 8, 8), np.float32))
+    alone = S.changed_region(r, 0, params)  # type: ignore[arg-type]
+    grey[0, 100, 10] = 2 * params.grey_clean  # one window just above the clean level
+    assert alone is not None and S.changed_region(r, 0, params) == alone  # type: ignore[arg-type]
+    grey[0, 90:96, 5:17] = 2 * params.grey_clean  # a second real change far away
+    assert S.changed_region(r, 0, params) is None  # type: ignore[arg-type]

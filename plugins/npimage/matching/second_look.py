@@ -13,7 +13,9 @@ new closed object:
   the region, its outline is new (along its boundary the other side has no edge), and it
   covers the changed pixels;
 - a text or strength variant keeps the shared background (the fill around the strokes is
-  the same on both sides, or runs out of the region);
+  the same on both sides, or runs out of the region) and has the other side's strokes
+  about its outline (a sticker may match the photo under it in places: where that photo is
+  quiet about the outline, a lower share of new pixels is enough);
 - a colour (accent) variant keeps the boundary: the other side has an edge along the same
   outline, only the fill changed.
 
@@ -39,6 +41,11 @@ LOOK_SIDE = 2 * DETAIL_SIDE
 LOOKED_AT = (V.TEXT, V.CODE, V.COLOUR)
 #: The changed components (128 px grid) must fit in a box of this share of the frame.
 REGION_AREA = 0.08
+#: A changed component (dilated, detail grid) of at most this many pixels, beside a larger
+#: one, is a speck (one to four windows just above the clean level: JPEG noise, a grain
+#: edge); specks are left out of the region (the sticker's outline and print are one
+#: cluster, a speck elsewhere is not part of it).
+SPECK = 40
 #: Pixels (second-look grid) added around the changed region.
 PAD = 10
 #: A pixel differs when its colour is this far (RGB levels, after matching the two sides'
@@ -52,6 +59,12 @@ FILL = 40.0
 MIN_AREA = 40
 FILL_SHARE = 0.2
 NEW_OBJECT = 0.75
+#: ... or new over NEW_QUIET of its area when the other side is quiet around it (its
+#: texture makes steps under QUIET levels across the outline moved by SHIFT pixels): a
+#: sticker's fill or print may match the photo under it here and there, but a changed text
+#: has the other side's strokes about its outline (demo variants: 26-75 levels).
+NEW_QUIET = 0.55
+QUIET = 20.0
 #: Diameter (pixels) of the disk that closes the changed pixels into one object.
 CLOSE = 5
 #: Width (pixels) of the bands inside and outside the object's boundary, and the window
@@ -86,8 +99,9 @@ def look_picture(thumb: bytes, detail: bytes) -> np.ndarray:
 
 def changed_region(r: V.VisualResult, i: int, params: V.VisualParams
                    ) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) on the detail grid of the pair's changed components, when they are
-    few (at most two) and fit in a small box; else None (several regions: no second look)."""
+    """(x0, y0, x1, y1) on the detail grid of the pair's changed components, specks left
+    out, when they are few (at most two) and fit in a small box; else None (several
+    regions: no second look)."""
     import cv2
 
     bad = (r.grey_map[i] > params.grey_clean).astype(np.uint8)
@@ -95,13 +109,17 @@ def changed_region(r: V.VisualResult, i: int, params: V.VisualParams
         k = DETAIL_SIDE // r.chroma_map.shape[1]
         bad = np.kron((r.chroma_map[i] > params.chroma_clean).astype(np.uint8),
                       np.ones((k, k), np.uint8))
-    n, _, stats, _ = cv2.connectedComponentsWithStats(
+    _, _, stats, _ = cv2.connectedComponentsWithStats(
         cv2.dilate(bad, np.ones((5, 5), np.uint8)), connectivity=8)
-    if n < 2 or n > 3:
+    stats = stats[1:]
+    big = stats[stats[:, 4] > SPECK]
+    if len(big):
+        stats = big
+    if len(stats) < 1 or len(stats) > 2:
         return None
-    x0, y0 = stats[1:, 0].min(), stats[1:, 1].min()
-    x1 = (stats[1:, 0] + stats[1:, 2]).max() + V.WINDOW - 1
-    y1 = (stats[1:, 1] + stats[1:, 3]).max() + V.WINDOW - 1
+    x0, y0 = stats[:, 0].min(), stats[:, 1].min()
+    x1 = (stats[:, 0] + stats[:, 2]).max() + V.WINDOW - 1
+    y1 = (stats[:, 1] + stats[:, 3]).max() + V.WINDOW - 1
     if (x1 - x0) * (y1 - y0) > REGION_AREA * DETAIL_SIDE ** 2:
         return None
     return int(x0), int(y0), int(x1), int(y1)
@@ -208,7 +226,7 @@ def _is_stuck_on(s: np.ndarray, o: np.ndarray, changed: np.ndarray) -> bool:
     if area < MIN_AREA:
         return False
     new = (changed & obj).sum() / area
-    if new < NEW_OBJECT:
+    if new < NEW_QUIET:
         return False
     if (changed & ~obj).sum() > (1 - COVERS) * changed.sum():
         return False
@@ -228,6 +246,8 @@ def _is_stuck_on(s: np.ndarray, o: np.ndarray, changed: np.ndarray) -> bool:
     border = inner & ~(cv2.erode(u8, three) > 0)
     rs, so = _local_range(s)[border], _step(o, inner, outer)[border]
     texture = _texture_step(o, inner, outer, border)
+    if new < NEW_OBJECT and texture >= QUIET:
+        return False
     lacks = ((rs >= EDGE_MIN) & (so < max(STEP_MIN, TEXTURE_RATIO * texture))).mean()
     return bool(lacks >= NEW_OUTLINE)
 
