@@ -314,15 +314,20 @@ def test_default_weights_come_from_the_shipped_file():
     assert np.allclose(Scorer(load_weights(None), True).hash_tables, Scorer(w, True).hash_tables)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "refit on SIGNATURE_VERSION 2 hashes (docs/QUALITY.md): one burst shot of a shelf, "
-    "grocery Passion-Fruit_016/_026 (1, 2, 2 bits, cosine 0.993), scores >= 0.99 with every "
-    "weight point of the fit's curves; the fit that keeps it out costs the demo 5 planted "
-    "duplicates"))
+#: The one target the shipped fit misses (docs/QUALITY.md "Refit on the version-2 hashes"):
+#: a burst shot of one shelf, grocery Passion-Fruit_016/_026 (1, 2, 2 bits, cosine 0.993),
+#: scores >= 0.99 at every weight point of the fit's curves; the fit that keeps it out costs
+#: the demo 5 planted duplicates. Pinned so that any change of it is looked at again.
+KNOWN_MISS = {"no different photo in same": 1}
+
+
 def test_shipped_fit_record_says_how_and_met_the_targets():
     fit = json.loads(DEFAULT_WEIGHTS_FILE.read_text())["fit"]
     assert "bench/quality.py" in fit["command"] and "seed" in fit["data"]
-    assert all(fit["metrics"]["fv"]["targets_met"].values()), fit["metrics"]["fv"]
+    metrics = fit["metrics"]["fv"]
+    missed = {k for k, met in metrics["targets_met"].items() if not met}
+    assert missed == set(KNOWN_MISS), metrics
+    assert metrics["different_photos_in_same"] == KNOWN_MISS["no different photo in same"]
 
 
 def test_weights_file_round_trip_and_checks(tmp_path):
