@@ -28,7 +28,9 @@ on grocery photos of one seed and measured on a wider range (bench/verify.py).
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -291,15 +293,22 @@ def stickers(details_a: Sequence[bytes], details_b: Sequence[bytes],
     ga, ca = unpack_details([details_a[i] for i in have])
     gb, cb = unpack_details([details_b[i] for i in have])
     r = V.compare_details(ga, ca, gb, cb, params)
-    for j, i in enumerate(have):
+
+    def look(j: int) -> bool:
+        i = have[j]
         region = changed_region(r, j, params)
         if region is None:
-            continue
+            return False
         warp = _warp_of(ga[j], gb[j], bool(r.mirrored[j]), bool(r.aligned[j]))
         ta, tb = thumbs_a[i], thumbs_b[i]
         assert ta is not None and tb is not None
-        out[i] = is_sticker_pair(look_picture(ta, details_a[i]), look_picture(tb, details_b[i]),
-                                 warp, bool(r.mirrored[j]), region)
+        return is_sticker_pair(look_picture(ta, details_a[i]), look_picture(tb, details_b[i]),
+                               warp, bool(r.mirrored[j]), region)
+
+    # pairs side by side on the verify stage's threads (ECC, decoding and OpenCV release
+    # the GIL); each pair's answer depends on that pair alone
+    with ThreadPoolExecutor(max(1, min(V.THREADS, os.cpu_count() or 1))) as pool:
+        out[have] = list(pool.map(look, range(len(have))))
     return out
 
 
