@@ -353,40 +353,24 @@ def compare_shard(ctx: RunContext, shard: dict[str, int]) -> str:
 def verify(ctx: RunContext) -> dict[str, int]:
     """Check the close pairs of the compare shards in detail -> verified.parquet
     (npimage.matching.verify): variants of one template move below `retouched`."""
+    from npimage.ingest.signatures import stored_by_id
     from npimage.matching.verify import pairs_to_verify, verify_matches
-    from npimage.storage.parquet_io import read_parts
 
     shards = list_parts(ctx.run_dir / "matches", "shard-*.parquet")
     matches = pa.concat_tables([read_table(p, cmp.MATCH_COLUMNS) for p in shards]) \
         if shards else cmp.MATCH_COLUMNS.empty_table()
     pairs = pairs_to_verify(matches)
     ids = sorted(set(pairs["a"].to_pylist()) | set(pairs["b"].to_pylist()))
-    details: dict[str, bytes | None] = {}
-    if ids:
-        sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
-                          columns=["image_id", "detail"], ids=ids)
-        details = dict(zip(sigs["image_id"].to_pylist(), sigs["detail"].to_pylist(),
-                           strict=True))
+    details: dict[str, bytes | None] = stored_by_id(ctx.run_dir, "detail", ids)
     codes = reading.codes_so_far(ctx, ids)  # None with --read none: no GTIN check
     with Progress(pairs.num_rows, "verify", "pairs"):
-        verified = verify_matches(pairs, details, codes, partial(stored_thumbs, ctx))
+        verified = verify_matches(pairs, details, codes,
+                                  partial(stored_by_id, ctx.run_dir, "thumb"))
     write_table(verified, ctx.path("verified.parquet"))
     moved = int(pc.sum(pc.cast(pc.not_equal(
         verified["verify_reason"], "detail identical"), pa.int64())).as_py() or 0)
     log.info("verify: %d pairs checked, %d with a finding", verified.num_rows // 2, moved // 2)
     return {"verified_pairs": verified.num_rows // 2, "findings": moved // 2}
-
-
-def stored_thumbs(ctx: RunContext, ids: list[str]) -> dict[str, bytes | None]:
-    """The stored thumbnails (`thumb`) of these images only: verify's second look needs a
-    few of them (pairs capped for one region), not the whole run's."""
-    from npimage.storage.parquet_io import read_parts
-
-    if not ids:
-        return {}
-    sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
-                      columns=["image_id", "thumb"], ids=ids)
-    return dict(zip(sigs["image_id"].to_pylist(), sigs["thumb"].to_pylist(), strict=True))
 
 
 # -- merge -------------------------------------------------------------------------------

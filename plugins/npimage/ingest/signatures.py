@@ -234,3 +234,13 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
     write_table(sigs.table(), out_signatures)
     write_table(rejects.table(), out_rejects)
     return BatchResult(len(computed), reused, len(rejects.cols["image_id"]))
+
+
+def stored_by_id(run_dir: Path, column: str, ids: list[str]) -> dict[str, Any]:
+    """One column (`detail`, `thumb`, ...) of a run's consolidated signatures, by image id,
+    for these images only: verification and `npimage nearest` need a few rows, not all."""
+    if not ids:
+        return {}
+    sigs = read_parts(run_dir / "signatures", SIGNATURES, "shard-*.parquet",
+                      columns=["image_id", column], ids=ids)
+    return dict(zip(sigs["image_id"].to_pylist(), sigs[column].to_pylist(), strict=True))

@@ -29,6 +29,7 @@ from npimage.bands import band_codes
 from npimage.config import Settings
 from npimage.errors import UnknownClientError
 from npimage.ingest.decode import ImageError, decode, read_bytes
+from npimage.ingest.signatures import stored_by_id
 from npimage.matching import compare as cmp
 from npimage.matching.hashing import image_hashes
 from npimage.matching.scoring import Scorer, load_weights
@@ -167,21 +168,14 @@ def verify_nearest(matches: pa.Table, detail: bytes, image: str, ctx: RunContext
     if not len(todo):
         return score, reason
     wanted = [ids[i] for i in todo]
-    sigs = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
-                      columns=["image_id", "detail"], ids=wanted)
-    details: dict[str, bytes | None] = dict(zip(sigs["image_id"].to_pylist(),
-                                                sigs["detail"].to_pylist(), strict=True))
+    details: dict[str, bytes | None] = stored_by_id(ctx.run_dir, "detail", wanted)
     details[QUERY_ID] = detail
     pairs = pa.table({"a": pa.array([QUERY_ID] * len(todo), pa.string()),
                       "b": pa.array(wanted, pa.string()),
                       "score": pa.array(score[todo], pa.float32())})
     def thumbs(some: list[str]) -> dict[str, bytes | None]:
         """The run's stored thumbnails, and the picture's own (the second look)."""
-        run = [i for i in some if i != QUERY_ID]
-        got = read_parts(ctx.run_dir / "signatures", SIGNATURES, "shard-*.parquet",
-                         columns=["image_id", "thumb"], ids=run)
-        found: dict[str, bytes | None] = dict(zip(got["image_id"].to_pylist(),
-                                                  got["thumb"].to_pylist(), strict=True))
+        found = stored_by_id(ctx.run_dir, "thumb", [i for i in some if i != QUERY_ID])
         found[QUERY_ID] = thumb
         return found
 
