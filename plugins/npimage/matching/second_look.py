@@ -127,23 +127,6 @@ def changed_region(r: V.VisualResult, i: int, params: V.VisualParams
     return int(x0), int(y0), int(x1), int(y1)
 
 
-def _warp_of(ga: np.ndarray, gb: np.ndarray, mirrored: bool, aligned: bool) -> np.ndarray:
-    """The ECC warp (detail grid) taking b onto a, as the visual check finds it (coarse,
-    then fine); identity when the check did not align the pair or ECC fails."""
-    eye = np.eye(2, 3, dtype=np.float32)
-    if not aligned:
-        return eye
-    a = V._norm(ga[None])[0]
-    b = V._norm(gb[None])[0]
-    if mirrored:
-        b = np.ascontiguousarray(b[:, ::-1])
-    coarse = V._ecc(a, b)
-    if coarse is None:
-        return eye
-    fine = V._ecc(a, b, coarse)
-    return fine if fine is not None else coarse
-
-
 def _tone_matched(x: np.ndarray, y: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """y with each channel's mean and deviation matched to x's over the valid overlap
     (a tone retouch is not a change)."""
@@ -299,7 +282,7 @@ def stickers(details_a: Sequence[bytes], details_b: Sequence[bytes],
         region = changed_region(r, j, params)
         if region is None:
             return False
-        warp = _warp_of(ga[j], gb[j], bool(r.mirrored[j]), bool(r.aligned[j]))
+        warp = r.warp[j]  # the alignment the check kept for this pair
         ta, tb = thumbs_a[i], thumbs_b[i]
         assert ta is not None and tb is not None
         return is_sticker_pair(look_picture(ta, details_a[i]), look_picture(tb, details_b[i]),

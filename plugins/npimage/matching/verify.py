@@ -358,6 +358,8 @@ class VisualResult:
     b: np.ndarray = field(repr=False)  # normalised grey of b in a's frame
     ca: np.ndarray = field(repr=False)
     cb: np.ndarray = field(repr=False)
+    warp: np.ndarray = field(repr=False)  # (n, 2, 3) float32: b onto a (after mirroring),
+    # the last ECC pass's (fine, else coarse; identity when not aligned), used or not
 
 
 @dataclass
@@ -448,6 +450,7 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     chroma, cmap = chroma_residual(ca, cb)
     n = len(a)
     geometric, aligned = mirrored.copy(), np.zeros(n, bool)
+    warp = np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1))
     spread = (gmap > params.grey_clean).mean(axis=(1, 2))
     todo = np.flatnonzero((grey > params.grey_clean) & (spread > params.align_share))
     if len(todo):
@@ -470,7 +473,11 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
                 al.grey[better], al.gmap[better], al.chroma[better], al.cmap[better])
             a[sel], b[sel], cb[sel] = al.a[better], al.b[better], al.cb[better]
             geometric[sel] = mirrored[sel] | al.moved[better]
-    return VisualResult(grey, chroma, mirrored, geometric, aligned, gmap, cmap, a, b, ca, cb)
+            for i, found in zip(idx, al.warps, strict=True):  # the finest warp found
+                if found is not None:  # (None: ECC failed from identity)
+                    warp[i] = found
+    return VisualResult(grey, chroma, mirrored, geometric, aligned, gmap, cmap, a, b, ca, cb,
+                        warp)
 
 
 # -- verdicts ----------------------------------------------------------------------------------
