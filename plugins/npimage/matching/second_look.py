@@ -304,9 +304,10 @@ def forgive_stickers(score: np.ndarray, verified: np.ndarray, reason: np.ndarray
                      ids_a: Sequence[str], ids_b: Sequence[str], thumbs: ThumbLoader
                      ) -> tuple[np.ndarray, np.ndarray]:
     """The verify stage's hook: the pairs the visual check capped for one region get a
-    second look; those it finds a sticker on get their score back (compare's) and the
-    STICKER reason. `thumbs` loads the thumbnails of those pairs' images only (memory
-    stays bounded); a pair with a thumbnail missing keeps its verdict."""
+    second look; those it finds a sticker on get their score back (compare's, held under
+    the retouch cap: a stickered copy is `retouched`, not `same`) and the STICKER reason.
+    `thumbs` loads the thumbnails of those pairs' images only (memory stays bounded); a
+    pair with a thumbnail missing keeps its verdict."""
     todo = [int(i) for i in np.flatnonzero(np.isin(reason, LOOKED_AT) & (verified < score))]
     if not todo:
         return verified, reason
@@ -315,5 +316,6 @@ def forgive_stickers(score: np.ndarray, verified: np.ndarray, reason: np.ndarray
                         [found.get(ids_a[i]) for i in todo],
                         [found.get(ids_b[i]) for i in todo])]
     verified, reason = verified.copy(), reason.copy()
-    verified[hit], reason[hit] = score[hit], V.STICKER
+    verified[hit] = np.minimum(score[hit], V.VisualParams().retouch_cap)
+    reason[hit] = V.STICKER
     return verified, reason

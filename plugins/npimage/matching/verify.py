@@ -84,6 +84,14 @@ class VisualParams:
     variant_cap: float = 0.93
     #: score a geometric retouch is lifted to (inside `retouched`)
     geometric_floor: float = 0.955
+    #: highest score of a retouch: a pair that is the same picture only after alignment
+    #: (crop, rotation, margins, mirror) or under a sticker is `retouched`, never `same`
+    #: (bands: `same` is a copy, recompression or resize; a burst shot a moment apart also
+    #: aligns clean, and must not be merged as the same image)
+    retouch_cap: float = 0.985
+    #: global shift (`global_shift`, pixels of the detail thumbnail) from which a photo
+    #: (no backdrop: its content box is the whole frame) was moved: re-shot or reframed
+    shift_moved: float = 0.5
 
 
 def _norm(g: np.ndarray) -> np.ndarray:
@@ -360,6 +368,7 @@ class VisualResult:
     cb: np.ndarray = field(repr=False)
     warp: np.ndarray = field(repr=False)  # (n, 2, 3) float32: b onto a (after mirroring),
     # the last ECC pass's (fine, else coarse; identity when not aligned), used or not
+    moved: np.ndarray | None = None  # bool: mirrored, or a photo shifted (`global_shift`)
 
 
 @dataclass
@@ -431,10 +440,13 @@ def _smalls(x: np.ndarray) -> np.ndarray:
 
 
 def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
-                    params: VisualParams, lift_only: np.ndarray | None = None) -> VisualResult:
+                    params: VisualParams, lift_only: np.ndarray | None = None,
+                    full_frame: np.ndarray | None = None) -> VisualResult:
     """Residuals of pairs of detail thumbnails, aligning (straight or mirrored) those that
     differ at identity: a coarse ECC pass first, the fine pass only for pairs it leaves
     unclean (and, of the `lift_only` pairs, only those it leaves nearly clean: LIFT_SPREAD).
+    `full_frame`: pairs of photos (no backdrop on either side), whose clean pairs are also
+    told moved when the whole picture shifted (`global_shift`).
     Vectorised over pairs except the per-pair ECC."""
     ia, ib = _images(ga), _images(gb)
     a, b = _per_image(_norm, ga, ia), _per_image(_norm, gb, ib)
@@ -476,8 +488,48 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
             for i, found in zip(idx, al.warps, strict=True):  # the finest warp found
                 if found is not None:  # (None: ECC failed from identity)
                     warp[i] = found
+    moved = mirrored.copy()
+    if full_frame is not None:  # photos: a shift of the whole picture is a reframing
+        still = np.flatnonzero(full_frame & ~mirrored & (grey <= params.grey_clean)
+                               & (chroma <= params.chroma_clean))
+        moved[still] = global_shift(ga[still], gb[still]) > params.shift_moved
     return VisualResult(grey, chroma, mirrored, geometric, aligned, gmap, cmap, a, b, ca, cb,
-                        warp)
+                        warp, moved)
+
+
+def global_shift(ga: np.ndarray, gb: np.ndarray) -> np.ndarray:
+    """Length (pixels of the detail thumbnail, sub-pixel) of the translation between the two
+    grey thumbnails of each pair, by phase correlation (vectorised FFTs over the stack).
+
+    Why: a re-shot photo (a burst a moment later, the camera moved ~1 % of the frame) aligns
+    clean within the one-pixel tolerance of the residual, so the residual alone calls it the
+    same picture; the phase correlation peak finds its shift to a tenth of a pixel, where
+    the same image recompressed, resized, re-saved, toned or sharpened stays under 0.25 px
+    (bench/verify.py, photos table)."""
+    n = len(ga)
+    if n == 0:
+        return np.zeros(0, np.float32)
+    side = ga.shape[-1]
+    win = np.outer(*2 * [np.hanning(side)]).astype(np.float32)
+    fa = np.fft.rfft2((_norm(ga) * win).astype(np.float32))
+    fb = np.fft.rfft2((_norm(gb) * win).astype(np.float32))
+    cross = fa * np.conj(fb)
+    corr = np.fft.irfft2(cross / (np.abs(cross) + 1e-9), s=(side, side))
+    peak = corr.reshape(n, -1).argmax(axis=1)
+    py, px = np.divmod(peak, side)
+    offs = np.arange(-1, 2)
+    ys = (py[:, None] + offs) % side
+    xs = (px[:, None] + offs) % side
+    hood = np.maximum(corr[np.arange(n)[:, None, None], ys[:, :, None], xs[:, None, :]], 0)
+    total = hood.sum(axis=(1, 2)) + 1e-12
+    dy = (hood.sum(axis=2) * offs).sum(axis=1) / total
+    dx = (hood.sum(axis=1) * offs).sum(axis=1) / total
+    wrap = side // 2
+    sy = (py + wrap) % side - wrap + dy
+    sx = (px + wrap) % side - wrap + dx
+    out: np.ndarray = np.hypot(sx, sy).astype(np.float32)
+    return out
+
 
 
 # -- verdicts ----------------------------------------------------------------------------------
@@ -486,6 +538,7 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
 SAME_DETAIL = "detail identical"
 GEOMETRIC = "same picture after alignment (crop, rotation or margins)"
 MIRROR = "mirror image"
+SHIFTED = "the picture moved (re-shot or reframed)"
 STICKER = "a patch covers one area (sticker)"
 TEXT = "one region differs (text)"
 CODE = "one region differs (barcode)"
@@ -640,12 +693,14 @@ def _region_kind(r: VisualResult, i: int, params: VisualParams) -> tuple[str, bo
 
 def visual_check(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
                  params: VisualParams | None = None, moved_box: np.ndarray | None = None,
-                 lift_only: np.ndarray | None = None) -> tuple[CheckResult, VisualResult]:
+                 lift_only: np.ndarray | None = None, full_frame: np.ndarray | None = None
+                 ) -> tuple[CheckResult, VisualResult]:
     """The visual check of pairs of detail thumbnails (see the module docstring).
     `moved_box`: pairs whose content boxes sit differently in their frames (margins);
-    `lift_only`: pairs only a floor can change (see LIFT_SPREAD)."""
+    `lift_only`: pairs only a floor can change (see LIFT_SPREAD); `full_frame`: pairs of
+    photos without a backdrop (`full_frames`)."""
     params = params or VisualParams()
-    r = compare_details(ga, ca, gb, cb, params, lift_only)
+    r = compare_details(ga, ca, gb, cb, params, lift_only, full_frame)
     return verdicts(r, params, moved_box), r
 
 
@@ -660,13 +715,15 @@ def verdicts(r: VisualResult, params: VisualParams, moved_box: np.ndarray | None
     clean = (r.grey <= params.grey_clean) & (r.chroma <= params.chroma_clean)
     lift = clean & (r.geometric | moved_box)  # the same picture reframed: forgiven
     floor[lift] = params.geometric_floor
+    moved = r.mirrored if r.moved is None else r.moved
+    cap[clean & (moved | moved_box)] = params.retouch_cap  # a retouch, not the same image
+    reason[clean & moved & ~lift] = SHIFTED
     reason[lift] = GEOMETRIC
     reason[clean & r.mirrored] = MIRROR
     for i in np.flatnonzero(~clean):  # only pairs that differ: a few region statistics each
         why, sticker = _region_kind(r, int(i), params)
         reason[i] = why
-        if not sticker:
-            cap[i] = params.variant_cap
+        cap[i] = params.retouch_cap if sticker else params.variant_cap
     return CheckResult(cap, floor, reason)
 
 
@@ -681,6 +738,17 @@ def moved_boxes(details_a: Sequence[bytes], details_b: Sequence[bytes]) -> np.nd
     return out
 
 
+def full_frames(details_a: Sequence[bytes], details_b: Sequence[bytes]) -> np.ndarray:
+    """Pairs whose two content boxes are the whole frame (photos, no backdrop): the box
+    does not move their thumbnails, so a shift between them is the picture's own. (A pack
+    on a backdrop is framed by its box, found on a coarse grid: a copy's thumbnail may
+    move by a pixel or two.)"""
+    whole = np.array([0, 0, 1, 1], np.float32)
+    out: np.ndarray = ((content_boxes(details_a) == whole).all(axis=1)
+                       & (content_boxes(details_b) == whole).all(axis=1))
+    return out
+
+
 def visual(details_a: Sequence[bytes], details_b: Sequence[bytes],
            params: VisualParams | None = None, lift_only: np.ndarray | None = None
            ) -> CheckResult:
@@ -688,7 +756,7 @@ def visual(details_a: Sequence[bytes], details_b: Sequence[bytes],
     ga, ca = unpack_details(details_a)
     gb, cb = unpack_details(details_b)
     return visual_check(ga, ca, gb, cb, params, moved_boxes(details_a, details_b),
-                        lift_only)[0]
+                        lift_only, full_frames(details_a, details_b))[0]
 
 
 #: The checks run on every verified pair, in order. Another check (codes and text read from
@@ -747,7 +815,9 @@ VERIFY_FV_FROM = 0.85
 
 
 def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarray, np.ndarray]:
-    """Verified scores and reasons: the lowest cap of any check, else the highest floor."""
+    """Verified scores and reasons: the score raised to the highest floor and held under the
+    lowest cap of any check; a cap below that floor (a check found a difference: a variant,
+    another GTIN) wins alone, so a pair another check would lift stays capped."""
     n = len(score)
     cap = np.ones(n, np.float32)
     floor = np.zeros(n, np.float32)
@@ -760,7 +830,8 @@ def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarr
     for res in results:  # reasons of pairs no check capped: the first that said something
         empty = (reason == "") & (res.reason != "")
         reason[empty] = res.reason[empty]
-    out = np.where(cap < 1, np.minimum(score, cap), np.maximum(score, floor))
+    floor = np.where(floor <= cap, floor, 0)
+    out = np.minimum(np.maximum(score, floor), cap)
     return out.astype(np.float32), reason
 
 
