@@ -362,6 +362,15 @@ def photos(datasets: Path, n: int, seed: int) -> list[str]:
             ta.append(src[1])
             db.append(d2)
             tb.append(t2)
+    shelf = datasets / "grocery-store/dataset/train/Fruit/Passion-Fruit"
+    burst = [shelf / f"Passion-Fruit_0{k}.jpg" for k in ("16", "26")]
+    if all(p.exists() for p in burst):  # two photos of one shelf a moment apart (not an edit)
+        (d1, t1), (d2, t2) = (sig(p.read_bytes()) for p in burst)
+        labels.append(BURST)
+        da.append(d1)
+        ta.append(t1)
+        db.append(d2)
+        tb.append(t2)
     print(f"\nreal photos: {len(labels)} edited pairs, signatures in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
@@ -382,11 +391,38 @@ def photos(datasets: Path, n: int, seed: int) -> list[str]:
                    f"{int((res.floor[m] >= 0.95).sum())} | {int(capped.sum())} | "
                    f"{int((after[m] >= 0.95).sum())} | {int((after[m] >= 0.99).sum())} | "
                    f"{', '.join(why)} |")
+    out += shift_table(lab, da, db)
     for name, sel in (("fit range (sticker)", lab == "sticker"),
                       ("test range (sticker test: *)",
                        np.array([str(k).startswith("sticker test") for k in lab]))):
         out.append(f"\nstickers, {name}: kept {int((res.cap[sel] >= 0.95).sum())} -> "
                    f"{int((after[sel] >= 0.95).sum())} of {int(sel.sum())}")
+    return out
+
+
+#: The grocery pair of different photos (a burst of one shelf) the scores put in `same`.
+BURST = "different photos: grocery burst (Passion-Fruit_016/_026)"
+
+
+def shift_table(lab: np.ndarray, da: list[bytes], db: list[bytes]) -> list[str]:
+    """Per kind, on the pairs of photos without a backdrop (`verify.full_frames`): the global
+    shift between the two detail thumbnails (`verify.global_shift`, px of the 128 px
+    thumbnail) and how many pass VisualParams.shift_moved (then held under `same`)."""
+    from npimage.matching import detail as D
+    from npimage.matching import verify as V
+
+    full = V.full_frames(da, db)
+    shift = V.global_shift(D.unpack_details(da)[0], D.unpack_details(db)[0])
+    limit = V.VisualParams().shift_moved
+    out = [f"\nglobal shift of photos without a backdrop (px of the {D.DETAIL_SIDE} px "
+           f"thumbnail; moved above {limit}):\n",
+           "| kind | pairs (no backdrop) | median | 99th pct | max | moved |",
+           "|---|---|---|---|---|---|"]
+    for kind in dict.fromkeys(lab):
+        s = shift[(lab == kind) & full]
+        if len(s):
+            out.append(f"| {kind} | {len(s)} | {np.median(s):.2f} | {np.percentile(s, 99):.2f} | "
+                       f"{s.max():.2f} | {int((s > limit).sum())} |")
     return out
 
 
