@@ -84,10 +84,9 @@ class VisualParams:
     variant_cap: float = 0.93
     #: score a geometric retouch is lifted to (inside `retouched`)
     geometric_floor: float = 0.955
-    #: highest score of a retouch: a pair that is the same picture only after alignment
-    #: (crop, rotation, margins, mirror) or under a sticker is `retouched`, never `same`
-    #: (bands: `same` is a copy, recompression or resize; a burst shot a moment apart also
-    #: aligns clean, and must not be merged as the same image)
+    #: highest score of a retouch: a mirrored pair, a photo whose whole picture shifted
+    #: (`global_shift`: a crop, a burst shot a moment apart) and a pair with a sticker are
+    #: `retouched`, never `same` (bands: `same` is a copy, recompression or resize)
     retouch_cap: float = 0.985
     #: global shift (`global_shift`, pixels of the detail thumbnail) from which a photo
     #: (no backdrop: its content box is the whole frame) was moved: re-shot or reframed
@@ -716,7 +715,9 @@ def verdicts(r: VisualResult, params: VisualParams, moved_box: np.ndarray | None
     lift = clean & (r.geometric | moved_box)  # the same picture reframed: forgiven
     floor[lift] = params.geometric_floor
     moved = r.mirrored if r.moved is None else r.moved
-    cap[clean & (moved | moved_box)] = params.retouch_cap  # a retouch, not the same image
+    # a retouch, not the same image (a moved content box alone is not evidence: a strong
+    # recompression can move a pack's box on its backdrop by a few per cent)
+    cap[clean & moved] = params.retouch_cap
     reason[clean & moved & ~lift] = SHIFTED
     reason[lift] = GEOMETRIC
     reason[clean & r.mirrored] = MIRROR
