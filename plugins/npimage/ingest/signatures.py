@@ -35,6 +35,7 @@ from npimage.ingest.decode import (
     decode_for_reading,
     read_all,
 )
+from npimage.ingest.resample import Pixels
 from npimage.ingest.thumbnail import thumbnail_jpeg
 from npimage.matching.detail import DETAIL_BYTES, DETAIL_VERSION, detail_signature
 from npimage.matching.detail import is_current as detail_is_current
@@ -87,8 +88,11 @@ def current_expression() -> ds.Expression:
 
 
 def pixel_features(rgb: Image.Image) -> tuple[np.ndarray, bytes, bytes]:
-    """(grey copy for the hashes, detail signature, thumbnail JPEG) of a working copy."""
-    return grey_copy(rgb), detail_signature(rgb), thumbnail_jpeg(rgb)
+    """(grey copy for the hashes, detail signature, thumbnail JPEG) of a working copy (its
+    pixels read out once for the detail's and the thumbnail's resizes)."""
+    pixels = Pixels(np.asarray(rgb)) if rgb.mode == "RGB" else None
+    return (grey_copy(rgb), detail_signature(rgb, pixels=pixels),
+            thumbnail_jpeg(rgb, pixels))
 
 
 def _prior_rows(prior: Path | None, ids: list[str]) -> dict[str, Row]:
