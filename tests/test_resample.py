@@ -67,9 +67,11 @@ def test_both_pass_orders_and_the_crop_shortcut():
         assert np.array_equal(resize_box(px, size, box), _pillow(a, size, box)), (size, box)
 
 
-def test_pixels_refuse_what_is_not_rgb():
-    with pytest.raises(ValueError, match="RGB"):
-        Pixels(np.zeros((4, 4), np.uint8))
+def test_pixels_refuse_what_is_neither_rgb_nor_grey():
+    for bad in (np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.float32),
+                np.zeros(4, np.uint8)):
+        with pytest.raises(ValueError, match="RGB"):
+            Pixels(bad)
 
 
 def _reference_detail(rgb: Image.Image) -> bytes:
@@ -139,3 +141,33 @@ def test_thumbnail_size_is_pillows():
         img = Image.new("RGB", (w, h))
         img.thumbnail((D.BOX_SIDE, D.BOX_SIDE), Image.Resampling.BOX)
         assert D.thumbnail_size(w, h, D.BOX_SIDE) == img.size, (w, h)
+
+
+def test_the_grey_copy_is_the_hashes_one():
+    """pixel_features makes the hashes' grey copy with npimage.ingest.resample: the bytes
+    of npimage.matching.hashing.grey_copy (Pillow's L conversion and BILINEAR resize)."""
+    from npimage.matching.hashing import GREY_SIDE, grey_copy
+
+    shots = _product_shots(40)
+    rng = np.random.default_rng(9)
+    shots += [Image.fromarray(_picture(rng, w, h)) for w, h in
+              [(348, 348), (348, 464), (464, 348), (512, 40), (30, 500), (64, 64), (20, 20)]]
+    for rgb in shots:
+        grey, _, _ = pixel_features(rgb)
+        assert np.array_equal(grey, grey_copy(rgb)), rgb.size
+        assert grey.shape == (GREY_SIDE, GREY_SIDE) and grey.dtype == np.uint8
+
+
+def test_bilinear_resize_is_pillows_to_the_byte():
+    from npimage.ingest.resample import BILINEAR, resize
+
+    r = random.Random(11)
+    rng = np.random.default_rng(11)
+    for _ in range(80):
+        w, h = r.randint(1, 400), r.randint(1, 400)
+        a = _picture(rng, w, h)
+        size = (r.randint(1, 2 * w), r.randint(1, 2 * h))
+        for pic in (a, a[:, :, 0]):
+            ref = np.asarray(Image.fromarray(pic).resize(size, Image.Resampling.BILINEAR))
+            got = resize(pic, size, kind=BILINEAR)
+            assert np.array_equal(got.reshape(ref.shape), ref), (w, h, size, pic.ndim)

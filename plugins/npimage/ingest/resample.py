@@ -1,14 +1,14 @@
-"""Pillow's BOX resize of 8-bit pictures, to the same bytes, in a fraction of its time.
+"""Pillow's BOX and BILINEAR resizes of 8-bit pictures, to the same bytes, in less time.
 
 Why: the signature stage resizes every picture three times with Pillow's BOX filter (the
-small copy the content box is found on, the detail thumbnail, the report's thumbnail):
-~0.25 ms each for a 350 px photo on this machine, the largest part of its per-image work
-after the decode. Pillow computes each output pixel on its own, one channel after the
-other; here each pass is a run of whole-row multiply-adds that the compiler vectorises (a
-transposition turns the horizontal pass into one), about twice as fast with the
-transpositions counted.
+small copy the content box is found on, the detail thumbnail, the report's thumbnail)
+and once with BILINEAR (the hashes' grey copy): ~0.25 ms each for a 350 px photo on this
+machine, the largest part of its per-image work after the decode. Pillow computes each
+output pixel on its own, one channel after the other; here each pass is a run of
+whole-row multiply-adds that the compiler vectorises (a transposition, made once per
+picture, turns the horizontal pass into one): about twice as fast, transpositions counted.
 
-Same bytes as Pillow (13.x, `Image.resize(size, Image.Resampling.BOX, box)`) by construction:
+Same bytes as Pillow (13.x, `Image.resize(size, filter, box)`) by construction:
 - the same filter coefficients: Pillow's `precompute_coeffs` (box corners as C floats,
   the same double-precision operations in the same order), then its 22-bit fixed point
   (`normalize_coeffs_8bpc`);
@@ -24,20 +24,36 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit
+from PIL import Image
 
 #: Fixed-point bits of Pillow's 8-bit resampling coefficients (PRECISION_BITS in Resample.c).
 PRECISION_BITS = 32 - 8 - 2
 
 
+#: The filters done here (Pillow's Resampling.BOX and BILINEAR) and their support.
+BOX, BILINEAR = 0, 1
+_SUPPORT = (0.5, 1.0)
+
+
 @njit(cache=True, nogil=True)
-def _coeffs(in_size: int, in0: float, span: float, out_size: int
-            ) -> tuple[np.ndarray, np.ndarray]:
+def _filter(kind: int, x: float) -> float:
+    """Resample.c's box_filter (kind BOX) or bilinear_filter (BILINEAR)."""
+    if kind == BOX:
+        return 1.0 if x > -0.5 and x <= 0.5 else 0.0
+    if x < 0.0:
+        x = -x
+    return 1.0 - x if x < 1.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def _coeffs(in_size: int, in0: float, span: float, out_size: int, kind: int,
+            base_support: float) -> tuple[np.ndarray, np.ndarray]:
     """(bounds (out_size, 2): first input index and count, kk (out_size, ksize) int32) of
-    the BOX filter from [in0, in0 + span) of `in_size` samples to `out_size`: Pillow's
+    filter `kind` from [in0, in0 + span) of `in_size` samples to `out_size`: Pillow's
     precompute_coeffs and normalize_coeffs_8bpc, operation for operation."""
     scale = span / out_size
     filterscale = scale if scale > 1.0 else 1.0
-    support = 0.5 * filterscale
+    support = base_support * filterscale
     ksize = int(np.ceil(support)) * 2 + 1
     bounds = np.zeros((out_size, 2), np.int64)
     kk = np.zeros((out_size, ksize), np.int32)
@@ -55,7 +71,7 @@ def _coeffs(in_size: int, in0: float, span: float, out_size: int
         xmax -= xmin
         for x in range(xmax):
             v = (x + xmin - center + 0.5) * ss
-            w = 1.0 if v > -0.5 and v <= 0.5 else 0.0  # box_filter
+            w = _filter(kind, v)
             weights[x] = w
             ww += w
         for x in range(xmax):
@@ -89,7 +105,7 @@ def _rows_pass(src: np.ndarray, start: int, bounds: np.ndarray, kk: np.ndarray,
 
 
 @njit(cache=True, nogil=True)
-def _transpose(a: np.ndarray, out: np.ndarray) -> None:
+def _transpose3(a: np.ndarray, out: np.ndarray) -> None:
     """out[x, y] = a[y, x] for (h, w, 3) uint8 pictures (written in order, the three
     channels spelt out: ~4x faster than a loop over them)."""
     for x in range(a.shape[1]):
@@ -97,6 +113,21 @@ def _transpose(a: np.ndarray, out: np.ndarray) -> None:
             out[x, y, 0] = a[y, x, 0]
             out[x, y, 1] = a[y, x, 1]
             out[x, y, 2] = a[y, x, 2]
+
+
+@njit(cache=True, nogil=True)
+def _transpose1(a: np.ndarray, out: np.ndarray) -> None:
+    """out[x, y] = a[y, x] for (h, w, 1) uint8 pictures."""
+    for x in range(a.shape[1]):
+        for y in range(a.shape[0]):
+            out[x, y, 0] = a[y, x, 0]
+
+
+def _turned(a: np.ndarray) -> np.ndarray:
+    """(w, h, c): the (h, w, c) pixels transposed."""
+    out = np.empty((a.shape[1], a.shape[0], a.shape[2]), np.uint8)
+    (_transpose3 if a.shape[2] == 3 else _transpose1)(a, out)
+    return out
 
 
 def _span(box: tuple[float, float, float, float], axis: int) -> tuple[float, float]:
@@ -107,62 +138,56 @@ def _span(box: tuple[float, float, float, float], axis: int) -> tuple[float, flo
 
 
 class Pixels:
-    """An RGB picture's pixels, (h, w, 3) uint8, and their transposition, made once when a
-    first resize needs it and shared by the next ones (the signature stage resizes each
-    picture three times)."""
+    """A picture's pixels, (h, w, c) uint8 (c = 3 for RGB, 1 for L), and their
+    transposition, made once when a first resize needs it and shared by the next ones
+    (the signature stage resizes each picture three times)."""
 
     def __init__(self, array: np.ndarray) -> None:
-        if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-            raise ValueError(f"Pixels takes (h, w, 3) uint8 RGB pixels, not {array.shape}")
+        if array.ndim == 2:
+            array = array[:, :, None]
+        if array.ndim != 3 or array.shape[2] not in (1, 3) or array.dtype != np.uint8:
+            raise ValueError(f"Pixels takes (h, w, 3) RGB or (h, w) L uint8 pixels, "
+                             f"not {array.shape} {array.dtype}")
         self.array = np.ascontiguousarray(array)
         self._turned: np.ndarray | None = None
 
     @property
     def turned(self) -> np.ndarray:
-        """(w, h, 3): the pixels transposed."""
+        """(w, h, c): the pixels transposed."""
         if self._turned is None:
-            h, w = self.array.shape[:2]
-            self._turned = np.empty((w, h, 3), np.uint8)
-            _transpose(self.array, self._turned)
+            self._turned = _turned(self.array)
         return self._turned
 
 
 def _horizontal(turned: np.ndarray, rows: tuple[int, int], xsize: int,
-                box: tuple[float, float, float, float]) -> np.ndarray:
-    """The horizontal pass over rows [first, last) of a picture given transposed (w, h, 3):
-    (last - first, xsize, 3), done as a vertical pass on the transposed rows (whole rows
+                box: tuple[float, float, float, float], kind: int) -> np.ndarray:
+    """The horizontal pass over rows [first, last) of a picture given transposed (w, h, c):
+    (last - first, xsize, c), done as a vertical pass on the transposed rows (whole rows
     of multiply-adds), then turned back."""
-    w, h = turned.shape[:2]
+    w, h, c = turned.shape
     first, last = rows
     x0, xlen = _span(box, 0)
-    bounds, kk = _coeffs(w, x0, xlen, xsize)
-    done = np.empty((xsize, last - first, 3), np.uint8)
-    _rows_pass(turned.reshape(w, h * 3), first * 3, bounds, kk,
-               done.reshape(xsize, (last - first) * 3))
-    out = np.empty((last - first, xsize, 3), np.uint8)
-    _transpose(done, out)
-    return out
+    bounds, kk = _coeffs(w, x0, xlen, xsize, kind, _SUPPORT[kind])
+    done = np.empty((xsize, last - first, c), np.uint8)
+    _rows_pass(turned.reshape(w, h * c), first * c, bounds, kk,
+               done.reshape(xsize, (last - first) * c))
+    return _turned(done)
 
 
 def _vertical(a: np.ndarray, bounds: np.ndarray, kk: np.ndarray) -> np.ndarray:
-    """The vertical pass: (len(bounds), w, 3)."""
-    out = np.empty((len(bounds), a.shape[1], 3), np.uint8)
+    """The vertical pass: (len(bounds), w, c)."""
+    out = np.empty((len(bounds), a.shape[1], a.shape[2]), np.uint8)
     _rows_pass(np.ascontiguousarray(a).reshape(a.shape[0], -1), 0, bounds, kk,
                out.reshape(len(bounds), -1))
     return out
 
 
-def _turned(a: np.ndarray) -> np.ndarray:
-    out = np.empty((a.shape[1], a.shape[0], 3), np.uint8)
-    _transpose(a, out)
-    return out
-
-
-def resize_box(pixels: Pixels | np.ndarray, size: tuple[int, int],
-               box: tuple[float, float, float, float] | None = None) -> np.ndarray:
-    """(ysize, xsize, 3) uint8: `Image.resize(size, Image.Resampling.BOX, box)` of an RGB
-    picture's pixels ((h, w, 3) uint8, or `Pixels` to share their transposition), without
-    `reducing_gap`.
+def resize(pixels: Pixels | np.ndarray, size: tuple[int, int],
+           box: tuple[float, float, float, float] | None = None, kind: int = BOX
+           ) -> np.ndarray:
+    """(ysize, xsize, c) uint8: `Image.resize(size, filter, box)` of an RGB or L picture's
+    pixels ((h, w, c) uint8, or `Pixels` to share their transposition) with filter `kind`
+    (BOX or BILINEAR), without `reducing_gap`.
 
     As Pillow 13 (_imaging.c `_resize`, Resample.c `ImagingResampleInner`): a box of whole
     pixels the size of the output is a crop; the vertical pass comes first when the height
@@ -181,18 +206,31 @@ def resize_box(pixels: Pixels | np.ndarray, size: tuple[int, int],
     need_h = xsize != w or box[0] != 0 or box[2] != xsize
     need_v = ysize != h or box[1] != 0 or box[3] != ysize
     y0, ylen = _span(box, 1)
-    bounds_v, kk_v = _coeffs(h, y0, ylen, ysize)
+    bounds_v, kk_v = _coeffs(h, y0, ylen, ysize, kind, _SUPPORT[kind])
     if h - ysize > 0 and h - ysize > (w - xsize) * 2:  # vertical first
         out = _vertical(a, bounds_v, kk_v) if need_v else a
         if not need_h:
             return np.array(out, copy=True)
-        return _horizontal(_turned(out), (0, len(out)), xsize, box)
+        return _horizontal(_turned(out), (0, len(out)), xsize, box, kind)
     if not need_h:
         return _vertical(a, bounds_v, kk_v) if need_v else np.array(a, copy=True)
     first, last = int(bounds_v[0, 0]), int(bounds_v[-1, 0] + bounds_v[-1, 1])
-    out = _horizontal(px.turned, (first, last), xsize, box)
+    out = _horizontal(px.turned, (first, last), xsize, box, kind)
     if not need_v:
         return out
     bounds_v = bounds_v.copy()
     bounds_v[:, 0] -= first
     return _vertical(out, bounds_v, kk_v)
+
+
+def resize_box(pixels: Pixels | np.ndarray, size: tuple[int, int],
+               box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    """`Image.resize(size, Image.Resampling.BOX, box)`'s pixels (see `resize`)."""
+    return resize(pixels, size, box, BOX)
+
+
+def grey_copy(rgb: Image.Image, side: int) -> np.ndarray:
+    """(side, side) uint8: `rgb.convert("L").resize((side, side), BILINEAR)`'s pixels (the
+    hashes' grey copy, npimage.matching.hashing.grey_copy), the resize done here."""
+    grey = np.asarray(rgb.convert("L"))
+    return resize(grey, (side, side), kind=BILINEAR)[:, :, 0]
