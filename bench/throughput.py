@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from PIL import Image
@@ -139,14 +140,16 @@ STEP_FUNCTIONS = {
 STEP_NAMES = {name for names in STEP_FUNCTIONS.values() for name in names}
 
 
-def step_seconds(paths: list[Path], fv: bool) -> dict[str, float]:
+def step_seconds(paths: list[Path], fv: bool,
+                 clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
     """Seconds per image of each step of npimage's signature stage, measured on its real
     code path (`pipeline.signatures` on one batch of `paths`, in this process).
 
     The batch runs twice: once plain for the total, once under cProfile for the shares
     of the step functions (STEP_FUNCTIONS, cumulative, outermost call only); "other" is
     the rest (batch files, rows, resume markers). FV's start-up (TensorFlow and the
-    model) is paid before, once, as in a worker.
+    model) is paid before, once, as in a worker. `clock`: time.process_time for CPU
+    seconds (the total and the profiler's clock), which other processes' load moves less.
     """
     import cProfile
     import pstats
@@ -166,11 +169,11 @@ def step_seconds(paths: list[Path], fv: bool) -> dict[str, float]:
                 [Image.new("RGB", (64, 64))])  # start-up, once per worker
         pipeline.signatures(ctx, batch[0])
         _clear(ctx.run_dir)
-        t0 = time.perf_counter()
+        t0 = clock()
         pipeline.signatures(ctx, batch[0])
-        total = time.perf_counter() - t0
+        total = clock() - t0
         _clear(ctx.run_dir)
-        profiler = cProfile.Profile()
+        profiler = cProfile.Profile(clock)
         profiler.runcall(pipeline.signatures, ctx, batch[0])
     stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
     profiled = sum(v[3] for k, v in stats.items() if k[2] == "signatures"
@@ -277,9 +280,10 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
         fv = rates.get("npimage with FV", 0) / rates[k]
         print(f"| {k} | {v:.1f} | {rates[k]:.0f} | {ours:.2f}x | {fv:.2f}x |")
     print_stages(stages)
-    steps = step_seconds(paths[: args.sample], not args.no_fv)
+    steps = step_seconds(paths[: args.sample], not args.no_fv,
+                         time.process_time if args.cpu_steps else time.perf_counter)
     print(f"\n| npimage signature step (real code path, 1 process, {min(n, args.sample)} "
-          "images) | ms / image |")
+          f"images) | ms / image{' (CPU)' if args.cpu_steps else ''} |")
     print("|---|---|")
     for k, v in steps.items():
         print(f"| {k} | {v * 1000:.2f} |")
@@ -317,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--no-fv", action="store_true", help="skip the FV rows")
     ap.add_argument("--no-peers", action="store_true", help="skip imagededup and fastdup")
+    ap.add_argument("--cpu-steps", action="store_true",
+                    help="per-step table in CPU seconds (steadier on a loaded machine)")
     ap.add_argument("--codes", action="store_true",
                     help="also time `npimage run` with barcode reading (its default)")
     ap.add_argument("--workers-curve", type=int, nargs="*", default=None,

@@ -86,3 +86,35 @@ def test_plan_cuts_batches(tmp_path):
                         fv_model="m", batch_size=3)
     assert [pq.read_metadata(b).num_rows for b in plan.batches] == [3, 3, 1]
     assert plan.n_todo == 7 and plan.n_skipped == 0
+
+
+def test_resolved_paths_are_path_resolves(tmp_path):
+    """extract resolves each directory once (npimage.ingest.extract._RealPaths): the same
+    paths as Path.resolve for plain files, links (absolute, relative, through linked
+    directories, chains), dangling links and loops."""
+    import os
+    from pathlib import Path
+
+    from npimage.ingest.extract import _absolute, _RealPaths
+
+    real = tmp_path / "real"
+    (real / "sub").mkdir(parents=True)
+    (real / "a.jpg").write_bytes(b"x")
+    (real / "sub" / "b.jpg").write_bytes(b"x")
+    tree = tmp_path / "tree"
+    (tree / "d").mkdir(parents=True)
+    (tree / "plain.jpg").write_bytes(b"x")
+    os.symlink(real / "a.jpg", tree / "abs.jpg")
+    os.symlink("../../real/sub/b.jpg", tree / "d" / "rel.jpg")
+    os.symlink(real / "sub", tmp_path / "linked-dir")
+    os.symlink(tmp_path / "linked-dir" / "b.jpg", tree / "via-dir.jpg")
+    os.symlink(tree / "abs.jpg", tree / "chain.jpg")
+    os.symlink(tmp_path / "nowhere.jpg", tree / "dangling.jpg")
+    os.symlink(tree / "loop2.jpg", tree / "loop1.jpg")
+    os.symlink(tree / "loop1.jpg", tree / "loop2.jpg")
+    paths = [Path(dirpath) / name for dirpath, _, names in os.walk(tree) for name in names]
+    assert len(paths) == 8
+    resolver = _RealPaths()
+    for path in paths + [Path(os.path.relpath(p)) for p in paths]:
+        assert resolver(path) == _absolute(path), path
+    assert resolver(tree / "via-dir.jpg") == (real / "sub" / "b.jpg").resolve()

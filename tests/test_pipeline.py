@@ -242,3 +242,53 @@ def test_workers_count_every_image_on_the_stage_counter(tmp_path):
     from npimage import progress
 
     assert progress._sink is None  # the run's own later stages show their own progress
+
+
+def _pid_logged(ctx) -> int:
+    """An unmapped stage for a worker: logs a line and a warning, returns its process id."""
+    import logging
+    import os
+
+    logging.getLogger("npimage").info("stage line %d", 7)
+    logging.getLogger("npimage.sub").warning("a warning from %s", "there")
+    return os.getpid()
+
+
+def test_an_on_worker_stage_runs_on_a_worker_and_its_log_lines_show_here(caplog):
+    import logging
+    import os
+
+    from npimage.runner import Workers
+    from npimage.stages import stage
+
+    assert stage("verify").on_worker  # Numba is loaded in the workers, not in the run's process
+    workers = Workers(2)
+    workers.start()
+    try:
+        with caplog.at_level(logging.INFO, logger="npimage"):
+            pid = workers.call(_pid_logged, None)
+        assert pid != os.getpid()
+        assert [(r.name, r.levelno, r.getMessage()) for r in caplog.records] == [
+            ("npimage", logging.INFO, "stage line 7"),
+            ("npimage.sub", logging.WARNING, "a warning from there")]
+    finally:
+        workers.kill()
+    assert workers.call(_pid_logged, None) == os.getpid()  # none running: in this process
+
+
+def test_a_hashes_only_run_loads_no_numba_in_its_own_process():
+    """Numba costs ~0.6 s of CPU to load in a fresh process: with FV off, the run's process
+    has no stage that needs it (verify runs on a worker, the family stage needs FV)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\n"
+            "from npimage import pipeline\n"
+            "from npimage.storage.runs import RunContext\n"
+            "ctx = RunContext('c', 'r', '/x', 'full', '/d', fv=False, fv_model='m', top_k=5,"
+            " threshold=0.9)\n"
+            "pipeline.preload(pipeline.later_modules(ctx))\n"
+            "print('numba' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False"

@@ -206,9 +206,19 @@ def plan(ctx: RunContext, workers: int | None = None) -> list[str]:
 
 #: Modules that only the per-image stages need (loaded by the workers), and those that only
 #: the stages after them need (loaded by the run's process while the workers compute).
+#: The verify stage runs on a worker while they are up (Stage.on_worker), and the family
+#: stage needs FV: their modules (Numba's among them) are loaded here only with FV on,
+#: when the workers stop before verify (`later_modules`).
 WORKER_MODULES = ("npimage.ingest.signatures", "npimage.reading.codes")
-LATER_MODULES = ("npimage.matching.merge", "npimage.matching.verify", "npimage.review.store",
-                 "npimage.families.stage")
+LATER_MODULES = ("npimage.matching.merge", "npimage.review.store")
+FV_LATER_MODULES = ("npimage.ingest.signatures", "npimage.matching.verify",
+                    "npimage.families.stage")
+
+
+def later_modules(ctx: RunContext) -> tuple[str, ...]:
+    """What the run's process loads while the workers compute signatures: what its later
+    stages need, Numba's and OpenCV's modules only when FV is on (see FV_LATER_MODULES)."""
+    return LATER_MODULES + FV_LATER_MODULES if ctx.fv else LATER_MODULES
 
 
 def preload(modules: tuple[str, ...]) -> None:
@@ -428,12 +438,13 @@ def families(ctx: RunContext) -> dict[str, Any]:
     np_product.family); off with --no-families / NPIMAGE_FAMILIES=0 / DAG param families.
     Otherwise writes no prediction (publish then clears the client's old ones).
     """
-    from npimage.families.stage import FamilyFiles, run_family_stage
     from npimage.schemas import FAMILY_PREDICTIONS
 
-    if not (ctx.fv and ctx.families):
-        write_table(FAMILY_PREDICTIONS.empty_table(), FamilyFiles(ctx.run_dir).predictions)
+    if not (ctx.fv and ctx.families):  # (publish reads the file by this name)
+        write_table(FAMILY_PREDICTIONS.empty_table(), ctx.path("family_predictions.parquet"))
         return {"mode": "off", "predicted": 0, "misfiled": 0}
+    from npimage.families.stage import run_family_stage  # Numba: only when it runs
+
     baseline = ctx.baseline_dir() if ctx.mode == "incremental" else None
     return run_family_stage(ctx.run_dir, ctx.client_id, ctx.run_id, baseline=baseline)
 

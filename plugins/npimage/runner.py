@@ -147,6 +147,22 @@ class Workers:
         assert self.pool is not None
         return _map(self.pool, fn, ctx, items, self.kill)
 
+    def call(self, fn: Callable[[RunContext], Any], ctx: RunContext) -> Any:
+        """fn(ctx) on one of the running workers, else in this process (none running).
+
+        For a stage whose libraries are loaded in the workers already (Stage.on_worker).
+        Its log records are shown here, as if it had run here; its errors are raised here
+        as `map`'s are.
+        """
+        if self.pool is None:
+            return fn(ctx)
+        pool = self.pool
+        result, records = _map(pool, _logged, ctx, [(fn, log.getEffectiveLevel())],
+                               self.kill)[0]
+        for record in records:
+            logging.getLogger(record.name).handle(record)
+        return result
+
     def preload_model(self, ctx: RunContext) -> None:
         """Have each worker load the FV model now (a task per worker, queued before any
         batch; a failure shows again, and is raised, at the first batch)."""
@@ -168,6 +184,41 @@ class Workers:
 
 
 _SPAWN = mp.get_context("spawn")
+
+
+class _Records(logging.Handler):
+    """Keeps the log records of a worker's call, made picklable (message formatted)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            record.msg, record.args = record.getMessage(), None
+            if record.exc_info:
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
+                record.exc_info = None
+        except Exception:  # a bad format string: reported as logging does, never raised
+            self.handleError(record)
+            return
+        self.records.append(record)
+
+
+def _logged(ctx: RunContext, job: tuple[Callable[[RunContext], Any], int]
+            ) -> tuple[Any, list[logging.LogRecord]]:
+    """fn(ctx) in a worker, with the records `npimage` logged meanwhile at `level` and up
+    (the worker has no log handler of its own: they would be lost)."""
+    fn, level = job
+    logger = logging.getLogger("npimage")
+    handler, before = _Records(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        return fn(ctx), handler.records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(before)
 
 
 def _map(pool: ProcessPoolExecutor, fn: Callable[..., Any], ctx: RunContext,
@@ -278,6 +329,8 @@ def _run_stage(stage: Stage, ctx: RunContext, outputs: dict[str, Any], pool: Wor
             return _run_mapped(stage, fn, ctx, list(outputs[stage.over]), pool)
         if stage.name == "plan":  # batches sized for these workers (npimage.ingest.plan)
             return fn(ctx, workers=pool.n)
+        if stage.on_worker:
+            return pool.call(fn, ctx)
         return fn(ctx)
     except Exception as exc:
         if stage.required:
@@ -296,9 +349,9 @@ def _run_mapped(stage: Stage, fn: Callable[..., Any], ctx: RunContext, items: li
     total, unit = work_units(ctx, stage.name, items)
     pool.counter.value = 0
     if stage.name == "signatures" and pool.n > 1:  # this process waits: load what comes next
-        from npimage.pipeline import LATER_MODULES, preload
+        from npimage.pipeline import later_modules, preload
 
-        threading.Thread(target=preload, args=(LATER_MODULES,), daemon=True).start()
+        threading.Thread(target=preload, args=(later_modules(ctx),), daemon=True).start()
     with progress.StageBar(pool.counter, total, stage.name, unit):
         return pool.map(fn, ctx, items)
 

@@ -31,12 +31,17 @@ class Stage:
               one call (one DAG task instance, one worker job) per item.
     required: False for a stage whose failure must not fail `npimage run` once the results
               are published (the report); the DAG still shows it as a failed task.
+    on_worker: under `npimage run`, an unmapped stage run by one of the run's worker
+              processes while they are up (its log lines shown by the run's process): for a
+              stage whose libraries are warm there and cold here (verify: Numba's compiled
+              kernels, which cost ~0.6 s of CPU to load in a fresh process, and OpenCV).
     """
 
     name: str
     function: str
     over: str | None = None
     required: bool = True
+    on_worker: bool = False
 
     @property
     def mapped(self) -> bool:
@@ -56,7 +61,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("read_codes", "read_codes", over="plan"),  # pack reading: codes of the same batches
     Stage("consolidate", "consolidate"),
     Stage("compare", "compare_shard", over="consolidate"),
-    Stage("verify", "verify"),  # close pairs checked in detail (npimage.matching.verify)
+    # close pairs checked in detail (npimage.matching.verify), where Numba is loaded already
+    Stage("verify", "verify", on_worker=True),
     Stage("merge", "merge"),
     Stage("families", "families"),
     Stage("plan_text", "plan_text"),  # pack reading: OCR of the images in close pairs
@@ -82,6 +88,8 @@ def _check(stages: tuple[Stage, ...]) -> None:
             raise ValueError(f"stage {s.name!r} declared twice")
         if s.over is not None and s.over not in seen:
             raise ValueError(f"stage {s.name!r} maps over {s.over!r}, which does not run before it")
+        if s.over is not None and s.on_worker:
+            raise ValueError(f"stage {s.name!r}: a mapped stage runs on the workers already")
         seen.add(s.name)
 
 

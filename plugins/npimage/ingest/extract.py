@@ -170,6 +170,47 @@ def _absolute(path: Path) -> Path:
         return Path(os.path.abspath(path))
 
 
+class _RealPaths:
+    """`_absolute` of the files of one walked tree, each directory resolved once.
+
+    Path.resolve walks every component of every path (a dozen lstat calls and as many
+    Python steps per file: half of extract's time on 2 000 files); here a file's directory
+    is resolved once for all its files, and only a file that is a symbolic link is
+    followed (its target's directory resolved once too). Same result as `_absolute`: a
+    link loop, or any error, falls back to it.
+    """
+
+    def __init__(self) -> None:
+        self.dirs: dict[str, str] = {}
+
+    def __call__(self, path: Path) -> Path:
+        try:
+            return Path(self._real(os.fspath(path), 0))
+        except (OSError, RuntimeError):
+            return _absolute(path)
+
+    def _dir(self, head: str) -> str:
+        real = self.dirs.get(head)
+        if real is None:
+            real = self.dirs[head] = os.path.realpath(head)
+        return real
+
+    def _real(self, path: str, links: int) -> str:
+        head, name = os.path.split(path)
+        full = os.path.join(self._dir(head), name)
+        if name in ("", ".", ".."):  # not a plain name: the standard walk
+            return os.path.realpath(full)
+        if not os.path.islink(full):
+            return full
+        if links >= _MAX_LINKS:
+            raise RuntimeError(f"too many levels of symbolic links: {path}")
+        return self._real(os.path.join(os.path.dirname(full), os.readlink(full)), links + 1)
+
+
+#: Symbolic links followed for one file before it counts as a loop (Linux's ELOOP limit).
+_MAX_LINKS = 40
+
+
 def _text(path: Path) -> str | None:
     """`path` as text when it is valid UTF-8 (Parquet strings must be), else None."""
     try:
@@ -185,9 +226,10 @@ def _shown(path: Path) -> str:
 
 
 def _from_directory(root: Path, out: _Collector) -> None:
+    real = _RealPaths()
     for path in _walk(root):
         rel = path.relative_to(root)
-        uri = _text(_absolute(path))
+        uri = _text(real(path))
         if uri is None:
             out.reject(_shown(rel), _shown(_absolute(path)),
                        "file name is not valid UTF-8: rename the file")

@@ -35,10 +35,12 @@ from npimage.ingest.decode import (
     decode_for_reading,
     read_all,
 )
+from npimage.ingest.resample import Pixels
+from npimage.ingest.resample import grey_copy as resampled_grey
 from npimage.ingest.thumbnail import thumbnail_jpeg
 from npimage.matching.detail import DETAIL_BYTES, DETAIL_VERSION, detail_signature
 from npimage.matching.detail import is_current as detail_is_current
-from npimage.matching.hashing import grey_copy, hashes_of_greys
+from npimage.matching.hashing import GREY_SIDE, grey_copy, hashes_of_greys
 from npimage.schemas import CATALOG, REJECTS, SIGNATURE_VERSION, SIGNATURES
 from npimage.storage.parquet_io import read_parts, read_table, write_table
 
@@ -87,8 +89,16 @@ def current_expression() -> ds.Expression:
 
 
 def pixel_features(rgb: Image.Image) -> tuple[np.ndarray, bytes, bytes]:
-    """(grey copy for the hashes, detail signature, thumbnail JPEG) of a working copy."""
-    return grey_copy(rgb), detail_signature(rgb), thumbnail_jpeg(rgb)
+    """(grey copy for the hashes, detail signature, thumbnail JPEG) of a working copy.
+
+    An RGB working copy (every one the stage decodes) is resized by npimage.ingest.resample
+    (Pillow's bytes, faster), its pixels read out once for the detail's and the thumbnail's
+    resizes; tests/test_resample.py holds each result to the Pillow one."""
+    if rgb.mode != "RGB":
+        return grey_copy(rgb), detail_signature(rgb), thumbnail_jpeg(rgb)
+    pixels = Pixels(np.asarray(rgb))
+    return (resampled_grey(rgb, GREY_SIDE), detail_signature(rgb, pixels=pixels),
+            thumbnail_jpeg(rgb, pixels))
 
 
 def _prior_rows(prior: Path | None, ids: list[str]) -> dict[str, Row]:

@@ -11,11 +11,14 @@ another version is recomputed by the next run (`is_current`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
 from numba import njit
 from PIL import Image
+
+from npimage.ingest.resample import Pixels, resize_box
 
 #: Side of the grey detail thumbnail (pixels) and of the chroma thumbnail.
 DETAIL_SIDE = 128
@@ -48,12 +51,44 @@ BOX_SIDE = 160
 def box_thumbnail(rgb: Image.Image) -> Image.Image:
     """The small copy `content_box` works on: at most BOX_SIDE, aspect kept, BOX filter.
 
-    The signature stage makes it once per image and shares it (the hashes' grey copy is
-    made from it too). `thumbnail` works in place: it gets a new Image over `rgb`'s pixels,
-    not a copy of them, and swaps in its resized pixels without writing into `rgb`'s."""
+    `thumbnail` works in place: it gets a new Image over `rgb`'s pixels, not a copy of
+    them, and swaps in its resized pixels without writing into `rgb`'s. An RGB picture
+    takes `box_pixels` instead (the same pixels, faster)."""
     small = rgb._new(rgb.im)
     small.thumbnail((BOX_SIDE, BOX_SIDE), Image.Resampling.BOX)
     return small
+
+
+def thumbnail_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """The size `Image.thumbnail((side, side))` gives a width x height picture (its own
+    rounding of the aspect ratio, which `fit_size` of the report's thumbnails does not share)."""
+    if side >= width and side >= height:
+        return width, height
+    aspect = width / height
+    x = y = side
+    if x / y >= aspect:
+        x = max(min(math.floor(y * aspect), math.ceil(y * aspect),
+                    key=lambda n: abs(aspect - n / y)), 1)
+    else:
+        y = max(min(math.floor(x / aspect), math.ceil(x / aspect),
+                    key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
+    return x, y
+
+
+def plain_thumbnail(rgb: Image.Image, size: tuple[int, int]) -> bool:
+    """Is `thumbnail` of `rgb` to `size` one BOX resize of an RGB picture, which
+    `npimage.ingest.resample` stands for? (Not when it shrinks by 4 or more: `reduce` first.)"""
+    return (rgb.mode == "RGB" and int(rgb.width / size[0] / 2.0) <= 1
+            and int(rgb.height / size[1] / 2.0) <= 1)
+
+
+def box_pixels(rgb: Image.Image, pixels: Pixels | None = None) -> np.ndarray:
+    """(h, w, 3) uint8: `box_thumbnail(rgb)`'s pixels. `pixels`: Pixels(np.asarray(rgb))
+    when the caller has them (the signature stage shares them between its resizes)."""
+    size = thumbnail_size(rgb.width, rgb.height, BOX_SIDE)
+    if not plain_thumbnail(rgb, size):
+        return np.asarray(box_thumbnail(rgb), dtype=np.uint8)
+    return resize_box(Pixels(np.asarray(rgb)) if pixels is None else pixels, size)
 
 
 @njit(nogil=True, cache=True)
@@ -98,15 +133,16 @@ def _far_counts(a: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
     return row_n, col_n
 
 
-def content_box(rgb: Image.Image, small: Image.Image | None = None) -> tuple[int, int, int, int]:
+def content_box(rgb: Image.Image, small: Image.Image | np.ndarray | None = None
+                ) -> tuple[int, int, int, int]:
     """(left, top, right, bottom) of what stands out from the backdrop (margins dropped).
 
     The backdrop of a row is the mean of its two end pixels, of a column its two end pixels
     (a studio gradient or plain white); a pixel far from both is content. A picture without
-    a backdrop (a photo) keeps its whole frame. `small`: `box_thumbnail(rgb)` when the
-    caller has it already.
+    a backdrop (a photo) keeps its whole frame. `small`: `box_thumbnail(rgb)` or
+    `box_pixels(rgb)` when the caller has it already.
     """
-    small = box_thumbnail(rgb) if small is None else small
+    small = box_pixels(rgb) if small is None else small
     a = np.ascontiguousarray(np.asarray(small, dtype=np.uint8))
     h, w = a.shape[:2]
     row_n, col_n = _far_counts(a, BACKDROP_TOLERANCE)
@@ -121,17 +157,27 @@ def content_box(rgb: Image.Image, small: Image.Image | None = None) -> tuple[int
             min(rgb.height, int(np.ceil((ys[-1] + 1 + my) * sy))))
 
 
-def detail_signature(rgb: Image.Image, small: Image.Image | None = None) -> bytes:
+def detail_signature(rgb: Image.Image, small: Image.Image | np.ndarray | None = None,
+                     pixels: Pixels | None = None) -> bytes:
     """Luma thumbnail (DETAIL_SIDE^2) then Cb and Cr thumbnails (CHROMA_SIDE^2 each), uint8,
     of the content box (so a pack fills the thumbnail whatever its margins).
 
     The box is cut from `rgb` and squashed to DETAIL_SIDE^2 with the BOX filter, then
     converted to YCbCr (16 000 pixels, not the whole crop); the chroma thumbnails are
     its 4x4 means (a BOX of a BOX: within one level of a direct BOX of the crop).
-    `small`: `box_thumbnail(rgb)` when the caller has it already.
+    `small`: `box_thumbnail(rgb)` when the caller has it already; `pixels`:
+    Pixels(np.asarray(rgb)). The BOX resizes of an RGB picture are
+    npimage.ingest.resample's (Pillow's bytes, faster).
     """
-    box = content_box(rgb, small)
-    ycc = rgb.resize((DETAIL_SIDE, DETAIL_SIDE), Image.Resampling.BOX, box=box).convert("YCbCr")
+    side = (DETAIL_SIDE, DETAIL_SIDE)
+    if rgb.mode == "RGB":
+        pixels = Pixels(np.asarray(rgb)) if pixels is None else pixels
+    box = content_box(rgb, box_pixels(rgb, pixels) if small is None else small)
+    if pixels is not None:
+        squashed = Image.fromarray(resize_box(pixels, side, box))
+    else:
+        squashed = rgb.resize(side, Image.Resampling.BOX, box=box)
+    ycc = squashed.convert("YCbCr")
     chroma = ycc.reduce(DETAIL_SIDE // CHROMA_SIDE)
     frac = np.array([box[0] / rgb.width, box[1] / rgb.height, box[2] / rgb.width,
                      box[3] / rgb.height])

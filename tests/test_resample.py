@@ -1,0 +1,173 @@
+"""npimage.ingest.resample gives Pillow's BOX resize to the byte, and so do the detail
+signature and the report's thumbnail that use it (their bytes must not move: stored
+signatures are reused across runs)."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from npimage.ingest.resample import Pixels, resize_box
+from npimage.ingest.signatures import pixel_features
+from npimage.ingest.thumbnail import THUMB_SIZE, fit_size, thumbnail_jpeg
+from npimage.matching import detail as D
+
+
+def _picture(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
+    """Noise with a smooth ramp and a flat patch: every pass's rounding shows in it."""
+    a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    ramp = (np.arange(w)[None, :, None] * 255 // max(w - 1, 1)).astype(np.uint8)
+    a[: h // 2] = np.broadcast_to(ramp, (h // 2, w, 3))
+    a[h // 3: h // 2 + 1, : w // 3] = 255
+    return a
+
+
+def _pillow(a: np.ndarray, size: tuple[int, int], box=None) -> np.ndarray:
+    return np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BOX, box=box))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_resize_box_is_pillows_to_the_byte(seed):
+    r = random.Random(seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(40):
+        w, h = r.randint(1, 260), r.randint(1, 260)
+        a = _picture(rng, w, h)
+        size = (r.choice([r.randint(1, w), r.randint(1, 2 * w), w]),
+                r.choice([r.randint(1, h), r.randint(1, 2 * h), h]))
+        box = None
+        if r.random() < 0.5:  # a crop, in whole pixels or not
+            x0, y0 = r.uniform(0, w / 2), r.uniform(0, h / 2)
+            box = (x0, y0, r.uniform(x0 + 0.5, w), r.uniform(y0 + 0.5, h))
+            if r.random() < 0.5:
+                box = tuple(float(int(v)) for v in box)
+                if box[2] <= box[0] or box[3] <= box[1]:
+                    box = None
+        ours = resize_box(a, size, box)
+        assert ours.shape == (size[1], size[0], 3)
+        assert np.array_equal(ours, _pillow(a, size, box)), (w, h, size, box)
+
+
+def test_both_pass_orders_and_the_crop_shortcut():
+    """Pillow 13 runs the vertical pass first when the height shrinks much more than the
+    width, and crops when the box is whole pixels of the output's size."""
+    rng = np.random.default_rng(1)
+    a = _picture(rng, 120, 400)
+    px = Pixels(a)
+    for size, box in [((100, 60), None),  # vertical first
+                      ((60, 300), None),  # horizontal first
+                      ((120, 90), None), ((50, 400), None),  # one pass only
+                      ((120, 400), None),  # none: a copy
+                      ((40, 50), (10, 20, 50, 70)),  # a crop
+                      ((40, 50), (10.5, 20, 50.5, 70))]:  # not a crop: resampled
+        assert np.array_equal(resize_box(px, size, box), _pillow(a, size, box)), (size, box)
+
+
+def test_pixels_refuse_what_is_neither_rgb_nor_grey():
+    for bad in (np.zeros((4, 4, 4), np.uint8), np.zeros((4, 4, 3), np.float32),
+                np.zeros(4, np.uint8)):
+        with pytest.raises(ValueError, match="RGB"):
+            Pixels(bad)
+
+
+def _reference_detail(rgb: Image.Image) -> bytes:
+    """The detail signature through Pillow's resizes only (as before npimage.ingest.resample)."""
+    box = D.content_box(rgb, D.box_thumbnail(rgb))
+    ycc = rgb.resize((D.DETAIL_SIDE, D.DETAIL_SIDE), Image.Resampling.BOX,
+                     box=box).convert("YCbCr")
+    chroma = ycc.reduce(D.DETAIL_SIDE // D.CHROMA_SIDE)
+    frac = np.array([box[0] / rgb.width, box[1] / rgb.height, box[2] / rgb.width,
+                     box[3] / rgb.height])
+    return (bytes([D.DETAIL_VERSION]) + ycc.getchannel(0).tobytes()
+            + chroma.getchannel(1).tobytes() + chroma.getchannel(2).tobytes()
+            + np.round(frac * 255).astype(np.uint8).tobytes())
+
+
+def _reference_thumb(rgb: Image.Image) -> bytes:
+    size = fit_size(rgb.width, rgb.height, THUMB_SIZE)
+    small = rgb if size == rgb.size else rgb.resize(size, Image.Resampling.BOX)
+    out = io.BytesIO()
+    small.save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def _product_shots(n: int) -> list[Image.Image]:
+    """Packs on a backdrop with margins (the content box crops them), photos without one,
+    portrait and landscape, one carrying a JPEG comment in its info."""
+    r = random.Random(5)
+    rng = np.random.default_rng(5)
+    shots = []
+    for i in range(n):
+        w, h = r.randint(20, 520), r.randint(20, 520)
+        a = np.full((h, w, 3), 255 if i % 3 else r.randint(0, 255), np.uint8)
+        x0, y0 = r.randint(0, w // 3), r.randint(0, h // 3)
+        x1, y1 = r.randint(x0 + 1, w), r.randint(y0 + 1, h)
+        a[y0:y1, x0:x1] = _picture(rng, x1 - x0, y1 - y0)
+        img = Image.fromarray(a)
+        if i % 4 == 0:
+            img.info["comment"] = b"shot on a turntable"
+        shots.append(img)
+    return shots
+
+
+def test_detail_signature_box_and_thumbnail_are_pillows_bytes():
+    for rgb in _product_shots(60):
+        assert np.array_equal(D.box_pixels(rgb), np.asarray(D.box_thumbnail(rgb)))
+        assert D.detail_signature(rgb) == _reference_detail(rgb)
+        assert thumbnail_jpeg(rgb) == _reference_thumb(rgb)
+        _, detail, thumb = pixel_features(rgb)  # one Pixels shared by every resize
+        assert (detail, thumb) == (_reference_detail(rgb), _reference_thumb(rgb))
+
+
+def test_large_and_other_mode_pictures_keep_pillows_path():
+    """thumbnail() reduces first when it shrinks by 4 or more; other modes stay Pillow's."""
+    rng = np.random.default_rng(3)
+    big = Image.fromarray(_picture(rng, 900, 700))
+    assert not D.plain_thumbnail(big, D.thumbnail_size(900, 700, D.BOX_SIDE))
+    assert np.array_equal(D.box_pixels(big), np.asarray(D.box_thumbnail(big)))
+    assert D.detail_signature(big) == _reference_detail(big)
+    rgba = Image.fromarray(_picture(rng, 200, 150)).convert("RGBA")
+    assert D.detail_signature(rgba) == _reference_detail(rgba)
+
+
+def test_thumbnail_size_is_pillows():
+    r = random.Random(2)
+    for _ in range(300):
+        w, h = r.randint(1, 2000), r.randint(1, 2000)
+        img = Image.new("RGB", (w, h))
+        img.thumbnail((D.BOX_SIDE, D.BOX_SIDE), Image.Resampling.BOX)
+        assert D.thumbnail_size(w, h, D.BOX_SIDE) == img.size, (w, h)
+
+
+def test_the_grey_copy_is_the_hashes_one():
+    """pixel_features makes the hashes' grey copy with npimage.ingest.resample: the bytes
+    of npimage.matching.hashing.grey_copy (Pillow's L conversion and BILINEAR resize)."""
+    from npimage.matching.hashing import GREY_SIDE, grey_copy
+
+    shots = _product_shots(40)
+    rng = np.random.default_rng(9)
+    shots += [Image.fromarray(_picture(rng, w, h)) for w, h in
+              [(348, 348), (348, 464), (464, 348), (512, 40), (30, 500), (64, 64), (20, 20)]]
+    for rgb in shots:
+        grey, _, _ = pixel_features(rgb)
+        assert np.array_equal(grey, grey_copy(rgb)), rgb.size
+        assert grey.shape == (GREY_SIDE, GREY_SIDE) and grey.dtype == np.uint8
+
+
+def test_bilinear_resize_is_pillows_to_the_byte():
+    from npimage.ingest.resample import BILINEAR, resize
+
+    r = random.Random(11)
+    rng = np.random.default_rng(11)
+    for _ in range(80):
+        w, h = r.randint(1, 400), r.randint(1, 400)
+        a = _picture(rng, w, h)
+        size = (r.randint(1, 2 * w), r.randint(1, 2 * h))
+        for pic in (a, a[:, :, 0]):
+            ref = np.asarray(Image.fromarray(pic).resize(size, Image.Resampling.BILINEAR))
+            got = resize(pic, size, kind=BILINEAR)
+            assert np.array_equal(got.reshape(ref.shape), ref), (w, h, size, pic.ndim)
