@@ -97,11 +97,30 @@ def _norm(g: np.ndarray) -> np.ndarray:
 
 def _renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Normalise again over the overlap only (margins brought in by a warp, or cut off,
-    would shift the mean and deviation of the whole thumbnail)."""
-    n = valid.sum(axis=(1, 2), keepdims=True) + 1e-6
-    m = (x * valid).sum(axis=(1, 2), keepdims=True) / n
-    sd = np.sqrt((((x - m) * valid) ** 2).sum(axis=(1, 2), keepdims=True) / n) + 1e-3
-    out: np.ndarray = ((x - m) / sd).astype(np.float32)
+    would shift the mean and deviation of the whole thumbnail): with n = the overlap's
+    size + 1e-6, m = sum(x * valid) / n, sd = sqrt(sum(((x - m) * valid)^2) / n) + 1e-3,
+    (x - m) / sd, in float32. One compiled pass per thumbnail (verify_kernels.renorm, the
+    same floats as those NumPy statements: sums in NumPy's pairwise order) instead of six
+    passes over the stack with a temporary each."""
+    from npimage.matching.verify_kernels import renorm
+
+    out: np.ndarray = renorm(np.ascontiguousarray(x, np.float32),
+                             np.ascontiguousarray(valid, np.float32))
+    return out
+
+
+def _inside(valid: np.ndarray) -> np.ndarray:
+    """The overlap (n, S, S) float32 0/1 at chroma size: 1 where the whole block of grey
+    pixels under a chroma pixel is inside (the block's minimum, taken as elementwise
+    minima of its rows then of its columns: the same values as a reduction over the
+    reshaped blocks, at a fraction of its cost)."""
+    k = DETAIL_SIDE // CHROMA_SIDE
+    rows = valid[:, 0::k]
+    for j in range(1, k):
+        rows = np.minimum(rows, valid[:, j::k])
+    out = rows[:, :, 0::k]
+    for j in range(1, k):
+        out = np.minimum(out, rows[:, :, j::k])
     return out
 
 
@@ -220,8 +239,7 @@ def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = Non
     `tolerant` forgives a one-pixel misregistration (`_diff`)."""
     d = _diff(a.astype(np.float32), b.astype(np.float32), tolerant, _chroma_dist)
     if valid is not None:
-        k = DETAIL_SIDE // CHROMA_SIDE
-        d *= valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
+        d *= _inside(valid)
     d = d - np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
     m = _box(d, CHROMA_WINDOW)
     # a grey picture (a grey-level copy, a 1-bit mode) has no colour to compare
@@ -235,8 +253,7 @@ def chroma_residuals(a: np.ndarray, b: np.ndarray, valid: np.ndarray
     """(tolerant peak, plain map) of `chroma_residual`, for aligned pairs: the conversions,
     the overlap at chroma size and the colourless test made once for both."""
     fa, fb = a.astype(np.float32), b.astype(np.float32)
-    k = DETAIL_SIDE // CHROMA_SIDE
-    inside = valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
+    inside = _inside(valid)
     grey = _colourless(a) | _colourless(b)
     out = []
     for tolerant in (True, False):
@@ -343,8 +360,13 @@ def _is_geometric(warp: np.ndarray | None, mirrored: bool) -> bool:
         return True
     if warp is None:
         return False
-    lin = warp[:, :2] - np.eye(2)
-    return bool(np.abs(lin).max() > 0.01 or np.abs(warp[:, 2]).max() > 0.75)
+    (a, b, x), (c, d, y) = warp.tolist()  # Python floats: no NumPy call per pair
+
+    def over(values: tuple[float, ...], limit: float) -> bool:  # np.max(...) > limit
+        return not any(v != v for v in values) and max(values) > limit  # NaN: False
+
+    return over((abs(a - 1.0), abs(b), abs(c), abs(d - 1.0)), 0.01) or over(
+        (abs(x), abs(y)), 0.75)
 
 
 @dataclass
@@ -440,6 +462,18 @@ def _smalls(x: np.ndarray) -> np.ndarray:
     return np.stack([_small(t) for t in x]) if len(x) else x[:, ::2, ::2]
 
 
+def _mirrored(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairs of normalised stacks closer mirrored than straight: mean |a - b mirrored| <
+    0.75 x mean |a - b| (float32 means, as NumPy's: verify_kernels.mean_abs_diffs, one
+    pass per pair without the stack-sized temporaries)."""
+    from npimage.matching.verify_kernels import mean_abs_diffs
+
+    flipped, straight = mean_abs_diffs(np.ascontiguousarray(a, np.float32),
+                                       np.ascontiguousarray(b, np.float32))
+    out: np.ndarray = flipped < 0.75 * straight
+    return out
+
+
 def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
                     params: VisualParams, lift_only: np.ndarray | None = None) -> VisualResult:
     """Residuals of pairs of detail thumbnails, aligning (straight or mirrored) those that
@@ -448,10 +482,9 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     Vectorised over pairs except the per-pair ECC."""
     ia, ib = _images(ga), _images(gb)
     a, b = _per_image(_norm, ga, ia), _per_image(_norm, gb, ib)
-    bf = b[:, :, ::-1]
-    mirrored = np.abs(a - bf).mean(axis=(1, 2)) < 0.75 * np.abs(a - b).mean(axis=(1, 2))
-    b = np.where(mirrored[:, None, None], bf, b).copy()
-    cb = np.where(mirrored[:, None, None, None], cb[:, :, ::-1], cb).copy()
+    mirrored = _mirrored(a, b)
+    b = np.where(mirrored[:, None, None], b[:, :, ::-1], b)
+    cb = np.where(mirrored[:, None, None, None], cb[:, :, ::-1], cb)
     ib = 2 * ib + mirrored  # b's side: one image, straight or mirrored
     ba, ra = _distinct_blurs(a, ia)
     bb, rb = _distinct_blurs(b, ib)

@@ -373,3 +373,60 @@ def region_kind(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
     if rest == 0:
         return KIND_STICKER if stats.shape[0] <= 2 else KIND_SEVERAL
     return first
+
+
+# -- normalisation over an overlap (verify._renorm) ---------------------------------------------
+
+@njit(nogil=True, cache=True)
+def renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """verify._renorm of stacks x and valid (n, S, S) float32, C-contiguous: per thumbnail
+    n = sum(valid) + 1e-6, m = sum(x * valid) / n, sd = sqrt(sum(((x - m) * valid)^2) / n)
+    + 1e-3, then (x - m) / sd; float32 throughout, sums in NumPy's pairwise order
+    (`_psum`; the overlap's size is a count, exact in any order): the floats NumPy's
+    statements give, without their six passes and temporaries over the stack."""
+    n = x.shape[0]
+    size = x.shape[1] * x.shape[2]
+    xs, vs = x.reshape(n, size), valid.reshape(n, size)
+    out = np.empty((n, size), np.float32)
+    buf = np.empty(size, np.float32)
+    eps_n, eps_sd = np.float32(1e-6), np.float32(1e-3)
+    for i in range(n):
+        xi, vi, oi = xs[i], vs[i], out[i]
+        count = np.float32(0.0)
+        for k in range(size):
+            count += vi[k]
+            buf[k] = xi[k] * vi[k]
+        count += eps_n
+        m = _psum(buf, 0, size) / count
+        for k in range(size):
+            t = (xi[k] - m) * vi[k]
+            buf[k] = t * t
+        sd = np.sqrt(_psum(buf, 0, size) / count) + eps_sd
+        for k in range(size):
+            oi[k] = (xi[k] - m) / sd
+    return out.reshape(x.shape)
+
+
+@njit(nogil=True, cache=True)
+def mean_abs_diffs(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair of stacks a, b (n, S, S) float32: (mean |a - b mirrored left-right|,
+    mean |a - b|), float32 as np.abs(a - b[:, :, ::-1]).mean(axis=(1, 2)) gives them (sums
+    in NumPy's pairwise order, divided by S * S)."""
+    n, s0, s1 = a.shape
+    flipped, straight = np.empty(n, np.float32), np.empty(n, np.float32)
+    buf = np.empty(s0 * s1, np.float32)
+    count = np.float32(s0 * s1)
+    for i in range(n):
+        k = 0
+        for y in range(s0):
+            for c in range(s1):
+                buf[k] = abs(a[i, y, c] - b[i, y, s1 - 1 - c])
+                k += 1
+        flipped[i] = _psum(buf, 0, k) / count
+        k = 0
+        for y in range(s0):
+            for c in range(s1):
+                buf[k] = abs(a[i, y, c] - b[i, y, c])
+                k += 1
+        straight[i] = _psum(buf, 0, k) / count
+    return flipped, straight
