@@ -21,7 +21,8 @@ import numpy as np
 from numba import njit
 
 #: Blur combinations tried, as indices into the blurred stacks (0: BLUR, 1 and 2:
-#: BLUR_EQUALISE on one side), in the order the first best is kept.
+#: BLUR_EQUALISE on one side), in the order the first best is kept (grey_maps' sums spell
+#: them out in this order).
 COMBOS = np.array([(0, 0), (1, 0), (0, 1), (2, 0), (0, 2)], np.int64)
 
 
@@ -46,25 +47,25 @@ def _box_max(d: np.ndarray, out: np.ndarray) -> np.float32:
 @njit(nogil=True, cache=True)
 def _envelope(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, tmp_lo: np.ndarray,
               tmp_hi: np.ndarray) -> None:
-    """Lowest and highest value of each pixel's 3 x 3 neighbourhood (clipped at the edges)."""
+    """Lowest and highest value of each pixel's 3 x 3 neighbourhood (clipped at the edges):
+    three rows, then three columns, without a loop per neighbour (the edge rows and columns
+    repeat their own pixel: the same minimum and maximum)."""
     s0, s1 = x.shape
     for y in range(s0):
         y0, y1 = max(y - 1, 0), min(y + 1, s0 - 1)
         for c in range(s1):
-            a, b = x[y0, c], x[y0, c]
-            for yy in range(y0 + 1, y1 + 1):
-                v = x[yy, c]
-                a = min(a, v)
-                b = max(b, v)
-            tmp_lo[y, c], tmp_hi[y, c] = a, b
+            u, v, w = x[y0, c], x[y, c], x[y1, c]
+            tmp_lo[y, c] = min(min(u, v), w)
+            tmp_hi[y, c] = max(max(u, v), w)
     for y in range(s0):
-        for c in range(s1):
-            c0, c1 = max(c - 1, 0), min(c + 1, s1 - 1)
-            a, b = tmp_lo[y, c0], tmp_hi[y, c0]
-            for cc in range(c0 + 1, c1 + 1):
-                a = min(a, tmp_lo[y, cc])
-                b = max(b, tmp_hi[y, cc])
-            lo[y, c], hi[y, c] = a, b
+        lo[y, 0] = min(tmp_lo[y, 0], tmp_lo[y, min(1, s1 - 1)])
+        hi[y, 0] = max(tmp_hi[y, 0], tmp_hi[y, min(1, s1 - 1)])
+        for c in range(1, s1 - 1):
+            lo[y, c] = min(min(tmp_lo[y, c - 1], tmp_lo[y, c]), tmp_lo[y, c + 1])
+            hi[y, c] = max(max(tmp_hi[y, c - 1], tmp_hi[y, c]), tmp_hi[y, c + 1])
+        if s1 > 1:
+            lo[y, s1 - 1] = min(tmp_lo[y, s1 - 2], tmp_lo[y, s1 - 1])
+            hi[y, s1 - 1] = max(tmp_hi[y, s1 - 2], tmp_hi[y, s1 - 1])
 
 
 @njit(nogil=True, cache=True)
@@ -95,12 +96,19 @@ def grey_maps(ba: np.ndarray, bb: np.ndarray, ia: np.ndarray, ib: np.ndarray,
     zero = np.float32(0.0)
     for i in range(n):
         ja, jb = ia[i], ib[i]
-        sums = np.zeros(len(COMBOS))
+        a0, a1, a2 = ba[0, ja], ba[1, ja], ba[2, ja]
+        b0, b1, b2 = bb[0, jb], bb[1, jb], bb[2, jb]
+        s_0, s_1, s_2, s_3, s_4 = 0.0, 0.0, 0.0, 0.0, 0.0  # the COMBOS, in float64
         for y in range(s0):
             for x in range(s1):
                 m = valid[i, y, x] if masked else np.float32(1.0)
-                for k in range(len(COMBOS)):
-                    sums[k] += abs(ba[COMBOS[k, 0], ja, y, x] - bb[COMBOS[k, 1], jb, y, x]) * m
+                u0, u1, u2, v0, v1, v2 = a0[y, x], a1[y, x], a2[y, x], b0[y, x], b1[y, x], b2[y, x]
+                s_0 += abs(u0 - v0) * m
+                s_1 += abs(u1 - v0) * m
+                s_2 += abs(u0 - v1) * m
+                s_3 += abs(u2 - v0) * m
+                s_4 += abs(u0 - v2) * m
+        sums = np.array([s_0, s_1, s_2, s_3, s_4])
         best = 0
         for k in range(1, len(COMBOS)):
             if sums[k] < sums[best]:
