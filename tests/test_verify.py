@@ -400,3 +400,39 @@ def test_compiled_region_tests_say_what_their_numpy_statement_says(family):
         want = _ref_kinds(r.a[i], r.b[i], r.ca[i], r.cb[i], stats,
                           params.sticker_area * r.a[i].size)
         assert V._region_kind(r, i, params) == want
+
+
+def test_compiled_glue_gives_numpy_s_floats():
+    """The renormalisation over an overlap, the mirror test's means, the overlap at chroma
+    size and the one-pixel-tolerant grey residual: the floats of their NumPy statements."""
+    from npimage.matching import verify_kernels as K
+
+    rng = np.random.default_rng(23)
+    n = 12
+    x = np.clip(rng.standard_normal((n, 128, 128)), -3, 3).astype(np.float32)
+    y = (x + np.float32(0.4) * rng.standard_normal((n, 128, 128))).astype(np.float32)
+    y[::3] = x[::3, :, ::-1]  # mirrored copies
+    valid = (rng.random((n, 128, 128)) > 0.1).astype(np.float32)
+    valid[0], valid[1, :, :50] = 1.0, 0.0
+    valid[2] = 0.0  # no overlap at all
+    m = (x * valid).sum(axis=(1, 2), keepdims=True) / (valid.sum(axis=(1, 2), keepdims=True)
+                                                        + 1e-6)
+    sd = np.sqrt((((x - m) * valid) ** 2).sum(axis=(1, 2), keepdims=True)
+                 / (valid.sum(axis=(1, 2), keepdims=True) + 1e-6)) + 1e-3
+    assert np.array_equal(V._renorm(x, valid), ((x - m) / sd).astype(np.float32))
+    flipped, straight = K.mean_abs_diffs(x, y)
+    assert np.array_equal(flipped, np.abs(x - y[:, :, ::-1]).mean(axis=(1, 2)))
+    assert np.array_equal(straight, np.abs(x - y).mean(axis=(1, 2)))
+    assert V._mirrored(x, y)[::3].all()
+    k = D.DETAIL_SIDE // D.CHROMA_SIDE
+    assert np.array_equal(V._inside(valid),
+                          valid.reshape(n, D.CHROMA_SIDE, k, D.CHROMA_SIDE, k).min(axis=(2, 4)))
+    ba, bb = V._blurs(x), V._blurs(y)
+    rows = np.arange(n, dtype=np.int64)
+    pick, peak, gmap, tpeak = K.grey_maps(ba, bb, rows, rows, valid, True)
+    for i in range(n):  # the picked blurs' plain and tolerant windowed maps, in NumPy
+        xa, xb = ba[K.COMBOS[pick[i], 0], i][None], bb[K.COMBOS[pick[i], 1], i][None]
+        plain = V._box(V._diff(xa, xb, False, lambda u, v: np.abs(u - v)) * valid[i], V.WINDOW)
+        tol = V._box(V._diff(xa, xb, True, lambda u, v: np.abs(u - v)) * valid[i], V.WINDOW)
+        assert np.array_equal(gmap[i], plain[0]) and peak[i] == plain.max()
+        assert tpeak[i] == tol.max()
