@@ -737,9 +737,10 @@ def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarr
 THREADS = 2
 CHUNK = 512
 #: From this many pairs, with the shipped checks, the chunks run in THREADS processes
-#: instead: the region tests of unclean pairs are small NumPy calls that hold the GIL (~30-40 %
-#: of a demo pair's CPU), so two threads cannot use two cores. A process costs ~1-2 s to
-#: start (imports), paid back from a few thousand pairs (a nightly verifies ~55 000).
+#: instead: the small NumPy calls between the OpenCV and compiled ones hold the GIL (~25 % of
+#: a demo pair's CPU since the region tests are compiled, ~30-40 % before), so two threads
+#: cannot fully use two cores. A process costs ~1-2 s to start (imports), paid back from a
+#: few thousand pairs (a nightly verifies ~55 000).
 PROCESSES_FROM = 8 * CHUNK
 
 
