@@ -298,3 +298,216 @@ def test_the_grocery_burst_pair_is_not_the_same_image():
     res = V.visual([D.detail_signature(pics[0])], [D.detail_signature(pics[1])])
     assert res.reason[0] in (V.GEOMETRIC, V.SHIFTED), res.reason
     assert 0.95 <= res.cap[0] < 0.99, res.cap
+
+
+# -- the region tests, compiled (verify_kernels.region_kind) against their NumPy statement ------
+
+def _ref_median(x: np.ndarray) -> float:
+    return float(np.median(x.ravel()))
+
+
+def _ref_flat_share(x: np.ndarray) -> tuple[float, float]:
+    med = _ref_median(x)
+    return float((np.abs(x - med) <= V.FLAT).mean()), med
+
+
+def _ref_edges(x: np.ndarray) -> float:
+    return float(np.abs(np.diff(x, axis=1)).sum() + np.abs(np.diff(x, axis=0)).sum())
+
+
+def _ref_is_sticker(pa_: np.ndarray, pb: np.ndarray) -> bool:
+    (fa, ma), (fb, mb) = _ref_flat_share(pa_), _ref_flat_share(pb)
+    if abs(ma - mb) <= V.LEVEL_CHANGE:
+        return False
+    x, y, fx, fy = (pa_, pb, fa, fb) if fa >= fb else (pb, pa_, fb, fa)
+    if fx < V.STICKER_FLAT:
+        return False
+    return fy < V.STICKER_FLAT or _ref_edges(x) > 2.0 * max(_ref_edges(y), 1e-3)
+
+
+def _ref_pasted(a: np.ndarray, b: np.ndarray, sl: tuple[slice, slice]) -> bool:
+    ea, eb = _ref_edges(a[sl]), _ref_edges(b[sl])
+    if max(ea, eb) < V.STICKER_EDGES * max(min(ea, eb), 1e-3):
+        return False
+    x, y = (a, b) if ea >= eb else (b, a)
+    h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
+    if (max(ea, eb) >= 2 * V.STICKER_EDGES * max(min(ea, eb), 1e-3) and w >= 1.2 * h
+            and _ref_flat_share(y[sl])[0] < V.STICKER_FLAT + 0.1):
+        return True
+    (y0, y1), (x0, x1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
+    ring = np.zeros(a.shape, bool)
+    ring[max(0, y0 - V.RING):y1 + V.RING, max(0, x0 - V.RING):x1 + V.RING] = True
+    ring[sl] = False
+    if not ring.any():
+        return False
+    sx, sy = (abs(_ref_median(img[sl]) - _ref_median(img[ring])) for img in (x, y))
+    return sx >= V.STANDS_OUT and sx - sy >= V.STANDS_OUT / 2
+
+
+def _ref_colour_patch(ca: np.ndarray, cb: np.ndarray) -> bool:
+    sat = [float(np.hypot(*(np.median(c.reshape(-1, 2), axis=0) - 128.0))) for c in (ca, cb)]
+    return max(sat) >= V.STICKER_SATURATION and min(sat) <= V.NEUTRAL
+
+
+def _ref_kinds(a, b, ca, cb, stats, small_area: float) -> tuple[str, bool]:
+    """The region tests as NumPy statements (verify's code before they were compiled)."""
+    kinds = []
+    for x0, y0, w, h, _ in stats:
+        sl = (slice(y0, y0 + h + V.WINDOW - 1), slice(x0, x0 + w + V.WINDOW - 1))
+        f = D.CHROMA_SIDE / D.DETAIL_SIDE
+        cs = (slice(int(y0 * f), int(np.ceil((y0 + h + V.WINDOW) * f))),
+              slice(int(x0 * f), int(np.ceil((x0 + w + V.WINDOW) * f))))
+        if w * h <= small_area and (_ref_is_sticker(a[sl], b[sl]) or _ref_pasted(a, b, sl)
+                                    or _ref_colour_patch(ca[cs], cb[cs])):
+            kinds.append(V.STICKER)
+            continue
+        pa_, pb = a[sl], b[sl]
+        gx = np.abs(np.diff(pa_, axis=1)).sum() + np.abs(np.diff(pb, axis=1)).sum()
+        gy = np.abs(np.diff(pa_, axis=0)).sum() + np.abs(np.diff(pb, axis=0)).sum()
+        kinds.append(V.CODE if gx > 3 * gy else V.TEXT)
+    rest = [k for k in kinds if k != V.STICKER]
+    if not rest and len(kinds) <= 2:
+        return V.STICKER, True
+    if len(rest) > 2 or not rest:
+        return V.SEVERAL, False
+    return rest[0], False
+
+
+def _kernel_kinds(a, b, ca, cb, stats, small_area: float) -> tuple[str, bool]:
+    from npimage.matching import verify_kernels as K
+
+    kind = K.region_kind(a, b, ca, cb, stats, small_area, V.WINDOW,
+                         D.CHROMA_SIDE / D.DETAIL_SIDE, V.FLAT, V.STICKER_FLAT,
+                         V.LEVEL_CHANGE, V.STICKER_EDGES, V.STANDS_OUT, V.RING,
+                         V.STICKER_SATURATION, V.NEUTRAL)
+    return V._KINDS[kind], kind == K.KIND_STICKER
+
+
+def test_compiled_sums_and_medians_are_numpy_s_bit_for_bit():
+    """Edge sums in NumPy's pairwise order, medians and flat shares: the same floats."""
+    from npimage.matching import verify_kernels as K
+
+    rng = np.random.default_rng(11)
+    for n in [*range(0, 300), 1000, 4097, 16384]:
+        v = np.abs(rng.standard_normal(n)).astype(np.float32)
+        assert K._psum(v, 0, n) == v.sum()
+    x = np.clip(rng.standard_normal((128, 128)), -3, 3).astype(np.float32)
+    x[40:60, 10:50] = 1.25  # flat runs: ties in medians and flat shares
+    buf = np.empty(x.size, np.float32)
+    for _ in range(400):
+        y0, x0 = (int(v) for v in rng.integers(0, 127, 2))
+        y1, x1 = (min(128, int(v)) for v in (y0 + rng.integers(1, 70), x0 + rng.integers(1, 70)))
+        p = x[y0:y1, x0:x1]
+        gx, gy = K._edge_sums(x, y0, y1, x0, x1, buf)
+        assert gx == np.abs(np.diff(p, axis=1)).sum() and gy == np.abs(np.diff(p, axis=0)).sum()
+        assert K._flat(x, y0, y1, x0, x1, V.FLAT, buf) == _ref_flat_share(p)
+
+
+def _patches(rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """A pair of normalised thumbnails and chroma with labels, flat fills, colour patches
+    and changed print in random places, and random changed areas over them."""
+    a = np.clip(rng.standard_normal((128, 128)), -3, 3).astype(np.float32)
+    a = (a + np.roll(a, 1, 0) + np.roll(a, 1, 1)) / np.float32(3.0)  # some spatial texture
+    b = a.copy()
+    ca = np.full((32, 32, 2), 128, np.uint8) + rng.integers(0, 6, (32, 32, 2), dtype=np.uint8)
+    cb = ca.copy()
+    boxes = []
+    for _ in range(int(rng.integers(1, 6))):
+        y, x = (int(v) for v in rng.integers(0, 120, 2))
+        h, w = (int(v) for v in rng.integers(3, 30, 2))
+        boxes.append((x, y, min(w, 126 - x), min(h, 126 - y), 0))
+        what = rng.integers(0, 5)
+        if what == 0:  # a flat label of another level
+            b[y:y + h, x:x + w] = np.float32(rng.choice([-1.5, 0.0, 1.0, 2.0]))
+        elif what == 1:  # a label with print and outline
+            b[y:y + h, x:x + w] = np.float32(2.0)
+            b[y + 1:y + h - 1:2, x + 1:x + w - 1] = np.float32(-1.0)
+        elif what == 2:  # a saturated colour over neutral
+            cb[y // 4:(y + h) // 4 + 1, x // 4:(x + w) // 4 + 1] = (60, 200)
+        elif what == 3:  # another barcode: vertical bars
+            b[y:y + h, x:x + w:2] = np.float32(2.5)
+        else:  # changed print
+            b[y:y + h, x:x + w] = rng.standard_normal((min(h, 128 - y), min(w, 128 - x)))
+    if rng.random() < 0.5:  # the changed areas where the changes are
+        stats = np.array(boxes, np.int32)
+    else:  # anywhere
+        n = int(rng.integers(0, 6))
+        stats = np.zeros((n, 5), np.int32)
+        for k in range(n):
+            y0, x0 = (int(v) for v in rng.integers(0, 126, 2))
+            stats[k, :4] = (x0, y0, rng.integers(1, 127 - x0), rng.integers(1, 127 - y0))
+    if rng.random() < 0.1:  # an area covering everything: no ring around it
+        stats = np.array([[0, 0, 127, 127, 0]], np.int32)
+    return a, b, ca, cb, stats
+
+
+def test_compiled_region_tests_say_what_their_numpy_statement_says(family):
+    """verify_kernels.region_kind (early exit at the third area that is not a sticker) gives
+    the reason and sticker flag of the NumPy statement of the region tests: on random
+    labels, fills, colour patches and print over random areas, at several sticker sizes,
+    and through verify's own path on the drawn variants and a label stuck on the pack."""
+    rng = np.random.default_rng(17)
+    seen = set()
+    for _ in range(600):
+        a, b, ca, cb, stats = _patches(rng)
+        for share in (0.02, 0.08, 0.5):
+            got = _kernel_kinds(a, b, ca, cb, stats, share * a.size)
+            assert got == _ref_kinds(a, b, ca, cb, stats, share * a.size)
+            seen.add(got)
+    assert len(seen) == 4  # sticker, text, barcode, several
+    base = family[0][1]
+    label = base.copy()
+    label.paste((250, 220, 40), (base.width // 3, base.height // 3,
+                                 base.width // 3 + 40, base.height // 3 + 25))
+    others = [img for _, img in family[1:]] + [label]
+    ga, ca = D.unpack_details([D.detail_signature(_decoded(base))] * len(others))
+    gb, cb = D.unpack_details([D.detail_signature(_decoded(x)) for x in others])
+    params = V.VisualParams()
+    r = V.compare_details(ga, ca, gb, cb, params)
+    import cv2
+
+    for i in range(len(others)):
+        bad = (r.grey_map[i] > params.grey_clean).astype(np.uint8)
+        if not bad.any() or bad.mean() > V.ONE_REGION:
+            continue
+        stats = cv2.connectedComponentsWithStats(cv2.dilate(bad, np.ones((5, 5), np.uint8)),
+                                                 connectivity=8)[2][1:]
+        want = _ref_kinds(r.a[i], r.b[i], r.ca[i], r.cb[i], stats,
+                          params.sticker_area * r.a[i].size)
+        assert V._region_kind(r, i, params) == want
+
+
+def test_compiled_glue_gives_numpy_s_floats():
+    """The renormalisation over an overlap, the mirror test's means, the overlap at chroma
+    size and the one-pixel-tolerant grey residual: the floats of their NumPy statements."""
+    from npimage.matching import verify_kernels as K
+
+    rng = np.random.default_rng(23)
+    n = 12
+    x = np.clip(rng.standard_normal((n, 128, 128)), -3, 3).astype(np.float32)
+    y = (x + np.float32(0.4) * rng.standard_normal((n, 128, 128))).astype(np.float32)
+    y[::3] = x[::3, :, ::-1]  # mirrored copies
+    valid = (rng.random((n, 128, 128)) > 0.1).astype(np.float32)
+    valid[0], valid[1, :, :50] = 1.0, 0.0
+    valid[2] = 0.0  # no overlap at all
+    m = (x * valid).sum(axis=(1, 2), keepdims=True) / (valid.sum(axis=(1, 2), keepdims=True)
+                                                        + 1e-6)
+    sd = np.sqrt((((x - m) * valid) ** 2).sum(axis=(1, 2), keepdims=True)
+                 / (valid.sum(axis=(1, 2), keepdims=True) + 1e-6)) + 1e-3
+    assert np.array_equal(V._renorm(x, valid), ((x - m) / sd).astype(np.float32))
+    flipped, straight = K.mean_abs_diffs(x, y)
+    assert np.array_equal(flipped, np.abs(x - y[:, :, ::-1]).mean(axis=(1, 2)))
+    assert np.array_equal(straight, np.abs(x - y).mean(axis=(1, 2)))
+    assert V._mirrored(x, y)[::3].all()
+    k = D.DETAIL_SIDE // D.CHROMA_SIDE
+    assert np.array_equal(V._inside(valid),
+                          valid.reshape(n, D.CHROMA_SIDE, k, D.CHROMA_SIDE, k).min(axis=(2, 4)))
+    ba, bb = V._blurs(x), V._blurs(y)
+    rows = np.arange(n, dtype=np.int64)
+    pick, peak, gmap, tpeak = K.grey_maps(ba, bb, rows, rows, valid, True)
+    for i in range(n):  # the picked blurs' plain and tolerant windowed maps, in NumPy
+        xa, xb = ba[K.COMBOS[pick[i], 0], i][None], bb[K.COMBOS[pick[i], 1], i][None]
+        plain = V._box(V._diff(xa, xb, False, lambda u, v: np.abs(u - v)) * valid[i], V.WINDOW)
+        tol = V._box(V._diff(xa, xb, True, lambda u, v: np.abs(u - v)) * valid[i], V.WINDOW)
+        assert np.array_equal(gmap[i], plain[0]) and peak[i] == plain.max()
+        assert tpeak[i] == tol.max()

@@ -104,11 +104,30 @@ def _norm(g: np.ndarray) -> np.ndarray:
 
 def _renorm(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Normalise again over the overlap only (margins brought in by a warp, or cut off,
-    would shift the mean and deviation of the whole thumbnail)."""
-    n = valid.sum(axis=(1, 2), keepdims=True) + 1e-6
-    m = (x * valid).sum(axis=(1, 2), keepdims=True) / n
-    sd = np.sqrt((((x - m) * valid) ** 2).sum(axis=(1, 2), keepdims=True) / n) + 1e-3
-    out: np.ndarray = ((x - m) / sd).astype(np.float32)
+    would shift the mean and deviation of the whole thumbnail): with n = the overlap's
+    size + 1e-6, m = sum(x * valid) / n, sd = sqrt(sum(((x - m) * valid)^2) / n) + 1e-3,
+    (x - m) / sd, in float32. One compiled pass per thumbnail (verify_kernels.renorm, the
+    same floats as those NumPy statements: sums in NumPy's pairwise order) instead of six
+    passes over the stack with a temporary each."""
+    from npimage.matching.verify_kernels import renorm
+
+    out: np.ndarray = renorm(np.ascontiguousarray(x, np.float32),
+                             np.ascontiguousarray(valid, np.float32))
+    return out
+
+
+def _inside(valid: np.ndarray) -> np.ndarray:
+    """The overlap (n, S, S) float32 0/1 at chroma size: 1 where the whole block of grey
+    pixels under a chroma pixel is inside (the block's minimum, taken as elementwise
+    minima of its rows then of its columns: the same values as a reduction over the
+    reshaped blocks, at a fraction of its cost)."""
+    k = DETAIL_SIDE // CHROMA_SIDE
+    rows = valid[:, 0::k]
+    for j in range(1, k):
+        rows = np.minimum(rows, valid[:, j::k])
+    out = rows[:, :, 0::k]
+    for j in range(1, k):
+        out = np.minimum(out, rows[:, :, j::k])
     return out
 
 
@@ -180,17 +199,21 @@ def _blurs(x: np.ndarray) -> np.ndarray:
 
 
 def _grey_maps(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None, tolerant: bool,
-               blurred: tuple[np.ndarray, np.ndarray] | None = None
+               blurred: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(plain peak, plain windowed map, tolerant peak) of normalised stacks a and b: one
-    compiled pass per pair (npimage.matching.verify_kernels.grey_maps). `blurred`: their
-    `_blurs`, when already made (once per image)."""
+    compiled pass per pair (npimage.matching.verify_kernels.grey_maps). `blurred`: the
+    `_blurs` of a's and b's distinct thumbnails and, per pair, the row of each side in
+    them (`_distinct_blurs`), when already made (once per image)."""
     from npimage.matching.verify_kernels import grey_maps
 
     mask = np.zeros((0, *a.shape[1:]), np.float32) if valid is None \
         else np.ascontiguousarray(valid, np.float32)
-    ba, bb = blurred if blurred is not None else (_blurs(a), _blurs(b))
-    _, peak, gmap, tpeak = grey_maps(ba, bb, mask, tolerant)
+    if blurred is None:
+        rows = np.arange(len(a), dtype=np.int64)
+        blurred = (_blurs(a), _blurs(b), rows, rows)
+    ba, bb, ra, rb = blurred
+    _, peak, gmap, tpeak = grey_maps(ba, bb, ra, rb, mask, tolerant)
     return peak, gmap, tpeak
 
 
@@ -223,8 +246,7 @@ def chroma_residual(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None = Non
     `tolerant` forgives a one-pixel misregistration (`_diff`)."""
     d = _diff(a.astype(np.float32), b.astype(np.float32), tolerant, _chroma_dist)
     if valid is not None:
-        k = DETAIL_SIDE // CHROMA_SIDE
-        d *= valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
+        d *= _inside(valid)
     d = d - np.median(d.reshape(len(d), -1), axis=1)[:, None, None]
     m = _box(d, CHROMA_WINDOW)
     # a grey picture (a grey-level copy, a 1-bit mode) has no colour to compare
@@ -238,8 +260,7 @@ def chroma_residuals(a: np.ndarray, b: np.ndarray, valid: np.ndarray
     """(tolerant peak, plain map) of `chroma_residual`, for aligned pairs: the conversions,
     the overlap at chroma size and the colourless test made once for both."""
     fa, fb = a.astype(np.float32), b.astype(np.float32)
-    k = DETAIL_SIDE // CHROMA_SIDE
-    inside = valid.reshape(len(valid), CHROMA_SIDE, k, CHROMA_SIDE, k).min(axis=(2, 4))
+    inside = _inside(valid)
     grey = _colourless(a) | _colourless(b)
     out = []
     for tolerant in (True, False):
@@ -346,8 +367,13 @@ def _is_geometric(warp: np.ndarray | None, mirrored: bool) -> bool:
         return True
     if warp is None:
         return False
-    lin = warp[:, :2] - np.eye(2)
-    return bool(np.abs(lin).max() > 0.01 or np.abs(warp[:, 2]).max() > 0.75)
+    (a, b, x), (c, d, y) = warp.tolist()  # Python floats: no NumPy call per pair
+
+    def over(values: tuple[float, ...], limit: float) -> bool:  # np.max(...) > limit
+        return not any(v != v for v in values) and max(values) > limit  # NaN: False
+
+    return over((abs(a - 1.0), abs(b), abs(c), abs(d - 1.0)), 0.01) or over(
+        (abs(x), abs(y)), 0.75)
 
 
 @dataclass
@@ -424,18 +450,36 @@ def _images(x: np.ndarray) -> np.ndarray:
     return np.array([seen.setdefault(t.tobytes(), i) for i, t in enumerate(x)], np.int64)
 
 
-def _per_image(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, image: np.ndarray,
-               axis: int = 0) -> np.ndarray:
+def _per_image(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, image: np.ndarray
+               ) -> np.ndarray:
     """fn (a function of each thumbnail alone, on a stack) of x, computed on one thumbnail
-    per distinct key in `image` (see `_images`) and spread to every row; its rows along
-    `axis`."""
+    per distinct key in `image` (see `_images`) and spread to every row."""
     _, first, where = np.unique(image, return_index=True, return_inverse=True)
-    return np.take(fn(x[first]), where, axis=axis)
+    return np.take(fn(x[first]), where, axis=0)
+
+
+def _distinct_blurs(x: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(`_blurs` of one thumbnail per distinct key in `image`, each row's index in it): the
+    blurred stacks are not spread to every pair (3 x 512 thumbnails: 100 MB copied)."""
+    _, first, where = np.unique(image, return_index=True, return_inverse=True)
+    return _blurs(x[first]), where.astype(np.int64)
 
 
 def _smalls(x: np.ndarray) -> np.ndarray:
     """`_small` of each thumbnail of a stack."""
     return np.stack([_small(t) for t in x]) if len(x) else x[:, ::2, ::2]
+
+
+def _mirrored(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairs of normalised stacks closer mirrored than straight: mean |a - b mirrored| <
+    0.75 x mean |a - b| (float32 means, as NumPy's: verify_kernels.mean_abs_diffs, one
+    pass per pair without the stack-sized temporaries)."""
+    from npimage.matching.verify_kernels import mean_abs_diffs
+
+    flipped, straight = mean_abs_diffs(np.ascontiguousarray(a, np.float32),
+                                       np.ascontiguousarray(b, np.float32))
+    out: np.ndarray = flipped < 0.75 * straight
+    return out
 
 
 def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
@@ -449,14 +493,13 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     Vectorised over pairs except the per-pair ECC."""
     ia, ib = _images(ga), _images(gb)
     a, b = _per_image(_norm, ga, ia), _per_image(_norm, gb, ib)
-    bf = b[:, :, ::-1]
-    mirrored = np.abs(a - bf).mean(axis=(1, 2)) < 0.75 * np.abs(a - b).mean(axis=(1, 2))
-    b = np.where(mirrored[:, None, None], bf, b).copy()
-    cb = np.where(mirrored[:, None, None, None], cb[:, :, ::-1], cb).copy()
+    mirrored = _mirrored(a, b)
+    b = np.where(mirrored[:, None, None], b[:, :, ::-1], b)
+    cb = np.where(mirrored[:, None, None, None], cb[:, :, ::-1], cb)
     ib = 2 * ib + mirrored  # b's side: one image, straight or mirrored
-    ba = _per_image(_blurs, a, ia, axis=1)
-    bb = _per_image(_blurs, b, ib, axis=1)
-    grey, gmap, _ = _grey_maps(a, b, None, False, (ba, bb))
+    ba, ra = _distinct_blurs(a, ia)
+    bb, rb = _distinct_blurs(b, ib)
+    grey, gmap, _ = _grey_maps(a, b, None, False, (ba, bb, ra, rb))
     del ba, bb
     chroma, cmap = chroma_residual(ca, cb)
     n = len(a)
@@ -571,94 +614,29 @@ class CheckResult:
     reason: np.ndarray  # object (str)
 
 
-def _median(x: np.ndarray) -> float:
-    """np.median of a small float array, the same value (the middle one, or the mean of the
-    two middle ones in the array's dtype) without np.median's ~40 us of overhead: the
-    region tests take tens of medians per changed pair."""
-    v = x.ravel()
-    k = v.size // 2
-    if v.size % 2:
-        return float(np.partition(v, k)[k])
-    p = np.partition(v, (k - 1, k))
-    return float((p[k - 1] + p[k]) / 2)
-
-
-def _column_medians(x: np.ndarray) -> np.ndarray:
-    """np.median(x, axis=0) of a small 2-d array, the same values (its own last step: the
-    mean of the middle one or two), without np.median's overhead."""
-    n = x.shape[0]
-    if n == 0:
-        empty: np.ndarray = np.median(x, axis=0)
-        return empty
-    k = n // 2
-    mid = (k,) if n % 2 else (k - 1, k)
-    out: np.ndarray = np.mean(np.partition(x, mid, axis=0)[mid[0]:k + 1], axis=0)
-    return out
-
-
-def _flat_share(x: np.ndarray) -> tuple[float, float]:
-    """(share of pixels within FLAT of the median, the median) of a patch of normalised grey."""
-    med = _median(x)
-    return float((np.abs(x - med) <= FLAT).mean()), med
-
-
-def _edges(x: np.ndarray) -> float:
-    return float(np.abs(np.diff(x, axis=1)).sum() + np.abs(np.diff(x, axis=0)).sum())
-
-
-def _is_sticker(pa_: np.ndarray, pb: np.ndarray) -> bool:
-    """Does one side of a changed patch look like a label stuck over the other: a flat fill
-    of another level covering it, carrying edges (its text, its outline) the other side does
-    not have, or hiding the other side's detail? A changed accent stripe (flat on both sides,
-    the same edges) or changed text (same background level) does not."""
-    (fa, ma), (fb, mb) = _flat_share(pa_), _flat_share(pb)
-    if abs(ma - mb) <= LEVEL_CHANGE:
-        return False
-    x, y, fx, fy = (pa_, pb, fa, fb) if fa >= fb else (pb, pa_, fb, fa)
-    if fx < STICKER_FLAT:
-        return False
-    return fy < STICKER_FLAT or _edges(x) > 2.0 * max(_edges(y), 1e-3)
-
-
-def _pasted(a: np.ndarray, b: np.ndarray, sl: tuple[slice, slice]) -> bool:
-    """Is one side of the changed patch `sl` an object pasted on the picture: far more
-    edges than the other side (a label's outline and print), and a level that stands out
-    from the ring of pixels around the patch where the other side's does not? Changed text
-    on a label keeps the label's level inside and around, and about as many edges."""
-    ea, eb = _edges(a[sl]), _edges(b[sl])
-    if max(ea, eb) < STICKER_EDGES * max(min(ea, eb), 1e-3):
-        return False
-    x, y = (a, b) if ea >= eb else (b, a)
-    h, w = sl[0].stop - sl[0].start, sl[1].stop - sl[1].start
-    if (max(ea, eb) >= 2 * STICKER_EDGES * max(min(ea, eb), 1e-3) and w >= 1.2 * h
-            and _flat_share(y[sl])[0] < STICKER_FLAT + 0.1):
-        return True  # a wide label over busy detail (a photo): the print and outline added
-    (y0, y1), (x0, x1) = (sl[0].start, sl[0].stop), (sl[1].start, sl[1].stop)
-    ring = np.zeros(a.shape, bool)
-    ring[max(0, y0 - RING):y1 + RING, max(0, x0 - RING):x1 + RING] = True
-    ring[sl] = False
-    if not ring.any():
-        return False
-
-    def stands_out(img: np.ndarray) -> float:
-        return abs(_median(img[sl]) - _median(img[ring]))
-
-    sx, sy = stands_out(x), stands_out(y)
-    return sx >= STANDS_OUT and sx - sy >= STANDS_OUT / 2
-
-
-def _colour_patch(ca: np.ndarray, cb: np.ndarray) -> bool:
-    """Is one side of a changed patch mostly a saturated colour (a yellow or red label)
-    where the other side is mostly neutral (a white label, a grey backdrop)?"""
-    sat = [float(np.hypot(*(_column_medians(c.reshape(-1, 2)) - 128.0))) for c in (ca, cb)]
-    return max(sat) >= STICKER_SATURATION and min(sat) <= NEUTRAL
-
-
 def _region_kind(r: VisualResult, i: int, params: VisualParams) -> tuple[str, bool]:
     """(reason, sticker?) of a pair whose residual is not clean: the changed areas (connected
     windows above the clean level), each judged: a sticker is forgiven, anything else is a
-    variant, named by the kind of area (text, barcode, colour)."""
+    variant, named by the kind of area (text, barcode, colour).
+
+    A small area (up to `sticker_area` of the thumbnail) is a sticker when one side of it
+    looks like a label stuck over the other: a flat fill of another level covering it,
+    carrying edges (its text, its outline) the other side does not have, or hiding the
+    other side's detail (a changed accent stripe, flat on both sides with the same edges,
+    or changed text on the same background level is not); or an object pasted on the
+    picture: far more edges than the other side, and either a wide label over busy detail
+    or a level that stands out from the ring of pixels around the area where the other
+    side's does not (changed text on a label keeps the label's level inside and around);
+    or a saturated colour (a yellow or red label) where the other side is neutral (a white
+    label, a grey backdrop). One or two areas that are all stickers: a sticker; one or two
+    that are not: the first of them, a barcode when its steps run across more than 3 times
+    as much as down, else text; more: several regions. The statistics are one compiled
+    call per pair (verify_kernels.region_kind: medians, flat shares and edge sums equal to
+    NumPy's bit for bit; tests/test_verify.py holds their NumPy statement), which stops at
+    the third area that is not a sticker."""
     import cv2
+
+    from npimage.matching.verify_kernels import KIND_STICKER, region_kind
 
     grey_bad = (r.grey_map[i] > params.grey_clean).astype(np.uint8)
     if not grey_bad.any():
@@ -667,27 +645,16 @@ def _region_kind(r: VisualResult, i: int, params: VisualParams) -> tuple[str, bo
         return SEVERAL, False
     _, _, stats, _ = cv2.connectedComponentsWithStats(
         cv2.dilate(grey_bad, np.ones((5, 5), np.uint8)), connectivity=8)
-    kinds = []
-    for x0, y0, w, h, _ in stats[1:]:
-        sl = (slice(y0, y0 + h + WINDOW - 1), slice(x0, x0 + w + WINDOW - 1))
-        pa_, pb = r.a[i][sl], r.b[i][sl]
-        small = w * h <= params.sticker_area * r.a[i].size
-        f = CHROMA_SIDE / DETAIL_SIDE
-        cs = (slice(int(y0 * f), int(np.ceil((y0 + h + WINDOW) * f))),
-              slice(int(x0 * f), int(np.ceil((x0 + w + WINDOW) * f))))
-        if small and (_is_sticker(pa_, pb) or _pasted(r.a[i], r.b[i], sl)
-                      or _colour_patch(r.ca[i][cs], r.cb[i][cs])):
-            kinds.append(STICKER)
-            continue
-        gx = np.abs(np.diff(pa_, axis=1)).sum() + np.abs(np.diff(pb, axis=1)).sum()
-        gy = np.abs(np.diff(pa_, axis=0)).sum() + np.abs(np.diff(pb, axis=0)).sum()
-        kinds.append(CODE if gx > 3 * gy else TEXT)
-    rest = [k for k in kinds if k != STICKER]
-    if not rest and len(kinds) <= 2:  # one label (its text may split it in two)
-        return STICKER, True
-    if len(rest) > 2 or not rest:
-        return SEVERAL, False
-    return rest[0], False
+    kind = region_kind(r.a[i], r.b[i], r.ca[i], r.cb[i], stats[1:],
+                       params.sticker_area * r.a[i].size, WINDOW, CHROMA_SIDE / DETAIL_SIDE,
+                       FLAT, STICKER_FLAT, LEVEL_CHANGE, STICKER_EDGES, STANDS_OUT, RING,
+                       STICKER_SATURATION, NEUTRAL)
+    return _KINDS[kind], kind == KIND_STICKER
+
+
+#: Reasons by verify_kernels.region_kind's answer (KIND_STICKER, KIND_TEXT, KIND_CODE,
+#: KIND_SEVERAL).
+_KINDS = (STICKER, TEXT, CODE, SEVERAL)
 
 
 def visual_check(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
@@ -842,9 +809,10 @@ def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarr
 THREADS = 2
 CHUNK = 512
 #: From this many pairs, with the shipped checks, the chunks run in THREADS processes
-#: instead: the region tests of unclean pairs are small NumPy calls that hold the GIL (~30-40 %
-#: of a demo pair's CPU), so two threads cannot use two cores. A process costs ~1-2 s to
-#: start (imports), paid back from a few thousand pairs (a nightly verifies ~55 000).
+#: instead: the small NumPy calls between the OpenCV and compiled ones hold the GIL (~25 % of
+#: a demo pair's CPU since the region tests are compiled, ~30-40 % before), so two threads
+#: cannot fully use two cores. A process costs ~1-2 s to start (imports), paid back from a
+#: few thousand pairs (a nightly verifies ~55 000).
 PROCESSES_FROM = 8 * CHUNK
 
 
