@@ -19,17 +19,12 @@ new closed object:
 - a colour (accent) variant keeps the boundary: the other side has an edge along the same
   outline, only the fill changed.
 
-Two cases of the test range (bench/verify.py) are looked at differently (fourth round):
-
-- the 128 px residual may spread where the thumbnails differ in one place only (alignment
-  seams along the strong edge of a product on white, whose content box a sticker on the
-  margin moved): pairs capped for several regions, or whose region is too spread, take
-  the region from the look's own changed pixels when they make one or two components in
-  a small box (specks left out) and the 128 px residual is no larger than that box;
-- a small label whose bold print matches the photo under it has notches bitten out of
-  its changed pixels and is not convex: its hull is taken as the object, and every other
-  test (new as a whole, the outline new along the hull, across the notches' mouths) is
-  made on the hull; a changed glyph's hull is mostly shared background and stays out.
+On the wider test range (bench/verify.py) the 128 px residual may spread where the
+thumbnails differ in one place only (alignment seams along the strong edge of a product on
+white, whose content box a sticker on the margin moved): pairs capped for several regions,
+or whose region is too spread, take the region from the look's own changed pixels when
+they make one or two components in a small box (specks left out) and the 128 px residual
+is no larger than that box. The tests of the object are the same.
 
 Only when one side passes every test is the pair forgiven (reason STICKER); a wrong
 forgive of a variant is worse than a missed sticker. The thresholds were fitted on the
@@ -257,15 +252,7 @@ def _is_stuck_on(s: np.ndarray, o: np.ndarray, changed: np.ndarray) -> bool:
     hull = cv2.convexHull(np.concatenate(pts))  # in pixel centres: add half its perimeter
     solid = area / (cv2.contourArea(hull) + cv2.arcLength(hull, True) / 2 + 1)
     if solid < SOLIDITY:
-        # notched: print that matches the photo under it bites into a small label; the
-        # object is its hull when the tests below find the label's outline along the
-        # hull (across the notches' mouths) and the hull new enough as a whole
-        obj = cv2.fillConvexPoly(np.zeros_like(u8), hull, 1) > 0
-        area = int(obj.sum())
-        new = (changed & obj).sum() / area
-        if new < NEW_QUIET:
-            return False
-        u8 = obj.astype(np.uint8)
+        return False
     fill = _commonest_colour(s[obj])
     share = (np.sqrt(((s[obj] - fill) ** 2).sum(axis=-1)) <= FILL).mean()
     if share < FILL_SHARE:
@@ -318,8 +305,9 @@ def is_sticker_pair(pa: np.ndarray, pb: np.ndarray, warp: np.ndarray, mirrored: 
 def stickers(details_a: Sequence[bytes], details_b: Sequence[bytes],
              thumbs_a: Sequence[bytes | None], thumbs_b: Sequence[bytes | None],
              params: V.VisualParams | None = None) -> np.ndarray:
-    """Per pair (pairs the visual check capped with one region): is it a sticker on a
-    second look? A pair without both thumbnails keeps its verdict (False)."""
+    """Per pair (pairs the visual check capped for one region, or for several when no more
+    than one region's box changed): is it a sticker on a second look? A pair without both
+    thumbnails keeps its verdict (False)."""
     params = params or V.VisualParams()
     n = len(details_a)
     out = np.zeros(n, bool)
@@ -356,7 +344,7 @@ def forgive_stickers(score: np.ndarray, verified: np.ndarray, reason: np.ndarray
                      details_a: Sequence[bytes], details_b: Sequence[bytes],
                      ids_a: Sequence[str], ids_b: Sequence[str], thumbs: ThumbLoader
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """The verify stage's hook: the pairs the visual check capped for one region get a
+    """The verify stage's hook: the pairs the visual check capped for regions get a
     second look; those it finds a sticker on get their score back (compare's) and the
     STICKER reason. `thumbs` loads the thumbnails of those pairs' images only (memory
     stays bounded); a pair with a thumbnail missing keeps its verdict."""
