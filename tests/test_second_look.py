@@ -147,6 +147,56 @@ def test_a_speck_beside_the_changed_region_does_not_stop_the_second_look():
     assert S.changed_region(r, 0, params) is None  # type: ignore[arg-type]
 
 
+def _notched(print_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sticker side, other side, changed pixels) of a look window where a small white
+    label on a dark photo carries bold dark print reaching its top edge: the print matches
+    the photo under it, so the changed pixels are the label with notches bitten out of it.
+    `print_width`: the width of each of its two glyphs (pixels)."""
+    import cv2
+
+    from npimage.matching import second_look as S
+
+    yy, xx = np.mgrid[0:50, 0:64].astype(np.float32)
+    o8 = np.clip(np.stack([40 + 0.3 * xx, 35 + 0.2 * yy, 30 + 0.1 * xx], -1), 0, 255
+                 ).astype(np.uint8)
+    s8 = o8.copy()
+    cv2.rectangle(s8, (20, 20), (43, 30), (250, 250, 250), -1)
+    for x in (22, 33):
+        cv2.rectangle(s8, (x, 20), (x + print_width - 1, 26), (30, 30, 30), -1)
+    s, o = s8.astype(np.float32), o8.astype(np.float32)
+    return s, o, np.sqrt(((s - o) ** 2).sum(axis=-1)) > S.DIFF
+
+
+def test_a_small_label_notched_by_its_print_is_found_by_its_hull():
+    import cv2
+
+    from npimage.matching import second_look as S
+
+    s, o, changed = _notched(6)
+    pts = cv2.findContours(changed.astype(np.uint8), cv2.RETR_EXTERNAL,
+                           cv2.CHAIN_APPROX_SIMPLE)[0]
+    hull = cv2.convexHull(np.concatenate(pts))
+    assert changed.sum() / cv2.contourArea(hull) < S.SOLIDITY  # the case: not convex
+    assert S._is_stuck_on(s, o, changed)
+    assert not S._is_stuck_on(o, s, changed)
+
+
+def test_a_changed_glyph_is_not_taken_for_a_notched_label():
+    """A stroke (a "C" of a changed text) is not convex either; its hull is mostly the
+    shared background, so it stays a change."""
+    import cv2
+
+    from npimage.matching import second_look as S
+
+    o = np.full((50, 64, 3), 235.0, np.float32)
+    s8 = o.astype(np.uint8)
+    cv2.ellipse(s8, (32, 25), (12, 12), 0, 60, 300, (20, 20, 20), 3)
+    s = s8.astype(np.float32)
+    changed = np.sqrt(((s - o) ** 2).sum(axis=-1)) > S.DIFF
+    assert not S._is_stuck_on(s, o, changed)
+    assert not S._is_stuck_on(o, s, changed)
+
+
 def _label(img: np.ndarray, x: int, y: int) -> np.ndarray:
     """img (look picture, float RGB) with a yellow price label (outline, print) at x, y."""
     import cv2
