@@ -145,3 +145,81 @@ def test_a_speck_beside_the_changed_region_does_not_stop_the_second_look():
     assert alone is not None and S.changed_region(r, 0, params) == alone  # type: ignore[arg-type]
     grey[0, 90:96, 5:17] = 2 * params.grey_clean  # a second real change far away
     assert S.changed_region(r, 0, params) is None  # type: ignore[arg-type]
+
+
+def _notched(print_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sticker side, other side, changed pixels) of a look window where a small white
+    label on a dark photo carries bold dark print reaching its top edge: the print matches
+    the photo under it, so the changed pixels are the label with notches bitten out of it.
+    `print_width`: the width of each of its two glyphs (pixels)."""
+    import cv2
+
+    from npimage.matching import second_look as S
+
+    yy, xx = np.mgrid[0:50, 0:64].astype(np.float32)
+    o8 = np.clip(np.stack([40 + 0.3 * xx, 35 + 0.2 * yy, 30 + 0.1 * xx], -1), 0, 255
+                 ).astype(np.uint8)
+    s8 = o8.copy()
+    cv2.rectangle(s8, (20, 20), (43, 30), (250, 250, 250), -1)
+    for x in (22, 33):
+        cv2.rectangle(s8, (x, 20), (x + print_width - 1, 26), (30, 30, 30), -1)
+    s, o = s8.astype(np.float32), o8.astype(np.float32)
+    return s, o, np.sqrt(((s - o) ** 2).sum(axis=-1)) > S.DIFF
+
+
+def test_a_small_label_notched_by_its_print_is_found_by_its_hull():
+    import cv2
+
+    from npimage.matching import second_look as S
+
+    s, o, changed = _notched(6)
+    pts = cv2.findContours(changed.astype(np.uint8), cv2.RETR_EXTERNAL,
+                           cv2.CHAIN_APPROX_SIMPLE)[0]
+    hull = cv2.convexHull(np.concatenate(pts))
+    assert changed.sum() / cv2.contourArea(hull) < S.SOLIDITY  # the case: not convex
+    assert S._is_stuck_on(s, o, changed)
+    assert not S._is_stuck_on(o, s, changed)
+
+
+def test_a_changed_glyph_is_not_taken_for_a_notched_label():
+    """A stroke (a "C" of a changed text) is not convex either; its hull is mostly the
+    shared background, so it stays a change."""
+    import cv2
+
+    from npimage.matching import second_look as S
+
+    o = np.full((50, 64, 3), 235.0, np.float32)
+    s8 = o.astype(np.uint8)
+    cv2.ellipse(s8, (32, 25), (12, 12), 0, 60, 300, (20, 20, 20), 3)
+    s = s8.astype(np.float32)
+    changed = np.sqrt(((s - o) ** 2).sum(axis=-1)) > S.DIFF
+    assert not S._is_stuck_on(s, o, changed)
+    assert not S._is_stuck_on(o, s, changed)
+
+
+def _label(img: np.ndarray, x: int, y: int) -> np.ndarray:
+    """img (look picture, float RGB) with a yellow price label (outline, print) at x, y."""
+    import cv2
+
+    out = img.astype(np.uint8).copy()
+    cv2.rectangle(out, (x, y), (x + 34, y + 16), (255, 214, 0), -1)
+    cv2.rectangle(out, (x, y), (x + 34, y + 16), (40, 40, 40), 1)
+    cv2.putText(out, "1.99", (x + 3, y + 12), cv2.FONT_HERSHEY_PLAIN, 0.8, (20, 20, 20), 1)
+    return out.astype(np.float32)
+
+
+def test_the_second_look_finds_the_region_itself_when_the_128px_residual_spreads():
+    """No region from the detail grid (several regions at 128 px: alignment seams along a
+    strong edge, a content box a sticker on the margin moved): the look's own changed
+    pixels make one region, specks left out, and the label there is found; two labels far
+    apart are two regions, no second look."""
+    from npimage.matching import second_look as S
+
+    pa = np.asarray(_textured(1, S.LOOK_SIDE), np.float32)
+    pb = _label(pa, 4, 120)  # at the frame's left border
+    pb[30:32, 200:202] += 80.0  # a speck far away (a few JPEG-noise pixels)
+    ident = np.eye(2, 3, dtype=np.float32)
+    assert S.look_region(np.sqrt(((pa - pb) ** 2).sum(-1)) > S.DIFF) is not None
+    assert S.is_sticker_pair(pa, pb, ident, False, None)
+    two = _label(pb, 180, 20)
+    assert not S.is_sticker_pair(pa, two, ident, False, None)
