@@ -209,8 +209,8 @@ def _label(img: np.ndarray, x: int, y: int) -> np.ndarray:
 
 
 def test_the_second_look_finds_the_region_itself_when_the_128px_residual_spreads():
-    """No region from the detail grid (several regions at 128 px: alignment seams along a
-    strong edge, a content box a sticker on the margin moved): the look's own changed
+    """No region from the detail grid (one region at 128 px, too spread: alignment seams
+    along a strong edge, a content box a sticker on the margin moved): the look's own changed
     pixels make one region, specks left out, and the label there is found; two labels far
     apart are two regions, no second look."""
     from npimage.matching import second_look as S

@@ -52,7 +52,7 @@ def test_variants_are_moved_below_retouched(family):
     base = family[0][1]
     res = _check([(base, img) for _, img in family[1:]])
     assert (res.cap < 0.95).all(), list(zip([c for c, _ in family[1:]], res.reason, strict=True))
-    assert all(r in (V.TEXT, V.CODE, V.COLOUR, V.SEVERAL, V.SEVERAL_SMALL) for r in res.reason)
+    assert all(r in (V.TEXT, V.CODE, V.COLOUR, V.SEVERAL) for r in res.reason)
 
 
 def test_edits_of_one_picture_stay_and_geometric_ones_are_lifted(family):

@@ -586,11 +586,6 @@ TEXT = "one region differs (text)"
 CODE = "one region differs (barcode)"
 COLOUR = "colour differs in a small area"
 SEVERAL = "several regions differ"
-SEVERAL_SMALL = "several small regions differ"
-#: Share of the thumbnail's windows that may differ for several changed regions to be
-#: called small: the second look (npimage.matching.second_look) may find one sticker and
-#: alignment seams there; a larger change is never a sticker, and is not looked at again.
-SMALL_CHANGE = 0.08
 #: Share of the thumbnail a changed area may cover and still be "one region".
 ONE_REGION = 0.12
 #: Sticker test: a pixel is "flat" within FLAT (units of deviation) of its patch's median;
@@ -697,10 +692,6 @@ def verdicts(r: VisualResult, params: VisualParams, moved_box: np.ndarray | None
         why, sticker = _region_kind(r, int(i), params)
         reason[i] = why
         cap[i] = params.retouch_cap if sticker else params.variant_cap
-    several = np.flatnonzero(reason == SEVERAL)
-    if len(several):
-        share = (r.grey_map[several] > params.grey_clean).mean(axis=(1, 2))
-        reason[several[share <= SMALL_CHANGE]] = SEVERAL_SMALL
     return CheckResult(cap, floor, reason)
 
 
