@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 from npimage import resume
 from npimage.bands import LABELS
 from npimage.config import Settings
+from npimage.families.files import FamilyFiles
 from npimage.fv import FeatureExtractor, load_extractor
 from npimage.guards import Shrink, check_shrink
 from npimage.ingest.consolidate import all_signatures, batch_outputs, shard_rows, write_shards
@@ -440,8 +441,8 @@ def families(ctx: RunContext) -> dict[str, Any]:
     """
     from npimage.schemas import FAMILY_PREDICTIONS
 
-    if not (ctx.fv and ctx.families):  # (publish reads the file by this name)
-        write_table(FAMILY_PREDICTIONS.empty_table(), ctx.path("family_predictions.parquet"))
+    if not (ctx.fv and ctx.families):  # publish reads it
+        write_table(FAMILY_PREDICTIONS.empty_table(), FamilyFiles(ctx.run_dir).predictions)
         return {"mode": "off", "predicted": 0, "misfiled": 0}
     from npimage.families.stage import run_family_stage  # Numba: only when it runs
 
@@ -497,7 +498,7 @@ def summary(ctx: RunContext) -> dict[str, Any]:
 
 def _family_counts(ctx: RunContext) -> dict[str, int]:
     """Products with a family prediction and those flagged possibly misfiled (#18)."""
-    path = ctx.path("family_predictions.parquet")
+    path = FamilyFiles(ctx.run_dir).predictions
     if not path.exists():
         return {}
     t = read_table(path, columns=["misfiled"])
@@ -529,7 +530,7 @@ def publish(ctx: RunContext) -> dict[str, Any]:
         "image_matches": [ctx.path("image_matches.parquet")],
         "product_matches": [ctx.path("product_matches.parquet")],
     }
-    families = ctx.path("family_predictions.parquet")
+    families = FamilyFiles(ctx.run_dir).predictions
     if families.exists():
         tables["product_family_predictions"] = [families]
     run = {

@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from npimage.families.files import FamilyFiles
 from npimage.families.neighbours import FIT_SAMPLE, Projection, fit_projection, top_k
 from npimage.families.predict import (
     MISFILED_AT,
@@ -53,33 +53,6 @@ VECTORS = pa.schema([("image_id", pa.string()), ("sha256", pa.string()),
                      ("vec", pa.list_(pa.float16()))])
 #: Rows of feature vectors read and projected at a time.
 READ_BATCH = 65_536
-
-
-@dataclass(frozen=True)
-class FamilyFiles:
-    """Where the stage's files live in a run folder."""
-
-    run_dir: Path
-
-    @property
-    def families(self) -> Path:
-        return self.run_dir / "families.parquet"
-
-    @property
-    def projection(self) -> Path:
-        return self.run_dir / "family" / "projection.npz"
-
-    @property
-    def vectors(self) -> Path:
-        return self.run_dir / "family" / "vectors.parquet"
-
-    @property
-    def state(self) -> Path:
-        return self.run_dir / "family" / "state.json"
-
-    @property
-    def predictions(self) -> Path:
-        return self.run_dir / "family_predictions.parquet"
 
 
 def families_known(run_dir: Path) -> bool:

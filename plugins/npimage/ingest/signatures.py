@@ -94,11 +94,9 @@ def pixel_features(rgb: Image.Image) -> tuple[np.ndarray, bytes, bytes]:
     An RGB working copy (every one the stage decodes) is resized by npimage.ingest.resample
     (Pillow's bytes, faster), its pixels read out once for the detail's and the thumbnail's
     resizes; tests/test_resample.py holds each result to the Pillow one."""
-    if rgb.mode != "RGB":
-        return grey_copy(rgb), detail_signature(rgb), thumbnail_jpeg(rgb)
-    pixels = Pixels(np.asarray(rgb))
-    return (resampled_grey(rgb, GREY_SIDE), detail_signature(rgb, pixels=pixels),
-            thumbnail_jpeg(rgb, pixels))
+    pixels = Pixels(np.asarray(rgb)) if rgb.mode == "RGB" else None
+    grey = grey_copy(rgb) if pixels is None else resampled_grey(rgb, GREY_SIDE)
+    return grey, detail_signature(rgb, pixels=pixels), thumbnail_jpeg(rgb, pixels)
 
 
 def _prior_rows(prior: Path | None, ids: list[str]) -> dict[str, Row]:
