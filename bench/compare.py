@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from npimage.bands import round_scores
+from npimage.matching import bf16
 from npimage.matching import compare as cmp
 from npimage.matching.scoring import Scorer, load_weights
 
@@ -254,6 +255,10 @@ def main(argv: list[str] | None = None) -> int:
                 threshold=args.threshold)
     print(f"warm-up (Numba kernel compiled or loaded from its cache): "
           f"{time.perf_counter() - t0:.2f}s", flush=True)
+    dense_fv = fv and bound.random_rate > cmp.SPARSE_MAX_DENSITY[True]
+    print("dense cosines: " + ("bfloat16 (npimage.matching.bf16, TensorFlow's import counted)"
+                               if dense_fv and bf16.wanted(args.n * args.m) else "float32")
+          + f" (NPIMAGE_COMPARE_BF16={bf16.setting()})", flush=True)
     times, cpus = [], []
     with PeakRss() as mem:
         for _ in range(max(1, args.repeat)):

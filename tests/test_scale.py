@@ -17,6 +17,8 @@ import pyarrow as pa
 import pytest
 
 from npimage.bands import round_scores
+from npimage.fv.tflite import bf16_supported
+from npimage.matching import bf16
 from npimage.matching import compare as cmp
 from npimage.matching.kernels import cosines
 from npimage.matching.scoring import Scorer, load_weights
@@ -202,10 +204,16 @@ def small_tiles(monkeypatch, tile: int = 512, query_block: int = 96) -> None:
 
 @pytest.mark.parametrize("dim", [None, 16])
 @pytest.mark.parametrize("path", ["numpy-scan", "compiled-scan", "dense", "dense-top-k",
-                                  "dense-few-queries"])
+                                  "dense-few-queries", "dense-bf16"])
 @pytest.mark.parametrize("both_ways", [False, True])
 def test_compare_equals_brute_force_on_every_path(monkeypatch, dim, path, both_ways):
     small_tiles(monkeypatch, query_block=12 if path == "dense-few-queries" else 96)
+    if path == "dense-bf16":  # cosines in bfloat16 select, exact scores decide
+        if not bf16_supported():
+            pytest.skip("this CPU has no bfloat16 (AMX or AVX512-BF16): path not taken here")
+        monkeypatch.setenv("NPIMAGE_COMPARE_BF16", "1")
+    else:
+        monkeypatch.setenv("NPIMAGE_COMPARE_BF16", "0")
     if path.startswith("dense"):
         monkeypatch.setattr(cmp, "SPARSE_MAX_DENSITY", {True: 0.0, False: 0.0})
     if path == "dense-top-k":  # every dense block reduced by matrix top-k
@@ -292,6 +300,38 @@ def test_fv_upper_table_bounds_the_fv_term():
     bucket = (np.clip(cos, 0, 1) * cmp.FV_STEPS).astype(np.int64)
     assert np.all(scorer.fv_term(cos) <= table[bucket] + 1e-7)
     assert table.max() == pytest.approx(0.4)
+
+
+def test_cos_floor_passes_over_only_pairs_that_cannot_reach_the_cut():
+    """Below the floor no hash distances lift a pair to the cut; at it, the best ones do."""
+    scorer = poc_scorer(True, dah=0.1, ddh=0.1, dph=0.1, dfv=0.7)
+    upper = cmp.fv_upper_table(scorer)
+    tables = np.ascontiguousarray(scorer.hash_tables, np.float32)
+    cut = np.float32(0.9 - cmp.SLACK)
+    floor = cmp.cos_floor(upper, tables, cut)
+    assert 0.0 < floor < 1.0
+    best = np.float32(sum(np.float32(t.max()) for t in tables))
+    below = np.nextafter(floor, np.float32(0.0))
+    bucket = int(below * cmp.FV_STEPS)
+    assert upper[:bucket + 1].max() + best < cut
+    assert upper[int(floor * cmp.FV_STEPS)] + best >= cut
+    assert cmp.cos_floor(upper, tables, np.float32(2.0)) == np.inf  # nothing can reach it
+
+
+def test_bf16_cosines_stay_within_the_margin():
+    """The bound dense_select widens bfloat16 cosines by holds with room (1280-d vectors,
+    near copies included: the cosines near 1 where the bands are)."""
+    if not bf16_supported():
+        pytest.skip("this CPU has no bfloat16 (AMX or AVX512-BF16): not used here")
+    rng = np.random.default_rng(11)
+    q = cmp.unit_rows(np.abs(rng.normal(size=(300, 1280))).astype(np.float16))
+    c = np.concatenate([q[:100] + 0.002 * rng.normal(size=(100, 1280)),
+                        rng.normal(size=(400, 1280))]).astype(np.float16)
+    cu = cmp.unit_rows(c)
+    exact = q.astype(np.float64) @ cu.astype(np.float64).T
+    err = np.abs(bf16.cosines(bf16.rows(q), cu) - exact)
+    assert err.max() < bf16.MARGIN / 2, err.max()
+    assert exact.max() > 0.99
 
 
 def test_cosine_kernel_reads_float16_rows_exactly():

@@ -79,9 +79,11 @@ def test_a_rotated_pack_is_lifted(family):
     assert (res.floor >= 0.95).all() and (res.cap >= res.floor).all(), list(res.reason)
 
 
-def test_pairs_only_a_floor_can_change_skip_the_fine_pass_when_far(family, monkeypatch):
-    """Below VERIFY_FROM (in by their FV cosine) a pair can only be lifted: reframed copies
-    still are, and another picture is not refined by the fine ECC pass (LIFT_SPREAD)."""
+@pytest.mark.parametrize("low", [0.87, 0.93])
+def test_pairs_only_a_floor_can_change_skip_the_fine_pass_when_far(family, monkeypatch, low):
+    """Below `retouched` (in by their FV cosine, or very_similar) a pair can only be moved
+    across a band by a floor: reframed copies still are lifted, and another picture is not
+    refined by the fine ECC pass (LIFT_SPREAD); it keeps its band."""
     base = family[0][1]
     rng = np.random.default_rng(7)
     geo = [variants.geometric(base, k, rng)[0] for k in ("crop", "mirror", "margin")]
@@ -92,10 +94,11 @@ def test_pairs_only_a_floor_can_change_skip_the_fine_pass_when_far(family, monke
     ecc = V._ecc
     monkeypatch.setattr(V, "_ecc", lambda a, b, warp=None, small=None: (
         fine.append(warp is not None), ecc(a, b, warp, small))[1])
-    low = np.full(4, 0.87, np.float32)
-    verified, reason = V.verify_pairs(low, da, db)
+    scores = np.full(4, low, np.float32)
+    verified, reason = V.verify_pairs(scores, da, db)
     assert (verified[:3] >= 0.95).all(), list(reason)
-    assert verified[3] == low[3] and reason[3] == V.SEVERAL
+    assert verified[3] == min(low, V.VisualParams().variant_cap) and reason[3] == V.SEVERAL
+    assert low < V.LIFT_BELOW
     fine_low = sum(fine)
     fine.clear()
     verified, _ = V.verify_pairs(np.ones(4, np.float32), da, db)  # checked in full

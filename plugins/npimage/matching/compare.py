@@ -42,6 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from npimage.bands import round_scores
+from npimage.matching import bf16
 from npimage.matching.hashing import HASH_BITS
 from npimage.matching.scoring import Scorer
 
@@ -455,6 +456,21 @@ def fv_upper_table(scorer: Scorer) -> np.ndarray:
     return _fv_upper(tuple(tuple(k) for k in scorer.curves["dfv"]), float(scorer.weights["dfv"]))
 
 
+def cos_floor(upper: np.ndarray, tables: np.ndarray, cut: np.float32) -> np.float32:
+    """The cosine below which a pair cannot reach `cut` whatever its hashes (dense_select
+    passes over it): the start of the first bucket of `upper` whose FV term plus the largest
+    hash terms (float32 sums, as the kernel adds them) reaches the cut. Buckets are
+    1 / FV_STEPS wide, a power of two, so `x < floor` and the kernel's bucket of x agree
+    exactly."""
+    hashes = np.float32(0.0)
+    for row in tables:
+        hashes = np.float32(hashes + np.float32(row.max()))
+    reach = np.flatnonzero(upper.astype(np.float32) + hashes >= np.float32(cut))
+    if not len(reach):
+        return np.float32(np.inf)
+    return np.float32(-np.inf) if reach[0] == 0 else np.float32(reach[0] / (len(upper) - 1))
+
+
 def _dense_top(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
                threshold: float, both_ways: bool) -> tuple[np.ndarray, np.ndarray]:
     """Pairs of a block that may be in a top-k of their row (or column), from the matrix."""
@@ -468,12 +484,13 @@ def _dense_top(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
 
 
 def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
-                 threshold: float, both_ways: bool, block_size: int
+                 threshold: float, both_ways: bool, block_size: int, bf16_ok: bool = False
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A tile's pairs >= threshold, from blocks of block_size catalogue rows scored densely.
 
-    Per block: one BLAS product of unit vectors (a few queries: a compiled pass over the
-    float16 rows instead), then the compiled dense_select keeps the
+    Per block: one BLAS product of unit vectors (in bfloat16 where the CPU multiplies it
+    natively and the tile is large: `npimage.matching.bf16`; a few queries: a compiled pass
+    over the float16 rows instead), then the compiled dense_select keeps the
     pairs whose score bound reaches the threshold; a block with more than
     DENSE_PER_QUERY of them per query is reduced to its top-k by matrix operations
     instead. Either way the selected pairs are re-scored exactly by pair_scores.
@@ -487,10 +504,14 @@ def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
     few = (fv and q.fv is not None and c.fv is not None and len(q) <= FEW_QUERIES
            and q.fv.dtype == c.fv.dtype == np.float16)
     qu = None if not fv or few or q.fv is None else unit_rows(q.fv)
+    qb = bf16.rows(qu) if qu is not None and bf16_ok else None
+    margin = np.float32(bf16.MARGIN if qb is not None else 0.0)
     qbits = np.ascontiguousarray(q.fv).view(np.uint16) if few else None
     qh = np.ascontiguousarray(q.hashes.T)
     tables = np.ascontiguousarray(scorer.hash_tables, np.float32)
     upper = fv_upper_table(scorer) if fv else np.zeros(1, np.float32)
+    cut = np.float32(threshold - SLACK)
+    floor = cos_floor(upper, tables, cut) if fv else np.float32(-np.inf)
     no_cos = np.zeros((0, 0), np.float32)
     capacity = DENSE_PER_QUERY * len(q) + DENSE_MIN_CAPACITY
     out_q, out_c = np.empty(capacity, np.int32), np.empty(capacity, np.int32)
@@ -500,11 +521,14 @@ def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
         if few:  # a few queries: one pass over the float16 rows, no float32 copy
             cos = np.empty((len(q), len(block)), np.float32)
             half_cosine_matrix(qbits, np.ascontiguousarray(block.fv).view(np.uint16), cos)
+        elif qu is None or block.fv is None:
+            cos = no_cos
+        elif qb is not None:  # bfloat16 product, each cosine within `margin`
+            cos = bf16.cosines(qb, unit_rows(block.fv))
         else:
-            cos = qu @ unit_rows(block.fv).T if qu is not None and block.fv is not None \
-                else no_cos
-        n = dense_select(qh, np.ascontiguousarray(block.hashes.T), cos, tables, upper,
-                         np.float32(threshold - SLACK), out_q, out_c)
+            cos = qu @ unit_rows(block.fv).T
+        n = dense_select(qh, np.ascontiguousarray(block.hashes.T), cos, margin, floor,
+                         tables, upper, cut, out_q, out_c)
         if n <= capacity:
             qi, ci = out_q[:n].copy(), out_c[:n].copy()
         else:
@@ -519,9 +543,10 @@ def _score_dense(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, k: int,
 
 
 def _score_tile(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, bound: HashBound,
-                k: int, threshold: float, both_ways: bool, block_size: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query idx, tile idx, score) of a tile's pairs >= threshold (identical bytes aside)."""
+                k: int, threshold: float, both_ways: bool, block_size: int,
+                bf16_ok: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query idx, tile idx, score) of a tile's pairs >= threshold (identical bytes aside);
+    `bf16_ok`: a dense tile may take its cosines in bfloat16 (`npimage.matching.bf16`)."""
     empty = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     if bound.empty:
         return empty
@@ -531,7 +556,7 @@ def _score_tile(q: SignatureArrays, c: SignatureArrays, scorer: Scorer, bound: H
         found = hash_candidates(q.hashes, c.hashes, bound,
                                 capacity=int(limit * len(q) * len(c)) + 4096)
     if found is None:
-        return _score_dense(q, c, scorer, k, threshold, both_ways, block_size)
+        return _score_dense(q, c, scorer, k, threshold, both_ways, block_size, bf16_ok)
     out = []
     for s in range(0, len(found[0]), SCORE_CHUNK):
         qi, ci = found[0][s:s + SCORE_CHUNK], found[1][s:s + SCORE_CHUNK]
@@ -571,6 +596,7 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
     n, m = len(queries), len(catalogue)
     dense_fv = scorer.use_fv and bound.random_rate > SPARSE_MAX_DENSITY[True]
     big = n * m > (INLINE_PAIRS // 64 if dense_fv else INLINE_PAIRS)  # dense FV: ~50x the work
+    bf16_ok = dense_fv and bf16.wanted(n * m)
     threads = compare_threads() if big else 1
     tile = max(MIN_TILE, min(CATALOGUE_TILE, -(-m // threads)))
     mirror = SYMMETRIC and n == m and np.array_equal(queries.rows, catalogue.rows)
@@ -588,7 +614,7 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
     def run(q0: int, c0: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return _score_tile(queries.slice(q0, q0 + QUERY_BLOCK),
                            catalogue.slice(start(q0, c0), c0 + tile), scorer, bound, top_k,
-                           threshold, both_ways or mirror, max(1, block_size))
+                           threshold, both_ways or mirror, max(1, block_size), bf16_ok)
 
     def keep(q0: int, c0: int, found: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
         qi, ci, sc = found[0] + q0, found[1] + start(q0, c0), found[2]

@@ -193,13 +193,17 @@ def cosines(a: np.ndarray, b: np.ndarray, ai: np.ndarray, bi: np.ndarray) -> np.
 
 
 @njit(nogil=True, cache=True)
-def dense_select(qh, ch, cos, tables, fv_upper, cut, out_q, out_c):
+def dense_select(qh, ch, cos, margin, cos_floor, tables, fv_upper, cut, out_q, out_c):
     """Pairs (i, j) of a dense block whose score can reach `cut`, written to out_q/out_c.
 
     qh: (3, n) and ch: (3, m) uint64 hashes; cos: (n, m) float32 cosines, or (0, 0) without
-    FV; tables: (3, 65) float32 weighted hash terms; fv_upper[b]: the largest FV term for a
-    cosine in bucket b of len(fv_upper) - 1 equal steps of [0, 1]. Returns the number of
-    pairs; past len(out_q) they are counted, not written.
+    FV, each within `margin` of the exact cosine (0 for float32 products, more for
+    bfloat16 ones: the bound uses cos + margin); cos_floor: the bound's cosine below which
+    no hash distances can lift a pair to `cut` (such a pair is passed over without its
+    popcounts: most pairs of a nightly); tables: (3, 65) float32 weighted hash terms;
+    fv_upper[b]: the largest FV term for a cosine in bucket b of len(fv_upper) - 1 equal
+    steps of [0, 1]. Returns the number of pairs; past len(out_q) they are counted, not
+    written.
     """
     n, m = qh.shape[1], ch.shape[1]
     has_fv = cos.shape[0] > 0
@@ -209,11 +213,15 @@ def dense_select(qh, ch, cos, tables, fv_upper, cut, out_q, out_c):
     for i in range(n):
         a, d, p = qh[0, i], qh[1, i], qh[2, i]
         for j in range(m):
-            s = (tables[0, _popcount(a ^ ch[0, j])] + tables[1, _popcount(d ^ ch[1, j])]
-                 + tables[2, _popcount(p ^ ch[2, j])])
+            s = np.float32(0.0)
             if has_fv:
-                x = min(max(cos[i, j], np.float32(0.0)), np.float32(1.0))
-                s += fv_upper[int(x * steps)]
+                x = cos[i, j] + margin
+                if x < cos_floor:
+                    continue
+                x = min(max(x, np.float32(0.0)), np.float32(1.0))
+                s = fv_upper[int(x * steps)]
+            s += (tables[0, _popcount(a ^ ch[0, j])] + tables[1, _popcount(d ^ ch[1, j])]
+                  + tables[2, _popcount(p ^ ch[2, j])])
             if s >= cut:
                 if found < cap:
                     out_q[found] = i

@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from npimage.bands import BANDS
 from npimage.matching.detail import (
     CHROMA_SIDE,
     DETAIL_SIDE,
@@ -287,8 +288,8 @@ def _colourless(c: np.ndarray) -> np.ndarray:
 #: and saves as much again (docs/BENCHMARKS.md).
 ECC_COARSE = (30, 1e-3)
 ECC_FINE = (10, 1e-3)
-#: A pair that can only be lifted (it came in by its FV cosine alone, below VERIFY_FROM: a
-#: cap cannot lower it further) skips the fine pass when the coarse pass leaves it unclean
+#: A pair that can only be lifted (below LIFT_BELOW: a cap cannot move it across a band)
+#: skips the fine pass when the coarse pass leaves it unclean
 #: with more than this share of its windows above grey_clean: the fine pass only refines
 #: the coarse warp by a fraction of a pixel, and such a pair is another picture ("several
 #: regions differ" starts at 0.12 too). Lifted pairs reach at most 0.07 after the coarse
@@ -816,11 +817,19 @@ CHUNK = 512
 PROCESSES_FROM = 8 * CHUNK
 
 
+#: Pairs scoring below `retouched` can change band only by being lifted: the lowest cap any
+#: check sets (`VisualParams.variant_cap`, `GTIN_CAP`: 0.93) keeps them `very_similar` or
+#: leaves them as they are. So the visual check is told they only need a floor (LIFT_SPREAD:
+#: another picture skips the fine ECC pass). On the demo most verified pairs are such:
+#: look-alike packs of one template at 0.90-0.95.
+LIFT_BELOW = next(b.limit for b in BANDS if b.name == "retouched")
+
+
 def _chunk(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
            checks: Sequence[Check]) -> tuple[np.ndarray, np.ndarray]:
     """(verified score, reason) of one chunk of pairs; the visual check is told which pairs
-    score below VERIFY_FROM (only a floor can change them: see LIFT_SPREAD)."""
-    lift = score < VERIFY_FROM
+    score below LIFT_BELOW (only a floor can move them across a band: see LIFT_SPREAD)."""
+    lift = score < LIFT_BELOW
     return combine(score, [c(details_a, details_b, lift_only=lift) if c is visual
                            else c(details_a, details_b) for c in checks])
 
