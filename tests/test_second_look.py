@@ -195,12 +195,14 @@ def test_alignment_seams_are_not_changed_regions():
 
 def test_a_label_beside_seams_gets_a_second_look_and_two_labels_do_not():
     """The 128 px verdict of a label plus alignment seams is one region (the second look
-    then judges it), not "several regions" (never looked at); two labels stay several."""
+    then judges it), not "several regions" (never looked at); two labels beside the seams
+    stay several, far apart or side by side (two changes, as two variants differ)."""
     params = V.VisualParams()
     reason, sticker = V._region_kind(_seamed([(100, 110)]), 0, params)  # type: ignore[arg-type]
     assert reason in (V.TEXT, V.CODE) and not sticker
-    reason, _ = V._region_kind(_seamed([(100, 110), (5, 5)]), 0, params)  # type: ignore[arg-type]
-    assert reason == V.SEVERAL
+    for second in ((5, 5), (78, 110)):
+        two = _seamed([(100, 110), second])
+        assert V._region_kind(two, 0, params)[0] == V.SEVERAL  # type: ignore[arg-type]
 
 
 def _notched(print_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
