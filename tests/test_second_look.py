@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -130,21 +131,78 @@ def test_a_sticker_partly_on_its_own_colour_is_found_when_the_photo_under_it_is_
 
 
 def test_a_speck_beside_the_changed_region_does_not_stop_the_second_look():
-    from types import SimpleNamespace
-
     from npimage.matching import second_look as S
     from npimage.matching.detail import DETAIL_SIDE
 
     params = V.VisualParams()
     side = DETAIL_SIDE - V.WINDOW + 1
     grey = np.zeros((1, side, side), np.float32)
-    grey[0, 40:46, 50:62] = 2 * params.grey_clean  # the sticker's cluster of windows
-    r = SimpleNamespace(grey_map=grey, chroma_map=np.zeros((1, 8, 8), np.float32))
+    a, b = np.zeros((2, 1, DETAIL_SIDE, DETAIL_SIDE), np.float32)
+
+    def change(y0: int, y1: int, x0: int, x1: int) -> None:
+        """The pictures differ over [y0, y1) x [x0, x1): windows above the clean level."""
+        grey[0, y0:y1, x0:x1] = 2 * params.grey_clean
+        b[0, y0:y1 + 1, x0:x1 + 1] = 4.0
+
+    change(40, 46, 50, 62)  # the sticker's cluster of windows
+    r = SimpleNamespace(grey_map=grey, chroma_map=np.zeros((1, 8, 8), np.float32), a=a, b=b)
     alone = S.changed_region(r, 0, params)  # type: ignore[arg-type]
-    grey[0, 100, 10] = 2 * params.grey_clean  # one window just above the clean level
+    change(100, 101, 10, 11)  # one window just above the clean level
     assert alone is not None and S.changed_region(r, 0, params) == alone  # type: ignore[arg-type]
-    grey[0, 90:96, 5:17] = 2 * params.grey_clean  # a second real change far away
+    change(90, 96, 5, 17)  # a second real change far away
     assert S.changed_region(r, 0, params) is None  # type: ignore[arg-type]
+
+
+def _seamed(labels: list[tuple[int, int]]) -> SimpleNamespace:
+    """A detail-grid comparison (normalised grey a, b, the windowed map of the plain
+    difference) of a dark fruit on white against a copy whose alignment left it 0.9 px
+    off (seams along its outline, as a sticker on the margin leaves after ECC), with grey
+    labels stuck on the copy at `labels` (x, y)."""
+    import cv2
+
+    from npimage.matching.detail import DETAIL_SIDE
+
+    xx = np.mgrid[0:DETAIL_SIDE, 0:DETAIL_SIDE][1].astype(np.float32)
+    base = np.full((DETAIL_SIDE, DETAIL_SIDE), 240, np.float32)
+    cv2.circle(base, (64, 64), 40, 60, -1)
+    base += 10 * np.sin(xx / 5) * (base < 100)
+    off = cv2.warpAffine(base, np.float32([[1, 0, 0.9], [0, 1, -0.6]]),
+                         (DETAIL_SIDE, DETAIL_SIDE), borderMode=cv2.BORDER_REPLICATE)
+    for x, y in labels:
+        cv2.rectangle(off, (x, y), (x + 12, y + 6), 150, -1)
+        off[y + 2:y + 5, x + 2:x + 10:3] = 20  # its print
+    a, b = V._norm(base[None]), V._norm(off[None])
+    _, gmap = V.grey_residuals(a, b, np.ones_like(a))
+    neutral = np.full((1, V.CHROMA_SIDE, V.CHROMA_SIDE, 2), 128, np.uint8)
+    return SimpleNamespace(grey_map=gmap, a=a, b=b, ca=neutral, cb=neutral,
+                           chroma_map=np.zeros((1, 8, 8), np.float32))
+
+
+def test_alignment_seams_are_not_changed_regions():
+    """Seams along a strong outline vanish with one pixel of tolerance, a label does not:
+    the seams are left out of the region; a second label far away is still a second
+    region."""
+    params = V.VisualParams()
+    r = _seamed([(100, 110)])
+    assert V.region_areas(r, 0, params) is None  # type: ignore[arg-type]  # seams: spread
+    areas = V.region_areas(r, 0, params, seams=True)  # type: ignore[arg-type]
+    assert areas is not None and len(areas) == 1
+    x, y, w, h = areas[0, :4]
+    assert x <= 100 < x + w and y <= 110 < y + h  # the label
+    two = _seamed([(100, 110), (5, 5)])
+    assert V.region_areas(two, 0, params, seams=True) is None  # type: ignore[arg-type]
+
+
+def test_a_label_beside_seams_gets_a_second_look_and_two_labels_do_not():
+    """The 128 px verdict of a label plus alignment seams is one region (the second look
+    then judges it), not "several regions" (never looked at); two labels beside the seams
+    stay several, far apart or side by side (two changes, as two variants differ)."""
+    params = V.VisualParams()
+    reason, sticker = V._region_kind(_seamed([(100, 110)]), 0, params)  # type: ignore[arg-type]
+    assert reason in (V.TEXT, V.CODE) and not sticker
+    for second in ((5, 5), (78, 110)):
+        two = _seamed([(100, 110), second])
+        assert V._region_kind(two, 0, params)[0] == V.SEVERAL  # type: ignore[arg-type]
 
 
 def _notched(print_width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

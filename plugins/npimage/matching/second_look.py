@@ -54,16 +54,14 @@ LOOK_SIDE = 2 * DETAIL_SIDE
 #: Reasons of the pairs that get a second look (one region differs). Pairs capped for
 #: several regions are not looked at: on the demo's look-alike packs 60 % of the verified
 #: pairs are, 17 % with a change over at most 8 % of the picture, and looking at those
-#: (where a sticker on a pack's margin leaves seams along its outline) would cost the
-#: nightly more than its budget (docs/QUALITY.md, "Second look at stickers").
+#: would cost the nightly more than its budget (docs/QUALITY.md, "Second look at
+#: stickers"). A label beside alignment seams (a sticker on a product's margin leaves
+#: seams along its outline) is one region to the visual check (`verify.region_areas`).
 LOOKED_AT = (V.TEXT, V.CODE, V.COLOUR)
-#: The changed components (128 px grid) must fit in a box of this share of the frame.
-REGION_AREA = 0.08
-#: A changed component (dilated, detail grid) of at most this many pixels, beside a larger
-#: one, is a speck (one to four windows just above the clean level: JPEG noise, a grain
-#: edge); specks are left out of the region (the sticker's outline and print are one
-#: cluster, a speck elsewhere is not part of it).
-SPECK = 40
+#: The changed components (128 px grid) must fit in a box of this share of the frame, specks
+#: left out (verify.REGION_AREA, verify.SPECK: the region the visual check calls one).
+REGION_AREA = V.REGION_AREA
+SPECK = V.SPECK
 #: Pixels (second-look grid) added around the changed region.
 PAD = 10
 #: On the second-look grid (four times the detail grid's pixels), a changed component
@@ -120,29 +118,25 @@ def look_picture(thumb: bytes, detail: bytes) -> np.ndarray:
 
 def changed_region(r: V.VisualResult, i: int, params: V.VisualParams
                    ) -> tuple[int, int, int, int] | None:
-    """(x0, y0, x1, y1) on the detail grid of the pair's changed components, specks left
-    out, when they are few (at most two) and fit in a small box; else None (several
-    regions: no second look)."""
+    """(x0, y0, x1, y1) on the detail grid of the pair's changed region (`verify.region_areas`:
+    specks and alignment seams left out, at most two areas in a small box); else None
+    (several regions, or too spread: the look finds the region itself, `look_region`)."""
     import cv2
 
-    bad = (r.grey_map[i] > params.grey_clean).astype(np.uint8)
-    if not bad.any():  # colour only: where the chroma differs
+    if (r.grey_map[i] > params.grey_clean).any():
+        areas = V.region_areas(r, i, params, seams=True)
+    else:  # colour only: where the chroma differs
         k = DETAIL_SIDE // r.chroma_map.shape[1]
         bad = np.kron((r.chroma_map[i] > params.chroma_clean).astype(np.uint8),
                       np.ones((k, k), np.uint8))
-    _, _, stats, _ = cv2.connectedComponentsWithStats(
-        cv2.dilate(bad, np.ones((5, 5), np.uint8)), connectivity=8)
-    stats = stats[1:]
-    big = stats[stats[:, 4] > SPECK]
-    if len(big):
-        stats = big
-    if len(stats) < 1 or len(stats) > 2:
+        _, _, stats, _ = cv2.connectedComponentsWithStats(
+            cv2.dilate(bad, np.ones((5, 5), np.uint8)), connectivity=8)
+        areas = V.one_region(stats[1:])
+    if areas is None:
         return None
-    x0, y0 = stats[:, 0].min(), stats[:, 1].min()
-    x1 = (stats[:, 0] + stats[:, 2]).max() + V.WINDOW - 1
-    y1 = (stats[:, 1] + stats[:, 3]).max() + V.WINDOW - 1
-    if (x1 - x0) * (y1 - y0) > REGION_AREA * DETAIL_SIDE ** 2:
-        return None
+    x0, y0 = areas[:, 0].min(), areas[:, 1].min()
+    x1 = (areas[:, 0] + areas[:, 2]).max() + V.WINDOW - 1
+    y1 = (areas[:, 1] + areas[:, 3]).max() + V.WINDOW - 1
     return int(x0), int(y0), int(x1), int(y1)
 
 
