@@ -73,10 +73,11 @@ def fit_square(img: Image.Image, size: int, fit: str = DEFAULT_FIT) -> np.ndarra
         raise ValueError(f"unknown fit {fit!r}; use one of {FITS}")
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
-    canvas = Image.new("RGB", (size, size), WHITE)
-    canvas.paste(img.resize((nw, nh), Image.Resampling.BILINEAR), ((size - nw) // 2,
-                                                                   (size - nh) // 2))
-    return np.asarray(canvas)
+    out = np.full((size, size, 3), WHITE, np.uint8)  # the canvas, without a Pillow paste
+    top, left = (size - nh) // 2, (size - nw) // 2
+    out[top:top + nh, left:left + nw] = np.asarray(img.resize((nw, nh),
+                                                              Image.Resampling.BILINEAR))
+    return out
 
 
 def cpu_share() -> int:
