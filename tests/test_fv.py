@@ -466,7 +466,7 @@ def test_converted_model_runs_without_importing_tensorflow(lite0, model_cache, t
                                                            monkeypatch, engine):
     """A process that finds the converted file (a worker of `npimage run`) runs it through
     TF Lite's interpreter loaded on its own: TensorFlow is never imported there (2.7 CPU s
-    and ~1 GB a worker), and the vectors are those of `tf.lite.Interpreter`, bit for bit,
+    and ~0.5 GB a worker), and the vectors are those of `tf.lite.Interpreter`, bit for bit,
     under the same model id."""
     import json
     import subprocess

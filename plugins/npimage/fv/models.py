@@ -337,7 +337,7 @@ def _open(spec: str, cache_dir: Path, fit: str, engine: str) -> HubExtractor:
 
 def _open_converted(spec: str, cache_dir: Path, fit: str, engine: str) -> HubExtractor | None:
     """The model's TF Lite file converted before for `engine`, run by TF Lite's interpreter
-    loaded on its own: no TensorFlow import, no `hub.load` (2.7 CPU s and ~1 GB less per
+    loaded on its own: no TensorFlow import, no `hub.load` (2.7 CPU s and ~0.5 GB less per
     worker). None when the engine is not "tflite-*", the file is not in the cache or its
     conversion failed (then `_open` goes through TensorFlow), or TF Lite cannot be loaded
     without TensorFlow here."""

@@ -256,7 +256,7 @@ def convert(fn: Any, trackable: Any, size: int, engine: str) -> bytes:
 #: TF Lite's compiled interpreter inside the TensorFlow wheel, by its module name there. It
 #: links only TF Lite's own library (libpywrap_tflite_common.so), so it loads on its own:
 #: a process that runs a converted model need not import TensorFlow (measured 2.7 CPU s
-#: and ~1 GB per worker process, docs/FV.md "Speed").
+#: and ~0.5 GB per worker process, docs/FV.md "Speed").
 WRAPPER_MODULE = "tensorflow.lite.python._pywrap_tensorflow_interpreter_wrapper"
 #: tf.lite.Interpreter's op resolver id for OpResolverType.AUTO (= BUILTIN): the builtin
 #: kernels with XNNPACK applied by default, what `tf.lite.Interpreter` uses.
