@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -102,10 +103,11 @@ def peer_seconds(name: str, folder: Path, peers_dir: Path) -> float | None:
 
 
 def npimage_run(folder: Path, fv: bool, workers: int, codes: bool = False
-                ) -> tuple[float, dict[str, float]]:
-    """Wall seconds of `npimage run` end to end on `folder` in a fresh data dir, and the
-    seconds of each of its stages (its --timings table). Pack reading is off unless
-    `codes`: the peers read no barcode."""
+                ) -> tuple[float, dict[str, float], float]:
+    """Wall seconds of `npimage run` end to end on `folder` in a fresh data dir, the
+    seconds of each of its stages (its --timings table) and the CPU seconds (user +
+    system) of the run and all its processes, which the load of other programs moves
+    less than wall time. Pack reading is off unless `codes`: the peers read no barcode."""
     with tempfile.TemporaryDirectory() as data:
         cmd = [str(NPIMAGE), "run", "--client", "bench", "--source", str(folder),
                "--data-dir", data, "--no-report", "--workers", str(workers), "--timings"]
@@ -113,16 +115,19 @@ def npimage_run(folder: Path, fv: bool, workers: int, codes: bool = False
             cmd.append("--no-fv")
         if not codes:
             cmd += ["--read", "none"]
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True)
         seconds = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
         if done.returncode != 0:
             raise SystemExit(f"npimage run failed: {done.stderr.strip()[-600:]}")
         table = done.stdout.split("stage             seconds")[-1]
         stages = {m.group(1): float(m.group(2))
                   for m in re.finditer(r"^  (\w+) +([\d.]+)$", table, re.M)}
         stages.pop("total", None)
-        return seconds, stages
+        return seconds, stages, cpu
 
 
 #: Functions of the signature code path whose time makes a step of the per-step table,
@@ -263,14 +268,15 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
             got = peer_seconds(peer, folder, args.peers_dir)
             if got is not None:
                 seconds[peer] = got
-    stages = {}
-    seconds["npimage hashes only"], stages["hashes only"] = npimage_run(folder, False,
-                                                                        args.workers)
+    stages, cpu = {}, {}
+    seconds["npimage hashes only"], stages["hashes only"], cpu["hashes only"] = npimage_run(
+        folder, False, args.workers)
     if args.codes:
-        seconds["npimage hashes + codes"], stages["hashes + codes"] = npimage_run(
-            folder, False, args.workers, codes=True)
+        seconds["npimage hashes + codes"], stages["hashes + codes"], cpu["hashes + codes"] = \
+            npimage_run(folder, False, args.workers, codes=True)
     if not args.no_fv:
-        seconds["npimage with FV"], stages["with FV"] = npimage_run(folder, True, args.workers)
+        seconds["npimage with FV"], stages["with FV"], cpu["with FV"] = npimage_run(
+            folder, True, args.workers)
     rates = {k: n / v for k, v in seconds.items()}
     print(f"\n### {name}: {n} images\n")
     print("| tool | seconds | images/s | npimage hashes-only ÷ it | npimage FV ÷ it |")
@@ -280,6 +286,9 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
         fv = rates.get("npimage with FV", 0) / rates[k]
         print(f"| {k} | {v:.1f} | {rates[k]:.0f} | {ours:.2f}x | {fv:.2f}x |")
     print_stages(stages)
+    print("\n| npimage run | CPU s (run + workers) | CPU ms / image |\n|---|---|---|")
+    for k, v in cpu.items():
+        print(f"| {k} | {v:.1f} | {v / n * 1000:.1f} |")
     steps = step_seconds(paths[: args.sample], not args.no_fv,
                          time.process_time if args.cpu_steps else time.perf_counter)
     print(f"\n| npimage signature step (real code path, 1 process, {min(n, args.sample)} "
@@ -296,7 +305,8 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
         for w, v in curve.items():
             print(f"| {w} | {v:.1f} | {n / v:.0f} | {first / v:.2f}x |")
     return {"set": name, "images": n, "seconds": seconds, "images_per_s": rates,
-            "stage_seconds": stages, "step_ms": {k: v * 1000 for k, v in steps.items()},
+            "stage_seconds": stages, "cpu_seconds": cpu,
+            "step_ms": {k: v * 1000 for k, v in steps.items()},
             "workers_curve": {str(w): n / v for w, v in curve.items()}}
 
 

@@ -447,6 +447,62 @@ def test_tflite_is_cached_and_loaded_without_the_saved_model(lite0_tflite, model
     np.testing.assert_allclose(again.embed(photos), lite0_tflite.embed(photos), atol=1e-6)
 
 
+_WORKER = """
+import json, sys
+import numpy as np
+from pathlib import Path
+from PIL import Image
+from npimage.fv import load_extractor
+cache, out = Path(sys.argv[1]), Path(sys.argv[2])
+ex = load_extractor("efficientnet-lite0", cache, engine=sys.argv[3])
+photos = [Image.open(p).convert("RGB") for p in sorted(out.glob("*.png"))]
+np.save(out / "vectors.npy", ex.embed(photos))
+print(json.dumps({"model_id": ex.model_id, "tensorflow": "tensorflow" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("engine", ["tflite-fp32", "tflite-qs8"])
+def test_converted_model_runs_without_importing_tensorflow(lite0, model_cache, tmp_path,
+                                                           monkeypatch, engine):
+    """A process that finds the converted file (a worker of `npimage run`) runs it through
+    TF Lite's interpreter loaded on its own: TensorFlow is never imported there (2.7 CPU s
+    and ~0.5 GB a worker), and the vectors are those of `tf.lite.Interpreter`, bit for bit,
+    under the same model id."""
+    import json
+    import subprocess
+
+    converted = load_extractor("efficientnet-lite0", model_cache, engine=engine)
+    photos = _grocery_or_shipped_photos()[:4]
+    for i, photo in enumerate(photos):
+        photo.save(tmp_path / f"{i}.png")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "plugins"),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    env.pop("NPIMAGE_TFLITE_RUNTIME", None)
+    done = subprocess.run([sys.executable, "-c", _WORKER, str(model_cache), str(tmp_path),
+                           engine], capture_output=True, text=True, env=env, check=True)
+    said = json.loads(done.stdout.strip().splitlines()[-1])
+    assert said == {"model_id": converted.model_id, "tensorflow": False}
+    key = cache_key("efficientnet-lite0", converted.model_id.split("@")[1].split("-")[0])
+    monkeypatch.setattr(tflite, "lite_runtime", lambda: None)  # tf.lite.Interpreter
+    reference = tflite.LiteModel(tflite.paths(model_cache, key, engine)[0], 1)
+    assert isinstance(reference._it, __import__("tensorflow").lite.Interpreter)
+    want = HubExtractor(reference, converted.model_id, reference.size).embed(
+        [Image.open(tmp_path / f"{i}.png") for i in range(len(photos))])
+    np.testing.assert_array_equal(np.load(tmp_path / "vectors.npy"), want)
+
+
+def test_tf_lite_runtime_can_be_turned_off(monkeypatch):
+    """NPIMAGE_TFLITE_RUNTIME=tf: no standalone interpreter (tf.lite.Interpreter instead)."""
+    monkeypatch.setenv("NPIMAGE_TFLITE_RUNTIME", "tf")
+    tflite.lite_runtime.cache_clear()
+    try:
+        assert tflite.lite_runtime() is None
+    finally:
+        tflite.lite_runtime.cache_clear()
+    monkeypatch.delenv("NPIMAGE_TFLITE_RUNTIME")
+    assert tflite.lite_runtime() is not None  # TensorFlow 2.21's wheel has it
+
+
 def test_engine_setting(monkeypatch):
     monkeypatch.setenv("NPIMAGE_FV_ENGINE", "TF")
     assert tflite.engine_setting() == "tf-fp32"  # an alias

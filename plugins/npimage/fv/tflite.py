@@ -29,18 +29,26 @@ or graph digest) and the engine, so a process that finds them skips conversion a
 from __future__ import annotations
 
 import fcntl
+import functools
+import importlib.machinery
+import importlib.util
 import json
+import logging
 import os
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 
 from npimage.fv.quiet import lite_output, tensorflow
+
+log = logging.getLogger(__name__)
 
 ENGINES = ("tf-fp32", "tf-bf16", "tflite-fp32", "tflite-fp16", "tflite-int8", "tflite-qs8")
 #: Other names accepted for an engine.
@@ -245,17 +253,111 @@ def convert(fn: Any, trackable: Any, size: int, engine: str) -> bytes:
     return data
 
 
+#: TF Lite's compiled interpreter inside the TensorFlow wheel, by its module name there. It
+#: links only TF Lite's own library (libpywrap_tflite_common.so), so it loads on its own:
+#: a process that runs a converted model need not import TensorFlow (measured 2.7 CPU s
+#: and ~0.5 GB per worker process, docs/FV.md "Speed").
+WRAPPER_MODULE = "tensorflow.lite.python._pywrap_tensorflow_interpreter_wrapper"
+#: tf.lite.Interpreter's op resolver id for OpResolverType.AUTO (= BUILTIN): the builtin
+#: kernels with XNNPACK applied by default, what `tf.lite.Interpreter` uses.
+BUILTIN_RESOLVER = 1
+
+
+@functools.lru_cache(maxsize=1)
+def lite_runtime() -> ModuleType | None:
+    """TF Lite's interpreter module, loaded from the installed TensorFlow without importing
+    TensorFlow; None where that cannot be done (then `LiteModel` uses `tf.lite`).
+
+    Registered in sys.modules under its TensorFlow name, so a later `import tensorflow`
+    in the same process (a conversion) finds it rather than initialising it twice.
+    NPIMAGE_TFLITE_RUNTIME=tf forces `tf.lite.Interpreter` (the same compiled code).
+    """
+    if os.environ.get("NPIMAGE_TFLITE_RUNTIME", "").strip().lower() == "tf":
+        return None
+    if WRAPPER_MODULE in sys.modules:
+        return sys.modules[WRAPPER_MODULE]
+    try:
+        found = importlib.util.find_spec("tensorflow")  # top level: TensorFlow not imported
+        if found is None or not found.submodule_search_locations:
+            return None
+        name = WRAPPER_MODULE.rsplit(".", 1)[1]
+        shared = Path(next(iter(found.submodule_search_locations))) / "lite" / "python"
+        so = next(shared.glob(f"{name}*.so"))
+        loader = importlib.machinery.ExtensionFileLoader(WRAPPER_MODULE, str(so))
+        spec = importlib.util.spec_from_file_location(WRAPPER_MODULE, so, loader=loader)
+        assert spec is not None
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        module.CreateWrapperFromBuffer  # noqa: B018 - the entry point used below
+    except Exception as exc:  # another TensorFlow layout: the tf.lite path still works
+        log.debug("TF Lite interpreter not loadable on its own: %s", exc)
+        return None
+    sys.modules[WRAPPER_MODULE] = module
+    return module
+
+
+class _Runtime:
+    """The calls `LiteModel` makes of a `tf.lite.Interpreter`, on TF Lite's compiled
+    interpreter (`lite_runtime`) with the arguments `tf.lite.Interpreter` passes it."""
+
+    def __init__(self, module: ModuleType, content: bytes, threads: int) -> None:
+        self._content = content  # the interpreter points into these bytes: keep them
+        self._it = module.CreateWrapperFromBuffer(content, BUILTIN_RESOLVER, [], [], False,
+                                                  False, int(threads), False)
+        if not self._it:
+            raise ValueError("TF Lite could not open the model")
+
+    def _details(self, index: int) -> dict[str, Any]:
+        """What `get_input_details` says of a tensor (the fields LiteModel reads)."""
+        return {"index": int(index), "shape": self._it.TensorSize(index, 0),
+                "shape_signature": self._it.TensorSizeSignature(index, 0),
+                "dtype": self._it.TensorType(index, 0),
+                "quantization": self._it.TensorQuantization(index, 0)}
+
+    def get_input_details(self) -> list[dict[str, Any]]:
+        return [self._details(i) for i in self._it.InputIndices()]
+
+    def get_output_details(self) -> list[dict[str, Any]]:
+        return [self._details(i) for i in self._it.OutputIndices()]
+
+    def resize_tensor_input(self, index: int, shape: Any) -> None:
+        self._it.ResizeInputTensor(index, np.array(shape, np.int32), False)
+
+    def allocate_tensors(self) -> None:
+        self._it.AllocateTensors()
+
+    def set_tensor(self, index: int, value: np.ndarray) -> None:
+        self._it.SetTensor(index, value)
+
+    def invoke(self) -> None:
+        self._it.Invoke()
+
+    def get_tensor(self, index: int) -> np.ndarray:
+        return np.asarray(self._it.GetTensor(index, 0))
+
+
+def interpreter(content: bytes, threads: int) -> Any:
+    """A TF Lite interpreter of `content` on `threads` (XNNPACK): TF Lite's compiled
+    interpreter loaded without TensorFlow where it can be (`lite_runtime`), else
+    `tf.lite.Interpreter`. The same compiled code either way: the same vectors."""
+    import warnings
+
+    module = lite_runtime()
+    if module is not None:
+        return _Runtime(module, content, threads)
+    tf = tensorflow()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf.lite.Interpreter warns of its future move
+        return tf.lite.Interpreter(model_content=content, num_threads=threads)
+
+
 class LiteModel:
-    """A tf.lite.Interpreter (XNNPACK, `threads`) running [N, S, S, 3] float32 -> [N, D]."""
+    """A TF Lite interpreter (XNNPACK, `threads`) running [N, S, S, 3] float32 -> [N, D]."""
 
     def __init__(self, model: Path | bytes, threads: int) -> None:
-        import warnings
-
-        tf = tensorflow()
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
-        with warnings.catch_warnings(), lite_output():  # "Created ... XNNPACK delegate"
-            warnings.simplefilter("ignore")  # tf.lite.Interpreter warns of its future move
-            self._it = tf.lite.Interpreter(model_content=content, num_threads=threads)
+        with lite_output():  # "Created ... XNNPACK delegate"
+            self._it = interpreter(content, threads)
             self._in = self._it.get_input_details()[0]["index"]
             self._out = self._it.get_output_details()[0]["index"]
             self._it.resize_tensor_input(self._in, [BATCH, *self._it.get_input_details()[0]
