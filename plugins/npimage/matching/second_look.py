@@ -58,15 +58,11 @@ LOOK_SIDE = 2 * DETAIL_SIDE
 #: stickers"). A label beside alignment seams (a sticker on a product's margin leaves
 #: seams along its outline) is one region to the visual check (`verify.region_areas`).
 LOOKED_AT = (V.TEXT, V.CODE, V.COLOUR)
-#: The changed components (128 px grid) must fit in a box of this share of the frame, specks
-#: left out (verify.REGION_AREA, verify.SPECK: the region the visual check calls one).
-REGION_AREA = V.REGION_AREA
-SPECK = V.SPECK
 #: Pixels (second-look grid) added around the changed region.
 PAD = 10
 #: On the second-look grid (four times the detail grid's pixels), a changed component
 #: (dilated) of at most this many pixels beside a larger one is a speck.
-LOOK_SPECK = 4 * SPECK
+LOOK_SPECK = 4 * V.SPECK
 #: A pixel differs when its colour is this far (RGB levels, after matching the two sides'
 #: tone, with one pixel of tolerance) from every value the other side takes around it.
 DIFF = 45.0
@@ -156,7 +152,7 @@ def look_region(changed: np.ndarray) -> tuple[int, int, int, int] | None:
         return None
     x0, y0 = big[:, 0].min(), big[:, 1].min()
     x1, y1 = (big[:, 0] + big[:, 2]).max(), (big[:, 1] + big[:, 3]).max()
-    if (x1 - x0) * (y1 - y0) > REGION_AREA * LOOK_SIDE ** 2:
+    if (x1 - x0) * (y1 - y0) > V.REGION_AREA * LOOK_SIDE ** 2:
         return None
     return int(x0), int(y0), int(x1), int(y1)
 
@@ -330,7 +326,7 @@ def stickers(details_a: Sequence[bytes], details_b: Sequence[bytes],
     def look(j: int) -> bool:
         i = have[j]
         region = changed_region(r, j, params)
-        if region is None and (r.grey_map[j] > params.grey_clean).mean() > REGION_AREA:
+        if region is None and (r.grey_map[j] > params.grey_clean).mean() > V.REGION_AREA:
             return False  # more changed than one region's box holds: no second look
         warp = r.warp[j]  # the alignment the check kept for this pair
         ta, tb = thumbs_a[i], thumbs_b[i]
