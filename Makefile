@@ -45,7 +45,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/compare.py --n 1 --m 100000 --repeat 50 --no-fv
 	$(BIN)/python bench/compare.py --n 100000 --m 100000 --no-fv
 	$(BIN)/python bench/compare.py --n 100000 --m 100000
-	$(BIN)/python bench/compare.py --n 10000 --m 1000000
+	test -f data/clients/demo/current.json || $(MAKE) demo
+	$(BIN)/python bench/nightly_verify.py  # bench/compare.py's nightly, then verification
 	$(BIN)/python bench/signatures.py
 	$(BIN)/python bench/throughput.py
 
