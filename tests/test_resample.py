@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from npimage.ingest.resample import Pixels, resize_box
+from npimage.fv.models import FITS, fit_square
+from npimage.ingest.resample import (
+    LANCZOS,
+    REDUCING_GAP,
+    Pixels,
+    fit_lanczos,
+    resize,
+    resize_box,
+)
 from npimage.ingest.signatures import pixel_features
 from npimage.ingest.thumbnail import THUMB_SIZE, fit_size, thumbnail_jpeg
 from npimage.matching import detail as D
@@ -171,3 +179,68 @@ def test_bilinear_resize_is_pillows_to_the_byte():
             ref = np.asarray(Image.fromarray(pic).resize(size, Image.Resampling.BILINEAR))
             got = resize(pic, size, kind=BILINEAR)
             assert np.array_equal(got.reshape(ref.shape), ref), (w, h, size, pic.ndim)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_resize_lanczos_is_pillows_to_the_byte(seed):
+    """LANCZOS's negative lobes and libm's sin: the same coefficients and clipping."""
+    r = random.Random(100 + seed)
+    rng = np.random.default_rng(100 + seed)
+    for _ in range(25):
+        w, h = r.randint(1, 900), r.randint(1, 900)
+        a = _picture(rng, w, h)
+        size = (r.randint(1, w), r.randint(1, h))
+        pillow = np.asarray(Image.fromarray(a).resize(size, Image.Resampling.LANCZOS))
+        assert np.array_equal(resize(a, size, kind=LANCZOS), pillow), (w, h, size)
+
+
+def _thumbnail(img: Image.Image, side: int) -> Image.Image:
+    out = img.copy()
+    out.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
+    return out
+
+
+def test_fit_lanczos_is_pillows_thumbnail():
+    """Every aspect (the size's rounding), one-step fits done here, the two-step ones
+    (an integer reduce first) and other modes left to Pillow, small pictures untouched."""
+    r = random.Random(7)
+    rng = np.random.default_rng(7)
+    sizes = [(800, 533), (533, 800), (1023, 1), (1, 1023), (513, 512), (2100, 900),
+             (3000, 3000), (512, 512), (300, 200), (1000, 997)]
+    sizes += [(r.randint(1, 1400), r.randint(1, 1400)) for _ in range(30)]
+    for w, h in sizes:
+        img = Image.fromarray(_picture(rng, w, h))
+        for pic in (img, img.convert("L")):
+            fitted = fit_lanczos(pic, 512)
+            expected = _thumbnail(pic, 512)
+            assert fitted.size == expected.size and fitted.mode == expected.mode, (w, h)
+            assert np.array_equal(np.asarray(fitted), np.asarray(expected)), (w, h, pic.mode)
+        assert img.size == (w, h)  # never changed in place
+        assert (fit_lanczos(img, 512) is img) == (max(w, h) <= 512)
+
+
+def _reference_fit(rgb: Image.Image, size: int, fit: str) -> np.ndarray:
+    """The FV's fit through Pillow only (as before npimage.ingest.resample did it)."""
+    w, h = rgb.size
+    if fit == "squash":
+        return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR))
+    if fit == "crop":
+        s = min(w, h)
+        box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+        return np.asarray(rgb.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    scale = size / max(w, h)
+    nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
+    canvas = Image.new("RGB", (size, size), (255, 255, 255))
+    canvas.paste(rgb.resize((nw, nh), Image.Resampling.BILINEAR),
+                 ((size - nw) // 2, (size - nh) // 2))
+    return np.asarray(canvas)
+
+
+def test_fv_fit_is_pillows_from_a_picture_or_its_pixels():
+    """The FV's input pixels must not move (stored vectors are reused across runs)."""
+    for rgb in [*_product_shots(30), Image.new("L", (300, 120), 90)]:
+        px = Pixels(np.asarray(rgb.convert("RGB")))
+        for fit in FITS:
+            expected = _reference_fit(rgb.convert("RGB"), 224, fit)
+            assert np.array_equal(fit_square(rgb, 224, fit), expected), (rgb.size, fit)
+            assert np.array_equal(fit_square(px, 224, fit), expected), (rgb.size, fit)

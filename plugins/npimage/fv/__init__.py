@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:  # numba stays out of a plain `import npimage.fv`
+    from npimage.ingest.resample import Pixels
 
 
 class FeatureExtractor(Protocol):
@@ -24,8 +27,9 @@ class FeatureExtractor(Protocol):
     #: Vector length.
     dim: int
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Return an array of shape (len(images), dim), float32, rows of unit length."""
+    def embed(self, images: Sequence[Image.Image | Pixels]) -> np.ndarray:
+        """Return an array of shape (len(images), dim), float32, rows of unit length
+        (pictures as Pillow images, or the RGB `Pixels` of one)."""
         ...
 
 

@@ -42,6 +42,7 @@ from PIL import Image
 
 from npimage.fv import efficientnet_lite, tflite
 from npimage.fv.quiet import tensorflow
+from npimage.ingest.resample import BILINEAR, Pixels, resize
 
 log = logging.getLogger(__name__)
 
@@ -59,24 +60,30 @@ _LOCK_BF16 = threading.Lock()
 _LOADED: dict[tuple[str, str, str, str], HubExtractor] = {}
 
 
-def fit_square(img: Image.Image, size: int, fit: str = DEFAULT_FIT) -> np.ndarray:
-    """The picture as a (size, size, 3) uint8 array, fitted as `fit` says (module docstring)."""
-    img = img if img.mode == "RGB" else img.convert("RGB")
-    w, h = img.size
+def fit_square(img: Image.Image | Pixels, size: int, fit: str = DEFAULT_FIT) -> np.ndarray:
+    """The picture as a (size, size, 3) uint8 array, fitted as `fit` says (module docstring).
+
+    The BILINEAR resize is npimage.ingest.resample's (Pillow's bytes, ~2.5x faster); the
+    signature stage hands over the working copy's `Pixels`, already read out of Pillow
+    for the detail signature and the thumbnail."""
+    if isinstance(img, Pixels):
+        px = img
+    else:
+        px = Pixels(np.asarray(img if img.mode == "RGB" else img.convert("RGB")))
+    h, w = px.array.shape[:2]
     if fit == "squash":
-        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+        return resize(px, (size, size), kind=BILINEAR)
     if fit == "crop":
         side = min(w, h)
         box = ((w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side)
-        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR, box=box))
+        return resize(px, (size, size), box=box, kind=BILINEAR)
     if fit != "pad":
         raise ValueError(f"unknown fit {fit!r}; use one of {FITS}")
     scale = size / max(w, h)
     nw, nh = max(1, round(w * scale)), max(1, round(h * scale))
     out = np.full((size, size, 3), WHITE, np.uint8)  # the canvas, without a Pillow paste
     top, left = (size - nh) // 2, (size - nw) // 2
-    out[top:top + nh, left:left + nw] = np.asarray(img.resize((nw, nh),
-                                                              Image.Resampling.BILINEAR))
+    out[top:top + nh, left:left + nw] = resize(px, (nw, nh), kind=BILINEAR)
     return out
 
 
@@ -139,7 +146,7 @@ class HubExtractor:
             out = self._run_model(pixels.astype(np.float32) / np.float32(255.0))
         return np.asarray(out, np.float32).reshape(len(pixels), -1)
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def embed(self, images: Sequence[Image.Image | Pixels]) -> np.ndarray:
         """L2-normalised vectors of the pictures, shape (len(images), dim), float32."""
         out = np.empty((len(images), self.dim), np.float32)
         size = self.input_size

@@ -19,7 +19,8 @@ Hostile input is refused with an `ImageError` whose message is the reason stored
 Decoded to the size the consumers need, never more: a JPEG is decoded at the smallest DCT
 scale (1/2, 1/4, 1/8) that keeps its long side at least DRAFT_SIZE (= WORK_SIZE), and only
 a working copy still longer than WORK_SIZE is resampled, from that reduced decode (a
-1600 px JPEG: decoded at 1/2, 800 -> 512 px, never LANCZOS over the full picture).
+1600 px JPEG: decoded at 1/2, 800 -> 512 px, never LANCZOS over the full picture), by
+`resample.fit_lanczos` (Pillow's thumbnail to the byte, about twice as fast).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ import fsspec
 import numpy as np
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
+
+from npimage.ingest.resample import fit_lanczos
 
 #: Longest side of the working picture: plenty for 8x8/32x32 hashes and 224x224 FV input.
 WORK_SIZE = 512
@@ -455,8 +458,7 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
         work = work.transpose(_UPRIGHT[orientation])
         if orientation >= 5:  # quarter turns: report the size as displayed
             width, height = height, width
-    work.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
-    return Decoded(width=width, height=height, rgb=work)
+    return Decoded(width=width, height=height, rgb=fit_lanczos(work, WORK_SIZE))
 
 
 
@@ -494,10 +496,7 @@ def decode_both(data: bytes, max_pixels: int,
               and min(width, height) // (WORK_SIZE * 2) < 2 and max(width, height) <= max_side)
     if not shared:
         return decode(data, max_pixels), full
-    work = full.rgb
-    if max(work.size) > WORK_SIZE:
-        work = work.copy()
-        work.thumbnail((WORK_SIZE, WORK_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+    work = fit_lanczos(full.rgb, WORK_SIZE)
     return Decoded(width=full.width, height=full.height, rgb=work), full
 
 

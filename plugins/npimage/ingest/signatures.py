@@ -88,13 +88,16 @@ def current_expression() -> ds.Expression:
     return pc.coalesce(pc.and_kleene(detail_ok, version_ok), pa.scalar(False))
 
 
-def pixel_features(rgb: Image.Image) -> tuple[np.ndarray, bytes, bytes]:
+def pixel_features(rgb: Image.Image, pixels: Pixels | None = None
+                   ) -> tuple[np.ndarray, bytes, bytes]:
     """(grey copy for the hashes, detail signature, thumbnail JPEG) of a working copy.
 
     An RGB working copy (every one the stage decodes) is resized by npimage.ingest.resample
-    (Pillow's bytes, faster), its pixels read out once for the detail's and the thumbnail's
-    resizes; tests/test_resample.py holds each result to the Pillow one."""
-    pixels = Pixels(np.asarray(rgb)) if rgb.mode == "RGB" else None
+    (Pillow's bytes, faster), its pixels read out once (or given as `pixels`, which the
+    FV's fit then reuses) for the detail's and the thumbnail's resizes;
+    tests/test_resample.py holds each result to the Pillow one."""
+    if pixels is None and rgb.mode == "RGB":
+        pixels = Pixels(np.asarray(rgb))
     grey = grey_copy(rgb) if pixels is None else resampled_grey(rgb, GREY_SIDE)
     return grey, detail_signature(rgb, pixels=pixels), thumbnail_jpeg(rgb, pixels)
 
@@ -121,7 +124,7 @@ class _Rows:
         return pa.table(self.cols, schema=self.schema)
 
 
-def _embed_pending(pending: list[tuple[Row, Image.Image]], extractor: FeatureExtractor) -> None:
+def _embed_pending(pending: list[tuple[Row, Pixels]], extractor: FeatureExtractor) -> None:
     """Run the FV model on the decoded pictures waiting in `pending`; set their rows' fv."""
     if not pending:
         return
@@ -193,7 +196,7 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
     rows = read_table(batch, CATALOG).to_pylist()
     prior_rows = _prior_rows(prior, [r["image_id"] for r in rows])
     sigs, rejects = _Rows(SIGNATURES), _Rows(REJECTS)
-    pending: list[tuple[Row, Image.Image]] = []
+    pending: list[tuple[Row, Pixels]] = []
     computed: list[Row] = []
     greys: list[np.ndarray] = []
     reused = 0
@@ -215,7 +218,8 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
                 reused += 1
                 continue
             img = _decode(data, max_pixels, base, sha, codes)
-            grey, detail, thumb = pixel_features(img.rgb)
+            pixels = Pixels(np.asarray(img.rgb))  # decode's working copies are RGB
+            grey, detail, thumb = pixel_features(img.rgb, pixels)
         except ImageError as exc:
             rejects.add({**base, "stage": "signatures", "reason": str(exc)})
             continue
@@ -231,7 +235,7 @@ def compute_batch(batch: Path, prior: Path | None, out_signatures: Path, out_rej
         greys.append(grey)
         if extractor is not None:
             row["fv_model"] = extractor.model_id
-            pending.append((row, img.rgb))
+            pending.append((row, pixels))
             if len(pending) >= FV_CHUNK:
                 _embed_pending(pending, extractor)
     if extractor is not None:
