@@ -896,13 +896,20 @@ def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarr
 #: operations release the GIL, so chunks of pairs run side by side on the machine's cores;
 #: chunks bound memory).
 THREADS = 2
-CHUNK = 512
+#: Pairs per chunk. A chunk's stacks are (CHUNK, 128, 128) float32: at 512 pairs each is
+#: 32 MiB and a little, just over glibc's largest mmap threshold, so every one was a fresh
+#: mmap, its pages faulted in (zeroed) then unmapped: 3.7 GB mapped afresh and 2-4 s of
+#: system time per 3 200 grocery pairs, up to a third of the stage's CPU. At 128 pairs
+#: (8 MiB) malloc keeps and reuses them (0.4 GB mapped, ~1 s). The verdicts do not depend
+#: on the chunk (work per image is shared within a chunk and is the same in any chunk).
+#: docs/BENCHMARKS.md, "Session 7: verification's cost with FV".
+CHUNK = 128
 #: From this many pairs, with the shipped checks, the chunks run in THREADS processes
 #: instead: the small NumPy calls between the OpenCV and compiled ones hold the GIL (~25 % of
 #: a demo pair's CPU since the region tests are compiled, ~30-40 % before), so two threads
 #: cannot fully use two cores. A process costs ~1-2 s to start (imports), paid back from a
 #: few thousand pairs (a nightly verifies ~55 000).
-PROCESSES_FROM = 8 * CHUNK
+PROCESSES_FROM = 4096
 
 
 #: Pairs scoring below `retouched` can change band only by being lifted: the lowest cap any
