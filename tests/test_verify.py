@@ -507,10 +507,10 @@ def test_compiled_glue_gives_numpy_s_floats():
                           valid.reshape(n, D.CHROMA_SIDE, k, D.CHROMA_SIDE, k).min(axis=(2, 4)))
     ba, bb = V._blurs(x), V._blurs(y)
     rows = np.arange(n, dtype=np.int64)
-    pick, peak, gmap, tpeak = K.grey_maps(ba, bb, rows, rows, valid, True)
+    pick, peak, gmap, tpeak, tmap = K.grey_maps(ba, bb, rows, rows, valid, True, True)
     for i in range(n):  # the picked blurs' plain and tolerant windowed maps, in NumPy
         xa, xb = ba[K.COMBOS[pick[i], 0], i][None], bb[K.COMBOS[pick[i], 1], i][None]
         plain = V._box(V._diff(xa, xb, False, lambda u, v: np.abs(u - v)) * valid[i], V.WINDOW)
         tol = V._box(V._diff(xa, xb, True, lambda u, v: np.abs(u - v)) * valid[i], V.WINDOW)
         assert np.array_equal(gmap[i], plain[0]) and peak[i] == plain.max()
-        assert tpeak[i] == tol.max()
+        assert tpeak[i] == tol.max() and np.array_equal(tmap[i], tol[0])

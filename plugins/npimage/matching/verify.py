@@ -214,7 +214,7 @@ def _grey_maps(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None, tolerant:
         rows = np.arange(len(a), dtype=np.int64)
         blurred = (_blurs(a), _blurs(b), rows, rows)
     ba, bb, ra, rb = blurred
-    _, peak, gmap, tpeak = grey_maps(ba, bb, ra, rb, mask, tolerant)
+    _, peak, gmap, tpeak, _ = grey_maps(ba, bb, ra, rb, mask, tolerant)
     return peak, gmap, tpeak
 
 
@@ -685,22 +685,15 @@ SPECK = 40
 def tolerant_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The windowed difference of two normalised, aligned grey thumbnails forgiving one pixel
     of misregistration (`_diff`: each side's distance to the range the other takes within
-    one pixel, the larger), with the blur combination the residual kernel picks (the least
-    mean difference): where the pair differs even when an edge may be a pixel off. OpenCV's
-    3 x 3 erosion and dilation are `_envelope`'s range (a fraction of its cost)."""
-    import cv2
+    one pixel, the larger), with the blur combination the residual picks (the least mean
+    difference): where the pair differs even when an edge may be a pixel off. The residual
+    kernel's own map (verify_kernels.grey_maps, unmasked), on `_blurs` of the pair."""
+    from npimage.matching.verify_kernels import grey_maps
 
-    from npimage.matching.verify_kernels import COMBOS
-
-    ba = [cv2.GaussianBlur(a, (0, 0), s) for s in SIGMAS]
-    bb = [cv2.GaussianBlur(b, (0, 0), s) for s in SIGMAS]
-    k = int(np.argmin([np.abs(ba[p] - bb[q]).mean() for p, q in COMBOS]))
-    x, y = ba[COMBOS[k, 0]], bb[COMBOS[k, 1]]
-    three = np.ones((3, 3), np.uint8)
-    d = np.maximum(np.maximum(x - cv2.dilate(y, three), cv2.erode(y, three) - x),
-                   np.maximum(y - cv2.dilate(x, three), cv2.erode(x, three) - y))
-    d = np.maximum(d, 0)
-    out: np.ndarray = (d[:-1, :-1] + d[1:, :-1] + d[:-1, 1:] + d[1:, 1:]) / 4
+    rows = np.zeros(1, np.int64)
+    none = np.zeros((0, *a.shape), np.float32)
+    *_, tmap = grey_maps(_blurs(a[None]), _blurs(b[None]), rows, rows, none, True, True)
+    out: np.ndarray = tmap[0]
     return out
 
 
