@@ -246,6 +246,31 @@ def test_verify_pairs_gives_the_same_in_threads_and_processes(family):
         assert np.array_equal(got[0], one[0]) and list(got[1]) == list(one[1])
 
 
+
+def test_verify_pairs_runs_opencv_on_one_thread_and_restores_it():
+    """The checks see OpenCV's pool at one thread (its workers' spinning costs CPU between
+    calls on small thumbnails); the caller's setting is back afterwards."""
+    import cv2
+
+    seen: list[int] = []
+
+    def check(da: object, db: object) -> V.CheckResult:
+        seen.append(cv2.getNumThreads())
+        n = len(da)  # type: ignore[arg-type]
+        return V.CheckResult(np.ones(n, np.float32), np.zeros(n, np.float32),
+                             np.full(n, "", dtype=object))
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        for threads in (1, 2):
+            V.verify_pairs(np.ones(4, np.float32), [b"a"] * 4, [b"b"] * 4, [check], chunk=2,
+                           threads=threads)
+            assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+    assert seen == [1, 1, 1, 1]
+
 # -- `same` means the same image: a re-shot or shifted photo is at most `retouched` ---------------
 
 def _scene(seed: int, size: tuple[int, int] = (440, 340)) -> Image.Image:

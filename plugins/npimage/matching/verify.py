@@ -34,7 +34,8 @@ the thumbnails say (a barcode's bars are too fine for them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -922,10 +923,31 @@ def _chunk(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[by
                            else c(details_a, details_b) for c in checks])
 
 
+@contextmanager
+def _one_opencv_thread() -> Iterator[None]:
+    """OpenCV's own thread pool set to one thread while the checks run, then restored.
+
+    Why: the checks call OpenCV (ECC, warps, blurs) on 64-128 px thumbnails, thousands of
+    times, from THREADS threads or processes that already fill the cores. Each call hands
+    its rows to OpenCV's pool, whose workers then wait actively (spinning, sched_yield) for
+    the next call: ~10 % more CPU for the same results (OpenCV computes every pixel alike
+    on any number of threads; docs/BENCHMARKS.md, session 7). The setting is the process's:
+    verify_pairs is not meant to run twice at once in one process."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def _shipped_chunk(job: tuple[np.ndarray, list[bytes], list[bytes]]
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """`_chunk` with the shipped CHECKS, in a worker process."""
-    return _chunk(*job, CHECKS)
+    """`_chunk` with the shipped CHECKS, in a worker process (OpenCV on one thread)."""
+    with _one_opencv_thread():
+        return _chunk(*job, CHECKS)
 
 
 def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
@@ -934,8 +956,9 @@ def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Seque
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Run the checks over pairs (`_chunk`), `threads` chunks at a time (default THREADS, at
     most the machine's cores), in as many processes when `processes` (default: from
-    PROCESSES_FROM pairs with the shipped checks), else threads; (verified score, reason)
-    per pair, in the pairs' order."""
+    PROCESSES_FROM pairs with the shipped checks), else threads, with OpenCV's own pool at
+    one thread (`_one_opencv_thread`); (verified score, reason) per pair, in the pairs'
+    order."""
     import multiprocessing as mp
     import os
     from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -951,17 +974,19 @@ def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Seque
         part = slice(s, s + chunk)
         return _chunk(score[part], details_a[part], details_b[part], checks)
 
-    if threads == 1 or len(starts) < 2:
-        done = [one(s) for s in starts]
-    elif processes and shipped:
+    if processes and shipped and threads > 1 and len(starts) > 1:
         pool: Executor
         with ProcessPoolExecutor(threads, mp_context=mp.get_context("spawn")) as pool:
             done = list(pool.map(_shipped_chunk, [
                 (score[s:s + chunk], list(details_a[s:s + chunk]), list(details_b[s:s + chunk]))
                 for s in starts]))
     else:
-        with ThreadPoolExecutor(threads) as pool:
-            done = list(pool.map(one, starts))
+        with _one_opencv_thread():
+            if threads == 1 or len(starts) < 2:
+                done = [one(s) for s in starts]
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    done = list(pool.map(one, starts))
     if not done:
         return np.zeros(0, np.float32), np.zeros(0, object)
     return np.concatenate([v for v, _ in done]), np.concatenate([r for _, r in done])
