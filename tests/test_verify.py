@@ -246,7 +246,6 @@ def test_verify_pairs_gives_the_same_in_threads_and_processes(family):
         assert np.array_equal(got[0], one[0]) and list(got[1]) == list(one[1])
 
 
-
 def test_verify_pairs_runs_opencv_on_one_thread_and_restores_it():
     """The checks see OpenCV's pool at one thread (its workers' spinning costs CPU between
     calls on small thumbnails); the caller's setting is back afterwards."""
@@ -270,6 +269,7 @@ def test_verify_pairs_runs_opencv_on_one_thread_and_restores_it():
     finally:
         cv2.setNumThreads(before)
     assert seen == [1, 1, 1, 1]
+
 
 # -- `same` means the same image: a re-shot or shifted photo is at most `retouched` ---------------
 
