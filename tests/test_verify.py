@@ -246,6 +246,31 @@ def test_verify_pairs_gives_the_same_in_threads_and_processes(family):
         assert np.array_equal(got[0], one[0]) and list(got[1]) == list(one[1])
 
 
+def test_verify_pairs_runs_opencv_on_one_thread_and_restores_it():
+    """The checks see OpenCV's pool at one thread (its workers' spinning costs CPU between
+    calls on small thumbnails); the caller's setting is back afterwards."""
+    import cv2
+
+    seen: list[int] = []
+
+    def check(da: object, db: object) -> V.CheckResult:
+        seen.append(cv2.getNumThreads())
+        n = len(da)  # type: ignore[arg-type]
+        return V.CheckResult(np.ones(n, np.float32), np.zeros(n, np.float32),
+                             np.full(n, "", dtype=object))
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(3)
+    try:
+        for threads in (1, 2):
+            V.verify_pairs(np.ones(4, np.float32), [b"a"] * 4, [b"b"] * 4, [check], chunk=2,
+                           threads=threads)
+            assert cv2.getNumThreads() == 3
+    finally:
+        cv2.setNumThreads(before)
+    assert seen == [1, 1, 1, 1]
+
+
 # -- `same` means the same image: a re-shot or shifted photo is at most `retouched` ---------------
 
 def _scene(seed: int, size: tuple[int, int] = (440, 340)) -> Image.Image:
@@ -507,10 +532,10 @@ def test_compiled_glue_gives_numpy_s_floats():
                           valid.reshape(n, D.CHROMA_SIDE, k, D.CHROMA_SIDE, k).min(axis=(2, 4)))
     ba, bb = V._blurs(x), V._blurs(y)
     rows = np.arange(n, dtype=np.int64)
-    pick, peak, gmap, tpeak = K.grey_maps(ba, bb, rows, rows, valid, True)
+    pick, peak, gmap, tpeak, tmap = K.grey_maps(ba, bb, rows, rows, valid, True, True)
     for i in range(n):  # the picked blurs' plain and tolerant windowed maps, in NumPy
         xa, xb = ba[K.COMBOS[pick[i], 0], i][None], bb[K.COMBOS[pick[i], 1], i][None]
         plain = V._box(V._diff(xa, xb, False, lambda u, v: np.abs(u - v)) * valid[i], V.WINDOW)
         tol = V._box(V._diff(xa, xb, True, lambda u, v: np.abs(u - v)) * valid[i], V.WINDOW)
         assert np.array_equal(gmap[i], plain[0]) and peak[i] == plain.max()
-        assert tpeak[i] == tol.max()
+        assert tpeak[i] == tol.max() and np.array_equal(tmap[i], tol[0])

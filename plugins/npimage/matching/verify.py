@@ -34,7 +34,8 @@ the thumbnails say (a barcode's bars are too fine for them).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -214,7 +215,7 @@ def _grey_maps(a: np.ndarray, b: np.ndarray, valid: np.ndarray | None, tolerant:
         rows = np.arange(len(a), dtype=np.int64)
         blurred = (_blurs(a), _blurs(b), rows, rows)
     ba, bb, ra, rb = blurred
-    _, peak, gmap, tpeak = grey_maps(ba, bb, ra, rb, mask, tolerant)
+    _, peak, gmap, tpeak, _ = grey_maps(ba, bb, ra, rb, mask, tolerant)
     return peak, gmap, tpeak
 
 
@@ -685,22 +686,15 @@ SPECK = 40
 def tolerant_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The windowed difference of two normalised, aligned grey thumbnails forgiving one pixel
     of misregistration (`_diff`: each side's distance to the range the other takes within
-    one pixel, the larger), with the blur combination the residual kernel picks (the least
-    mean difference): where the pair differs even when an edge may be a pixel off. OpenCV's
-    3 x 3 erosion and dilation are `_envelope`'s range (a fraction of its cost)."""
-    import cv2
+    one pixel, the larger), with the blur combination the residual picks (the least mean
+    difference): where the pair differs even when an edge may be a pixel off. The residual
+    kernel's own map (verify_kernels.grey_maps, unmasked), on `_blurs` of the pair."""
+    from npimage.matching.verify_kernels import grey_maps
 
-    from npimage.matching.verify_kernels import COMBOS
-
-    ba = [cv2.GaussianBlur(a, (0, 0), s) for s in SIGMAS]
-    bb = [cv2.GaussianBlur(b, (0, 0), s) for s in SIGMAS]
-    k = int(np.argmin([np.abs(ba[p] - bb[q]).mean() for p, q in COMBOS]))
-    x, y = ba[COMBOS[k, 0]], bb[COMBOS[k, 1]]
-    three = np.ones((3, 3), np.uint8)
-    d = np.maximum(np.maximum(x - cv2.dilate(y, three), cv2.erode(y, three) - x),
-                   np.maximum(y - cv2.dilate(x, three), cv2.erode(x, three) - y))
-    d = np.maximum(d, 0)
-    out: np.ndarray = (d[:-1, :-1] + d[1:, :-1] + d[:-1, 1:] + d[1:, 1:]) / 4
+    rows = np.zeros(1, np.int64)
+    none = np.zeros((0, *a.shape), np.float32)
+    *_, tmap = grey_maps(_blurs(a[None]), _blurs(b[None]), rows, rows, none, True, True)
+    out: np.ndarray = tmap[0]
     return out
 
 
@@ -896,13 +890,20 @@ def combine(score: np.ndarray, results: Sequence[CheckResult]) -> tuple[np.ndarr
 #: operations release the GIL, so chunks of pairs run side by side on the machine's cores;
 #: chunks bound memory).
 THREADS = 2
-CHUNK = 512
+#: Pairs per chunk. A chunk's stacks are (CHUNK, 128, 128) float32: at 512 pairs each is
+#: 32 MiB and a little, just over glibc's largest mmap threshold, so every one was a fresh
+#: mmap, its pages faulted in (zeroed) then unmapped: 3.7 GB mapped afresh and 2-4 s of
+#: system time per 3 200 grocery pairs, up to a third of the stage's CPU. At 128 pairs
+#: (8 MiB) malloc keeps and reuses them (0.4 GB mapped, ~1 s). The verdicts do not depend
+#: on the chunk (work per image is shared within a chunk and is the same in any chunk).
+#: docs/BENCHMARKS.md, "Session 7: verification's cost with FV".
+CHUNK = 128
 #: From this many pairs, with the shipped checks, the chunks run in THREADS processes
 #: instead: the small NumPy calls between the OpenCV and compiled ones hold the GIL (~25 % of
 #: a demo pair's CPU since the region tests are compiled, ~30-40 % before), so two threads
 #: cannot fully use two cores. A process costs ~1-2 s to start (imports), paid back from a
 #: few thousand pairs (a nightly verifies ~55 000).
-PROCESSES_FROM = 8 * CHUNK
+PROCESSES_FROM = 4096
 
 
 #: Pairs scoring below `retouched` can change band only by being lifted: the lowest cap any
@@ -922,10 +923,31 @@ def _chunk(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[by
                            else c(details_a, details_b) for c in checks])
 
 
+@contextmanager
+def _one_opencv_thread() -> Iterator[None]:
+    """OpenCV's own thread pool set to one thread while the checks run, then restored.
+
+    Why: the checks call OpenCV (ECC, warps, blurs) on 64-128 px thumbnails, thousands of
+    times, from THREADS threads or processes that already fill the cores. Each call hands
+    its rows to OpenCV's pool, whose workers then wait actively (spinning, sched_yield) for
+    the next call: ~10 % more CPU for the same results (OpenCV computes every pixel alike
+    on any number of threads; docs/BENCHMARKS.md, session 7). The setting is the process's:
+    verify_pairs is not meant to run twice at once in one process."""
+    import cv2
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(1)
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
+
+
 def _shipped_chunk(job: tuple[np.ndarray, list[bytes], list[bytes]]
                    ) -> tuple[np.ndarray, np.ndarray]:
-    """`_chunk` with the shipped CHECKS, in a worker process."""
-    return _chunk(*job, CHECKS)
+    """`_chunk` with the shipped CHECKS, in a worker process (OpenCV on one thread)."""
+    with _one_opencv_thread():
+        return _chunk(*job, CHECKS)
 
 
 def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
@@ -934,8 +956,9 @@ def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Seque
                  ) -> tuple[np.ndarray, np.ndarray]:
     """Run the checks over pairs (`_chunk`), `threads` chunks at a time (default THREADS, at
     most the machine's cores), in as many processes when `processes` (default: from
-    PROCESSES_FROM pairs with the shipped checks), else threads; (verified score, reason)
-    per pair, in the pairs' order."""
+    PROCESSES_FROM pairs with the shipped checks), else threads, with OpenCV's own pool at
+    one thread (`_one_opencv_thread`); (verified score, reason) per pair, in the pairs'
+    order."""
     import multiprocessing as mp
     import os
     from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
@@ -951,17 +974,19 @@ def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Seque
         part = slice(s, s + chunk)
         return _chunk(score[part], details_a[part], details_b[part], checks)
 
-    if threads == 1 or len(starts) < 2:
-        done = [one(s) for s in starts]
-    elif processes and shipped:
+    if processes and shipped and threads > 1 and len(starts) > 1:
         pool: Executor
         with ProcessPoolExecutor(threads, mp_context=mp.get_context("spawn")) as pool:
             done = list(pool.map(_shipped_chunk, [
                 (score[s:s + chunk], list(details_a[s:s + chunk]), list(details_b[s:s + chunk]))
                 for s in starts]))
     else:
-        with ThreadPoolExecutor(threads) as pool:
-            done = list(pool.map(one, starts))
+        with _one_opencv_thread():
+            if threads == 1 or len(starts) < 2:
+                done = [one(s) for s in starts]
+            else:
+                with ThreadPoolExecutor(threads) as pool:
+                    done = list(pool.map(one, starts))
     if not done:
         return np.zeros(0, np.float32), np.zeros(0, object)
     return np.concatenate([v for v, _ in done]), np.concatenate([r for _, r in done])

@@ -70,9 +70,10 @@ def _envelope(x: np.ndarray, lo: np.ndarray, hi: np.ndarray, tmp_lo: np.ndarray,
 
 @njit(nogil=True, cache=True)
 def grey_maps(ba: np.ndarray, bb: np.ndarray, ia: np.ndarray, ib: np.ndarray,
-              valid: np.ndarray, tolerant: bool
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(pick, plain peak, plain window map, tolerant peak) of pairs of blurred stacks.
+              valid: np.ndarray, tolerant: bool, keep_tolerant: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(pick, plain peak, plain window map, tolerant peak, tolerant window map) of pairs
+    of blurred stacks.
 
     ba, bb: (3, m, S, S) float32, thumbnails blurred by BLUR and the two BLUR_EQUALISE;
     pair i is ba[:, ia[i]] against bb[:, ib[i]] (ia, ib: (n,) int64; a thumbnail in several
@@ -80,7 +81,9 @@ def grey_maps(ba: np.ndarray, bb: np.ndarray, ia: np.ndarray, ib: np.ndarray,
     valid: (n, S, S) float32 overlap mask, or (0, S, S) for none. Per pair: the combination
     of COMBOS with the least mean masked |a - b| (the first on ties), its masked difference
     windowed 2 x 2 (map and peak), and with `tolerant` the peak of the windowed distance of
-    each side to the range the other takes within one pixel (verify._diff), masked.
+    each side to the range the other takes within one pixel (verify._diff), masked; its
+    windowed map is kept with `keep_tolerant` (else the last map is (0, S-1, S-1)): the
+    seam test of verify.tolerant_map reads it.
     """
     n, s0, s1 = len(ia), ba.shape[2], ba.shape[3]
     masked = valid.shape[0] > 0
@@ -88,6 +91,7 @@ def grey_maps(ba: np.ndarray, bb: np.ndarray, ia: np.ndarray, ib: np.ndarray,
     peak = np.zeros(n, np.float32)
     tpeak = np.zeros(n, np.float32)
     maps = np.empty((n, s0 - 1, s1 - 1), np.float32)
+    tmaps = np.empty((n if keep_tolerant else 0, s0 - 1, s1 - 1), np.float32)
     d = np.empty((s0, s1), np.float32)
     win = np.empty((s0 - 1, s1 - 1), np.float32)
     xl, xh = np.empty((s0, s1), np.float32), np.empty((s0, s1), np.float32)
@@ -131,8 +135,8 @@ def grey_maps(ba: np.ndarray, bb: np.ndarray, ia: np.ndarray, ib: np.ndarray,
                 y_to_x = max(max(b - xh[y, x], xl[y, x] - b), zero)
                 v = abs(max(x_to_y, y_to_x) - zero)
                 d[y, x] = v * valid[i, y, x] if masked else v
-        tpeak[i] = _box_max(d, win)
-    return pick, peak, maps, tpeak
+        tpeak[i] = _box_max(d, tmaps[i] if keep_tolerant else win)
+    return pick, peak, maps, tpeak, tmaps
 
 
 # -- the region tests of a pair that is not clean (verify._region_kind) ----------------------
