@@ -17,8 +17,10 @@ from npimage.ingest.resample import (
     REDUCING_GAP,
     Pixels,
     fit_lanczos,
+    plain_thumbnail,
     resize,
     resize_box,
+    thumbnail_size,
 )
 from npimage.ingest.signatures import pixel_features
 from npimage.ingest.thumbnail import THUMB_SIZE, fit_size, thumbnail_jpeg
@@ -135,7 +137,7 @@ def test_large_and_other_mode_pictures_keep_pillows_path():
     """thumbnail() reduces first when it shrinks by 4 or more; other modes stay Pillow's."""
     rng = np.random.default_rng(3)
     big = Image.fromarray(_picture(rng, 900, 700))
-    assert not D.plain_thumbnail(big, D.thumbnail_size(900, 700, D.BOX_SIDE))
+    assert not plain_thumbnail(big, thumbnail_size(900, 700, D.BOX_SIDE))
     assert np.array_equal(D.box_pixels(big), np.asarray(D.box_thumbnail(big)))
     assert D.detail_signature(big) == _reference_detail(big)
     rgba = Image.fromarray(_picture(rng, 200, 150)).convert("RGBA")
@@ -148,7 +150,7 @@ def test_thumbnail_size_is_pillows():
         w, h = r.randint(1, 2000), r.randint(1, 2000)
         img = Image.new("RGB", (w, h))
         img.thumbnail((D.BOX_SIDE, D.BOX_SIDE), Image.Resampling.BOX)
-        assert D.thumbnail_size(w, h, D.BOX_SIDE) == img.size, (w, h)
+        assert thumbnail_size(w, h, D.BOX_SIDE) == img.size, (w, h)
 
 
 def test_the_grey_copy_is_the_hashes_one():

@@ -255,14 +255,13 @@ def grey_copy(rgb: Image.Image, side: int) -> np.ndarray:
     return resize(grey, (side, side), kind=BILINEAR)[:, :, 0]
 
 
-def thumbnail_size(width: int, height: int, side: int) -> tuple[int, int] | None:
-    """The size `Image.thumbnail((side, side))` gives a (width, height) picture (its
-    `preserve_aspect_ratio`: the rounding that keeps the aspect closest), or None when
-    it fits already and stays as it is."""
+def thumbnail_size(width: int, height: int, side: int) -> tuple[int, int]:
+    """The size `Image.thumbnail((side, side))` gives a width x height picture (its own
+    rounding of the aspect ratio, which `fit_size` of the report's thumbnails does not share)."""
     if side >= width and side >= height:
-        return None
+        return width, height
     aspect = width / height
-    x, y = side, side
+    x = y = side
     if x / y >= aspect:
         x = max(min(math.floor(y * aspect), math.ceil(y * aspect),
                     key=lambda n: abs(aspect - n / y)), 1)
@@ -270,6 +269,13 @@ def thumbnail_size(width: int, height: int, side: int) -> tuple[int, int] | None
         y = max(min(math.floor(x / aspect), math.ceil(x / aspect),
                     key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
     return x, y
+
+
+def plain_thumbnail(rgb: Image.Image, size: tuple[int, int]) -> bool:
+    """Is `thumbnail` of `rgb` to `size` one resize of an RGB picture, which this module
+    stands for? (Not when it shrinks by 2 x REDUCING_GAP or more: Pillow's `reduce` first.)"""
+    return (rgb.mode == "RGB" and int(rgb.width / size[0] / REDUCING_GAP) <= 1
+            and int(rgb.height / size[1] / REDUCING_GAP) <= 1)
 
 
 def fit_lanczos(img: Image.Image, side: int) -> Image.Image:
@@ -282,10 +288,9 @@ def fit_lanczos(img: Image.Image, side: int) -> Image.Image:
     (another mode, or an integer `reduce` first) goes through Pillow's own thumbnail.
     The picture must be loaded and not a JPEG awaiting its draft (decode's are)."""
     size = thumbnail_size(img.width, img.height, side)
-    if size is None or size == img.size:
+    if size == img.size:
         return img
-    if (img.mode != "RGB" or int(img.width / size[0] / REDUCING_GAP) > 1
-            or int(img.height / size[1] / REDUCING_GAP) > 1):
+    if not plain_thumbnail(img, size):
         out = img.copy()
         out.thumbnail((side, side), Image.Resampling.LANCZOS, reducing_gap=REDUCING_GAP)
         return out

@@ -11,14 +11,13 @@ another version is recomputed by the next run (`is_current`).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
 from numba import njit
 from PIL import Image
 
-from npimage.ingest.resample import Pixels, resize_box
+from npimage.ingest.resample import Pixels, plain_thumbnail, resize_box, thumbnail_size
 
 #: Side of the grey detail thumbnail (pixels) and of the chroma thumbnail.
 DETAIL_SIDE = 128
@@ -57,29 +56,6 @@ def box_thumbnail(rgb: Image.Image) -> Image.Image:
     small = rgb._new(rgb.im)
     small.thumbnail((BOX_SIDE, BOX_SIDE), Image.Resampling.BOX)
     return small
-
-
-def thumbnail_size(width: int, height: int, side: int) -> tuple[int, int]:
-    """The size `Image.thumbnail((side, side))` gives a width x height picture (its own
-    rounding of the aspect ratio, which `fit_size` of the report's thumbnails does not share)."""
-    if side >= width and side >= height:
-        return width, height
-    aspect = width / height
-    x = y = side
-    if x / y >= aspect:
-        x = max(min(math.floor(y * aspect), math.ceil(y * aspect),
-                    key=lambda n: abs(aspect - n / y)), 1)
-    else:
-        y = max(min(math.floor(x / aspect), math.ceil(x / aspect),
-                    key=lambda n: 0 if n == 0 else abs(aspect - x / n)), 1)
-    return x, y
-
-
-def plain_thumbnail(rgb: Image.Image, size: tuple[int, int]) -> bool:
-    """Is `thumbnail` of `rgb` to `size` one BOX resize of an RGB picture, which
-    `npimage.ingest.resample` stands for? (Not when it shrinks by 4 or more: `reduce` first.)"""
-    return (rgb.mode == "RGB" and int(rgb.width / size[0] / 2.0) <= 1
-            and int(rgb.height / size[1] / 2.0) <= 1)
 
 
 def box_pixels(rgb: Image.Image, pixels: Pixels | None = None) -> np.ndarray:
