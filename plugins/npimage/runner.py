@@ -2,8 +2,10 @@
 
 Stages run in the order declared in npimage.stages.STAGES, as in the DAG; the mapped
 stages (signature batches, compare shards: the mapped tasks of the DAG) run on a pool
-of worker processes here (one per core by default). Workers are spawned, not forked,
-so TensorFlow is only ever imported inside them.
+of worker processes here (one per core by default). Workers are forked from a server
+process that loaded the library once (multiprocessing's forkserver preloading
+npimage.worker_boot), never from the run's process: TensorFlow is only ever imported
+inside a worker, and no worker inherits the run's threads.
 
 The workers are started with the run (they import the library while extract runs) and
 kept for every mapped stage; each one adds the images it finishes to a counter shared with
@@ -47,27 +49,23 @@ def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
                  warm: bool = True, threads: int | None = None) -> None:
     """Tie a worker's life to the run's process; leave Ctrl-C to the parent; report progress.
 
-    PR_SET_PDEATHSIG makes the kernel SIGKILL the worker when the process that started
-    it dies, however it dies (kill -9 included), so no worker keeps its ~1 GB alive. On a
-    system without prctl, a watchdog thread polls the parent instead. SIGINT is ignored:
+    The worker is killed when the process that forked it dies (`die_with_parent`): the
+    forkserver, which is itself killed when the run's process (`parent_pid`) dies, however
+    it dies (kill -9 included), so no worker keeps its ~1 GB alive. SIGINT is ignored:
     the parent handles Ctrl-C and stops the workers. Every `Progress` of the worker adds
-    to `counter`, the stage's bar in the parent. `warm`: import the stage functions now,
-    while the parent is still extracting, rather than when the first batch arrives.
+    to `counter`, the stage's bar in the parent. `warm`: import the stage functions now
+    (a no-op when the forkserver loaded them), not when the first batch arrives.
     `threads`: the worker's share of the cores, given to TensorFlow before it starts
     (NPIMAGE_FV_THREADS, unless the user set it): n workers each running TensorFlow on
     every core would fight over them.
     """
+    started_by = os.getppid()  # the forkserver
     if threads is not None:
         os.environ.setdefault("NPIMAGE_FV_THREADS", str(threads))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by Workers.start
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl failed")
-    except (OSError, AttributeError):
-        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    die_with_parent(started_by)
+    if not _alive(parent_pid):  # the run ended while this worker started
         os._exit(1)
     if counter is not None:
         progress.set_sink(progress.counter_sink(counter))
@@ -80,8 +78,36 @@ def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
         pipeline.preload(pipeline.WORKER_MODULES)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent (`parent_pid`) dies.
+
+    PR_SET_PDEATHSIG, however the parent dies (kill -9 included); on a system without
+    prctl, a watchdog thread polls the parent instead. Exits now when the parent died
+    before the signal was set (this process already has another parent).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl failed")
+    except (OSError, AttributeError):
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _ready() -> None:
     """A no-op task: submitting one per worker makes the pool start them all now."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
@@ -106,27 +132,31 @@ class Workers:
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.counter: Any = _SPAWN.Value("q", 0)
+        self.counter: Any = _CONTEXT.Value("q", 0)
         self.pool: ProcessPoolExecutor | None = None
+        self._starting: threading.Thread | None = None
 
     def threads(self) -> int:
         """Cores per worker: the process's CPU affinity shared between the n workers."""
         return max(1, len(os.sched_getaffinity(0)) // max(1, self.n))
 
     def start(self) -> None:
-        """Start the n workers now (they import the library in the background)."""
+        """Start the n workers now, in the background: this process goes on (extract)
+        while the forkserver loads the library and forks them."""
         if self.n <= 1 or self.pool is not None:
             return
-        self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=_SPAWN,
+        self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=_CONTEXT,
                                         initializer=_worker_init,
                                         initargs=(os.getpid(), self.counter, True,
                                                   self.threads()))
-        # A Ctrl-C reaches the whole process group: the workers inherit SIGINT blocked
-        # until their initializer ignores it (no traceback from a worker starting up).
+        # A Ctrl-C reaches the whole process group: the forkserver and the workers inherit
+        # SIGINT blocked until they ignore it (no traceback from a worker starting up).
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
-            for _ in range(self.n):  # the pool starts a process per pending task
-                self.pool.submit(_ready)
+            _start_forkserver()
+            self._starting = threading.Thread(target=_start_all, args=(self.pool, self.n),
+                                              name="npimage-workers-start", daemon=True)
+            self._starting.start()  # it inherits this thread's mask
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
@@ -178,12 +208,53 @@ class Workers:
         Also how idle workers end between stages and at the end of a run: killed rather
         than waited for, as a worker holding TensorFlow takes seconds to tear itself down.
         """
+        if self._starting is not None:  # every worker started, so that all are killed
+            self._starting.join()
+            self._starting = None
         if self.pool is not None:
             _kill_workers(self.pool)
             self.pool = None
 
 
-_SPAWN = mp.get_context("spawn")
+#: Set for the forkserver: the pid of the process that started it, which it dies with
+#: (npimage.worker_boot calls die_with_parent).
+FORKSERVER_OF = "NPIMAGE_FORKSERVER_OF"
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver now, from this thread (PR_SET_PDEATHSIG follows the thread
+    that started a process: the run's main thread lives as long as the run), if it is not
+    running; it loads npimage.worker_boot while this process goes on."""
+    from multiprocessing import forkserver
+
+    os.environ[FORKSERVER_OF] = str(os.getpid())
+    forkserver.ensure_running()
+
+
+def _start_all(pool: ProcessPoolExecutor, n: int) -> None:
+    """Have `pool` start its n processes (each start waits for the forkserver's fork)."""
+    for _ in range(n):  # the pool starts a process per pending task
+        pool.submit(_ready)
+
+
+def stop_forkserver() -> None:
+    """Stop the forkserver the workers came from (started again by the next pool), and
+    wait for it: a process that outlived the run would take its CPU time, and that of
+    the workers it reaped, out of the run's own accounting (getrusage of its children).
+    Through multiprocessing's private `_stop` (its tests' way): absent, nothing is done,
+    and the forkserver exits when this process does."""
+    from multiprocessing import forkserver
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        stop()
+
+
+#: How workers start: forked from a server process (started with the first pool) that
+#: imported npimage.worker_boot, so the library, Numba's registries and the per-image
+#: stages' modules are loaded once per run, not once per worker (~1.3 s of CPU each).
+_CONTEXT = mp.get_context("forkserver")
+_CONTEXT.set_forkserver_preload(["npimage.worker_boot"])
 
 
 class _Records(logging.Handler):
@@ -281,6 +352,8 @@ def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = Tru
     except BaseException:
         pool.kill()
         raise
+    finally:
+        stop_forkserver()
 
 
 def start_workers(requested: int | None) -> Workers:
