@@ -154,11 +154,30 @@ class Workers:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
         try:
             _start_forkserver()
-            self._starting = threading.Thread(target=_start_all, args=(self.pool, self.n),
-                                              name="npimage-workers-start", daemon=True)
-            self._starting.start()  # it inherits this thread's mask
+            self._in_background(_submit_each, self.pool, self.n, _ready)  # inherits the mask
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    def _in_background(self, fn: Callable[..., None], *args: Any) -> None:
+        """fn(*args) in a thread, after what was put in the background before: submits to
+        a starting pool wait for the forkserver's forks, this process does not."""
+        before = self._starting
+
+        def run() -> None:
+            if before is not None:
+                before.join()
+            fn(*args)
+
+        self._starting = threading.Thread(target=run, name="npimage-workers-start",
+                                          daemon=True)
+        self._starting.start()
+
+    def _started(self) -> None:
+        """Wait for what was put in the background (the workers started, their first tasks
+        queued): before a stage's items are queued behind them, or the workers killed."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
 
     def map(self, fn: Callable[..., Any], ctx: RunContext, items: list[Any]) -> list[Any]:
         """fn(ctx, item) for every item, in the workers when it pays; see `_map`.
@@ -174,6 +193,7 @@ class Workers:
             finally:
                 progress.set_sink(None)
         self.start()
+        self._started()
         assert self.pool is not None
         return _map(self.pool, fn, ctx, items, self.kill)
 
@@ -186,6 +206,7 @@ class Workers:
         """
         if self.pool is None:
             return fn(ctx)
+        self._started()
         pool = self.pool
         result, records = _map(pool, _logged, ctx, [(fn, log.getEffectiveLevel())],
                                self.kill)[0]
@@ -195,12 +216,11 @@ class Workers:
 
     def preload_model(self, ctx: RunContext) -> None:
         """Have each worker load the FV model now (a task per worker, queued before any
-        batch; a failure shows again, and is raised, at the first batch)."""
+        batch, in the background; a failure shows again, and is raised, at the first batch)."""
         if self.pool is not None:
             from npimage.pipeline import load_fv_model
 
-            for _ in range(self.n):
-                self.pool.submit(load_fv_model, ctx)
+            self._in_background(_submit_each, self.pool, self.n, load_fv_model, ctx)
 
     def kill(self) -> None:
         """Stop the workers now: cancel what has not started, kill the running ones.
@@ -208,9 +228,7 @@ class Workers:
         Also how idle workers end between stages and at the end of a run: killed rather
         than waited for, as a worker holding TensorFlow takes seconds to tear itself down.
         """
-        if self._starting is not None:  # every worker started, so that all are killed
-            self._starting.join()
-            self._starting = None
+        self._started()  # every worker started, so that all are killed
         if self.pool is not None:
             _kill_workers(self.pool)
             self.pool = None
@@ -231,10 +249,11 @@ def _start_forkserver() -> None:
     forkserver.ensure_running()
 
 
-def _start_all(pool: ProcessPoolExecutor, n: int) -> None:
-    """Have `pool` start its n processes (each start waits for the forkserver's fork)."""
-    for _ in range(n):  # the pool starts a process per pending task
-        pool.submit(_ready)
+def _submit_each(pool: ProcessPoolExecutor, n: int, fn: Callable[..., Any], *args: Any) -> None:
+    """Submit fn(*args) n times: one per worker (the pool starts a process per pending
+    task, each start waiting for the forkserver's fork)."""
+    for _ in range(n):
+        pool.submit(fn, *args)
 
 
 def stop_forkserver() -> None:
@@ -380,7 +399,8 @@ def _run_stages(ctx: RunContext, pool: Workers, report: bool) -> dict[str, Any]:
             seconds[stage.name] = time.perf_counter() - t0
             log.debug("stage %s: %.2fs", stage.name, seconds[stage.name])
             if stage.name == _LAST_PER_IMAGE_STAGE and ctx.fv:
-                pool.kill()  # their TensorFlow model is not needed by compare: free it
+                pool.kill()  # their FV model is not needed by compare: free it
+                pool.start()  # forked afresh, Numba loaded: for compare and verify
     finally:
         pool.kill()
     info = dict(outputs["publish"])
