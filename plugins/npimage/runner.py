@@ -7,9 +7,11 @@ process that loaded the library once (multiprocessing's forkserver preloading
 npimage.worker_boot), never from the run's process: TensorFlow is only ever imported
 inside a worker, and no worker inherits the run's threads.
 
-The workers are started with the run (they import the library while extract runs) and
-kept for every mapped stage; each one adds the images it finishes to a counter shared with
-this process, which shows one progress bar per stage (npimage.progress.StageBar).
+The workers are started with the run (the forkserver loads the library while extract
+runs) and kept for every mapped stage and for verify (Stage.on_worker); with FV, those
+holding the model are replaced after the per-image stages by fresh ones. Each adds the
+images it finishes to a counter shared with this process, which shows one progress bar
+per stage (npimage.progress.StageBar).
 """
 
 from __future__ import annotations
