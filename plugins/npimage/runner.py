@@ -16,6 +16,7 @@ per stage (npimage.progress.StageBar).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import logging
@@ -262,13 +263,18 @@ def stop_forkserver() -> None:
     """Stop the forkserver the workers came from (started again by the next pool), and
     wait for it: a process that outlived the run would take its CPU time, and that of
     the workers it reaped, out of the run's own accounting (getrusage of its children).
-    Through multiprocessing's private `_stop` (its tests' way): absent, nothing is done,
-    and the forkserver exits when this process does."""
+    Killed rather than asked: its workers are killed already, and one stuck somehow must
+    not hang the run's end (it dies with the forkserver). Through multiprocessing's
+    private `_stop` (its tests' way): absent, the forkserver exits with this process."""
     from multiprocessing import forkserver
 
-    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
-    if stop is not None:
-        stop()
+    server = getattr(forkserver, "_forkserver", None)
+    pid, stop = getattr(server, "_forkserver_pid", None), getattr(server, "_stop", None)
+    if pid is None or stop is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    stop()
 
 
 #: How workers start: forked from a server process (started with the first pool) that

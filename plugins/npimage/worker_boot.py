@@ -17,7 +17,8 @@ import os
 
 from numba import njit
 
-import npimage.cli  # noqa: F401 - the run's main script: each worker imports it again
+# Not npimage.cli, the run's main module: each worker runs it again as `__mp_main__`, and
+# runpy warns when a module it runs so is imported already (`python -m npimage.cli`).
 from npimage import pipeline, runner  # the stage functions, the worker init
 
 
