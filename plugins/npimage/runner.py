@@ -16,11 +16,9 @@ per stage (npimage.progress.StageBar).
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import ctypes.util
 import logging
-import multiprocessing as mp
 import os
 import signal
 import threading
@@ -30,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from npimage import progress
+from npimage import forkserver, progress
 from npimage.errors import UserError
 from npimage.preflight import check_run
 from npimage.stages import STAGES, Stage
@@ -66,7 +64,7 @@ def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
     if threads is not None:
         os.environ.setdefault("NPIMAGE_FV_THREADS", str(threads))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by Workers.start
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by forkserver.start
     die_with_parent(started_by)
     if not _alive(parent_pid):  # the run ended while this worker started
         os._exit(1)
@@ -135,7 +133,7 @@ class Workers:
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.counter: Any = _CONTEXT.Value("q", 0)
+        self.counter: Any = forkserver.CONTEXT.Value("q", 0)
         self.pool: ProcessPoolExecutor | None = None
         self._starting: threading.Thread | None = None
 
@@ -148,18 +146,12 @@ class Workers:
         while the forkserver loads the library and forks them."""
         if self.n <= 1 or self.pool is not None:
             return
-        self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=_CONTEXT,
+        self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=forkserver.CONTEXT,
                                         initializer=_worker_init,
                                         initargs=(os.getpid(), self.counter, True,
                                                   self.threads()))
-        # A Ctrl-C reaches the whole process group: the forkserver and the workers inherit
-        # SIGINT blocked until they ignore it (no traceback from a worker starting up).
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            _start_forkserver()
-            self._in_background(_submit_each, self.pool, self.n, _ready)  # inherits the mask
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        forkserver.start()  # from this thread, which the run's workers do not outlive
+        self._in_background(_submit_each, self.pool, self.n, _ready)
 
     def _in_background(self, fn: Callable[..., None], *args: Any) -> None:
         """fn(*args) in a thread, after what was put in the background before: submits to
@@ -237,51 +229,11 @@ class Workers:
             self.pool = None
 
 
-#: Set for the forkserver: the pid of the process that started it, which it dies with
-#: (npimage.worker_boot calls die_with_parent).
-FORKSERVER_OF = "NPIMAGE_FORKSERVER_OF"
-
-
-def _start_forkserver() -> None:
-    """Start the forkserver now, from this thread (PR_SET_PDEATHSIG follows the thread
-    that started a process: the run's main thread lives as long as the run), if it is not
-    running; it loads npimage.worker_boot while this process goes on."""
-    from multiprocessing import forkserver
-
-    os.environ[FORKSERVER_OF] = str(os.getpid())
-    forkserver.ensure_running()
-
-
 def _submit_each(pool: ProcessPoolExecutor, n: int, fn: Callable[..., Any], *args: Any) -> None:
     """Submit fn(*args) n times: one per worker (the pool starts a process per pending
     task, each start waiting for the forkserver's fork)."""
     for _ in range(n):
         pool.submit(fn, *args)
-
-
-def stop_forkserver() -> None:
-    """Stop the forkserver the workers came from (started again by the next pool), and
-    wait for it: a process that outlived the run would take its CPU time, and that of
-    the workers it reaped, out of the run's own accounting (getrusage of its children).
-    Killed rather than asked: its workers are killed already, and one stuck somehow must
-    not hang the run's end (it dies with the forkserver). Through multiprocessing's
-    private `_stop` (its tests' way): absent, the forkserver exits with this process."""
-    from multiprocessing import forkserver
-
-    server = getattr(forkserver, "_forkserver", None)
-    pid, stop = getattr(server, "_forkserver_pid", None), getattr(server, "_stop", None)
-    if pid is None or stop is None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    stop()
-
-
-#: How workers start: forked from a server process (started with the first pool) that
-#: imported npimage.worker_boot, so the library, Numba's registries and the per-image
-#: stages' modules are loaded once per run, not once per worker (~1.3 s of CPU each).
-_CONTEXT = mp.get_context("forkserver")
-_CONTEXT.set_forkserver_preload(["npimage.worker_boot"])
 
 
 class _Records(logging.Handler):
@@ -380,7 +332,7 @@ def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = Tru
         pool.kill()
         raise
     finally:
-        stop_forkserver()
+        forkserver.stop()
 
 
 def start_workers(requested: int | None) -> Workers:

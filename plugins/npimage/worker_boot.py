@@ -19,7 +19,7 @@ from numba import njit
 
 # Not npimage.cli, the run's main module: each worker runs it again as `__mp_main__`, and
 # runpy warns when a module it runs so is imported already (`python -m npimage.cli`).
-from npimage import pipeline, runner  # the stage functions, the worker init
+from npimage import forkserver, pipeline, runner  # the stage functions, the worker init
 
 
 @njit(cache=True)
@@ -32,7 +32,7 @@ def _first_call(x: int) -> int:
 def _tie_to_the_run() -> None:
     """In the forkserver: die with the run's process that started it (FORKSERVER_OF), so
     that its workers, which die with the forkserver, do too, however the run ends."""
-    started_by = os.environ.get(runner.FORKSERVER_OF, "")
+    started_by = os.environ.get(forkserver.FORKSERVER_OF, "")
     if started_by.isdigit() and int(started_by) == os.getppid():
         runner.die_with_parent(int(started_by))
 
