@@ -8,7 +8,8 @@ All on the same files, in one run, so that ratios are measured under the same lo
   (its bundled ONNX model: embeddings, kNN and components), each installed by this script
   in its own throwaway virtualenv under --peers-dir (never in the project's environment);
 - `npimage run` end to end (extract → signatures → compare → merge → publish, no report),
-  hashes only and with FV, as a subprocess with a fresh data dir;
+  hashes only and with FV, as a subprocess with a fresh data dir, after one untimed run of
+  each (Numba compiles its kernels once per checkout and CPU: not a per-run cost);
 - where npimage's time goes: per stage of each run (its `--timings`), and per step of the
   signature stage (read, sha256, decode, hashes, detail, FV, Parquet, thumbnails) timed on
   its real code path (`pipeline.signatures` under cProfile) on a sample of the same files;
@@ -269,6 +270,9 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
             if got is not None:
                 seconds[peer] = got
     stages, cpu = {}, {}
+    if not args.no_warm_up:  # Numba's cache of this checkout and CPU: compiled once, untimed
+        for fv in (False,) if args.no_fv else (False, True):
+            npimage_run(folder, fv, args.workers)
     seconds["npimage hashes only"], stages["hashes only"], cpu["hashes only"] = npimage_run(
         folder, False, args.workers)
     if args.codes:
@@ -333,6 +337,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-peers", action="store_true", help="skip imagededup and fastdup")
     ap.add_argument("--cpu-steps", action="store_true",
                     help="per-step table in CPU seconds (steadier on a loaded machine)")
+    ap.add_argument("--no-warm-up", action="store_true",
+                    help="time npimage's first runs too: with a cold Numba cache (a new "
+                         "checkout, a changed kernel file, another CPU) they compile its "
+                         "kernels, ~1 s for compare's and ~10 s for verify's")
     ap.add_argument("--codes", action="store_true",
                     help="also time `npimage run` with barcode reading (its default)")
     ap.add_argument("--workers-curve", type=int, nargs="*", default=None,

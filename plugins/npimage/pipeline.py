@@ -207,18 +207,16 @@ def plan(ctx: RunContext, workers: int | None = None) -> list[str]:
 
 #: Modules that only the per-image stages need (loaded by the workers), and those that only
 #: the stages after them need (loaded by the run's process while the workers compute).
-#: The verify stage runs on a worker while they are up (Stage.on_worker), and the family
-#: stage needs FV: their modules (Numba's among them) are loaded here only with FV on,
-#: when the workers stop before verify (`later_modules`).
+#: Compare and verify run on the workers (npimage.runner), and the family stage needs FV:
+#: its modules (Numba's among them) are loaded here only with FV on (`later_modules`).
 WORKER_MODULES = ("npimage.ingest.signatures", "npimage.reading.codes")
 LATER_MODULES = ("npimage.matching.merge", "npimage.review.store")
-FV_LATER_MODULES = ("npimage.ingest.signatures", "npimage.matching.verify",
-                    "npimage.families.stage")
+FV_LATER_MODULES = ("npimage.families.stage",)
 
 
 def later_modules(ctx: RunContext) -> tuple[str, ...]:
     """What the run's process loads while the workers compute signatures: what its later
-    stages need, Numba's and OpenCV's modules only when FV is on (see FV_LATER_MODULES)."""
+    stages need, Numba's modules only when FV is on (see FV_LATER_MODULES)."""
     return LATER_MODULES + FV_LATER_MODULES if ctx.fv else LATER_MODULES
 
 

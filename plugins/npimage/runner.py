@@ -2,12 +2,16 @@
 
 Stages run in the order declared in npimage.stages.STAGES, as in the DAG; the mapped
 stages (signature batches, compare shards: the mapped tasks of the DAG) run on a pool
-of worker processes here (one per core by default). Workers are spawned, not forked,
-so TensorFlow is only ever imported inside them.
+of worker processes here (one per core by default). Workers are forked from a server
+process that loaded the library once (multiprocessing's forkserver preloading
+npimage.worker_boot), never from the run's process: TensorFlow is only ever imported
+inside a worker, and no worker inherits the run's threads.
 
-The workers are started with the run (they import the library while extract runs) and
-kept for every mapped stage; each one adds the images it finishes to a counter shared with
-this process, which shows one progress bar per stage (npimage.progress.StageBar).
+The workers are started with the run (the forkserver loads the library while extract
+runs) and kept for every mapped stage and for verify (Stage.on_worker); with FV, those
+holding the model are replaced after the per-image stages by fresh ones. Each adds the
+images it finishes to a counter shared with this process, which shows one progress bar
+per stage (npimage.progress.StageBar).
 """
 
 from __future__ import annotations
@@ -15,7 +19,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
-import multiprocessing as mp
 import os
 import signal
 import threading
@@ -25,7 +28,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from npimage import progress
+from npimage import forkserver, progress
 from npimage.errors import UserError
 from npimage.preflight import check_run
 from npimage.stages import STAGES, Stage
@@ -47,27 +50,23 @@ def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
                  warm: bool = True, threads: int | None = None) -> None:
     """Tie a worker's life to the run's process; leave Ctrl-C to the parent; report progress.
 
-    PR_SET_PDEATHSIG makes the kernel SIGKILL the worker when the process that started
-    it dies, however it dies (kill -9 included), so no worker keeps its ~1 GB alive. On a
-    system without prctl, a watchdog thread polls the parent instead. SIGINT is ignored:
+    The worker is killed when the process that forked it dies (`die_with_parent`): the
+    forkserver, which is itself killed when the run's process (`parent_pid`) dies, however
+    it dies (kill -9 included), so no worker keeps its ~1 GB alive. SIGINT is ignored:
     the parent handles Ctrl-C and stops the workers. Every `Progress` of the worker adds
-    to `counter`, the stage's bar in the parent. `warm`: import the stage functions now,
-    while the parent is still extracting, rather than when the first batch arrives.
+    to `counter`, the stage's bar in the parent. `warm`: import the stage functions now
+    (a no-op when the forkserver loaded them), not when the first batch arrives.
     `threads`: the worker's share of the cores, given to TensorFlow before it starts
     (NPIMAGE_FV_THREADS, unless the user set it): n workers each running TensorFlow on
     every core would fight over them.
     """
+    started_by = os.getppid()  # the forkserver
     if threads is not None:
         os.environ.setdefault("NPIMAGE_FV_THREADS", str(threads))
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by Workers.start
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl failed")
-    except (OSError, AttributeError):
-        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
-    if os.getppid() != parent_pid:  # the parent died before prctl took effect
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by forkserver.start
+    die_with_parent(started_by)
+    if not _alive(parent_pid):  # the run ended while this worker started
         os._exit(1)
     if counter is not None:
         progress.set_sink(progress.counter_sink(counter))
@@ -80,8 +79,36 @@ def _worker_init(parent_pid: int, counter: progress.Counter | None = None,
         pipeline.preload(pipeline.WORKER_MODULES)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent (`parent_pid`) dies.
+
+    PR_SET_PDEATHSIG, however the parent dies (kill -9 included); on a system without
+    prctl, a watchdog thread polls the parent instead. Exits now when the parent died
+    before the signal was set (this process already has another parent).
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl failed")
+    except (OSError, AttributeError):
+        threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
 def _ready() -> None:
     """A no-op task: submitting one per worker makes the pool start them all now."""
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
 
 
 def _watch_parent(parent_pid: int, interval: float = 1.0) -> None:
@@ -106,29 +133,46 @@ class Workers:
 
     def __init__(self, n: int) -> None:
         self.n = n
-        self.counter: Any = _SPAWN.Value("q", 0)
+        self.counter: Any = forkserver.CONTEXT.Value("q", 0)
         self.pool: ProcessPoolExecutor | None = None
+        self._starting: threading.Thread | None = None
 
     def threads(self) -> int:
         """Cores per worker: the process's CPU affinity shared between the n workers."""
         return max(1, len(os.sched_getaffinity(0)) // max(1, self.n))
 
     def start(self) -> None:
-        """Start the n workers now (they import the library in the background)."""
+        """Start the n workers now, in the background: this process goes on (extract)
+        while the forkserver loads the library and forks them."""
         if self.n <= 1 or self.pool is not None:
             return
-        self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=_SPAWN,
+        self.pool = ProcessPoolExecutor(max_workers=self.n, mp_context=forkserver.CONTEXT,
                                         initializer=_worker_init,
                                         initargs=(os.getpid(), self.counter, True,
                                                   self.threads()))
-        # A Ctrl-C reaches the whole process group: the workers inherit SIGINT blocked
-        # until their initializer ignores it (no traceback from a worker starting up).
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            for _ in range(self.n):  # the pool starts a process per pending task
-                self.pool.submit(_ready)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        forkserver.start()  # from this thread, which the run's workers do not outlive
+        self._in_background(_submit_each, self.pool, self.n, _ready)
+
+    def _in_background(self, fn: Callable[..., None], *args: Any) -> None:
+        """fn(*args) in a thread, after what was put in the background before: submits to
+        a starting pool wait for the forkserver's forks, this process does not."""
+        before = self._starting
+
+        def run() -> None:
+            if before is not None:
+                before.join()
+            fn(*args)
+
+        self._starting = threading.Thread(target=run, name="npimage-workers-start",
+                                          daemon=True)
+        self._starting.start()
+
+    def _started(self) -> None:
+        """Wait for what was put in the background (the workers started, their first tasks
+        queued): before a stage's items are queued behind them, or the workers killed."""
+        if self._starting is not None:
+            self._starting.join()
+            self._starting = None
 
     def map(self, fn: Callable[..., Any], ctx: RunContext, items: list[Any]) -> list[Any]:
         """fn(ctx, item) for every item, in the workers when it pays; see `_map`.
@@ -144,6 +188,7 @@ class Workers:
             finally:
                 progress.set_sink(None)
         self.start()
+        self._started()
         assert self.pool is not None
         return _map(self.pool, fn, ctx, items, self.kill)
 
@@ -156,6 +201,7 @@ class Workers:
         """
         if self.pool is None:
             return fn(ctx)
+        self._started()
         pool = self.pool
         result, records = _map(pool, _logged, ctx, [(fn, log.getEffectiveLevel())],
                                self.kill)[0]
@@ -165,12 +211,11 @@ class Workers:
 
     def preload_model(self, ctx: RunContext) -> None:
         """Have each worker load the FV model now (a task per worker, queued before any
-        batch; a failure shows again, and is raised, at the first batch)."""
+        batch, in the background; a failure shows again, and is raised, at the first batch)."""
         if self.pool is not None:
             from npimage.pipeline import load_fv_model
 
-            for _ in range(self.n):
-                self.pool.submit(load_fv_model, ctx)
+            self._in_background(_submit_each, self.pool, self.n, load_fv_model, ctx)
 
     def kill(self) -> None:
         """Stop the workers now: cancel what has not started, kill the running ones.
@@ -178,12 +223,17 @@ class Workers:
         Also how idle workers end between stages and at the end of a run: killed rather
         than waited for, as a worker holding TensorFlow takes seconds to tear itself down.
         """
+        self._started()  # every worker started, so that all are killed
         if self.pool is not None:
             _kill_workers(self.pool)
             self.pool = None
 
 
-_SPAWN = mp.get_context("spawn")
+def _submit_each(pool: ProcessPoolExecutor, n: int, fn: Callable[..., Any], *args: Any) -> None:
+    """Submit fn(*args) n times: one per worker (the pool starts a process per pending
+    task, each start waiting for the forkserver's fork)."""
+    for _ in range(n):
+        pool.submit(fn, *args)
 
 
 class _Records(logging.Handler):
@@ -281,6 +331,8 @@ def run_pipeline(ctx: RunContext, workers: int | None = None, report: bool = Tru
     except BaseException:
         pool.kill()
         raise
+    finally:
+        forkserver.stop()
 
 
 def start_workers(requested: int | None) -> Workers:
@@ -307,7 +359,8 @@ def _run_stages(ctx: RunContext, pool: Workers, report: bool) -> dict[str, Any]:
             seconds[stage.name] = time.perf_counter() - t0
             log.debug("stage %s: %.2fs", stage.name, seconds[stage.name])
             if stage.name == _LAST_PER_IMAGE_STAGE and ctx.fv:
-                pool.kill()  # their TensorFlow model is not needed by compare: free it
+                pool.kill()  # their FV model is not needed by compare: free it
+                pool.start()  # forked afresh, Numba loaded: for compare and verify
     finally:
         pool.kill()
     info = dict(outputs["publish"])

@@ -282,6 +282,8 @@ def _hash_bound(tables: bytes, fv_max: float, threshold: float) -> HashBound:
     rate = float(prob[feasible].sum())
     if not feasible.any():
         return HashBound(feasible, (0, 0, 0), -1, 0.0)
+    if feasible.all():  # every test passes every pair: the search below would keep its first
+        return HashBound(feasible, (0, 0, 0), 3 * HASH_BITS, rate)
     d = np.arange(HASH_BITS + 1)
     best: tuple[float, tuple[int, int, int], int] | None = None
     for a, b, c in itertools.product(range(4), repeat=3):
