@@ -64,10 +64,11 @@ def check_published_run(warehouse: Path | str, client: str, truth: Path) -> dict
 
 def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 300,
             prefix: tuple[str, ...] = (), **kwargs) -> subprocess.CompletedProcess:
-    """`npimage ARGS` as a real process (this checkout's code first on the path);
+    """`npimage ARGS` as a real process, through the command's entry point (npimage.launch;
+    this checkout's code first on the path);
     `prefix` is a command the process runs under (e.g. setpriv)."""
     plugins = str(Path(__file__).resolve().parents[1] / "plugins")
     full = {**os.environ, **(env or {})}
     full["PYTHONPATH"] = os.pathsep.join(p for p in (plugins, full.get("PYTHONPATH")) if p)
-    return subprocess.run([*prefix, sys.executable, "-m", "npimage.cli", *args], env=full,
+    return subprocess.run([*prefix, sys.executable, "-m", "npimage.launch", *args], env=full,
                           capture_output=True, text=True, timeout=timeout, **kwargs)

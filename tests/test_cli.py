@@ -25,6 +25,7 @@ from helpers import run_cli
 from pg import pg_connect
 
 import npimage
+from npimage.launch import command
 
 COMMANDS = ("run", "demo", "evaluate", "fit-weights", "report", "nearest")
 
@@ -52,6 +53,13 @@ def _url(dsn: str) -> str:
 def test_version():
     proc = run_cli("--version")
     assert proc.returncode == 0 and proc.stdout.strip() == f"npimage {npimage.__version__}"
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["run", "--client", "c"], "run"), (["-v", "run"], "run"), (["--verbose", "report"], "report"),
+    (["run", "--help"], None), (["-h"], None), ([], None)])
+def test_the_entry_point_knows_a_run_before_it_loads_the_cli(argv, expected):
+    assert command(argv) == expected
 
 
 def test_a_mistyped_command_or_flag_gets_a_suggestion():

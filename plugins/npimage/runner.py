@@ -17,7 +17,6 @@ per stage (npimage.progress.StageBar).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import signal
@@ -87,7 +86,9 @@ def die_with_parent(parent_pid: int) -> None:
     before the signal was set (this process already has another parent).
     """
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # the process's own symbols, libc's among them: ctypes.util.find_library("c")
+        # would run `ldconfig -p` in every worker (a fork and an exec, ~10 ms)
+        libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl failed")
     except (OSError, AttributeError):
