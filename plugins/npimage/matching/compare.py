@@ -648,14 +648,16 @@ def compare(queries: SignatureArrays, catalogue: SignatureArrays, scorer: Scorer
 
 # -- output ------------------------------------------------------------------------------
 
-def components(q: SignatureArrays, c: SignatureArrays) -> dict[str, np.ndarray]:
-    """Every component of the aligned pairs (q[i], c[i])."""
-    sims = 1.0 - np.bitwise_count(q.hashes ^ c.hashes).astype(np.float32) / HASH_BITS
+def components(q: SignatureArrays, c: SignatureArrays, qi: np.ndarray, ci: np.ndarray
+               ) -> dict[str, np.ndarray]:
+    """Every component of the pairs (q[qi], c[ci]). The cosines are read from the stored
+    rows by index: copying the pairs' vectors first (2.5 KB a side) cost 0.13 s of compare's
+    ~0.6 s with FV on 2 000 grocery photos (12 000 pairs)."""
+    sims = 1.0 - np.bitwise_count(q.hashes[qi] ^ c.hashes[ci]).astype(np.float32) / HASH_BITS
     out = {"dah": sims[:, 0], "ddh": sims[:, 1], "dph": sims[:, 2]}
-    idx = np.arange(len(q))
-    out["dfv"] = (np.maximum(pair_cosines(q.fv, c.fv, idx, idx), 0.0).astype(np.float32)
+    out["dfv"] = (np.maximum(pair_cosines(q.fv, c.fv, qi, ci), 0.0).astype(np.float32)
                   if q.fv is not None and c.fv is not None else None)
-    out["same_bytes"] = (q.sha == c.sha) & (q.size == c.size)
+    out["same_bytes"] = (q.sha[qi] == c.sha[ci]) & (q.size[qi] == c.size[ci])
     return out
 
 
@@ -667,7 +669,7 @@ def _match_table(queries: SignatureArrays, catalogue: SignatureArrays, qi: np.nd
     parts: dict[str, list[np.ndarray]] = {n: [] for n in ("dah", "ddh", "dph", "dfv",
                                                           "same_bytes")}
     for s in range(0, len(qi), 65536):
-        comp = components(queries.take(qi[s:s + 65536]), catalogue.take(ci[s:s + 65536]))
+        comp = components(queries, catalogue, qi[s:s + 65536], ci[s:s + 65536])
         for name in parts:
             if comp[name] is not None:
                 parts[name].append(comp[name])
