@@ -98,7 +98,7 @@ def pixel_features(rgb: Image.Image, pixels: Pixels | None = None
     tests/test_resample.py holds each result to the Pillow one."""
     if pixels is None and rgb.mode == "RGB":
         pixels = Pixels(np.asarray(rgb))
-    grey = grey_copy(rgb) if pixels is None else resampled_grey(rgb, GREY_SIDE)
+    grey = grey_copy(rgb) if pixels is None else resampled_grey(rgb, GREY_SIDE, pixels)
     return grey, detail_signature(rgb, pixels=pixels), thumbnail_jpeg(rgb, pixels)
 
 

@@ -68,18 +68,14 @@ def box_pixels(rgb: Image.Image, pixels: Pixels | None = None) -> np.ndarray:
 
 
 @njit(nogil=True, cache=True)
-def _far_counts(a: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per row and per column of an (h, w, 3) uint8 picture: how many pixels are more than
-    `tolerance` from both their row's and their column's backdrop in some channel.
-
-    Backdrops are means of the two end pixels (one when the picture is one pixel wide or
-    high), kept as 4x integers so the test is exact. One pass in Numba: NumPy needs a
-    dozen passes over (h, w, 3) arrays and is slow on a last axis of 3.
-    """
+def _backdrops4(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows (h, 3), columns (w * 3,)) int32: 4x the backdrop of each row and column of an
+    (h, w, 3) uint8 picture: the mean of its two end pixels (its one pixel when the
+    picture is one pixel wide or high), kept as integers so the far test is exact."""
     h, w = a.shape[0], a.shape[1]
     kx, ky = min(2, w), min(2, h)
-    rows4 = np.zeros((h, 3), np.int32)
-    cols4 = np.zeros((w, 3), np.int32)
+    rows4 = np.empty((h, 3), np.int32)
+    cols4 = np.empty(w * 3, np.int32)
     for y in range(h):
         for c in range(3):
             t = np.int32(0)
@@ -91,22 +87,45 @@ def _far_counts(a: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
             t = np.int32(0)
             for i in range(ky):
                 t += np.int32(a[i, x, c]) + np.int32(a[h - ky + i, x, c])
-            cols4[x, c] = t * (2 // ky)
+            cols4[3 * x + c] = t * (2 // ky)
+    return rows4, cols4
+
+
+@njit(nogil=True, cache=True)
+def _far_counts(a: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per row and per column of an (h, w, 3) uint8 C-contiguous picture: how many pixels
+    are more than `tolerance` from both their row's and their column's backdrop
+    (`_backdrops4`) in some channel.
+
+    One pass in Numba (NumPy needs a dozen passes over (h, w, 3) arrays and is slow on a
+    last axis of 3), each row in two branch-free loops (the distances into a flag per
+    pixel, then the flags summed into the row's and the columns' counts), which the
+    compiler vectorises: ~5x faster than a test per pixel with early exits.
+    """
+    h, w = a.shape[0], a.shape[1]
+    rows4, cols4 = _backdrops4(a)
     limit = 4 * tolerance
+    flat = a.reshape(h, w * 3)
     row_n = np.zeros(h, np.int64)
-    col_n = np.zeros(w, np.int64)
+    col_n = np.zeros(w, np.int32)
+    far = np.empty(w, np.int32)
     for y in range(h):
+        row = flat[y]
+        r0, r1, r2 = rows4[y, 0], rows4[y, 1], rows4[y, 2]
         for x in range(w):
-            far_row = False
-            far_col = False
-            for c in range(3):
-                v = 4 * np.int32(a[y, x, c])
-                far_row = far_row or abs(v - rows4[y, c]) > limit
-                far_col = far_col or abs(v - cols4[x, c]) > limit
-            if far_row and far_col:
-                row_n[y] += 1
-                col_n[x] += 1
-    return row_n, col_n
+            v0 = 4 * np.int32(row[3 * x])
+            v1 = 4 * np.int32(row[3 * x + 1])
+            v2 = 4 * np.int32(row[3 * x + 2])
+            d_row = max(abs(v0 - r0), abs(v1 - r1), abs(v2 - r2))
+            d_col = max(abs(v0 - cols4[3 * x]), abs(v1 - cols4[3 * x + 1]),
+                        abs(v2 - cols4[3 * x + 2]))
+            far[x] = np.int32(min(d_row, d_col) > limit)
+        n = np.int32(0)
+        for x in range(w):
+            n += far[x]
+            col_n[x] += far[x]
+        row_n[y] = n
+    return row_n, col_n.astype(np.int64)
 
 
 def content_box(rgb: Image.Image, small: Image.Image | np.ndarray | None = None
@@ -119,7 +138,7 @@ def content_box(rgb: Image.Image, small: Image.Image | np.ndarray | None = None
     `box_pixels(rgb)` when the caller has it already.
     """
     small = box_pixels(rgb) if small is None else small
-    a = np.ascontiguousarray(np.asarray(small, dtype=np.uint8))
+    a = np.ascontiguousarray(np.asarray(small, dtype=np.uint8)[:, :, :3])  # RGB of RGBA
     h, w = a.shape[:2]
     row_n, col_n = _far_counts(a, BACKDROP_TOLERANCE)
     ys = np.flatnonzero(row_n / w > CONTENT_SHARE)
@@ -153,13 +172,43 @@ def detail_signature(rgb: Image.Image, small: Image.Image | np.ndarray | None = 
         squashed = Image.fromarray(resize_box(pixels, side, box))
     else:
         squashed = rgb.resize(side, Image.Resampling.BOX, box=box)
-    ycc = squashed.convert("YCbCr")
-    chroma = ycc.reduce(DETAIL_SIDE // CHROMA_SIDE)
+    planes = _planes(np.asarray(squashed.convert("YCbCr")), DETAIL_SIDE // CHROMA_SIDE)
     frac = np.array([box[0] / rgb.width, box[1] / rgb.height, box[2] / rgb.width,
                      box[3] / rgb.height])
     box_bytes = np.round(frac * 255).astype(np.uint8).tobytes()
-    return (bytes([DETAIL_VERSION]) + ycc.getchannel(0).tobytes()
-            + chroma.getchannel(1).tobytes() + chroma.getchannel(2).tobytes() + box_bytes)
+    return bytes([DETAIL_VERSION]) + planes.tobytes() + box_bytes
+
+
+@njit(nogil=True, cache=True)
+def _planes(ycc: np.ndarray, factor: int) -> np.ndarray:
+    """The detail's pixel bytes of an (n, n, 3) uint8 YCbCr picture: its Y plane, then its
+    Cb and Cr planes reduced by `factor` (n a multiple of it), as Pillow's
+    `Image.reduce(factor)` rounds a mean: (sum + half the count) >> log2(count) for a
+    power-of-two count (Reduce.c's multiplier is then an exact power of two), i.e. the
+    bytes of `ycc.getchannel(0)`, `ycc.reduce(factor).getchannel(1)` and `(2)`."""
+    n = ycc.shape[0]
+    m = n // factor
+    count = factor * factor
+    out = np.empty(n * n + 2 * m * m, np.uint8)
+    sums = np.zeros((2, m * m), np.int32)
+    flat = ycc.reshape(n, n * 3)
+    for y in range(n):
+        row = flat[y]
+        first = (y // factor) * m
+        for x in range(n):
+            out[y * n + x] = row[3 * x]
+        for bx in range(m):
+            cb = np.int32(0)
+            cr = np.int32(0)
+            for x in range(bx * factor, bx * factor + factor):
+                cb += np.int32(row[3 * x + 1])
+                cr += np.int32(row[3 * x + 2])
+            sums[0, first + bx] += cb
+            sums[1, first + bx] += cr
+    for c in range(2):
+        for i in range(m * m):
+            out[n * n + c * m * m + i] = (sums[c, i] + count // 2) // count
+    return out
 
 
 def content_boxes(details: Sequence[bytes]) -> np.ndarray:
