@@ -25,6 +25,7 @@ tests/test_resample.py compares both on random pictures, sizes and boxes.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -100,6 +101,16 @@ def _coeffs(in_size: int, in0: float, span: float, out_size: int, kind: int,
         bounds[xx, 0] = xmin
         bounds[xx, 1] = xmax
     return bounds, kk
+
+
+@lru_cache(maxsize=1024)
+def _kernel(in_size: int, in0: float, span: float, out_size: int, kind: int
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """`_coeffs` of filter `kind`, kept for the next picture of the same size (most of a
+    catalogue's pictures share a few sizes: their thumbnails, the same coefficients).
+    Shared: never written (`resize` shifts a copy of the bounds); not flagged read-only,
+    which would make Numba compile every kernel taking them once more."""
+    return _coeffs(in_size, in0, span, out_size, kind, _SUPPORT[kind])
 
 
 @njit(cache=True, nogil=True)
@@ -208,7 +219,7 @@ def _horizontal(turned: np.ndarray, rows: tuple[int, int], xsize: int,
     w, h, c = turned.shape
     first, last = rows
     x0, xlen = _span(box, 0)
-    bounds, kk = _coeffs(w, x0, xlen, xsize, kind, _SUPPORT[kind])
+    bounds, kk = _kernel(w, x0, xlen, xsize, kind)
     done = np.empty((xsize, last - first, c), np.uint8)
     _rows_pass(turned.reshape(w, h * c), first * c, bounds, kk,
                done.reshape(xsize, (last - first) * c))
@@ -247,7 +258,7 @@ def resize(pixels: Pixels | np.ndarray, size: tuple[int, int],
     need_h = xsize != w or box[0] != 0 or box[2] != xsize
     need_v = ysize != h or box[1] != 0 or box[3] != ysize
     y0, ylen = _span(box, 1)
-    bounds_v, kk_v = _coeffs(h, y0, ylen, ysize, kind, _SUPPORT[kind])
+    bounds_v, kk_v = _kernel(h, y0, ylen, ysize, kind)
     if h - ysize > 0 and h - ysize > (w - xsize) * 2:  # vertical first
         out = _vertical(a, bounds_v, kk_v) if need_v else a
         if not need_h:

@@ -12,6 +12,7 @@ another version is recomputed by the next run (`is_current`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -135,21 +136,48 @@ def content_box(rgb: Image.Image, small: Image.Image | np.ndarray | None = None
     The backdrop of a row is the mean of its two end pixels, of a column its two end pixels
     (a studio gradient or plain white); a pixel far from both is content. A picture without
     a backdrop (a photo) keeps its whole frame. `small`: `box_thumbnail(rgb)` or
-    `box_pixels(rgb)` when the caller has it already.
+    `box_pixels(rgb)` when the caller has it already. Found by `_box_in` in one compiled
+    call (the counts, the rows and columns kept, the box scaled to `rgb`).
     """
     small = box_pixels(rgb) if small is None else small
     a = np.ascontiguousarray(np.asarray(small, dtype=np.uint8)[:, :, :3])  # RGB of RGBA
-    h, w = a.shape[:2]
-    row_n, col_n = _far_counts(a, BACKDROP_TOLERANCE)
-    ys = np.flatnonzero(row_n / w > CONTENT_SHARE)
-    xs = np.flatnonzero(col_n / h > CONTENT_SHARE)
-    if len(ys) < h * 0.1 or len(xs) < w * 0.1:
-        return (0, 0, rgb.width, rgb.height)
-    my, mx = BOX_MARGIN * (ys[-1] - ys[0] + 1), BOX_MARGIN * (xs[-1] - xs[0] + 1)
-    sx, sy = rgb.width / w, rgb.height / h
-    return (max(0, int((xs[0] - mx) * sx)), max(0, int((ys[0] - my) * sy)),
-            min(rgb.width, int(np.ceil((xs[-1] + 1 + mx) * sx))),
-            min(rgb.height, int(np.ceil((ys[-1] + 1 + my) * sy))))
+    left, top, right, bottom = _box_in(a, rgb.width, rgb.height, BACKDROP_TOLERANCE,
+                                       CONTENT_SHARE, BOX_MARGIN)
+    return int(left), int(top), int(right), int(bottom)
+
+
+@njit(nogil=True, cache=True)
+def _box_in(a: np.ndarray, width: int, height: int, tolerance: int, share: float,
+            margin: float) -> tuple[int, int, int, int]:
+    """`content_box` of a width x height picture from its small copy `a` ((h, w, 3) uint8):
+    the first and last rows and columns with more than `share` far pixels (`_far_counts`),
+    widened by `margin` of the box's size and scaled to the picture; its whole frame when
+    fewer than a tenth of the rows or columns are content. The same float64 operations as
+    NumPy's in the same order (no fastmath), so the same box to the pixel."""
+    h, w = a.shape[0], a.shape[1]
+    row_n, col_n = _far_counts(a, tolerance)
+    y0, y1, ny = _kept(row_n, w, share)
+    x0, x1, nx = _kept(col_n, h, share)
+    if ny < h * 0.1 or nx < w * 0.1:
+        return 0, 0, width, height
+    my, mx = margin * (y1 - y0 + 1), margin * (x1 - x0 + 1)
+    sx, sy = width / w, height / h
+    return (max(0, int((x0 - mx) * sx)), max(0, int((y0 - my) * sy)),
+            min(width, int(np.ceil((x1 + 1 + mx) * sx))),
+            min(height, int(np.ceil((y1 + 1 + my) * sy))))
+
+
+@njit(nogil=True, cache=True)
+def _kept(counts: np.ndarray, across: int, share: float) -> tuple[int, int, int]:
+    """(first, last, how many) of the lines whose count / `across` exceeds `share`."""
+    first, last, n = -1, -1, 0
+    for i in range(counts.shape[0]):
+        if counts[i] / across > share:
+            if first < 0:
+                first = i
+            last = i
+            n += 1
+    return first, last, n
 
 
 def detail_signature(rgb: Image.Image, small: Image.Image | np.ndarray | None = None,
@@ -169,42 +197,68 @@ def detail_signature(rgb: Image.Image, small: Image.Image | np.ndarray | None = 
         pixels = Pixels(np.asarray(rgb)) if pixels is None else pixels
     box = content_box(rgb, box_pixels(rgb, pixels) if small is None else small)
     if pixels is not None:
-        squashed = Image.fromarray(resize_box(pixels, side, box))
+        squashed = resize_box(pixels, side, box)
     else:
-        squashed = rgb.resize(side, Image.Resampling.BOX, box=box)
-    planes = _planes(np.asarray(squashed.convert("YCbCr")), DETAIL_SIDE // CHROMA_SIDE)
+        squashed = np.asarray(rgb.resize(side, Image.Resampling.BOX, box=box).convert("RGB"))
+    planes = _planes(squashed, *_ycc_tables(), DETAIL_SIDE // CHROMA_SIDE)
     frac = np.array([box[0] / rgb.width, box[1] / rgb.height, box[2] / rgb.width,
                      box[3] / rgb.height])
     box_bytes = np.round(frac * 255).astype(np.uint8).tobytes()
     return bytes([DETAIL_VERSION]) + planes.tobytes() + box_bytes
 
 
+@lru_cache(maxsize=1)
+def _ycc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pillow's RGB -> YCbCr (ConvertYCbCr.c: 6-bit fixed-point tables), as
+    (luma (3, 256), cb (256, 256), cr (256, 256)) int32 tables for `_planes`.
+
+    Y sums one table per channel: JFIF's weights x 64, rounded half up, shifted by 6.
+    Cb's blue and Cr's red weight are 1/2 (a table of 32 v), so Cb = floor((D[r, g] + b)
+    / 2) + 128 with D[r, g] = Cb'(r, g, 0) + Cb'(r, g, 1) (Cb' = Cb - 128, floor(D / 2) +
+    floor((D + 1) / 2) = D), and Cr likewise with D[g, b]: D is read from Pillow's own
+    conversion of two 256 x 256 pictures, so it is Pillow's to the bit. Pillow's result
+    for all 2^24 colours: tests/test_resample.py."""
+    luma = np.floor(np.outer((0.299, 0.587, 0.114), np.arange(256)) * 64 + 0.5)
+    i, j = np.meshgrid(np.arange(256), np.arange(256), indexing="ij")
+
+    def signed(r: np.ndarray | int, g: np.ndarray | int, b: np.ndarray | int,
+               band: int) -> np.ndarray:
+        rgb = np.stack(np.broadcast_arrays(r, g, b), axis=-1).astype(np.uint8)
+        return np.asarray(Image.fromarray(rgb).convert("YCbCr"))[..., band].astype(np.int32) - 128
+
+    cb = signed(i, j, 0, 1) + signed(i, j, 1, 1)
+    cr = signed(0, i, j, 2) + signed(1, i, j, 2)
+    return luma.astype(np.int32), cb, cr
+
+
 @njit(nogil=True, cache=True)
-def _planes(ycc: np.ndarray, factor: int) -> np.ndarray:
-    """The detail's pixel bytes of an (n, n, 3) uint8 YCbCr picture: its Y plane, then its
-    Cb and Cr planes reduced by `factor` (n a multiple of it), as Pillow's
-    `Image.reduce(factor)` rounds a mean: (sum + half the count) >> log2(count) for a
-    power-of-two count (Reduce.c's multiplier is then an exact power of two), i.e. the
-    bytes of `ycc.getchannel(0)`, `ycc.reduce(factor).getchannel(1)` and `(2)`."""
-    n = ycc.shape[0]
+def _planes(rgb: np.ndarray, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray,
+            factor: int) -> np.ndarray:
+    """The detail's pixel bytes of an (n, n, 3) uint8 RGB picture converted to YCbCr as
+    Pillow converts it (`_ycc_tables`): its Y plane, then its Cb and Cr planes reduced by
+    `factor` (n a multiple of it) as Pillow's `Image.reduce(factor)` rounds a mean, (sum +
+    half the count) // count for a power-of-two count (Reduce.c's multiplier is then an
+    exact power of two): the bytes of `ycc.getchannel(0)`, `ycc.reduce(factor)
+    .getchannel(1)` and `(2)`, without an Image or a conversion of Pillow's."""
+    n = rgb.shape[0]
     m = n // factor
     count = factor * factor
     out = np.empty(n * n + 2 * m * m, np.uint8)
     sums = np.zeros((2, m * m), np.int32)
-    flat = ycc.reshape(n, n * 3)
+    flat = rgb.reshape(n, n * 3)
     for y in range(n):
         row = flat[y]
         first = (y // factor) * m
-        for x in range(n):
-            out[y * n + x] = row[3 * x]
         for bx in range(m):
-            cb = np.int32(0)
-            cr = np.int32(0)
+            blue = np.int32(0)
+            red = np.int32(0)
             for x in range(bx * factor, bx * factor + factor):
-                cb += np.int32(row[3 * x + 1])
-                cr += np.int32(row[3 * x + 2])
-            sums[0, first + bx] += cb
-            sums[1, first + bx] += cr
+                r, g, b = row[3 * x], row[3 * x + 1], row[3 * x + 2]
+                out[y * n + x] = (luma[0, r] + luma[1, g] + luma[2, b]) >> 6
+                blue += ((cb[r, g] + np.int32(b)) >> 1) + 128
+                red += ((cr[g, b] + np.int32(r)) >> 1) + 128
+            sums[0, first + bx] += blue
+            sums[1, first + bx] += red
     for c in range(2):
         for i in range(m * m):
             out[n * n + c * m * m + i] = (sums[c, i] + count // 2) // count
