@@ -210,7 +210,7 @@ def detail_signature(rgb: Image.Image, small: Image.Image | np.ndarray | None = 
 @lru_cache(maxsize=1)
 def _ycc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pillow's RGB -> YCbCr (ConvertYCbCr.c: 6-bit fixed-point tables), as
-    (luma (3, 256), cb (256, 256), cr (256, 256)) int32 tables for `_planes`.
+    (luma (3, 256) int32, cb (256, 256), cr (256, 256) int16: in L2) tables for `_planes`.
 
     Y sums one table per channel: JFIF's weights x 64, rounded half up, shifted by 6.
     Cb's blue and Cr's red weight are 1/2 (a table of 32 v), so Cb = floor((D[r, g] + b)
@@ -228,7 +228,7 @@ def _ycc_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     cb = signed(i, j, 0, 1) + signed(i, j, 1, 1)
     cr = signed(0, i, j, 2) + signed(1, i, j, 2)
-    return luma.astype(np.int32), cb, cr
+    return luma.astype(np.int32), cb.astype(np.int16), cr.astype(np.int16)
 
 
 @njit(nogil=True, cache=True)
@@ -245,20 +245,28 @@ def _planes(rgb: np.ndarray, luma: np.ndarray, cb: np.ndarray, cr: np.ndarray,
     count = factor * factor
     out = np.empty(n * n + 2 * m * m, np.uint8)
     sums = np.zeros((2, m * m), np.int32)
-    flat = rgb.reshape(n, n * 3)
+    flat = rgb.reshape(-1)
+    blue_of, red_of = cb.reshape(-1), cr.reshape(-1)  # flat: [(r << 8) | g], [(g << 8) | b]
+    blue = np.empty(n, np.int32)  # Cb - 128 and Cr - 128 of one row
+    red = np.empty(n, np.int32)
     for y in range(n):
-        row = flat[y]
+        at = y * n
+        for x in range(n):
+            r = np.int32(flat[3 * (at + x)])
+            g = np.int32(flat[3 * (at + x) + 1])
+            b = np.int32(flat[3 * (at + x) + 2])
+            out[at + x] = (luma[0, r] + luma[1, g] + luma[2, b]) >> 6
+            blue[x] = (np.int32(blue_of[(r << 8) | g]) + b) >> 1
+            red[x] = (np.int32(red_of[(g << 8) | b]) + r) >> 1
         first = (y // factor) * m
         for bx in range(m):
-            blue = np.int32(0)
-            red = np.int32(0)
+            sum_b = np.int32(128 * factor)
+            sum_r = np.int32(128 * factor)
             for x in range(bx * factor, bx * factor + factor):
-                r, g, b = row[3 * x], row[3 * x + 1], row[3 * x + 2]
-                out[y * n + x] = (luma[0, r] + luma[1, g] + luma[2, b]) >> 6
-                blue += ((cb[r, g] + np.int32(b)) >> 1) + 128
-                red += ((cr[g, b] + np.int32(r)) >> 1) + 128
-            sums[0, first + bx] += blue
-            sums[1, first + bx] += red
+                sum_b += blue[x]
+                sum_r += red[x]
+            sums[0, first + bx] += sum_b
+            sums[1, first + bx] += sum_r
     for c in range(2):
         for i in range(m * m):
             out[n * n + c * m * m + i] = (sums[c, i] + count // 2) // count
