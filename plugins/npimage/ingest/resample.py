@@ -103,11 +103,12 @@ def _coeffs(in_size: int, in0: float, span: float, out_size: int, kind: int,
     return bounds, kk
 
 
-@lru_cache(maxsize=1024)
+@lru_cache(maxsize=64)
 def _kernel(in_size: int, in0: float, span: float, out_size: int, kind: int
             ) -> tuple[np.ndarray, np.ndarray]:
     """`_coeffs` of filter `kind`, kept for the next picture of the same size (most of a
-    catalogue's pictures share a few sizes: their thumbnails, the same coefficients).
+    catalogue's pictures share a few sizes: their thumbnails, the same coefficients; a few
+    dozen entries, at most ~35 KB each for a LANCZOS fit to 512 px, bound the memory).
     Shared: never written (`resize` shifts a copy of the bounds); not flagged read-only,
     which would make Numba compile every kernel taking them once more."""
     return _coeffs(in_size, in0, span, out_size, kind, _SUPPORT[kind])

@@ -190,7 +190,8 @@ def detail_signature(rgb: Image.Image, small: Image.Image | np.ndarray | None = 
     its 4x4 means (a BOX of a BOX: within one level of a direct BOX of the crop).
     `small`: `box_thumbnail(rgb)` when the caller has it already; `pixels`:
     Pixels(np.asarray(rgb)). The BOX resizes of an RGB picture are
-    npimage.ingest.resample's (Pillow's bytes, faster).
+    npimage.ingest.resample's, the conversion and the chroma means `_planes`' (Pillow's
+    bytes, faster: no Image, YCbCr conversion or `reduce` of Pillow's per picture).
     """
     side = (DETAIL_SIDE, DETAIL_SIDE)
     if rgb.mode == "RGB":
