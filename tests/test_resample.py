@@ -246,3 +246,68 @@ def test_fv_fit_is_pillows_from_a_picture_or_its_pixels():
             expected = _reference_fit(rgb.convert("RGB"), 224, fit)
             assert np.array_equal(fit_square(rgb, 224, fit), expected), (rgb.size, fit)
             assert np.array_equal(fit_square(px, 224, fit), expected), (rgb.size, fit)
+
+
+def _every_colour() -> np.ndarray:
+    """(4096, 4096, 3) uint8: each of the 2^24 RGB colours once."""
+    v = np.arange(1 << 24, dtype=np.uint32)
+    return np.stack([v >> 16, (v >> 8) & 255, v & 255], axis=-1).astype(np.uint8).reshape(
+        4096, 4096, 3)
+
+
+def test_grey_and_ycbcr_kernels_are_pillows_for_every_colour():
+    """`Pixels.grey` is Pillow's convert("L") and `detail._planes` its convert("YCbCr"),
+    for all 2^24 colours (factor 1: no reduction), so no picture can tell them apart."""
+    rgb = _every_colour()
+    img = Image.fromarray(rgb)
+    grey = Pixels(rgb[:64, :64]).grey()  # and its transposition, from the turned pixels
+    assert np.array_equal(grey.array[:, :, 0], np.asarray(img.crop((0, 0, 64, 64)).convert("L")))
+    assert np.array_equal(grey.turned, np.ascontiguousarray(grey.array.transpose(1, 0, 2)))
+    assert np.array_equal(Pixels(rgb).grey().array[:, :, 0], np.asarray(img.convert("L")))
+    planes = D._planes(rgb, *D._ycc_tables(), 1).reshape(3, 4096, 4096)
+    assert np.array_equal(planes, np.asarray(img.convert("YCbCr")).transpose(2, 0, 1))
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_detail_planes_reduce_the_chroma_as_pillow(seed):
+    """Y, then Cb and Cr reduced 4x4 (Pillow's rounding of the mean), on noise, flats and
+    extremes."""
+    rng = np.random.default_rng(seed)
+    side = D.DETAIL_SIDE
+    for a in (rng.integers(0, 256, (side, side, 3), dtype=np.uint8),
+              np.where(rng.random((side, side, 1)) < 0.5, 255, 0).astype(np.uint8).repeat(3, 2),
+              _picture(rng, side, side)):
+        ycc = Image.fromarray(a).convert("YCbCr")
+        chroma = ycc.reduce(D.DETAIL_SIDE // D.CHROMA_SIDE)
+        want = (ycc.getchannel(0).tobytes() + chroma.getchannel(1).tobytes()
+                + chroma.getchannel(2).tobytes())
+        assert D._planes(a, *D._ycc_tables(), side // D.CHROMA_SIDE).tobytes() == want
+
+
+def _far_counts_reference(a: np.ndarray, tolerance: int) -> tuple[np.ndarray, np.ndarray]:
+    """The far counts in NumPy: 4x backdrops of the two end pixels (one when one wide)."""
+    v = 4 * a.astype(np.int32)
+    kx, ky = min(2, a.shape[1]), min(2, a.shape[0])
+    rows = (a[:, :kx].astype(np.int32).sum(1) + a[:, -kx:].astype(np.int32).sum(1)) * (2 // kx)
+    cols = (a[:ky].astype(np.int32).sum(0) + a[-ky:].astype(np.int32).sum(0)) * (2 // ky)
+    far = ((np.abs(v - rows[:, None]).max(-1) > 4 * tolerance)
+           & (np.abs(v - cols[None]).max(-1) > 4 * tolerance))
+    return far.sum(1), far.sum(0)
+
+
+def test_far_counts_and_content_box_on_random_small_copies():
+    """The branch-free far counts against NumPy, odd shapes (1 x n, n x 1) included
+    (tests/test_signature_stage.py holds `content_box` to its NumPy definition)."""
+    r = random.Random(4)
+    rng = np.random.default_rng(4)
+    for _ in range(300):
+        w, h = r.choice([1, 2, 3, r.randint(1, 160)]), r.choice([1, 2, 3, r.randint(1, 160)])
+        a = np.full((h, w, 3), r.randint(0, 255), np.uint8)
+        y0, x0 = r.randint(0, h - 1), r.randint(0, w - 1)
+        a[y0:r.randint(y0 + 1, h), x0:r.randint(x0 + 1, w)] = rng.integers(
+            0, 256, 3, dtype=np.uint8)
+        if r.random() < 0.3:
+            a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        rows, cols = D._far_counts(a, D.BACKDROP_TOLERANCE)
+        want_rows, want_cols = _far_counts_reference(a, D.BACKDROP_TOLERANCE)
+        assert np.array_equal(rows, want_rows) and np.array_equal(cols, want_cols), (w, h)

@@ -94,11 +94,12 @@ def pixel_features(rgb: Image.Image, pixels: Pixels | None = None
 
     An RGB working copy (every one the stage decodes) is resized by npimage.ingest.resample
     (Pillow's bytes, faster), its pixels read out once (or given as `pixels`, which the
-    FV's fit then reuses) for the detail's and the thumbnail's resizes;
+    FV's fit then reuses) and transposed once for the grey copy's, the detail's and the
+    thumbnail's resizes (the grey copy converted from them, `Pixels.grey`);
     tests/test_resample.py holds each result to the Pillow one."""
     if pixels is None and rgb.mode == "RGB":
         pixels = Pixels(np.asarray(rgb))
-    grey = grey_copy(rgb) if pixels is None else resampled_grey(rgb, GREY_SIDE)
+    grey = grey_copy(rgb) if pixels is None else resampled_grey(rgb, GREY_SIDE, pixels)
     return grey, detail_signature(rgb, pixels=pixels), thumbnail_jpeg(rgb, pixels)
 
 
