@@ -9,11 +9,11 @@ Builds (once, cached as pickles under --work) the pair sets the verdicts are com
   of grocery photos (--grocery, e.g. /tmp/g2000), split by how they came in (score >=
   VERIFY_FROM, or only through the FV cosine).
 
-Then, for each set: the verdicts (score >= 0.95 after `combine`, cap, floor, reason, the verified
-score itself) of the
-code at git revision --old and of the working tree, the number of differences, and the CPU
-time per pair of `verify_pairs` on one thread (time.process_time, old and new alternating,
-best of --repeat), and with --threads 2 the wall time on one and two threads.
+Then, for each set: the verdicts (score >= 0.95 after `combine`, cap, floor, reason, and the
+verified score itself) of the code at git revision --old and of the working tree, the
+number of differences, and the CPU time per pair of `verify_pairs` on one thread
+(time.process_time, old and new alternating, best of --repeat), and with --threads 2 the
+wall time on one and two threads.
 
     PYTHONPATH=plugins .venv/bin/python bench/verify_cost.py [--old HEAD] [--sets demo0 demo1
         photos grocery] [--limit 1024] [--repeat 3] [--threads] [--grocery /tmp/g2000]
