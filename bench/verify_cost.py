@@ -9,10 +9,11 @@ Builds (once, cached as pickles under --work) the pair sets the verdicts are com
   of grocery photos (--grocery, e.g. /tmp/g2000), split by how they came in (score >=
   VERIFY_FROM, or only through the FV cosine).
 
-Then, for each set: the verdicts (score >= 0.95 after `combine`, cap, floor, reason) of the
-code at git revision --old and of the working tree, the number of differences, and the CPU
-time per pair of `verify_pairs` on one thread (time.process_time, old and new alternating,
-best of --repeat), and with --threads 2 the wall time on one and two threads.
+Then, for each set: the verdicts (score >= 0.95 after `combine`, cap, floor, reason, and the
+verified score itself) of the code at git revision --old and of the working tree, the
+number of differences, and the CPU time per pair of `verify_pairs` on one thread
+(time.process_time, old and new alternating, best of --repeat), and with --threads 2 the
+wall time on one and two threads.
 
     PYTHONPATH=plugins .venv/bin/python bench/verify_cost.py [--old HEAD] [--sets demo0 demo1
         photos grocery] [--limit 1024] [--repeat 3] [--threads] [--grocery /tmp/g2000]
@@ -151,8 +152,8 @@ def pair_set(name: str, args: argparse.Namespace) -> dict:
 
 
 def verdicts(mod: types.ModuleType, s: dict, threads: int = 1) -> tuple[np.ndarray, ...]:
-    """(>= 0.95 after verification, cap, floor, reason) of every pair, by `mod`'s visual
-    check as verify_pairs runs it."""
+    """(>= 0.95 after verification, cap, floor, reason, verified score) of every pair, by
+    `mod`'s visual check as verify_pairs runs it."""
     score = np.asarray(s["score"], np.float32)
     res: list = []
 
@@ -171,7 +172,7 @@ def verdicts(mod: types.ModuleType, s: dict, threads: int = 1) -> tuple[np.ndarr
     cap = np.concatenate([r.cap for r in res]) if res else np.zeros(0)
     floor = np.concatenate([r.floor for r in res]) if res else np.zeros(0)
     reason = np.concatenate([r.reason for r in res]) if res else np.zeros(0, object)
-    return out >= 0.95, cap, floor, reason
+    return out >= 0.95, cap, floor, reason, out
 
 
 def timed(mod: types.ModuleType, s: dict, k: int, threads: int) -> tuple[float, float]:
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{name}: {n} pairs", flush=True)
         if not args.no_verdicts:
             vo, vn = verdicts(old, s), verdicts(new, s)
-            names = ("score >= 0.95", "cap", "floor", "reason")
+            names = ("score >= 0.95", "cap", "floor", "reason", "verified score")
             diff = np.zeros(n, bool)
             for nm, x, y in zip(names, vo, vn, strict=True):
                 d = x != y

@@ -416,10 +416,16 @@ class _Aligned:
 
 def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
            start: Sequence[np.ndarray | None] | None,
-           small: tuple[np.ndarray, np.ndarray] | None = None) -> _Aligned:
+           small: tuple[np.ndarray, np.ndarray] | None = None,
+           grey_clean: float | None = None) -> _Aligned:
     """One ECC pass over pairs (coarse when `start` is None, else fine from those warps),
     then their residuals on the overlap, forgiving one pixel of misregistration. `small`:
-    the coarse pass's smoothed half-size stacks of a and b (`_small`), made per image."""
+    the coarse pass's smoothed half-size stacks of a and b (`_small`), made per image.
+    `grey_clean`: the chroma residual only of the pairs whose grey residual is at most
+    that (`_lazy_chroma`), and b's chroma warped only for those and for the pairs whose
+    grey map may be one region (at most ONE_REGION of it above `grey_clean`: the region
+    tests read the warped chroma); the others keep b's chroma as it was (read by
+    nothing: should this pass be their best, they are SEVERAL)."""
     n = len(a)
     wb, wc = b.copy(), cb.astype(np.float32)
     valid = np.ones(a.shape, np.float32)
@@ -433,15 +439,46 @@ def _align(a: np.ndarray, b: np.ndarray, ca: np.ndarray, cb: np.ndarray,
         if warps[-1] is None:
             continue
         wb[j], valid[j] = _warp(b[j], warps[-1])
-        wc[j] = _warped(cb[j].astype(np.float32), warps[-1], CHROMA_SIDE / DETAIL_SIDE)
         moved[j] = _is_geometric(warps[-1], False)
     out = _Aligned(_renorm(a, valid), _renorm(wb, valid), wc, valid, moved, warps)
     # the tolerant peaks say whether the pair is clean; the plain maps say where it differs
     # (one pixel of tolerance thins changed strokes, and a thinned text change can pass
     # for a flat patch in the region tests)
     out.grey, out.gmap = grey_residuals(out.a, out.b, valid)
-    out.chroma, out.cmap = chroma_residuals(ca, wc, valid)
+    read = np.ones(n, bool) if grey_clean is None else (
+        (out.grey <= grey_clean) | ((out.gmap > grey_clean).mean(axis=(1, 2)) <= ONE_REGION))
+    for k in np.flatnonzero(read).tolist():
+        found = warps[k]
+        if found is not None:
+            wc[k] = _warped(cb[k].astype(np.float32), found, CHROMA_SIDE / DETAIL_SIDE)
+    out.chroma, out.cmap = _lazy_chroma(
+        lambda k: chroma_residuals(ca[k], wc[k], valid[k]), out.grey, grey_clean, ca.shape)
     return out
+
+
+def _lazy_chroma(residual: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+                 grey: np.ndarray, grey_clean: float | None, shape: tuple[int, ...]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """(peak, map) of a chroma residual (`residual`, of the rows given), only for the pairs
+    whose grey residual is at most `grey_clean` (all when None); the others get an infinite
+    peak and a zero map.
+
+    Why: a pair is clean only when both residuals are, and the chroma residual is read
+    nowhere else for a pair whose grey one is not clean (the alignment passes compare grey
+    residuals; the region tests read the grey map; the second look's colour region is for
+    pairs whose grey map is clean, and it compares afresh). Different photos of similar
+    produce, most of the pairs FV sends, are unclean in grey at every step. The chroma
+    residual is per pair, so the rows computed have the values the whole stack would give:
+    the verdicts do not change."""
+    if grey_clean is None:
+        return residual(np.arange(len(grey)))
+    keep = np.flatnonzero(grey <= grey_clean)
+    peak = np.full(len(grey), np.inf, np.float32)
+    cmap = np.zeros((len(grey), shape[1] - CHROMA_WINDOW + 1, shape[2] - CHROMA_WINDOW + 1),
+                    np.float32)
+    if len(keep):
+        peak[keep], cmap[keep] = residual(keep)
+    return peak, cmap
 
 
 def _images(x: np.ndarray) -> np.ndarray:
@@ -486,12 +523,16 @@ def _mirrored(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
                     params: VisualParams, lift_only: np.ndarray | None = None,
-                    full_frame: np.ndarray | None = None) -> VisualResult:
+                    full_frame: np.ndarray | None = None, lazy: bool = False) -> VisualResult:
     """Residuals of pairs of detail thumbnails, aligning (straight or mirrored) those that
     differ at identity: a coarse ECC pass first, the fine pass only for pairs it leaves
     unclean (and, of the `lift_only` pairs, only those it leaves nearly clean: LIFT_SPREAD).
     `full_frame`: pairs of photos (no backdrop on either side), whose clean pairs are also
-    told moved when the whole picture shifted (`global_shift`).
+    told moved when the whole picture shifted (`global_shift`). `lazy`: the chroma residual
+    only where the grey one is clean (`_lazy_chroma`), and b's chroma warped only where
+    something reads it (`_align`): the same verdicts under `params` (`visual_check`), but
+    `chroma` is inf elsewhere, so not for judging under other thresholds (bench/verify.py's
+    fit leaves it off).
     Vectorised over pairs except the per-pair ECC."""
     ia, ib = _images(ga), _images(gb)
     a, b = _per_image(_norm, ga, ia), _per_image(_norm, gb, ib)
@@ -503,7 +544,9 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     bb, rb = _distinct_blurs(b, ib)
     grey, gmap, _ = _grey_maps(a, b, None, False, (ba, bb, ra, rb))
     del ba, bb
-    chroma, cmap = chroma_residual(ca, cb)
+    grey_clean = params.grey_clean if lazy else None
+    chroma, cmap = _lazy_chroma(lambda k: chroma_residual(ca[k], cb[k]), grey, grey_clean,
+                                ca.shape)
     n = len(a)
     geometric, aligned = mirrored.copy(), np.zeros(n, bool)
     warp = np.tile(np.eye(2, 3, dtype=np.float32), (n, 1, 1))
@@ -512,7 +555,7 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
     if len(todo):
         aligned[todo] = True
         small = (_per_image(_smalls, a[todo], ia[todo]), _per_image(_smalls, b[todo], ib[todo]))
-        coarse = _align(a[todo], b[todo], ca[todo], cb[todo], None, small)
+        coarse = _align(a[todo], b[todo], ca[todo], cb[todo], None, small, grey_clean)
         passes = [(todo, coarse)]
         unclean = (coarse.grey > params.grey_clean) | (coarse.chroma > params.chroma_clean)
         if lift_only is not None:  # another picture: no alignment will make it clean
@@ -521,7 +564,8 @@ def compare_details(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarr
         again = np.flatnonzero(unclean)
         if len(again):
             passes.append((todo[again], _align(a[todo[again]], b[todo[again]], ca[todo[again]],
-                                               cb[todo[again]], [coarse.warps[j] for j in again])))
+                                               cb[todo[again]], [coarse.warps[j] for j in again],
+                                               None, grey_clean)))
         for idx, al in passes:  # each pass replaces what it improves
             better = al.grey < grey[idx]
             sel = idx[better]
@@ -749,7 +793,7 @@ def visual_check(ga: np.ndarray, ca: np.ndarray, gb: np.ndarray, cb: np.ndarray,
     `lift_only`: pairs only a floor can change (see LIFT_SPREAD); `full_frame`: pairs of
     photos without a backdrop (`full_frames`)."""
     params = params or VisualParams()
-    r = compare_details(ga, ca, gb, cb, params, lift_only, full_frame)
+    r = compare_details(ga, ca, gb, cb, params, lift_only, full_frame, lazy=True)
     return verdicts(r, params, moved_box), r
 
 
@@ -771,11 +815,30 @@ def verdicts(r: VisualResult, params: VisualParams, moved_box: np.ndarray | None
     reason[clean & moved & ~lift] = SHIFTED
     reason[lift] = GEOMETRIC
     reason[clean & r.mirrored] = MIRROR
-    for i in np.flatnonzero(~clean):  # only pairs that differ: a few region statistics each
+    differ = np.flatnonzero(~clean)
+    cap[differ] = params.variant_cap
+    reason[differ], looked = _region_screen(r.grey_map[differ], params)
+    for i in differ[looked]:  # one region or a few: a few region statistics each
         why, sticker = _region_kind(r, int(i), params)
         reason[i] = why
         cap[i] = params.retouch_cap if sticker else params.variant_cap
     return CheckResult(cap, floor, reason)
+
+
+def _region_screen(gmap: np.ndarray, params: VisualParams) -> tuple[np.ndarray, np.ndarray]:
+    """(reason, look further?) of unclean pairs from their grey maps, over the stack: the two
+    answers `_region_kind` gives first, without a region statistic (no window above the
+    clean level: COLOUR; more than ONE_REGION of them: SEVERAL; both variants), else ""
+    and True. (The same share as its per-pair mean of a uint8 map: a count over the map's
+    size in float64.) Different photos, most of FV's pairs, are SEVERAL here."""
+    bad = gmap > params.grey_clean
+    share = bad.mean(axis=(1, 2))
+    reason = np.full(len(gmap), "", dtype=object)
+    none = ~bad.any(axis=(1, 2))
+    reason[none] = COLOUR
+    several = ~none & (share > ONE_REGION)
+    reason[several] = SEVERAL
+    return reason, ~(none | several)
 
 
 #: A check takes the pairs' detail signatures (a side, b side) and says what it can.
