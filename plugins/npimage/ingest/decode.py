@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import fsspec
 import numpy as np
-import simplejpeg
 from fsspec.implementations.local import LocalFileSystem
 from PIL import Image, UnidentifiedImageError
 
@@ -413,59 +412,18 @@ def draft_scale(width: int, height: int, need: int = DRAFT_SIZE) -> int:
     return next(a for a in (8, 4, 2, 1) if max(width, height) // a >= need or a == 1)
 
 
-#: JPEG modes (as Pillow opens them) that simplejpeg decodes to Pillow's RGB pixels: YCbCr
-#: or RGB, and grey (replicated into RGB as Pillow's convert does). CMYK/YCCK are left to
-#: Pillow (its inversion of Adobe CMYK differs by a level).
-_TURBO_MODES = frozenset({"RGB", "L"})
-#: Largest decoded picture (pixels) simplejpeg decodes: its array is copied into a Pillow
-#: picture, so for a moment both exist; a larger one (the pack readers' 3072 px copy of a
-#: huge photo) is Pillow's, which holds one copy (tests/test_hostile.py bounds the memory).
-TURBO_MAX_PIXELS = 1 << 22
-
-
-def _turbo_rgb(data: bytes, img: Image.Image) -> Image.Image | None:
-    """The RGB pixels of a JPEG at the size `img` (opened, its draft set) will decode to,
-    by simplejpeg; None for another format or mode, a picture over TURBO_MAX_PIXELS, or
-    when simplejpeg refuses the data (Pillow then decodes it, and names the fault as it
-    always did).
-
-    Why: simplejpeg calls the same libjpeg-turbo decoder (islow DCT, fancy upsampling,
-    Pillow's settings) straight into an array, ~1.6x faster than Pillow's decode for a
-    350 px photo, and the pixels are Pillow's to the byte (tests/test_decode_turbo.py,
-    docs/BENCHMARKS.md session 8). The DCT scale is the one Pillow's draft chose: the
-    decoded size is asked for and checked. `info` (ICC profile, DPI...) is the file's, as
-    on Pillow's picture, so the thumbnail saved from it is the same.
-    """
-    width, height = img.size
-    if img.format != "JPEG" or img.mode not in _TURBO_MODES or width * height > TURBO_MAX_PIXELS:
-        return None
-    try:
-        pixels = simplejpeg.decode_jpeg(data, "RGB", min_width=width, min_height=height)
-    except ValueError:  # corrupt, truncated or unsupported: Pillow decides
-        return None
-    if pixels.shape[:2] != (height, width):
-        return None
-    out = Image.fromarray(pixels)
-    out.info = img.info.copy()
-    return out
-
-
-def _decode_pixels(img: Image.Image, data: bytes) -> Image.Image:
+def _decode_pixels(img: Image.Image) -> Image.Image:
     """Decode the first frame at a reduced scale where the format allows it.
 
     Pillow's draft picks the largest scale whose picture is at least the size asked for
     in both dimensions: asking for the size divided by `draft_scale` gets that scale
     whatever the aspect ratio (a square request would keep a wide picture at full size).
-    A JPEG is then decoded by simplejpeg where it can (`_turbo_rgb`), else by Pillow.
     """
     scale = draft_scale(*img.size)
     if scale > 1:  # JPEG only; a no-op elsewhere
         img.draft(None, (img.width // scale, img.height // scale))
-    fast = _turbo_rgb(data, img)
-    if fast is None:
-        img.load()
-        return _reduce(img)
-    return _reduce(fast)
+    img.load()
+    return _reduce(img)
 
 
 def decode(data: bytes, max_pixels: int) -> Decoded:
@@ -487,7 +445,7 @@ def decode(data: bytes, max_pixels: int) -> Decoded:
             img_format = img.format
             width, height = img.size
             orientation = _orientation(img)
-            work = _to_rgb(_decode_pixels(img, data))
+            work = _to_rgb(_decode_pixels(img))
     except ImageError:
         raise
     except MemoryError as exc:
@@ -554,10 +512,8 @@ def _decode_full(data: bytes, max_pixels: int,
             fmt, stored = img.format, img.size
             orientation = _orientation(img)
             img.draft(None, (max_side, max_side))
-            fast = _turbo_rgb(data, img)
-            if fast is None:
-                img.load()
-            work = _to_rgb(img if fast is None else fast)
+            img.load()
+            work = _to_rgb(img)
     except ImageError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError,
