@@ -5,8 +5,9 @@
 The command-line module (npimage.cli) imports NumPy, Arrow and DuckDB (~0.4 s): started
 from here, before that import, the server loads on one core while this process loads on
 the other, and the run's first batch starts that much sooner (docs/BENCHMARKS.md,
-session 8). Every other command goes straight to npimage.cli. Each worker also imports
-this module again as its `__mp_main__` (multiprocessing's way): it costs nothing here.
+session 8). Every other command goes straight to npimage.cli. Each worker runs the
+command's script again as its `__mp_main__` (multiprocessing's way), which now imports
+only this module: nothing to load.
 """
 
 from __future__ import annotations
