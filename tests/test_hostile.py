@@ -282,12 +282,14 @@ def peak_mib():
     return next(int(ln.split()[1]) for ln in status if ln.startswith("VmHWM:")) / 1024
 
 out = Path(sys.argv[2])
-for name in ("warm", "sig"):  # a small picture first: the fixed costs (Numba's ~65 MB...)
-    if name == "sig":
-        base = peak_mib()
-    compute_batch(Path(sys.argv[1 if name == "sig" else 3]), None, out / f"{name}.parquet",
-                  out / f"{name}-rej.parquet", extractor=None, max_pixels=250_000_000,
-                  read_timeout=60)
+
+def sign(batch, name):
+    compute_batch(Path(batch), None, out / f"{name}.parquet", out / f"{name}-rej.parquet",
+                  extractor=None, max_pixels=250_000_000, read_timeout=60)
+
+sign(sys.argv[3], "warm")  # a small picture first: the fixed costs (Numba's ~65 MB...)
+base = peak_mib()
+sign(sys.argv[1], "sig")
 print(json.dumps({"base_mib": base, "peak_mib": peak_mib()}))
 """
 

@@ -17,8 +17,9 @@ import os
 
 from numba import njit
 
-# Not npimage.cli, the run's main module: each worker runs it again as `__mp_main__`, and
-# runpy warns when a module it runs so is imported already (`python -m npimage.cli`).
+# Not npimage.cli: it can be the run's main module (`python -m npimage.cli`), which each
+# worker runs again as `__mp_main__`, and runpy warns when a module it runs so is imported
+# already.
 from npimage import forkserver, pipeline, runner  # the stage functions, the worker init
 
 
