@@ -246,6 +246,26 @@ def test_verify_pairs_gives_the_same_in_threads_and_processes(family):
         assert np.array_equal(got[0], one[0]) and list(got[1]) == list(one[1])
 
 
+def test_a_small_set_of_pairs_is_split_between_the_threads():
+    """~120 pairs (a hashes-only run of 2 000 photos) made one chunk of 128: one thread
+    worked, the other core waited. Now each thread gets a chunk; large sets keep CHUNK."""
+    assert V.chunk_size(121, 2) == 61
+    assert V.chunk_size(121, 1) == 121  # one thread: one chunk
+    assert V.chunk_size(10_000, 2) == V.CHUNK
+    assert V.chunk_size(20, 2) == V.MIN_CHUNK  # not 10: a chunk's own work outweighs it
+    assert V.chunk_size(5, 2, chunk=2) == 2  # the caller's chunk stays the largest
+    seen: list[int] = []
+
+    def check(da: object, db: object) -> V.CheckResult:
+        n = len(da)  # type: ignore[arg-type]
+        seen.append(n)
+        return V.CheckResult(np.ones(n, np.float32), np.zeros(n, np.float32),
+                             np.full(n, "", dtype=object))
+
+    V.verify_pairs(np.ones(121, np.float32), [b"a"] * 121, [b"b"] * 121, [check], threads=2)
+    assert sorted(seen) == [60, 61]
+
+
 def test_verify_pairs_runs_opencv_on_one_thread_and_restores_it():
     """The checks see OpenCV's pool at one thread (its workers' spinning costs CPU between
     calls on small thumbnails); the caller's setting is back afterwards."""

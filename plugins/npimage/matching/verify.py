@@ -961,6 +961,10 @@ THREADS = 2
 #: on the chunk (work per image is shared within a chunk and is the same in any chunk).
 #: docs/BENCHMARKS.md, "Session 7: verification's cost with FV".
 CHUNK = 128
+#: Fewest pairs in a chunk when a small set is split so that every thread gets some
+#: (`chunk_size`): below it a chunk's fixed work (its stacks, the NumPy calls per chunk)
+#: outweighs what a second core saves.
+MIN_CHUNK = 16
 #: From this many pairs, with the shipped checks, the chunks run in THREADS processes
 #: instead: the small NumPy calls between the OpenCV and compiled ones hold the GIL (~25 % of
 #: a demo pair's CPU since the region tests are compiled, ~30-40 % before), so two threads
@@ -975,6 +979,13 @@ PROCESSES_FROM = 4096
 #: another picture skips the fine ECC pass). On the demo most verified pairs are such:
 #: look-alike packs of one template at 0.90-0.95.
 LIFT_BELOW = next(b.limit for b in BANDS if b.name == "retouched")
+
+
+def chunk_size(n: int, threads: int, chunk: int = CHUNK) -> int:
+    """Pairs per chunk for n pairs on `threads`: `chunk`, or fewer when n pairs would make
+    fewer chunks than threads (a hashes-only run of 2 000 photos verifies ~120 pairs: one
+    chunk of 128 left a core idle), never below MIN_CHUNK. The verdicts do not depend on it."""
+    return max(1, min(chunk, max(MIN_CHUNK, -(-n // max(1, threads)))))
 
 
 def _chunk(score: np.ndarray, details_a: Sequence[bytes], details_b: Sequence[bytes],
@@ -1017,8 +1028,9 @@ def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Seque
                  checks: Sequence[Check] | None = None, chunk: int = CHUNK,
                  threads: int | None = None, processes: bool | None = None
                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Run the checks over pairs (`_chunk`), `threads` chunks at a time (default THREADS, at
-    most the machine's cores), in as many processes when `processes` (default: from
+    """Run the checks over pairs (`_chunk`) in chunks of at most `chunk` pairs (`chunk_size`:
+    a small set is split between the threads), `threads` chunks at a time (default THREADS,
+    at most the machine's cores), in as many processes when `processes` (default: from
     PROCESSES_FROM pairs with the shipped checks), else threads, with OpenCV's own pool at
     one thread (`_one_opencv_thread`); (verified score, reason) per pair, in the pairs'
     order."""
@@ -1029,6 +1041,7 @@ def verify_pairs(score: np.ndarray, details_a: Sequence[bytes], details_b: Seque
     shipped = checks is None
     checks = CHECKS if checks is None else checks
     threads = max(1, min(threads or THREADS, os.cpu_count() or 1))
+    chunk = chunk_size(len(score), threads, chunk)
     starts = range(0, len(score), chunk)
     if processes is None:
         processes = shipped and len(score) >= PROCESSES_FROM
