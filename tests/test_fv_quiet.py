@@ -73,3 +73,22 @@ def test_npimage_run_with_fv_keeps_stderr_clean_in_its_worker_processes(tmp_path
 def test_startup_lines_shown_when_asked():
     out = _run(TF_ONLY, verbose=True)
     assert any(n in out.stderr for n in NOISE), out.stderr[-2000:]
+
+
+BORROWED_STDERR = """
+import logging.config, sys, tempfile
+from npimage.fv.quiet import tensorflow
+borrowed = tempfile.TemporaryFile("w+")
+real, sys.stderr = sys.stderr, borrowed  # a test's capture, a task's redirection
+tensorflow()  # imports absl, whose handler takes the sys.stderr of this moment
+sys.stderr = real
+logging.config.dictConfig({"version": 1})  # shuts every handler down, as Airflow's does
+print("closed" if borrowed.closed else "open")
+"""
+
+
+def test_loading_tensorflow_leaves_a_borrowed_stderr_open():
+    """absl's handler closed, at the next logging reconfiguration, the sys.stderr it saw when
+    TensorFlow loaded: a suite's captured stream died after an FV run and the DAG test that
+    followed it failed with "I/O operation on closed file" (only in that order)."""
+    assert _run(BORROWED_STDERR).stdout.split() == ["open"]

@@ -66,7 +66,16 @@ def quiet_worker() -> None:
 
 
 def tensorflow() -> ModuleType:
-    """The `tensorflow` module, imported (the first time) with its start-up noise removed."""
+    """The `tensorflow` module, imported (the first time) with its start-up noise removed,
+    absl's handler kept off the caller's streams (`release_absl_stream`)."""
+    tf = _import_tensorflow()
+    release_absl_stream()
+    return tf
+
+
+def _import_tensorflow() -> ModuleType:
+    """`import tensorflow`, the first time with file descriptor 2 captured and replayed
+    without the known start-up lines."""
     if "tensorflow" in sys.modules or verbose():
         import tensorflow as tf
 
@@ -91,6 +100,21 @@ def tensorflow() -> ModuleType:
             captured.seek(0)
             _replay(captured.read().decode(errors="replace"))
     return tf
+
+
+def release_absl_stream() -> None:
+    """Point absl's logging handler (made when TensorFlow imports absl, and never attached by
+    npimage) at sys.__stderr__, which it never closes.
+
+    Why: the handler keeps the sys.stderr of the moment absl was imported, and closes it at
+    the next `logging.shutdown()` of every handler (what any `logging.config.dictConfig`
+    does, Airflow's included) unless it is the sys.stderr of then. In a process whose
+    sys.stderr was a temporary stream when the model loaded (a test's capture, a task's
+    redirection), that closed a stream another part of the process still wrote to: the
+    next write failed with "I/O operation on closed file"."""
+    absl_logging = sys.modules.get("absl.logging")
+    if absl_logging is not None and sys.__stderr__ is not None:
+        absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
 @contextmanager
