@@ -48,7 +48,7 @@ bench: $(STAMP)
 	test -f data/clients/demo/current.json || $(MAKE) demo
 	$(BIN)/python bench/nightly_verify.py  # bench/compare.py's nightly, then verification
 	$(BIN)/python bench/signatures.py
-	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/throughput.py --repeat 3
 
 # Images/s against the number of Celery workers (a real Airflow cluster; docs/SCALE.md).
 bench-scale: $(STAMP)
