@@ -4,6 +4,7 @@ one picture stay, geometric retouches are aligned. Small drawn packs: a second o
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -263,7 +264,7 @@ def test_a_small_set_of_pairs_is_split_between_the_threads():
                              np.full(n, "", dtype=object))
 
     V.verify_pairs(np.ones(121, np.float32), [b"a"] * 121, [b"b"] * 121, [check], threads=2)
-    assert sorted(seen) == [60, 61]
+    assert sorted(seen) == ([60, 61] if (os.cpu_count() or 1) >= 2 else [121])  # threads<=cores
 
 
 def test_verify_pairs_runs_opencv_on_one_thread_and_restores_it():
