@@ -267,7 +267,7 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
     if not args.no_warm_up:  # Numba's cache of this checkout and CPU: compiled once, untimed
         for with_fv in (False,) if args.no_fv else (False, True):
             npimage_run(folder, with_fv, args.workers)
-    rounds = [one_round(folder, args) for _ in range(args.repeat)]
+    rounds = [one_round(folder, paths, args) for _ in range(args.repeat)]
     seconds = {k: statistics.median(r[0][k] for r in rounds) for k in rounds[0][0]
                if all(k in r[0] for r in rounds)}
     stages, cpu = _median_round(rounds, seconds)
@@ -309,11 +309,12 @@ def measure(name: str, folder: Path, args: argparse.Namespace) -> dict[str, obje
 Round = tuple[dict[str, float], dict[str, dict[str, float]], dict[str, float]]
 
 
-def one_round(folder: Path, args: argparse.Namespace) -> Round:
-    """Every tool once on `folder`, one after the other: (seconds per tool, npimage's stage
-    seconds per run, npimage's CPU seconds per run). Rounds are repeated (--repeat) so that
-    a shared machine's drift, which moves every tool, does not decide a ratio."""
-    seconds = {"POC loop": poc_loop(sorted(folder.iterdir()))}
+def one_round(folder: Path, paths: list[Path], args: argparse.Namespace) -> Round:
+    """Every tool once on `folder` (its files: `paths`), one after the other: (seconds per
+    tool, npimage's stage seconds per run, npimage's CPU seconds per run). Rounds are
+    repeated (--repeat) so that a shared machine's drift, which moves every tool, does not
+    decide a ratio."""
+    seconds = {"POC loop": poc_loop(paths)}
     if not args.no_peers:
         for peer in PEERS:
             got = peer_seconds(peer, folder, args.peers_dir)
@@ -381,6 +382,8 @@ def main(argv: list[str] | None = None) -> int:
                     default=Path(tempfile.gettempdir()) / "npimage-bench-peers",
                     help="where the peers' throwaway virtualenvs live")
     args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be at least 1")
     if not GROCERY.is_dir():
         print(f"dataset not found: {GROCERY} (needs ../shared/datasets)", file=sys.stderr)
         return 2
