@@ -49,6 +49,8 @@ bench: $(STAMP)
 	$(BIN)/python bench/nightly_verify.py  # bench/compare.py's nightly, then verification
 	$(BIN)/python bench/signatures.py
 	$(BIN)/python bench/throughput.py --repeat 3
+	$(BIN)/python bench/consolidate.py --images 20000 100000
+	$(BIN)/python bench/consolidate.py --images 100000 --fresh 0.02
 
 # Images/s against the number of Celery workers (a real Airflow cluster; docs/SCALE.md).
 bench-scale: $(STAMP)

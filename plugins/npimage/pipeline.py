@@ -29,7 +29,13 @@ from npimage.config import Settings
 from npimage.families.files import FamilyFiles
 from npimage.fv import FeatureExtractor, load_extractor
 from npimage.guards import Shrink, check_shrink
-from npimage.ingest.consolidate import all_signatures, batch_outputs, shard_rows, write_shards
+from npimage.ingest.consolidate import (
+    all_signatures,
+    batch_outputs,
+    shard_rows,
+    write_queries,
+    write_shards,
+)
 from npimage.ingest.extract import extract_catalog, screen_catalog_file
 from npimage.ingest.plan import plan_batches
 from npimage.matching import compare as cmp
@@ -314,17 +320,17 @@ def consolidate(ctx: RunContext) -> list[dict[str, int]]:
     """
     settings = ctx.settings
     catalog = read_table(ctx.path("catalog.parquet"), CATALOG)
-    fresh = batch_outputs(ctx.run_dir, "sig_batches", SIGNATURES)
-    sigs = all_signatures(ctx.run_dir, catalog, fresh, _baseline_for_increment(ctx))
+    sigs = all_signatures(ctx.run_dir, catalog, _baseline_for_increment(ctx))
     rejects = concat([read_table(ctx.path("extract_rejects.parquet"), REJECTS),
                       batch_outputs(ctx.run_dir, "sig_rejects", REJECTS)], REJECTS)
     write_table(rejects, ctx.path("rejects.parquet"), REJECTS)
-    _guard_shrink(ctx, sigs, rejects.num_rows)
+    light = sigs.without_source()
+    _guard_shrink(ctx, light, rejects.num_rows)
 
     baseline = _reusable_matches(ctx)
-    query_ids = incremental_query_ids(fresh, sigs, baseline) if baseline else None
-    queries = query_table(sigs, query_ids)
-    write_table(queries.drop_columns(["detail", "thumb"]), ctx.path("queries.parquet"))
+    query_ids = incremental_query_ids(sigs.fresh(), light, baseline) if baseline else None
+    queries = query_table(light, query_ids)
+    write_queries(sigs, queries, ctx.path("queries.parquet"))
     atomic_write_text(ctx.path("queries.json"), json.dumps({"all_images": query_ids is None}))
 
     rows = shard_rows(sigs.num_rows, settings.shard_size, settings.max_batches)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections.abc import Iterable
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from npimage.storage.store import Location, arrow, is_remote, location, mkdirs
+from npimage.storage.store import Location, arrow, is_remote, location, mkdirs, scratch_dir
 
 #: Columns of already-compressed or noise-like bytes (the report's JPEG thumbnail, the detail
 #: signature's pixels) that zstd shrinks by under 5 %: written uncompressed, which halves
@@ -64,6 +65,36 @@ def write_table(table: pa.Table, path: Location, schema: pa.Schema | None = None
     try:
         pq.write_table(table, tmp, **_options(table))
         tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_tables(tables: Iterable[pa.Table], path: Location, schema: pa.Schema,
+                 row_group_size: int) -> Location:
+    """Write the tables of an iterator one after the other into one Parquet file at `path`,
+    holding one of them at a time, atomically as `write_table` does.
+
+    The file has row groups of at most `row_group_size` rows, so that a reader can take
+    one of them without the rest. Object store: the file is built in the local scratch
+    folder and uploaded once complete (one PUT, or a multipart upload that S3 shows only
+    when it is finished), never in memory whole.
+    """
+    path = location(path)
+    options = _options(schema.empty_table())
+    if is_remote(path):
+        tmp = scratch_dir() / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    else:
+        mkdirs(path.parent)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with pq.ParquetWriter(tmp, schema, **options) as writer:
+            for table in tables:
+                writer.write_table(table.select(schema.names).cast(schema), row_group_size)
+        if is_remote(path):
+            path.fs.put_file(str(tmp), path.path)
+        else:
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
