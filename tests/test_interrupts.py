@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from PIL import Image
 
 from npimage.config import Settings
 from npimage.pipeline import settings_context
-from npimage.runner import run_pipeline
+from npimage.runner import Workers, run_pipeline
 
 NPIMAGE = str(Path(sys.executable).with_name("npimage"))
 TABLES = ("images", "rejects", "image_matches", "product_matches")
@@ -222,3 +223,77 @@ def test_retried_signature_task_takes_the_complete_batch_and_redoes_a_broken_one
     out.unlink()
     redone = pipeline.signatures(ctx, batch)
     assert redone["computed"] == first["computed"] and out.exists()
+
+
+_WORKER_START = """
+import io, os, sys
+import multiprocessing as mp
+from multiprocessing import context, reduction, resource_tracker, spawn
+import _multiprocessing
+from npimage.forkserver import quiet_if_the_run_is_gone
+
+sys.excepthook = quiet_if_the_run_is_gone  # what npimage.worker_boot sets in the forkserver
+lock = mp.get_context("forkserver").Lock()  # a semaphore the run shares with its workers
+context.set_spawning_popen(object())
+data = io.BytesIO()
+reduction.dump(spawn.get_preparation_data("worker"), data)
+reduction.dump(lock, data)
+context.set_spawning_popen(None)
+payload = {"gone": data.getvalue(), "cut": b"",
+           "broken": data.getvalue()[:-30] + bytes(30)}[sys.argv[1]]
+_multiprocessing.sem_unlink(lock._semlock.name)  # the run stopped: its semaphores removed
+resource_tracker.unregister(lock._semlock.name, "semaphore")
+read, write = os.pipe()
+os.write(write, payload)
+os.close(write)
+try:  # as multiprocessing's forkserver runs a worker it forked
+    spawn._main(read, None)
+except Exception:
+    sys.excepthook(*sys.exc_info())
+    sys.stderr.flush()
+finally:
+    os._exit(1)
+"""
+
+
+@pytest.mark.parametrize("case,traceback", [("gone", False), ("cut", False), ("broken", True)])
+def test_a_worker_starting_after_the_run_stopped_prints_no_traceback(case, traceback):
+    """A Ctrl-C in the first second of the signature stage can stop the run's process
+    while the forkserver still starts a worker: the worker finds the run's semaphores
+    removed ("gone") or no start-up data at all ("cut"), and ends silently, the run
+    having said why in one line. Any other failure to start ("broken" data) keeps its
+    traceback. The worker's real start-up code (multiprocessing.spawn) runs here."""
+    plugins = str(Path(__file__).resolve().parents[1] / "plugins")
+    done = subprocess.run([sys.executable, "-c", _WORKER_START, case],
+                          env={**os.environ, "PYTHONPATH": plugins},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert ("Traceback" in done.stderr) is traceback, done.stderr
+    if case == "gone":  # what was swallowed is the failure the Ctrl-C test met
+        swallowed = subprocess.run(
+            [sys.executable, "-c", _WORKER_START.replace(
+                "sys.excepthook = quiet_if_the_run_is_gone", ""), case],
+            env={**os.environ, "PYTHONPATH": plugins}, capture_output=True, text=True,
+            timeout=60)
+        assert "FileNotFoundError" in swallowed.stderr and "_rebuild" in swallowed.stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_while_waiting_for_the_workers_start_leaves_the_wait_whole():
+    """The run waits for the background thread that queues the workers' first tasks
+    before it kills them (so that every worker started is killed). A Ctrl-C during that
+    wait must not let the next wait return while the thread still runs: Thread.join()
+    interrupted so in Python 3.11 marks the thread ended (the run then shut the pool down
+    under the thread, which printed a traceback). Real threads, a real interrupt."""
+    workers = Workers(2)
+    gate = threading.Event()
+    workers._in_background(gate.wait)  # still "queuing" until the gate opens
+    ctrl_c = (threading.main_thread().ident, signal.SIGINT)  # the terminal's, to this thread
+    threading.Timer(0.2, signal.pthread_kill, ctrl_c).start()
+    with pytest.raises(KeyboardInterrupt):
+        workers._started()
+    assert not gate.is_set()
+    threading.Timer(0.5, gate.set).start()
+    t0 = time.monotonic()
+    workers._started()  # the kill's wait: for the thread, not at once
+    assert gate.is_set() and time.monotonic() - t0 >= 0.3

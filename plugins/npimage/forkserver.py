@@ -12,7 +12,10 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
+import sys
+import traceback
 from multiprocessing import forkserver
+from types import TracebackType
 
 #: The context of the workers' pool (and of the objects shared with them).
 CONTEXT = mp.get_context("forkserver")
@@ -56,3 +59,23 @@ def stop() -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
     stop_it()
+
+
+#: What a worker meets when the run's process stopped while the worker was starting (a
+#: Ctrl-C in the first second of the signature stage): no start-up data (the run closed
+#: the pipe), or the run's semaphores already removed.
+_RUN_GONE = (EOFError, FileNotFoundError, BrokenPipeError, ConnectionResetError)
+
+
+def quiet_if_the_run_is_gone(kind: type[BaseException], value: BaseException,
+                             tb: TracebackType | None) -> None:
+    """sys.excepthook of the forkserver, which its workers inherit: a worker that fails to
+    start because the run's process has already stopped ends without a traceback (the run
+    has said why it stopped, in one line); any other error is printed as Python would."""
+    frames = traceback.extract_tb(tb)
+    starting = any(f.name == "_main" and f.filename.endswith(os.path.join("multiprocessing",
+                                                                           "spawn.py"))
+                   for f in frames)
+    if starting and issubclass(kind, _RUN_GONE):
+        return
+    sys.__excepthook__(kind, value, tb)

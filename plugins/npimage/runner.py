@@ -136,7 +136,7 @@ class Workers:
         self.n = n
         self.counter: Any = forkserver.CONTEXT.Value("q", 0)
         self.pool: ProcessPoolExecutor | None = None
-        self._starting: threading.Thread | None = None
+        self._starting: threading.Event | None = None
 
     def threads(self) -> int:
         """Cores per worker: the process's CPU affinity shared between the n workers."""
@@ -158,21 +158,28 @@ class Workers:
         """fn(*args) in a thread, after what was put in the background before: submits to
         a starting pool wait for the forkserver's forks, this process does not."""
         before = self._starting
+        done = threading.Event()
 
         def run() -> None:
-            if before is not None:
-                before.join()
-            fn(*args)
+            try:
+                if before is not None:
+                    before.wait()
+                fn(*args)
+            finally:
+                done.set()
 
-        self._starting = threading.Thread(target=run, name="npimage-workers-start",
-                                          daemon=True)
-        self._starting.start()
+        threading.Thread(target=run, name="npimage-workers-start", daemon=True).start()
+        self._starting = done
 
     def _started(self) -> None:
         """Wait for what was put in the background (the workers started, their first tasks
-        queued): before a stage's items are queued behind them, or the workers killed."""
+        queued): before a stage's items are queued behind them, or the workers killed.
+
+        On an Event, not Thread.join: a Ctrl-C that interrupts join() can leave Python 3.11
+        taking the thread for ended while it still runs, and a second join then returns at
+        once (the workers would be killed while it still queues tasks for them)."""
         if self._starting is not None:
-            self._starting.join()
+            self._starting.wait()
             self._starting = None
 
     def map(self, fn: Callable[..., Any], ctx: RunContext, items: list[Any]) -> list[Any]:
@@ -234,7 +241,10 @@ def _submit_each(pool: ProcessPoolExecutor, n: int, fn: Callable[..., Any], *arg
     """Submit fn(*args) n times: one per worker (the pool starts a process per pending
     task, each start waiting for the forkserver's fork)."""
     for _ in range(n):
-        pool.submit(fn, *args)
+        try:
+            pool.submit(fn, *args)
+        except RuntimeError:  # shut down: the run is stopping, and says why itself
+            return
 
 
 class _Records(logging.Handler):

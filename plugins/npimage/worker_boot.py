@@ -14,6 +14,7 @@ this process's memory, and loads its FV model (TF Lite, or TensorFlow) itself.
 from __future__ import annotations
 
 import os
+import sys
 
 from numba import njit
 
@@ -39,5 +40,6 @@ def _tie_to_the_run() -> None:
 
 
 _tie_to_the_run()
+sys.excepthook = forkserver.quiet_if_the_run_is_gone
 pipeline.preload(pipeline.WORKER_MODULES)
 _first_call(1)
