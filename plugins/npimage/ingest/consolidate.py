@@ -29,7 +29,6 @@ from npimage.storage.parquet_io import (
     concat,
     conform,
     list_parts,
-    read_metadata,
     read_parts,
     read_table,
     write_tables,
@@ -97,12 +96,16 @@ def batch_outputs(run_dir: Location, folder: str, schema: pa.Schema) -> pa.Table
 
 def _light(path: Location, sources: list[RowGroup]) -> pa.Table:
     """The light columns of a signature file, each row with its row group (appended to
-    `sources`) and its row in it."""
-    groups = read_metadata(path)
-    sizes = [groups.row_group(i).num_rows for i in range(groups.num_row_groups)]
+    `sources`) and its row in it; the file is opened once for both."""
+    fs, name = arrow(path)
+    with fs.open_input_file(name) as fh:
+        parquet = pq.ParquetFile(fh, pre_buffer=False)
+        meta = parquet.metadata
+        sizes = [meta.row_group(i).num_rows for i in range(meta.num_row_groups)]
+        present = [n for n in LIGHT_SCHEMA.names if n in parquet.schema_arrow.names]
+        table = conform(parquet.read(columns=present), LIGHT_SCHEMA)
     first = len(sources)
     sources.extend(RowGroup(path, i) for i in range(len(sizes)))
-    table = read_table(path, SIGNATURES, columns=LIGHT_SCHEMA.names)
     source = np.repeat(np.arange(first, first + len(sizes), dtype=np.int32), sizes)
     row = np.concatenate([np.arange(n, dtype=np.int32) for n in [0, *sizes]])
     return table.append_column(SOURCE[0], pa.array(source, pa.int32())) \

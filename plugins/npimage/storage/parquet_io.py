@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -60,14 +62,28 @@ def write_table(table: pa.Table, path: Location, schema: pa.Schema | None = None
         pq.write_table(table, buf, **_options(table))
         path.fs.pipe_file(path.path, buf.getvalue())
         return path
-    mkdirs(path.parent)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with _replacing(path) as tmp:
         pq.write_table(table, tmp, **_options(table))
-        tmp.replace(path)
+    return path
+
+
+@contextmanager
+def _replacing(path: Location) -> Iterator[Path]:
+    """A local temporary file that replaces `path` when the block ends without error
+    (renamed locally, uploaded once complete to an object store); removed whatever fails."""
+    if is_remote(path):
+        tmp = scratch_dir() / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    else:
+        mkdirs(path.parent)
+        tmp = Path(path).with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        yield tmp
+        if is_remote(path):
+            path.fs.put_file(str(tmp), path.path)
+        else:
+            tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
 
 
 def write_tables(tables: Iterable[pa.Table], path: Location, schema: pa.Schema,
@@ -81,22 +97,10 @@ def write_tables(tables: Iterable[pa.Table], path: Location, schema: pa.Schema,
     when it is finished), never in memory whole.
     """
     path = location(path)
-    options = _options(schema.empty_table())
-    if is_remote(path):
-        tmp = scratch_dir() / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    else:
-        mkdirs(path.parent)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with pq.ParquetWriter(tmp, schema, **options) as writer:
-            for table in tables:
-                writer.write_table(table.select(schema.names).cast(schema), row_group_size)
-        if is_remote(path):
-            path.fs.put_file(str(tmp), path.path)
-        else:
-            tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _replacing(path) as tmp, \
+            pq.ParquetWriter(tmp, schema, **_options(schema.empty_table())) as writer:
+        for table in tables:
+            writer.write_table(table.select(schema.names).cast(schema), row_group_size)
     return path
 
 
