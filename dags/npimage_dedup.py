@@ -3,8 +3,8 @@
 One task per stage of npimage.stages.STAGES (the sequence `npimage run` follows too):
 extract -> plan -> signatures (mapped over batches) -> consolidate -> compare (mapped over
 catalogue shards) -> verify (close pairs in detail) -> merge (image matches + product
-roll-up) -> families -> publish -> report, with the pack readers: read_codes (mapped over the
-signature batches) and plan_text -> read_text (OCR, mapped, after families)
+roll-up) -> families -> publish -> report, with the pack readers: codes read by each signature
+task from its decode, and plan_text -> read_text (OCR, mapped, after families)
 -> release_lock (teardown: runs whatever happened before it)
 
 One run per client at a time: extract takes the client's lock (npimage.storage.locks) and
@@ -34,7 +34,7 @@ DEFAULTS = Settings()
     dag_id="npimage_dedup",
     schedule=None,
     catchup=False,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=20),
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=10),
                   "on_failure_callback": record_failure},
     tags=["npimage"],
     doc_md=__doc__,

@@ -28,12 +28,11 @@ def test_dag_shape(dagbag):
                                "families"}
     assert {t.task_id for t in dag.tasks} == {
         "extract", "plan", "signatures", "consolidate", "compare", "verify", "merge",
-        "families", "publish", "report", "release_lock", "read_codes", "plan_text", "read_text"}
+        "families", "publish", "report", "release_lock", "plan_text", "read_text"}
     assert dag.task_dict["verify"].upstream_task_ids == {"extract", "compare"}
     assert dag.task_dict["families"].upstream_task_ids == {"extract", "merge"}
     assert dag.task_dict["signatures"].upstream_task_ids == {"extract", "plan"}
-    assert dag.task_dict["read_codes"].upstream_task_ids == {"extract", "plan", "signatures"}
-    assert dag.task_dict["consolidate"].upstream_task_ids == {"extract", "read_codes"}
+    assert dag.task_dict["consolidate"].upstream_task_ids == {"extract", "signatures"}
     assert dag.task_dict["publish"].upstream_task_ids == {"extract", "read_text"}
     assert {"read", "text_max"} <= set(dag.params)
     assert all(t.retries >= 1 for t in dag.tasks)

@@ -64,7 +64,7 @@ def _stages_until_merge(ctx: RunContext) -> list[dict]:
     return shards
 
 
-def _finish(ctx: RunContext, batches: list[str], start: str = "read_codes") -> None:
+def _finish(ctx: RunContext, batches: list[str], start: str = "consolidate") -> None:
     """The stages from `start` to publish in their declared order (npimage.stages.STAGES),
     in process, as the DAG's tasks would run them after the signature batches."""
     from npimage.stages import STAGES

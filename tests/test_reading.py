@@ -376,3 +376,29 @@ def test_codes_read_by_the_signature_stage_match_the_read_codes_stage(read_run, 
         after = pq.read_table(f)
         after = after.drop(["computed_at"] if "computed_at" in after.column_names else [])
         assert after.equals(before)
+
+
+def test_a_resumed_signature_batch_reads_its_lost_codes_again(read_run, small_demo):
+    """A signature task that takes its batch over from disk (a retry after the codes were
+    lost) reads the batch's codes itself: no separate task is left to do it."""
+    from npimage import pipeline
+
+    data, _ = read_run
+    ctx = _ctx(data, small_demo.manifest, "r1")
+    batch = sorted(str(p) for p in (ctx.run_dir / "plan").glob("batch-*.parquet"))[-1]
+    name = Path(batch).name
+    reading = ctx.run_dir / "reading"
+    files = (reading / "codes" / name, reading / "reads" / f"codes-{name}")
+    before = [pq.read_table(f).drop(["computed_at"]) if "computed_at" in
+              pq.read_schema(f).names else pq.read_table(f) for f in files]
+    for f in files:
+        f.unlink()
+    (reading / "done" / f"codes-{Path(name).stem}.json").unlink(missing_ok=True)  # if any
+    sig = ctx.run_dir / "sig_batches" / name
+    written = sig.stat().st_mtime_ns
+    pipeline.signatures(ctx, batch)
+    assert sig.stat().st_mtime_ns == written  # taken over, not computed again
+    assert all(f.is_file() for f in files)
+    for f, old in zip(files, before, strict=True):
+        new = pq.read_table(f)
+        assert new.drop(["computed_at"] if "computed_at" in new.column_names else []).equals(old)

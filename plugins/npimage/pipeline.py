@@ -266,13 +266,15 @@ def load_fv_model(ctx: RunContext) -> None:
 
 
 def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
-    """Signatures of one planned batch -> sig_batches/, sig_rejects/ and sig_counts/.
+    """Signatures and codes of one planned batch -> sig_batches/, sig_rejects/, sig_counts/
+    and reading/.
 
     A batch already complete on disk with the same rows and settings (this run's, after
     a retry or a lost worker, or an interrupted run's of the client) is taken over, not
     computed again (npimage.resume); its signatures count as `resumed`. With codes on,
-    the images' codes are read here from the same decode (npimage.reading.stage.BatchCodes)
-    and the read_codes stage takes them over; a resumed batch leaves them to that stage.
+    the images' codes are read from the same decode (npimage.reading.stage.BatchCodes);
+    a resumed batch whose codes are not on disk has them read by `read_codes` here, so the
+    codes cost no task of their own (one Airflow task per batch, not two).
     """
     settings = ctx.settings
     name = location(batch).name
@@ -280,6 +282,7 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
     done = resume.reuse_batch(ctx, name, key)
     if done is not None:
         log.info("signatures %s: complete on disk, %d resumed", name, done["resumed"])
+        read_codes(ctx, batch)
         return done
     from npimage.ingest.signatures import compute_batch  # Pillow, decoders: workers only
 
@@ -293,7 +296,7 @@ def signatures(ctx: RunContext, batch: str) -> dict[str, int]:
             ctx.path(f"sig_batches/{name}"), ctx.path(f"sig_rejects/{name}"),
             extractor=extractor, max_pixels=settings.max_pixels,
             read_timeout=settings.read_timeout, progress=progress, codes=codes)
-    if codes is not None:  # before the batch's marker: the read_codes stage takes them over
+    if codes is not None:  # before the batch's marker: a resumed batch finds them
         codes.done()
     counts = {**result.as_dict(), "resumed": 0}
     resume.mark_done(ctx, name, key, counts)  # after both outputs: marks the batch complete

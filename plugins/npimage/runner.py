@@ -381,8 +381,8 @@ def _run_stages(ctx: RunContext, pool: Workers, report: bool) -> dict[str, Any]:
     return info
 
 
-#: The last stage mapped over the signature batches (after it the workers' models are idle).
-_LAST_PER_IMAGE_STAGE = "read_codes"
+#: The last stage mapped over the planned batches (after it the workers' models are idle).
+_LAST_PER_IMAGE_STAGE = "signatures"
 
 
 def _run_stage(stage: Stage, ctx: RunContext, outputs: dict[str, Any], pool: Workers) -> Any:

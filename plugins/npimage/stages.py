@@ -4,7 +4,7 @@ Each stage is a function of `npimage.pipeline` taking the run context, and for a
 stage one item of an earlier stage's output (a batch path, a shard). Stages run in the
 order of STAGES; each starts when the one before it is done.
 
-    extract -> plan -> signatures(batch) x B -> read_codes(batch) x B -> consolidate
+    extract -> plan -> signatures(batch) x B (and their codes) -> consolidate
             -> compare(shard) x S -> verify -> merge -> families -> plan_text
             -> read_text(batch) x T -> publish -> report
 
@@ -58,7 +58,6 @@ STAGES: tuple[Stage, ...] = (
     Stage("extract", "extract"),
     Stage("plan", "plan"),
     Stage("signatures", "signatures", over="plan"),
-    Stage("read_codes", "read_codes", over="plan"),  # pack reading: codes of the same batches
     Stage("consolidate", "consolidate"),
     Stage("compare", "compare_shard", over="consolidate"),
     # close pairs checked in detail (npimage.matching.verify), where Numba is loaded already

@@ -167,7 +167,7 @@ def build_stage_tasks() -> None:
             ctx = outputs[stage.name] = task_fn()
         elif stage.over is not None:
             outputs[stage.name] = task_fn.partial(ctx=ctx).expand(item=outputs[stage.over])
-            if stage.over != previous.name:  # e.g. read_codes over plan, after signatures
+            if stage.over != previous.name:  # mapped over a stage before the previous one
                 outputs[previous.name] >> outputs[stage.name]
         else:
             outputs[stage.name] = task_fn(ctx, after=outputs[previous.name])

@@ -1,6 +1,6 @@
 """The pack-reading stages of a run: codes per planned batch, OCR for the images that need it.
 
-    plan batches --read_codes(batch) x B-->  reading/codes/, reading/reads/codes-*
+    plan batches --signatures(batch) x B-->  reading/codes/, reading/reads/codes-*
     merge --> plan_text --> read_text(batch) x T --> reading/text/, reading/reads/text-*
     publish --> finish (image_codes, image_text, image_reads .parquet in the run folder)
 
@@ -10,7 +10,8 @@ products may differ only by the printed strength), `text-all` (OCR of every imag
 or `none`. `ctx.text_max` caps the OCR of one run (0: no cap); the images left over are
 read by the next runs, since reads are kept per image and reused while its sha256 and
 the reader's version are unchanged. Every function takes a RunContext and works without
-Airflow; the DAG maps read_codes and read_text over their batches.
+Airflow; the codes of a batch are read by its signature task (`pipeline.signatures`), and
+the DAG maps read_text over its batches.
 """
 
 from __future__ import annotations
@@ -221,10 +222,10 @@ class BatchCodes:
     With codes on, `pipeline.signatures` hands one to `compute_batch`, which reads and
     decodes each image once for its signature, its thumbnail and its codes (the readers'
     full-size picture; npimage.ingest.decode.decode_both). `done` writes the same files as
-    the read_codes stage, plus a marker holding the batch's key: the read_codes stage of
-    that batch then takes them over instead of reading and decoding every image again.
-    A batch whose signatures were resumed from disk has no marker and is read by the
-    read_codes stage as before. Reuse of the baseline's reads is the same as there (same
+    `read_codes` does, plus a marker holding the batch's key: `read_codes` of that batch
+    then takes them over instead of reading and decoding every image again. A batch whose
+    signatures were resumed from disk without that marker is read by `read_codes` (called
+    by the signature task). Reuse of the baseline's reads is the same as there (same
     sha256 and reader version).
     """
 
@@ -304,7 +305,8 @@ def _taken_over(ctx: RunContext, batch: Location) -> dict[str, int] | None:
 def read_codes(ctx: RunContext, batch: str,
                progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Codes of the images of one planned batch (the signature batches): taken over when
-    the signature stage read them already (`BatchCodes`), else read here."""
+    the signature task read them from its decode (`BatchCodes`), else read here (a batch
+    whose signatures were resumed)."""
     if "codes" not in readers(ctx):
         return {"read": 0, "reused": 0, "failed": 0, "found": 0}
     done = _taken_over(ctx, location(batch))
