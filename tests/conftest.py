@@ -7,6 +7,7 @@ before any test module imports airflow.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +27,13 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "False"
 os.environ.setdefault("NPIMAGE_FV_THREADS", "2")
+
+# The Ctrl-C tests send SIGINT to runs and to this process, as a terminal does. A shell
+# without job control starts a background job (`make test &`, nohup, some CI runners) with
+# SIGINT ignored, and children inherit that: every run would then ignore the test's Ctrl-C.
+# Python's own handler here gives children the default disposition back.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def dataset(*parts: str) -> Path:
