@@ -10,6 +10,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pg import pg_connect
@@ -353,6 +354,12 @@ def test_report_image_page_shows_codes_and_catalogue_errors(read_run, small_demo
     assert 'class="code-box"' in page and "Catalogue error" not in page
 
 
+def _undated(path: Path) -> pa.Table:
+    """A reading file's rows without their `computed_at` (a read again has another)."""
+    table = pq.read_table(path)
+    return table.drop([c for c in ("computed_at",) if c in table.column_names])
+
+
 def test_codes_read_by_the_signature_stage_match_the_read_codes_stage(read_run, small_demo):
     """The signature stage reads the codes from its own decode and read_codes takes them
     over (a marker per batch); read again by read_codes itself, the files are the same."""
@@ -366,16 +373,13 @@ def test_codes_read_by_the_signature_stage_match_the_read_codes_stage(read_run, 
                            for b in batches)
     name = Path(batches[0]).name
     files = (reading / "codes" / name, reading / "reads" / f"codes-{name}")
-    shared = [pq.read_table(f).drop(["computed_at"] if "computed_at" in
-                                    pq.read_schema(f).names else []) for f in files]
+    shared = [_undated(f) for f in files]
     taken = pipeline.read_codes(ctx, batches[0])
     (reading / "done" / f"codes-{Path(name).stem}.json").unlink()  # read_codes reads itself
     again = pipeline.read_codes(ctx, batches[0])
     assert taken == again and taken["read"] > 0
     for f, before in zip(files, shared, strict=True):
-        after = pq.read_table(f)
-        after = after.drop(["computed_at"] if "computed_at" in after.column_names else [])
-        assert after.equals(before)
+        assert _undated(f).equals(before)
 
 
 def test_a_resumed_signature_batch_reads_its_lost_codes_again(read_run, small_demo):
@@ -389,8 +393,7 @@ def test_a_resumed_signature_batch_reads_its_lost_codes_again(read_run, small_de
     name = Path(batch).name
     reading = ctx.run_dir / "reading"
     files = (reading / "codes" / name, reading / "reads" / f"codes-{name}")
-    before = [pq.read_table(f).drop(["computed_at"]) if "computed_at" in
-              pq.read_schema(f).names else pq.read_table(f) for f in files]
+    before = [_undated(f) for f in files]
     for f in files:
         f.unlink()
     (reading / "done" / f"codes-{Path(name).stem}.json").unlink(missing_ok=True)  # if any
@@ -400,5 +403,4 @@ def test_a_resumed_signature_batch_reads_its_lost_codes_again(read_run, small_de
     assert sig.stat().st_mtime_ns == written  # taken over, not computed again
     assert all(f.is_file() for f in files)
     for f, old in zip(files, before, strict=True):
-        new = pq.read_table(f)
-        assert new.drop(["computed_at"] if "computed_at" in new.column_names else []).equals(old)
+        assert _undated(f).equals(old)
